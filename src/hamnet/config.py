@@ -1,0 +1,321 @@
+"""Configuration of one optimization run.
+
+A run is described by one YAML file validated into :class:`OptimizeConfig`. Every model
+is frozen and rejects unknown keys, so a typo is an error instead of a silently ignored
+setting. Each pipeline stage owns one section under ``stages``; a stage whose section is
+absent (or ``null``) does not run.
+
+Example:
+    >>> from hamnet.config import load_config
+    >>> cfg = load_config("configs/default.yaml")
+    >>> cfg.stages.train.epochs
+    60
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hamnet.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """Base of every config section: frozen and strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HAMNetSection(_Section):
+    """Architecture of a HAMNet trained from scratch.
+
+    ``input_size`` and ``num_classes`` are taken from the data when left out.
+    """
+
+    hidden_size: int = Field(64, ge=4, le=8192)
+    num_layers: int = Field(2, ge=1, le=64)
+    num_heads: int = Field(4, ge=1, le=128)
+    ffn_ratio: float = Field(2.0, gt=0.0, le=16.0)
+    token_size: int | None = Field(
+        None, ge=1, description="Features per token; None puts every feature in its own token."
+    )
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    input_size: int | None = Field(None, ge=1)
+    num_classes: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> HAMNetSection:
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads, but got hidden_size="
+                f"{self.hidden_size} and num_heads={self.num_heads}"
+            )
+        return self
+
+
+class ModelSection(_Section):
+    """Where the baseline model comes from.
+
+    ``source: train`` trains a HAMNet described by ``hamnet`` on the configured data.
+    ``source: file`` loads ``path``: a hamnet checkpoint (``.pt``) or an ONNX file.
+    """
+
+    source: Literal["train", "file"] = "train"
+    path: str | None = None
+    hamnet: HAMNetSection = HAMNetSection()
+    trust_checkpoint: bool = Field(
+        False,
+        description="Load .pt files with weights_only=False (executes pickled code). "
+        "Only for checkpoints you made yourself.",
+    )
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> ModelSection:
+        if self.source == "file" and not self.path:
+            raise ValueError("model.path is required when model.source is 'file', but got none")
+        if self.source == "train" and self.path:
+            raise ValueError(
+                f"model.path is only read when model.source is 'file', but got source='train' "
+                f"and path={self.path!r}"
+            )
+        return self
+
+
+class DataSection(_Section):
+    """The labelled data set and its deterministic split."""
+
+    source: Literal["digits", "file"] = "digits"
+    path: str | None = None
+    format: Literal["auto", "npz", "csv", "parquet"] = "auto"
+    label_column: str = "label"
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 0
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataSection:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.path is required when data.source is 'file', but got none")
+        return self
+
+
+class ConstraintsSection(_Section):
+    """What the recommended model must satisfy. ``None`` means unconstrained."""
+
+    max_accuracy_drop: float | None = Field(
+        0.01, ge=0.0, le=1.0, description="Absolute drop from the baseline (0.01 = 1 point)."
+    )
+    max_latency_ms: float | None = Field(None, gt=0.0)
+    target_size_mb: float | None = Field(None, gt=0.0)
+
+
+class SelectionSection(_Section):
+    """How the recommended candidate is chosen among those that meet the constraints."""
+
+    objective: Literal["latency_p50_ms", "size_mb", "accuracy", "throughput_sps"] = (
+        "latency_p50_ms"
+    )
+    champion_min_improvement: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Relative margin by which a new model must beat the champion on the "
+        "objective before the champion alias moves (guards against latency noise).",
+    )
+
+
+class TrainStageConfig(_Section):
+    """Training of the baseline (and the trainer settings later stages reuse)."""
+
+    epochs: int = Field(60, ge=1, le=10000)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0, lt=10.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    warmup_epochs: int = Field(2, ge=0)
+    patience: int = Field(10, ge=1, description="Early stopping on validation accuracy.")
+    grad_accum_steps: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    amp: Literal["auto", "on", "off"] = "auto"
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+
+class ExportStageConfig(_Section):
+    """Export of torch candidates to deployable formats, each checked for parity."""
+
+    formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
+    opset: int = Field(17, ge=13, le=23)
+    parity_atol: float = Field(1e-3, gt=0.0)
+    parity_samples: int = Field(64, ge=1)
+
+
+QuantizeMethod = Literal[
+    "ort_dynamic_int8", "ort_static_int8", "nncf_int8", "openvino_fp16", "onnx_fp16"
+]
+
+
+class QuantizeStageConfig(_Section):
+    """Post-training quantization methods; each produces one candidate."""
+
+    methods: list[QuantizeMethod] = [
+        "ort_dynamic_int8",
+        "ort_static_int8",
+        "nncf_int8",
+        "openvino_fp16",
+    ]
+    calibration_samples: int = Field(300, ge=1)
+    per_channel: bool = True
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="'auto' follows the hardware profile (True on CPUs without VNNI)."
+    )
+
+
+class StagesSection(_Section):
+    """The stages to run. Order is fixed by the pipeline; absent stages are skipped."""
+
+    train: TrainStageConfig | None = TrainStageConfig()
+    export: ExportStageConfig | None = ExportStageConfig()
+    quantize: QuantizeStageConfig | None = QuantizeStageConfig()
+
+
+class MeasureSection(_Section):
+    """How every candidate is measured (one code path for all)."""
+
+    warmup: int = Field(20, ge=0)
+    repeats: int = Field(200, ge=5)
+    max_eval_samples: int | None = Field(None, ge=1)
+
+
+class TrackingSection(_Section):
+    """MLflow tracking and model registry."""
+
+    enabled: bool = True
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "hamnet"
+    registered_model: str | None = "hamnet-digits"
+    champion_alias: str = "champion"
+    log_models: bool = True
+
+
+class ExecutionSection(_Section):
+    """Orchestration policies: retries, caching, time limits."""
+
+    retries: int = Field(1, ge=0, le=10)
+    retry_delay_seconds: float = Field(2.0, ge=0.0)
+    cache: bool = True
+    stage_timeout_seconds: float | None = Field(3600.0, gt=0.0)
+
+
+class OptimizeConfig(_Section):
+    """Everything one ``hamnet-optimize`` run needs."""
+
+    name: str = "hamnet"
+    seed: int = 0
+    workdir: str = ".hamnet"
+    hardware_profile: str = "x86-avx2"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    constraints: ConstraintsSection = ConstraintsSection()
+    selection: SelectionSection = SelectionSection()
+    stages: StagesSection = StagesSection()
+    measure: MeasureSection = MeasureSection()
+    tracking: TrackingSection = TrackingSection()
+    execution: ExecutionSection = ExecutionSection()
+
+    @model_validator(mode="after")
+    def _train_needs_training_source(self) -> OptimizeConfig:
+        if self.model.source == "train" and self.stages.train is None:
+            raise ValueError(
+                "model.source is 'train' but stages.train is absent: either configure "
+                "stages.train or load a model with model.source 'file'"
+            )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """Return a short sha256 of the named top-level sections (all when none given)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  - {where}: unknown key (not one of the allowed settings)")
+        elif "input" in item and kind not in ("missing",):
+            lines.append(f"  - {where}: {item['msg']}, but got {item['input']!r}")
+        else:
+            lines.append(f"  - {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> OptimizeConfig:
+    """Validate a mapping into an :class:`OptimizeConfig`.
+
+    Args:
+        data: The parsed configuration.
+        source: Where it came from, for error messages.
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: If a key is unknown, a value has the wrong type or is out of range.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source} must hold a mapping of settings, but got {type(data).__name__}"
+        )
+    try:
+        return OptimizeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    """Load and validate a YAML configuration file.
+
+    Args:
+        path: The YAML file.
+        overrides: Nested settings merged over the file's content (e.g. from a
+            deployment parameter or a CLI flag).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: If the file is missing, is not YAML, or does not validate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (expected a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if overrides:
+        data = deep_merge(data, overrides)
+    return config_from_dict(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in recursively (override wins)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
