@@ -43,6 +43,10 @@ class ArtifactRef(BaseModel):
         """Size on disk in MB (10^6 bytes)."""
         return self.size_bytes / 1e6
 
+    def is_present(self) -> bool:
+        """True when every file of the artifact exists (no hashing)."""
+        return all(p.is_file() for p in self.files)
+
     def verify(self) -> None:
         """Check the files are present and still hash to :attr:`sha256`.
 
@@ -55,8 +59,7 @@ class ArtifactRef(BaseModel):
         actual = hash_files(self.files)
         if actual != self.sha256:
             raise ModelLoadError(
-                f"artifact {self.path} changed on disk: expected sha256 {self.sha256}, "
-                f"got {actual}"
+                f"artifact {self.path} changed on disk: expected sha256 {self.sha256}, got {actual}"
             )
 
 

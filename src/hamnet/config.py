@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hamnet.errors import ConfigError
+
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
 
 
 class _Section(BaseModel):
@@ -119,9 +122,7 @@ class ConstraintsSection(_Section):
 class SelectionSection(_Section):
     """How the recommended candidate is chosen among those that meet the constraints."""
 
-    objective: Literal["latency_p50_ms", "size_mb", "accuracy", "throughput_sps"] = (
-        "latency_p50_ms"
-    )
+    objective: Literal["latency_p50_ms", "size_mb", "accuracy", "throughput_sps"] = "latency_p50_ms"
     champion_min_improvement: float = Field(
         0.05,
         ge=0.0,
@@ -197,11 +198,19 @@ class TrackingSection(_Section):
     """MLflow tracking and model registry."""
 
     enabled: bool = True
-    mlflow_uri: str = "sqlite:///mlflow.db"
+    mlflow_uri: str | None = Field(
+        None,
+        description="Tracking URI; None uses $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "(relative to the project folder).",
+    )
     experiment: str = "hamnet"
     registered_model: str | None = "hamnet-digits"
     champion_alias: str = "champion"
     log_models: bool = True
+
+    def resolved_uri(self) -> str:
+        """The tracking URI in force: this section's, else the environment's, else SQLite."""
+        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
 
 
 class ExecutionSection(_Section):

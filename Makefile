@@ -1,0 +1,33 @@
+# The two commands of the README. Both create .venv on first use (torch CPU wheel first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export MLFLOW_ENABLE_TELEMETRY := false
+
+.PHONY: demo test env lint clean
+
+demo: $(STAMP)  ## run hamnet-optimize on the built-in digits default
+	$(BIN)/hamnet run configs/default.yaml
+
+test: $(STAMP)  ## run the whole test suite (lint, types, unit, integration)
+	$(BIN)/python -m pytest -ra
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf .hamnet mlruns mlartifacts mlflow.db .stack

@@ -1,0 +1,1 @@
+"""Prefect flows users run: ``hamnet-optimize`` (the main job)."""

@@ -1,0 +1,77 @@
+"""The ``hamnet-optimize`` flow: walk the configured plan of stages as Prefect tasks.
+
+Run it on the embedded default (ephemeral Prefect API, local MLflow)::
+
+    hamnet run configs/default.yaml
+
+or through a deployment on a Prefect server (see README)::
+
+    prefect deployment run hamnet-optimize/default --watch
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from hamnet.candidate import Candidate
+from hamnet.config import load_config
+from hamnet.pipeline import PipelineRun
+from hamnet.stages import Stage
+from tasks.stages import stage_task
+
+
+@flow(name="hamnet-optimize", description="Train, export, quantize, measure and select.")
+def hamnet_optimize(
+    config_path: str = "configs/default.yaml",
+    overrides: dict[str, Any] | None = None,
+    base_dir: str = ".",
+) -> dict[str, Any]:
+    """Optimize a model as ``config_path`` describes and register the recommended one.
+
+    Args:
+        config_path: The run's YAML config, relative to ``base_dir``.
+        overrides: Nested settings merged over the file (e.g. ``{"seed": 1}``).
+        base_dir: Project folder that relative paths resolve against.
+
+    Returns:
+        A summary: recommended candidate, cached stages, MLflow run, registry outcome.
+    """
+    base = Path(base_dir).resolve()
+    config = load_config(base / config_path, overrides)
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "prefect.deployment": str(flow_run.deployment_name or "none"),
+    }
+    with PipelineRun(config, base_dir=base, tags=tags) as run:
+        for stage in run.plan:
+            started = time.perf_counter()
+            new, notes, cached = _run_stage(run, stage, base)
+            if cached and not all(c.artifact.is_present() for c in new):
+                # The cache outlived the artifact files (workdir cleaned): recompute.
+                new, notes, cached = _run_stage(run, stage, base, refresh=True)
+            run.add(stage, new, notes=notes, cached=cached, seconds=time.perf_counter() - started)
+        result = run.finish()
+    return result.summary()
+
+
+def _run_stage(
+    run: PipelineRun, stage: Stage, base: Path, *, refresh: bool = False
+) -> tuple[list[Candidate], list[str], bool]:
+    """Submit one stage as its Prefect task; return new candidates, notes, cache hit."""
+    task = stage_task(stage.name, run.config.execution, run.workdir, refresh=refresh)
+    state = task(
+        stage.name,
+        run.scope(stage),
+        run.candidates,
+        config=run.config,
+        base_dir=str(base),
+        return_state=True,
+    )
+    new, notes = state.result()
+    return new, notes, state.name == "Cached"

@@ -1,0 +1,29 @@
+"""Model architectures hamnet can train from scratch."""
+
+from __future__ import annotations
+
+from hamnet.models.hamnet import (
+    CHECKPOINT_FORMAT,
+    FeedForward,
+    HAMNet,
+    HAMNetBlock,
+    HAMNetConfig,
+    MultiHeadSelfAttention,
+    count_flops,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FeedForward",
+    "HAMNet",
+    "HAMNetBlock",
+    "HAMNetConfig",
+    "MultiHeadSelfAttention",
+    "count_flops",
+    "count_parameters",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,495 @@
+"""HAMNet: a small pre-norm transformer over groups of input features.
+
+The input vector is cut into ``T = input_size / token_size`` tokens of ``token_size``
+consecutive features each; every token is embedded, mixed with the others by
+multi-head self-attention, and the pooled result is classified::
+
+    x  [B, input_size]
+     │  reshape
+     ▼
+       [B, T, token_size]
+     │  embed: Linear(token_size → hidden)  +  pos [1, T, hidden]   (learned)
+     ▼
+    h  [B, T, hidden] ───────────────┐
+     │                               │   HAMNetBlock, repeated num_layers times
+     │  LayerNorm                    │   (layer i keeps heads_of(i) heads and
+     │  MultiHeadSelfAttention       │    an FFN of width ffn_of(i))
+     │    q/k/v_proj: hidden → H·D   │
+     │    softmax(q·kᵀ/√D)·v         │
+     │    out_proj:   H·D → hidden   │
+     │  Dropout                      │
+     ▼                               │
+     + ◄─────────────────────────────┘
+     │ ─────────────────────────────┐
+     │  LayerNorm                   │
+     │  FFN: fc1 (hidden → ffn)     │
+     │       activation, Dropout    │
+     │       fc2 (ffn → hidden)     │
+     │  Dropout                     │
+     ▼                              │
+     + ◄────────────────────────────┘
+     │
+     │  norm: LayerNorm, mean over the T tokens
+     ▼
+       [B, hidden]
+     │  head: Linear(hidden → num_classes)
+     ▼
+    logits [B, num_classes]
+
+Attention is written with plain matmuls and a softmax (no fused kernels) so that the
+model exports to ONNX with the TorchScript exporter and so that heads can be pruned by
+slicing the rows of ``q_proj``/``k_proj``/``v_proj`` and the columns of ``out_proj``:
+head ``h`` owns rows ``h*head_dim:(h+1)*head_dim``. Per-layer head counts and FFN widths
+(``layer_heads``/``layer_ffn``) describe such pruned models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import model_validator
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from hamnet.config import HAMNetSection
+from hamnet.errors import ConfigError, DataError, ModelLoadError
+
+CHECKPOINT_FORMAT = "hamnet-checkpoint/1"
+
+_EXPECTED_CHECKPOINT = "a hamnet checkpoint (.pt saved by hamnet) with keys format/config/state_dict"
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+class HAMNetConfig(BaseModel):
+    """Architecture of one :class:`HAMNet`.
+
+    ``head_dim`` and ``token_size`` accept ``None`` and are resolved on validation
+    (``hidden_size // num_heads`` and ``1``), so a saved config always states them and a
+    pruned copy keeps the head width of its parent.
+
+    Attributes:
+        input_size: Features per sample.
+        num_classes: Output logits.
+        hidden_size: Width of the residual stream.
+        num_layers: Number of transformer blocks.
+        num_heads: Attention heads per layer (unless ``layer_heads`` says otherwise).
+        head_dim: Width of one attention head.
+        ffn_ratio: FFN width as a multiple of ``hidden_size`` (unless ``layer_ffn`` is set).
+        token_size: Consecutive features per token; must divide ``input_size``.
+        dropout_rate: Dropout on attention weights and on both residual branches.
+        activation: FFN activation.
+        layer_heads: Heads kept in each layer (for structurally pruned models).
+        layer_ffn: FFN width of each layer (for structurally pruned models).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_size: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    head_dim: int = Field(None, ge=1, validate_default=True)  # type: ignore[assignment]
+    ffn_ratio: float = Field(2.0, gt=0.0)
+    token_size: int = Field(None, ge=1, validate_default=True)  # type: ignore[assignment]
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    layer_heads: list[int] | None = None
+    layer_ffn: list[int] | None = None
+
+    @field_validator("head_dim", mode="before")
+    @classmethod
+    def _default_head_dim(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        hidden, heads = info.data.get("hidden_size"), info.data.get("num_heads")
+        if hidden is None or heads is None:
+            return value
+        if hidden % heads != 0:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads when head_dim is not set, but got "
+                f"hidden_size={hidden} and num_heads={heads}"
+            )
+        return hidden // heads
+
+    @field_validator("token_size", mode="before")
+    @classmethod
+    def _default_token_size(cls, value: Any) -> Any:
+        return 1 if value is None else value
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> HAMNetConfig:
+        if self.input_size % self.token_size != 0:
+            raise ValueError(
+                f"input_size must be divisible by token_size, but got input_size="
+                f"{self.input_size} and token_size={self.token_size}"
+            )
+        for name, values in (("layer_heads", self.layer_heads), ("layer_ffn", self.layer_ffn)):
+            if values is None:
+                continue
+            if len(values) != self.num_layers:
+                raise ValueError(
+                    f"{name} must have one entry per layer ({self.num_layers}), but got "
+                    f"{len(values)}: {values}"
+                )
+            if any(v < 1 for v in values):
+                raise ValueError(f"{name} entries must be at least 1, but got {values}")
+        if self.layer_ffn is None and round(self.hidden_size * self.ffn_ratio) < 1:
+            raise ValueError(
+                f"hidden_size * ffn_ratio must be at least 1, but got {self.hidden_size} * "
+                f"{self.ffn_ratio}"
+            )
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per sample (``input_size // token_size``)."""
+        return self.input_size // self.token_size
+
+    def heads_of(self, layer: int) -> int:
+        """Attention heads in ``layer`` (0-based)."""
+        self._check_layer(layer)
+        return self.layer_heads[layer] if self.layer_heads is not None else self.num_heads
+
+    def ffn_of(self, layer: int) -> int:
+        """FFN width of ``layer`` (0-based)."""
+        self._check_layer(layer)
+        if self.layer_ffn is not None:
+            return self.layer_ffn[layer]
+        return round(self.hidden_size * self.ffn_ratio)
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer must be in [0, {self.num_layers}), but got {layer}")
+
+    @classmethod
+    def from_section(
+        cls, section: HAMNetSection, input_size: int, num_classes: int
+    ) -> HAMNetConfig:
+        """Build the config of a model trained from scratch on some data.
+
+        Args:
+            section: The ``model.hamnet`` settings.
+            input_size: Features per sample in the data.
+            num_classes: Classes in the data.
+
+        Returns:
+            The config; ``section.input_size``/``num_classes`` win when set.
+
+        Raises:
+            DataError: If the section fixes ``input_size`` or ``num_classes`` to values
+                the data does not have.
+            ConfigError: If the settings do not fit together for this data (e.g.
+                ``token_size`` does not divide the number of features).
+        """
+        if section.input_size is not None and section.input_size != input_size:
+            raise DataError(
+                f"model expects {section.input_size} features (model.hamnet.input_size), "
+                f"but the data has {input_size}"
+            )
+        if section.num_classes is not None and section.num_classes < num_classes:
+            raise DataError(
+                f"model has {section.num_classes} classes (model.hamnet.num_classes), "
+                f"but the data has {num_classes}"
+            )
+        values = section.model_dump(exclude={"input_size", "num_classes"})
+        values["input_size"] = input_size
+        values["num_classes"] = section.num_classes or num_classes
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+            raise ConfigError(f"model.hamnet does not fit the data: {problems}") from None
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with separate, head-sliceable projections.
+
+    Args:
+        hidden_size: Width of the input and output.
+        num_heads: Number of heads.
+        head_dim: Width of one head.
+        dropout_rate: Dropout on the attention weights.
+    """
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, head_dim: int, dropout_rate: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(hidden_size, inner)
+        self.k_proj = nn.Linear(hidden_size, inner)
+        self.v_proj = nn.Linear(hidden_size, inner)
+        self.out_proj = nn.Linear(inner, hidden_size)
+        self.dropout = nn.Dropout(dropout_rate)
+        self.scale = 1.0 / math.sqrt(head_dim)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = t.shape
+        return t.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        q = self._split(self.q_proj(x))
+        k = self._split(self.k_proj(x))
+        v = self._split(self.v_proj(x))
+        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+        mixed = torch.matmul(self.dropout(weights), v)
+        mixed = mixed.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        return self.out_proj(mixed)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: ``fc2(dropout(act(fc1(x))))``."""
+
+    def __init__(
+        self, hidden_size: int, ffn_size: int, activation: str, dropout_rate: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, ffn_size)
+        self.act = _ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout_rate)
+        self.fc2 = nn.Linear(ffn_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class HAMNetBlock(nn.Module):
+    """One pre-norm transformer block: attention then FFN, each with a residual."""
+
+    def __init__(self, config: HAMNetConfig, layer: int) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.norm1 = nn.LayerNorm(hidden)
+        self.attn = MultiHeadSelfAttention(
+            hidden, config.heads_of(layer), config.head_dim, config.dropout_rate
+        )
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ffn = FeedForward(
+            hidden, config.ffn_of(layer), config.activation, config.dropout_rate
+        )
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x)))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class HAMNet(nn.Module):
+    """Transformer classifier over feature tokens (see the module docstring).
+
+    Args:
+        config: The architecture.
+
+    Example:
+        >>> model = HAMNet(HAMNetConfig(input_size=64, num_classes=10, token_size=8))
+        >>> model(torch.zeros(2, 64)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, config: HAMNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embed = nn.Linear(config.token_size, hidden)
+        self.pos = nn.Parameter(torch.zeros(1, config.num_tokens, hidden))
+        self.embed_dropout = nn.Dropout(config.dropout_rate)
+        self.blocks = nn.ModuleList(HAMNetBlock(config, i) for i in range(config.num_layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, config.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weights: truncated normal (std 0.02) for linears and ``pos``."""
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of weight tensors that should not be decayed by the optimizer."""
+        return {"pos"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if not torch.jit.is_tracing() and (x.dim() != 2 or x.shape[1] != cfg.input_size):
+            raise DataError(
+                f"HAMNet expects input of shape [batch, {cfg.input_size}], but got "
+                f"{list(x.shape)}"
+            )
+        tokens = x.reshape(-1, cfg.num_tokens, cfg.token_size)
+        h = self.embed_dropout(self.embed(tokens) + self.pos)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(dim=1))
+
+
+def save_checkpoint(model: HAMNet, path: str | Path) -> Path:
+    """Save a model's config and weights as a hamnet checkpoint.
+
+    The file is written next to its destination and renamed into place, so a reader
+    never sees a half-written checkpoint.
+
+    Args:
+        model: The model.
+        path: Destination ``.pt`` file; missing parent folders are created.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.model_dump(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, *, trust: bool = False) -> HAMNet:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: The ``.pt`` file.
+        trust: Load with ``weights_only=False``, which runs any code pickled in the file.
+            Only for files you made yourself.
+
+    Returns:
+        The model, in eval mode, on the CPU.
+
+    Raises:
+        ModelLoadError: If the file is missing, unreadable, not a hamnet checkpoint, or
+            its weights do not match its config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {str(path)!r} does not exist (expected {_EXPECTED_CHECKPOINT})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        blocked = _blocked_global(str(err))
+        if blocked is not None and not trust:
+            raise ModelLoadError(
+                f"checkpoint {str(path)!r} pickles Python code ({blocked}), so it cannot be "
+                f"loaded safely (expected {_EXPECTED_CHECKPOINT}). If you made this file "
+                f"yourself, set model.trust_checkpoint: true to load it with "
+                f"weights_only=False; never do so for files you do not trust"
+            ) from None
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} is not a file written by torch.save (expected "
+            f"{_EXPECTED_CHECKPOINT}): {_unpickler_reason(str(err))}"
+        ) from None
+    except Exception as err:
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} is not a readable torch file (expected "
+            f"{_EXPECTED_CHECKPOINT}): {type(err).__name__}: {_first_line(err)}"
+        ) from None
+    return _model_from_payload(payload, path)
+
+
+def _model_from_payload(payload: Any, path: Path) -> HAMNet:
+    where = repr(str(path))
+    if not isinstance(payload, Mapping):
+        raise ModelLoadError(
+            f"checkpoint {where} holds a {type(payload).__name__}, but expected "
+            f"{_EXPECTED_CHECKPOINT}"
+        )
+    missing = [k for k in ("format", "config", "state_dict") if k not in payload]
+    if missing:
+        raise ModelLoadError(
+            f"checkpoint {where} has keys {sorted(map(str, payload))} but lacks {missing}; "
+            f"expected {_EXPECTED_CHECKPOINT}"
+        )
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise ModelLoadError(
+            f"checkpoint {where} has format {payload['format']!r}, but this version of "
+            f"hamnet reads {CHECKPOINT_FORMAT!r}"
+        )
+    try:
+        config = HAMNetConfig.model_validate(payload["config"])
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors()
+        )
+        raise ModelLoadError(f"checkpoint {where} has an invalid config: {problems}") from None
+    model = HAMNet(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ModelLoadError(
+            f"checkpoint {where}: the weights do not match its config: {_first_line(err)}"
+        ) from None
+    return model.eval()
+
+
+def _blocked_global(message: str) -> str | None:
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    return match.group(1) if match else None
+
+
+def _unpickler_reason(message: str) -> str:
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\n", message)
+    return match.group(1).strip() if match else _first_line_of(message)
+
+
+def _first_line_of(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "unknown error"
+
+
+def _first_line(err: BaseException) -> str:
+    return _first_line_of(str(err)) if str(err).strip() else type(err).__name__
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(model: nn.Module, input_size: int) -> int:
+    """FLOPs of one forward pass at batch size 1.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix
+    multiplications and convolutions only (2 FLOPs per multiply-accumulate): linear
+    layers and the attention matmuls. Softmax, normalisation, activations and additions
+    are not counted.
+
+    Args:
+        model: The model; it is run once in eval mode and its mode is restored.
+        input_size: Features per sample.
+
+    Returns:
+        The FLOP count.
+    """
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, input_size, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

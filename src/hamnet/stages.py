@@ -1,0 +1,400 @@
+"""Pipeline stages: each takes the candidates so far and returns new candidates.
+
+A stage owns one config section (``config.stages.<name>``). Adding a stage means
+writing one :class:`Stage` subclass and adding it to :data:`STAGES` and
+:data:`PIPELINE_ORDER`; the Prefect flow and the Python API pick it up from the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hamnet.artifacts import ArtifactRef, ArtifactStore
+from hamnet.candidate import Candidate
+from hamnet.config import OptimizeConfig
+from hamnet.errors import ConfigError, ModelLoadError
+from hamnet.hardware import HardwareProfile
+
+if TYPE_CHECKING:
+    from hamnet.data import Dataset
+
+logger = logging.getLogger("hamnet.stages")
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides its input candidates.
+
+    Attributes:
+        config: The whole run configuration.
+        profile: The hardware profile candidates are measured on.
+        store: Where model files go.
+        base_dir: Folder relative paths in the config resolve against.
+        notes: Messages the stage wants the user to see (e.g. a skipped method).
+    """
+
+    config: OptimizeConfig
+    profile: HardwareProfile
+    store: ArtifactStore
+    base_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The configured data set, loaded once per context."""
+        from hamnet.data import load_dataset
+
+        return load_dataset(self.config.data, base_dir=self.base_dir)
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a config path against :attr:`base_dir`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+class Stage(ABC):
+    """A step of the pipeline: candidates in, new candidates out."""
+
+    name: ClassVar[str]
+    section: ClassVar[str | None] = None
+    """Key under ``config.stages`` that configures the stage (None: none needed)."""
+
+    def settings(self, config: OptimizeConfig) -> Any:
+        """Return this stage's config section."""
+        return getattr(config.stages, self.section) if self.section else None
+
+    def cache_scope(self, config: OptimizeConfig) -> dict[str, Any]:
+        """Return everything in the config that can change this stage's output.
+
+        The Prefect task hashes it (with the input candidates) into the cache key, so
+        changing, say, the constraints does not retrain the baseline.
+        """
+        from hamnet import __version__
+
+        settings = self.settings(config)
+        return {
+            "hamnet": __version__,
+            "stage": self.name,
+            "settings": settings.model_dump(mode="json") if settings is not None else None,
+            "seed": config.seed,
+            "model": config.model.model_dump(mode="json"),
+            "data": config.data.model_dump(mode="json"),
+            "measure": config.measure.model_dump(mode="json"),
+            "hardware_profile": config.hardware_profile,
+        }
+
+    @abstractmethod
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        """Produce new candidates from ``inputs`` (which are never modified)."""
+
+
+def _child_name(parent: Candidate, suffix: str) -> str:
+    return suffix if parent.stage in ("train", "load") else f"{parent.name}+{suffix}"
+
+
+class TrainStage(Stage):
+    """Train the baseline HAMNet described by ``model.hamnet`` on the configured data."""
+
+    name = "train"
+    section = "train"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.models import HAMNet, HAMNetConfig
+        from hamnet.training import set_seed, train_model
+
+        cfg = ctx.config
+        dataset = ctx.dataset
+        model_cfg = HAMNetConfig.from_section(
+            cfg.model.hamnet, input_size=dataset.num_features, num_classes=dataset.num_classes
+        )
+        set_seed(cfg.seed)
+        model = HAMNet(model_cfg)
+        checkpoint = ctx.store.staging_dir() / "model.pt"
+        device = "cuda" if ctx.profile.device == "cuda" else "cpu"
+        result = train_model(
+            model,
+            dataset,
+            cfg.stages.train,  # type: ignore[arg-type]
+            seed=cfg.seed,
+            device=device,
+            checkpoint_path=checkpoint,
+        )
+        ref = ctx.store.put(checkpoint, "torch")
+        return [
+            Candidate.create(
+                name="baseline",
+                stage=self.name,
+                method="hamnet",
+                artifact=ref,
+                runtime="torch",
+                params={
+                    "architecture": model_cfg.model_dump(mode="json"),
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run,
+                    "best_val_accuracy": round(result.best_val_accuracy, 6),
+                    "train_seconds": round(result.seconds, 2),
+                },
+            )
+        ]
+
+
+class LoadStage(Stage):
+    """Take a user's model file (hamnet ``.pt`` checkpoint or ``.onnx``) as the baseline."""
+
+    name = "load"
+
+    @staticmethod
+    def check_model_file(ctx: StageContext) -> tuple[Path, str]:
+        """Check the model file exists, has a known format and fits the data.
+
+        Returns:
+            The resolved path and its artifact format ("torch" or "onnx").
+
+        Raises:
+            ModelLoadError: If the file is missing, unreadable or of an unknown format.
+            DataError: If its input size differs from the data's feature count.
+        """
+        cfg = ctx.config.model
+        assert cfg.path is not None
+        path = ctx.resolve(cfg.path)
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model file {str(path)!r} does not exist (model.path; expected a hamnet "
+                f".pt checkpoint or an .onnx file)"
+            )
+        suffix = path.suffix.lower()
+        if suffix in (".pt", ".pth"):
+            from hamnet.models import load_checkpoint
+
+            got = load_checkpoint(path, trust=cfg.trust_checkpoint).config.input_size
+            fmt = "torch"
+        elif suffix == ".onnx":
+            got = _onnx_feature_count(path)
+            fmt = "onnx"
+        else:
+            raise ModelLoadError(
+                f"model file {str(path)!r} has suffix {suffix!r}, but expected .pt, .pth or .onnx"
+            )
+        if got is not None:
+            ctx.dataset.check_input_size(got)
+        return path, fmt
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        path, fmt = self.check_model_file(ctx)
+        ref = ctx.store.put(path, fmt)  # type: ignore[arg-type]
+        return [
+            Candidate.create(
+                name="baseline",
+                stage=self.name,
+                method=fmt,
+                artifact=ref,
+                runtime="torch" if fmt == "torch" else "onnxruntime",
+                params={"source_file": str(path)},
+            )
+        ]
+
+
+def _onnx_feature_count(path: Path) -> int | None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ModelLoadError(
+            f"model file {str(path)!r} is not a readable ONNX model: {err}"
+        ) from None
+    if len(model.graph.input) != 1:
+        raise ModelLoadError(
+            f"ONNX model {str(path)!r} must have exactly one input [batch, features], but it "
+            f"has {len(model.graph.input)}"
+        )
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 2:
+        raise ModelLoadError(
+            f"ONNX model {str(path)!r} must take a 2-D input [batch, features], but its input "
+            f"has rank {len(dims)}"
+        )
+    return dims[1].dim_value or None
+
+
+class ExportStage(Stage):
+    """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
+
+    name = "export"
+    section = "export"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.export import check_parity, convert_openvino, export_onnx
+        from hamnet.models import load_checkpoint
+        from hamnet.runtimes import load_session
+
+        cfg = ctx.config.stages.export
+        assert cfg is not None
+        runtimes = ctx.profile.runtime_names
+        x = ctx.dataset.x_test[: cfg.parity_samples]
+        out: list[Candidate] = []
+        for parent in inputs:
+            if parent.artifact.format != "torch" or parent.rejected:
+                continue
+            model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+            reference = load_session(parent.artifact, "torch", ctx.profile)
+            staging = ctx.store.staging_dir()
+            onnx_path = export_onnx(
+                model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
+            )
+            onnx_ref = ctx.store.put(onnx_path, "onnx")
+            targets: list[tuple[str, ArtifactRef]] = []
+            if "onnx" in cfg.formats and "onnxruntime" in runtimes:
+                targets.append(("onnxruntime", onnx_ref))
+            if "openvino" in cfg.formats and "openvino" in runtimes:
+                xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
+                targets.append(("openvino", ctx.store.put(xml, "openvino")))
+            for runtime, ref in targets:
+                session = load_session(ref, runtime, ctx.profile)
+                diff = check_parity(reference, session, x, atol=cfg.parity_atol)
+                out.append(
+                    Candidate.create(
+                        name=_child_name(parent, f"{runtime}-fp32"),
+                        stage=self.name,
+                        method=f"export_{ref.format}",
+                        artifact=ref,
+                        runtime=runtime,  # type: ignore[arg-type]
+                        parent=parent,
+                        params={"opset": cfg.opset, "parity_atol": cfg.parity_atol},
+                        parity_max_abs_diff=diff,
+                    )
+                )
+        skipped = [f for f in cfg.formats if {"onnx": "onnxruntime"}.get(f, f) not in runtimes]
+        if skipped:
+            ctx.notes.append(
+                f"export: {skipped} skipped, the profile {ctx.profile.name!r} lists runtimes "
+                f"{runtimes}"
+            )
+        return out
+
+
+class QuantizeStage(Stage):
+    """Quantize every FP32 ONNX candidate with each configured method."""
+
+    name = "quantize"
+    section = "quantize"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.export import max_abs_diff
+        from hamnet.quantize import get_quantizer
+        from hamnet.runtimes import load_session
+
+        cfg = ctx.config.stages.quantize
+        assert cfg is not None
+        sources = [
+            c
+            for c in inputs
+            if c.artifact.format == "onnx" and c.precision == "fp32" and not c.rejected
+        ]
+        if not sources:
+            ctx.notes.append("quantize: no FP32 ONNX candidate to quantize (is export enabled?)")
+            return []
+        calibration = ctx.dataset.calibration_samples(cfg.calibration_samples, ctx.config.seed)
+        x = ctx.dataset.x_test[:64]
+        out: list[Candidate] = []
+        for source in sources:
+            source_session = load_session(source.artifact, source.runtime, ctx.profile)
+            for method_name in cfg.methods:
+                method = get_quantizer(method_name)
+                reason = method.supported(ctx.profile)
+                if reason:
+                    ctx.notes.append(f"quantize: {method_name} skipped: {reason}")
+                    continue
+                main = method.quantize(
+                    Path(source.artifact.path),
+                    ctx.store.staging_dir(),
+                    calibration=calibration if method.needs_calibration else None,
+                    cfg=cfg,
+                    profile=ctx.profile,
+                )
+                ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]
+                parent = _runtime_sibling(source, inputs, method.runtime)
+                session = load_session(ref, method.runtime, ctx.profile)
+                out.append(
+                    Candidate.create(
+                        name=_child_name(parent, method_name.replace("_", "-")),
+                        stage=self.name,
+                        method=method_name,
+                        artifact=ref,
+                        runtime=method.runtime,  # type: ignore[arg-type]
+                        parent=parent,
+                        precision=method.precision,  # type: ignore[arg-type]
+                        params=_quantize_params(method_name, cfg, ctx.profile),
+                        parity_max_abs_diff=max_abs_diff(source_session, session, x),
+                        notes=list(method.notes),
+                    )
+                )
+        return out
+
+
+def _runtime_sibling(source: Candidate, inputs: list[Candidate], runtime: str) -> Candidate:
+    """The FP32 candidate in ``runtime`` made from the same model as ``source``.
+
+    A quantized OpenVINO model is compared with the FP32 OpenVINO model, not with the
+    ONNX Runtime one it was converted from, so "faster than its parent" is a fair test.
+    """
+    if source.runtime == runtime:
+        return source
+    for c in inputs:
+        if c.parent_id == source.parent_id and c.runtime == runtime and c.precision == "fp32":
+            return c
+    return source
+
+
+def _quantize_params(method: str, cfg: Any, profile: HardwareProfile) -> dict[str, Any]:
+    from hamnet.quantize import resolve_reduce_range
+
+    params: dict[str, Any] = {"calibration_samples": cfg.calibration_samples}
+    if method.startswith("ort_"):
+        params["per_channel"] = cfg.per_channel
+        params["reduce_range"] = resolve_reduce_range(cfg, profile)
+    return params
+
+
+STAGES: dict[str, type[Stage]] = {
+    "load": LoadStage,
+    "train": TrainStage,
+    "export": ExportStage,
+    "quantize": QuantizeStage,
+}
+"""Every stage by name."""
+
+PIPELINE_ORDER: tuple[str, ...] = ("train", "export", "quantize")
+"""Order in which configured stages run (the baseline comes from ``load`` or ``train``)."""
+
+
+def build_plan(config: OptimizeConfig) -> list[Stage]:
+    """Return the ordered stages this configuration runs.
+
+    The first stage makes the baseline: ``train`` when ``model.source`` is ``train``,
+    ``load`` when it is ``file``. Every later stage runs when its section is set.
+    """
+    plan: list[Stage] = [LoadStage() if config.model.source == "file" else TrainStage()]
+    for name in PIPELINE_ORDER:
+        stage = STAGES[name]()
+        if name == "train" or stage.settings(config) is None:
+            continue
+        plan.append(stage)
+    return plan
+
+
+def stage_by_name(name: str) -> Stage:
+    """Instantiate a stage from :data:`STAGES`.
+
+    Raises:
+        ConfigError: If the name is unknown.
+    """
+    try:
+        return STAGES[name]()
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}: expected one of {sorted(STAGES)}") from None

@@ -1,0 +1,86 @@
+"""Test-session set-up: every library writes under a temp folder, telemetry is off.
+
+Runs before any test module imports prefect or mlflow, so their homes never touch
+the user's ~/.prefect or ./mlruns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="hamnet-tests-"))
+
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_SESSION_HOME / "prefect-storage")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("HAMNET_INJECT_FAULT", None)
+for key, value in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}.items():
+    os.environ[key] = value
+
+
+def tiny_config(**overrides: object) -> dict[str, object]:
+    """A config small enough for a flow run in well under a minute on 2 cores."""
+    from hamnet.config import deep_merge
+
+    base: dict[str, object] = {
+        "name": "tiny",
+        "seed": 0,
+        "hardware_profile": "x86-avx2",
+        "model": {
+            "source": "train",
+            "hamnet": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "token_size": 8},
+        },
+        "constraints": {"max_accuracy_drop": 0.05, "max_latency_ms": None, "target_size_mb": None},
+        "stages": {
+            "train": {"epochs": 4, "patience": 2, "batch_size": 128},
+            "export": {"formats": ["onnx", "openvino"]},
+            "quantize": {
+                "methods": ["ort_dynamic_int8", "ort_static_int8"],
+                "calibration_samples": 64,
+            },
+        },
+        "measure": {"warmup": 2, "repeats": 10, "max_eval_samples": 200},
+        "tracking": {"experiment": "tests", "registered_model": "hamnet-tiny"},
+        "execution": {"retries": 1, "retry_delay_seconds": 0},
+    }
+    return deep_merge(base, overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throw-away project folder with the repo's configs, profiles and flow code."""
+    for name in ("configs", "hardware_profiles", "flows", "tasks"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "prefect.yaml", tmp_path / "prefect.yaml")
+    return tmp_path
+
+
+def write_config(project: Path, data: dict[str, object], name: str = "run.yaml") -> Path:
+    path = project / "configs" / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One ephemeral Prefect API for the whole test session (~16 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

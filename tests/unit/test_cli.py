@@ -1,0 +1,138 @@
+"""Bad input through the CLI: one clear error line, exit code 2, nothing started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hamnet.cli import app, parse_overrides
+from hamnet.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, data: dict[str, object]) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(tmp_path: Path, data: dict[str, object], *extra: str) -> tuple[int, str]:
+    path = _write(tmp_path, data)
+    result = runner.invoke(app, ["run", str(path), "--base-dir", str(tmp_path), *extra])
+    return result.exit_code, result.output
+
+
+def _csv(tmp_path: Path, n_features: int, label: str = "label") -> Path:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        rng.normal(size=(120, n_features)), columns=[f"f{i}" for i in range(n_features)]
+    )
+    frame[label] = rng.integers(0, 3, size=120)
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_overrides_parse_as_yaml_values() -> None:
+    assert parse_overrides(["stages.train.epochs=5", "seed=1", "name=x"]) == {
+        "stages": {"train": {"epochs": 5}},
+        "seed": 1,
+        "name": "x",
+    }
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {"stages": {"train": {"epoch": 3}}})
+    assert code == 2
+    assert "unknown key" in out and "stages.train.epoch" in out
+
+
+def test_out_of_range_value_through_set(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {}, "--set", "stages.train.epochs=0")
+    assert code == 2
+    assert "stages.train.epochs" in out and "but got 0" in out
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(tmp_path / "absent.yaml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_unknown_profile(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {"hardware_profile": "tpu-v9"})
+    assert code == 2
+    assert "unknown hardware profile 'tpu-v9'" in out
+
+
+def test_profile_whose_hardware_is_absent(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {"hardware_profile": "arm64-edge"})
+    assert code == 2
+    assert "does not match this machine" in out
+
+
+def test_missing_data_file(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {"data": {"source": "file", "path": "nope.csv"}})
+    assert code == 2
+    assert "nope.csv" in out
+
+
+def test_missing_label_column(tmp_path: Path) -> None:
+    _csv(tmp_path, 4, label="target")
+    code, out = _run(
+        tmp_path, {"data": {"source": "file", "path": "data.csv", "label_column": "label"}}
+    )
+    assert code == 2
+    assert "label" in out and "target" in out
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, {"model": {"source": "file", "path": "model.pt"}})
+    assert code == 2
+    assert "model.pt" in out and "does not exist" in out
+
+
+def test_unreadable_model_file(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    code, out = _run(tmp_path, {"model": {"source": "file", "path": "model.pt"}})
+    assert code == 2
+    assert "model.pt" in out
+
+
+def test_feature_count_mismatch(tmp_path: Path) -> None:
+    from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
+
+    save_checkpoint(HAMNet(HAMNetConfig(input_size=64, num_classes=3)), tmp_path / "model.pt")
+    _csv(tmp_path, 10)
+    code, out = _run(
+        tmp_path,
+        {
+            "model": {"source": "file", "path": "model.pt"},
+            "data": {"source": "file", "path": "data.csv"},
+        },
+    )
+    assert code == 2
+    assert "64" in out and "10" in out
+
+
+def test_profiles_command_lists_presence() -> None:
+    result = runner.invoke(app, ["profiles"])
+    assert result.exit_code == 0
+    assert "x86-avx2" in result.output and "arm64-edge" in result.output
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    ok = runner.invoke(app, ["validate", str(repo / "configs" / "default.yaml")])
+    assert ok.exit_code == 0
+    bad = _write(tmp_path, {"nonsense": 1})
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2 and "nonsense" in result.output
