@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-from prefect.runtime import flow_run
+from prefect import State, flow
+from prefect.runtime import deployment, flow_run
 
 from hamnet.candidate import Candidate
 from hamnet.config import load_config
@@ -46,7 +46,7 @@ def hamnet_optimize(
     tags = {
         "prefect.flow_run_id": str(flow_run.id),
         "prefect.flow_run_name": str(flow_run.name),
-        "prefect.deployment": str(flow_run.deployment_name or "none"),
+        "prefect.deployment": str(deployment.name or "none"),
     }
     with PipelineRun(config, base_dir=base, tags=tags) as run:
         for stage in run.plan:
@@ -65,7 +65,7 @@ def _run_stage(
 ) -> tuple[list[Candidate], list[str], bool]:
     """Submit one stage as its Prefect task; return new candidates, notes, cache hit."""
     task = stage_task(stage.name, run.config.execution, run.workdir, refresh=refresh)
-    state = task(
+    state: State[tuple[list[Candidate], list[str]]] = task(  # type: ignore[call-overload,assignment]
         stage.name,
         run.scope(stage),
         run.candidates,

@@ -261,6 +261,11 @@ def _split_frame(
             f"data file {str(path)!r} has no label column {label_column!r} (data.label_column);"
             f" its columns are {_preview(columns)}"
         )
+    if len(frame) == 0:
+        raise DataError(
+            f"data file {str(path)!r} is empty: expected at least one sample, but it has only "
+            f"a header with columns {_preview(columns)}"
+        )
     frame.columns = pd.Index(columns)
     features = frame.drop(columns=[label_column])
     bad = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]

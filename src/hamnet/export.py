@@ -195,4 +195,3 @@ def check_parity(
             f"({candidate.runtime} vs {reference.runtime} on {len(x)} samples)"
         )
     return diff
-

@@ -331,6 +331,8 @@ class PipelineRun:
         seconds: float = 0.0,
     ) -> None:
         """Record a stage's new candidates and log them to MLflow right away."""
+        from rich.markup import escape
+
         for candidate in new:
             candidate.artifact.verify()
         self.candidates.extend(new)
@@ -338,9 +340,9 @@ class PipelineRun:
         self.stages.append(record)
         state = "cached" if cached else f"{seconds:.1f} s"
         names = ", ".join(c.name for c in new) or "nothing"
-        self.console.log(f"[bold]{stage.name}[/] ({state}): {names}")
+        self.console.log(f"[bold]{stage.name}[/] ({state}): {escape(names)}")
         for note in record.notes:
-            self.console.log(f"  [yellow]note[/] {note}")
+            self.console.log(f"  [yellow]note[/] {escape(note)}")
         if self.tracker is not None and self.parent_run_id is not None:
             from hamnet.pareto import assess
 
@@ -367,6 +369,8 @@ class PipelineRun:
 
     def finish(self) -> PipelineResult:
         """Select the recommended candidate, report, log the front, register it."""
+        from rich.markup import escape
+
         from hamnet.pareto import candidates_table, select
         from hamnet.report import render_table, write_report
 
@@ -395,7 +399,7 @@ class PipelineRun:
                     min_improvement=cfg.selection.champion_min_improvement,
                     constraints=cfg.constraints,
                 )
-                self.console.log(f"[bold]registry[/] {registration.message}")
+                self.console.log(f"[bold]registry[/] {escape(registration.message)}")
             self._end_tracking("FINISHED")
         cached = [s.name for s in self.stages if s.cached]
         seconds = time.perf_counter() - self._started

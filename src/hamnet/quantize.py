@@ -126,9 +126,7 @@ class QuantizationMethod(ABC):
         return data
 
     def _fail(self, source: Path, err: Exception) -> ExportError:
-        return ExportError(
-            f"{self.name} failed on {str(source)!r}: {type(err).__name__}: {err}"
-        )
+        return ExportError(f"{self.name} failed on {str(source)!r}: {type(err).__name__}: {err}")
 
 
 def _input_name(path: Path) -> str:

@@ -83,6 +83,7 @@ class Stack:
         """Environment for clients of this stack (prefect CLI, worker, flows)."""
         env = dict(os.environ)
         env["PREFECT_API_URL"] = self.prefect_api_url
+        env["HAMNET_PROJECT_DIR"] = self.project_dir
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri

@@ -171,7 +171,7 @@ class LoadStage(Stage):
         if suffix in (".pt", ".pth"):
             from hamnet.models import load_checkpoint
 
-            got = load_checkpoint(path, trust=cfg.trust_checkpoint).config.input_size
+            got: int | None = load_checkpoint(path, trust=cfg.trust_checkpoint).config.input_size
             fmt = "torch"
         elif suffix == ".onnx":
             got = _onnx_feature_count(path)

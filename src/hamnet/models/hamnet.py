@@ -50,6 +50,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,8 @@ from hamnet.config import HAMNetSection
 from hamnet.errors import ConfigError, DataError, ModelLoadError
 
 CHECKPOINT_FORMAT = "hamnet-checkpoint/1"
+
+_POS_STD = 0.2
 
 _EXPECTED_CHECKPOINT = "a hamnet checkpoint (.pt saved by hamnet) with keys format/config/state_dict"
 
@@ -310,15 +313,18 @@ class HAMNet(nn.Module):
         self.blocks = nn.ModuleList(HAMNetBlock(config, i) for i in range(config.num_layers))
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, config.num_classes)
-        self.reset_parameters()
+        nn.init.normal_(self.pos, std=_POS_STD)
 
     def reset_parameters(self) -> None:
-        """Initialise weights: truncated normal (std 0.02) for linears and ``pos``."""
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        """Re-initialise every weight: torch's defaults, and N(0, 0.2²) for ``pos``.
+
+        A positional embedding much smaller than the token embeddings leaves the
+        mean-pooled model nearly blind to token order at the start, which slows training.
+        """
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+            if module is not self and isinstance(module, (nn.Linear, nn.LayerNorm)):
+                module.reset_parameters()
+        nn.init.normal_(self.pos, std=_POS_STD)
 
     def no_weight_decay(self) -> set[str]:
         """Names of weight tensors that should not be decayed by the optimizer."""
@@ -388,7 +394,9 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> HAMNet:
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {str(path)!r} does not exist (expected {_EXPECTED_CHECKPOINT})")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         blocked = _blocked_global(str(err))
         if blocked is not None and not trust:

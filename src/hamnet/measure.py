@@ -1,0 +1,394 @@
+"""Measure a candidate: one code path for every model, runtime and stage.
+
+:func:`measure_artifact` loads a stored model in a runtime with the hardware
+profile's settings and returns :class:`~hamnet.candidate.Metrics`: top-1 accuracy
+(or agreement with reference logits when there are no labels), latency p50/p90 at
+the profile's latency batch size, throughput at its throughput batch size, file size,
+peak memory, and the thread count used. The building blocks (:func:`latency_ms`,
+:func:`throughput_sps`, :func:`accuracy`, :func:`agreement`, :func:`peak_memory_mb`)
+work on any :class:`~hamnet.runtimes.InferenceSession`.
+
+Example:
+    >>> metrics = measure_artifact(ref, "openvino", profile, x_test, y_test,
+    ...                            config.measure, params=n_params, flops=n_flops)
+    >>> metrics.latency_p50_ms
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from hamnet.candidate import Metrics
+from hamnet.errors import DataError
+from hamnet.runtimes import get_runtime, runtime_spec
+
+if TYPE_CHECKING:
+    from hamnet.artifacts import ArtifactRef
+    from hamnet.config import MeasureSection
+    from hamnet.hardware import HardwareProfile
+    from hamnet.runtimes import InferenceSession
+
+T = TypeVar("T")
+
+_MB = 1e6
+
+
+def _rows(x: np.ndarray, n: int) -> np.ndarray:
+    """Return exactly ``n`` rows of ``x`` (repeating rows when ``x`` has fewer)."""
+    if len(x) == 0:
+        raise DataError("measurement needs at least one input row, but got an empty array")
+    if len(x) < n:
+        x = np.concatenate([x] * (n // len(x) + 1), axis=0)
+    return np.ascontiguousarray(x[:n], dtype=np.float32)
+
+
+def latency_ms(
+    session: InferenceSession, x_one: np.ndarray, *, warmup: int, repeats: int
+) -> tuple[float, float]:
+    """Time single calls of ``session.run(x_one)``.
+
+    Args:
+        session: The model.
+        x_one: The batch run in every call (its size is the latency batch size).
+        warmup: Untimed calls first (caches, lazy allocations, JIT).
+        repeats: Timed calls.
+
+    Returns:
+        The median and 90th percentile latency in milliseconds.
+
+    Raises:
+        DataError: If ``repeats`` is not positive.
+    """
+    if repeats < 1:
+        raise DataError(f"repeats must be positive, but got {repeats}")
+    x_one = np.ascontiguousarray(x_one, dtype=np.float32)
+    for _ in range(warmup):
+        session.run(x_one)
+    times = np.empty(repeats, dtype=np.float64)
+    for i in range(repeats):
+        start = time.perf_counter_ns()
+        session.run(x_one)
+        times[i] = time.perf_counter_ns() - start
+    p50, p90 = np.percentile(times, [50, 90]) / 1e6
+    return float(p50), float(p90)
+
+
+def throughput_sps(
+    session: InferenceSession,
+    x_batch: np.ndarray,
+    *,
+    warmup: int,
+    min_seconds: float = 0.5,
+    max_iters: int = 1000,
+) -> float:
+    """Return samples per second when running ``x_batch`` back to back.
+
+    Calls repeat until ``min_seconds`` have passed or ``max_iters`` calls were made
+    (at least one call is always timed).
+
+    Args:
+        session: The model.
+        x_batch: The batch run in every call (its size is the throughput batch size).
+        warmup: Untimed calls first.
+        min_seconds: Time to keep running for a stable figure.
+        max_iters: Upper bound on timed calls.
+
+    Returns:
+        Samples per second.
+    """
+    x_batch = np.ascontiguousarray(x_batch, dtype=np.float32)
+    for _ in range(warmup):
+        session.run(x_batch)
+    iters = 0
+    start = time.perf_counter_ns()
+    elapsed = 0
+    while iters < max(1, max_iters):
+        session.run(x_batch)
+        iters += 1
+        elapsed = time.perf_counter_ns() - start
+        if elapsed >= min_seconds * 1e9:
+            break
+    return iters * len(x_batch) / (max(elapsed, 1) / 1e9)
+
+
+def predict(session: InferenceSession, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Return the logits for every row of ``x``, computed ``batch_size`` rows at a time."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be positive, but got {batch_size}")
+    if len(x) == 0:
+        raise DataError("prediction needs at least one input row, but got an empty array")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.concatenate(
+        [session.run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)], axis=0
+    )
+
+
+def accuracy(session: InferenceSession, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+    """Return the top-1 accuracy of ``session`` on inputs ``x`` with labels ``y``.
+
+    Raises:
+        DataError: If ``x`` and ``y`` have different lengths or are empty.
+    """
+    if len(x) != len(y):
+        raise DataError(f"x and y must have the same length, but got {len(x)} and {len(y)}")
+    predictions = predict(session, x, batch_size).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(y)))
+
+
+def agreement(
+    session: InferenceSession, reference_logits: np.ndarray, x: np.ndarray, batch_size: int
+) -> float:
+    """Return how often ``session``'s top-1 class equals the reference's (no labels needed).
+
+    Raises:
+        DataError: If ``reference_logits`` and ``x`` have different lengths or are empty.
+    """
+    if len(reference_logits) != len(x):
+        raise DataError(
+            f"reference_logits and x must have the same length, but got "
+            f"{len(reference_logits)} and {len(x)}"
+        )
+    predictions = predict(session, x, batch_size).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(reference_logits).argmax(axis=1)))
+
+
+def _score(
+    logits: np.ndarray, y: np.ndarray | None, reference_logits: np.ndarray | None
+) -> tuple[float, str]:
+    predictions = logits.argmax(axis=1)
+    if y is not None:
+        if len(y) != len(logits):
+            raise DataError(
+                f"x_test and y_test must have the same length, but got {len(logits)} and {len(y)}"
+            )
+        return float(np.mean(predictions == y)), "top1_accuracy"
+    if reference_logits is not None:
+        if len(reference_logits) != len(logits):
+            raise DataError(
+                f"reference_logits and x_test must have the same length, but got "
+                f"{len(reference_logits)} and {len(logits)}"
+            )
+        return float(np.mean(predictions == reference_logits.argmax(axis=1))), "top1_agreement"
+    raise DataError(
+        "measuring needs labels (y_test) or reference logits for agreement, but got neither"
+    )
+
+
+def peak_memory_mb(fn: Callable[[], T], *, interval_s: float = 0.001) -> tuple[T, float]:
+    """Run ``fn`` while a background thread samples this process's RSS.
+
+    The figure is the peak resident set size during ``fn`` minus the RSS just before
+    it: for a model load followed by inference, the memory that loading and running it
+    added. It is a process-level estimate: memory the allocator reuses from earlier
+    work is not counted again, and a library imported for the first time inside ``fn``
+    is charged to it.
+
+    Args:
+        fn: The work to measure.
+        interval_s: Seconds between samples.
+
+    Returns:
+        ``fn``'s result and the RSS increase in MB (10^6 bytes), never negative.
+    """
+    import psutil
+
+    process = psutil.Process()
+    gc.collect()
+    baseline = process.memory_info().rss
+    peak = baseline
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, process.memory_info().rss)
+            stop.wait(interval_s)
+
+    sampler = threading.Thread(target=sample, name="hamnet-rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        sampler.join()
+    peak = max(peak, process.memory_info().rss)
+    return result, max(0.0, (peak - baseline) / _MB)
+
+
+@dataclass(frozen=True)
+class SessionMeasurement:
+    """What :func:`measure_session` found (the runtime-independent part of Metrics)."""
+
+    accuracy: float
+    accuracy_kind: str
+    latency_p50_ms: float
+    latency_p90_ms: float
+    throughput_sps: float
+    eval_samples: int
+
+
+def measure_session(
+    session: InferenceSession,
+    x_test: np.ndarray,
+    y_test: np.ndarray | None,
+    settings: MeasureSection,
+    *,
+    latency_batch_size: int,
+    throughput_batch_size: int,
+    throughput_session: InferenceSession | None = None,
+    reference_logits: np.ndarray | None = None,
+    eval_logits: np.ndarray | None = None,
+) -> SessionMeasurement:
+    """Measure accuracy, latency and throughput of a loaded model.
+
+    Args:
+        session: The model.
+        x_test: Float32 test inputs ``[N, features]``.
+        y_test: Integer labels ``[N]``; None to report top-1 agreement with
+            ``reference_logits`` instead.
+        settings: Warm-up, repeats and the optional cap on evaluated samples.
+        latency_batch_size: Rows per call when timing latency.
+        throughput_batch_size: Rows per call for throughput and accuracy.
+        throughput_session: The session timed for throughput (default: ``session``).
+        reference_logits: Logits ``[N, classes]`` of the reference model on ``x_test``,
+            required when ``y_test`` is None.
+        eval_logits: ``session``'s logits on ``x_test`` when already computed (skips a
+            second pass over the test set).
+
+    Returns:
+        The measurement.
+
+    Raises:
+        DataError: If there is nothing to measure or the inputs do not line up.
+    """
+    n = len(x_test) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(x_test[:n], dtype=np.float32)
+    logits = (
+        eval_logits if eval_logits is not None else predict(session, x_eval, throughput_batch_size)
+    )
+    score, kind = _score(
+        logits[:n],
+        None if y_test is None else np.asarray(y_test)[:n],
+        None if reference_logits is None else np.asarray(reference_logits)[:n],
+    )
+    p50, p90 = latency_ms(
+        session,
+        _rows(x_eval, latency_batch_size),
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+    )
+    sps = throughput_sps(
+        throughput_session or session,
+        _rows(x_eval, throughput_batch_size),
+        warmup=max(1, settings.warmup // 4),
+        max_iters=settings.repeats,
+    )
+    return SessionMeasurement(
+        accuracy=score,
+        accuracy_kind=kind,
+        latency_p50_ms=p50,
+        latency_p90_ms=p90,
+        throughput_sps=sps,
+        eval_samples=len(x_eval),
+    )
+
+
+def resolved_threads(profile: HardwareProfile) -> int:
+    """Return the intra-op thread count measurement uses for ``profile``."""
+    return profile.threads or os.cpu_count() or 1
+
+
+def measure_artifact(
+    artifact: ArtifactRef,
+    runtime: str,
+    profile: HardwareProfile,
+    x_test: np.ndarray,
+    y_test: np.ndarray | None,
+    settings: MeasureSection,
+    *,
+    params: int,
+    flops: int,
+    trust_checkpoint: bool = False,
+    reference_logits: np.ndarray | None = None,
+) -> Metrics:
+    """Load a stored model in ``runtime`` and measure it on the profile's settings.
+
+    Peak memory covers loading the model and the accuracy pass over the test set
+    (see :func:`peak_memory_mb`); the runtime's library is imported before sampling.
+    Runtimes that compile differently for throughput (OpenVINO's ``THROUGHPUT``
+    hint) get a second session for the throughput figure.
+
+    Args:
+        artifact: The model.
+        runtime: A runtime the profile lists.
+        profile: Threads, batch sizes and runtime settings.
+        x_test: Float32 test inputs ``[N, features]``.
+        y_test: Integer labels ``[N]``, or None to score agreement with
+            ``reference_logits``.
+        settings: Warm-up, repeats and the optional cap on evaluated samples.
+        params: Parameter count of the torch model the candidate descends from.
+        flops: FLOPs per sample of that model.
+        trust_checkpoint: Allow pickled code in torch checkpoints.
+        reference_logits: Reference logits on ``x_test`` (needed when ``y_test`` is None).
+
+    Returns:
+        The candidate's metrics.
+
+    Raises:
+        ConfigError: If the runtime is unknown.
+        HardwareProfileError: If the profile does not list it or the machine lacks it.
+        ModelLoadError: If the model cannot be loaded.
+        DataError: If the test data is empty or does not line up.
+    """
+    spec = runtime_spec(profile, runtime)
+    engine = get_runtime(runtime)
+    engine.prepare(spec)
+    n = len(x_test) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(x_test[:n], dtype=np.float32)
+    if len(x_eval) == 0:
+        raise DataError("measuring needs at least one test sample, but got an empty array")
+    batch = profile.throughput_batch_size
+
+    def load_and_run() -> tuple[InferenceSession, np.ndarray]:
+        session = engine.load(artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint)
+        return session, predict(session, x_eval, batch)
+
+    (session, logits), memory = peak_memory_mb(load_and_run)
+    throughput = engine.throughput_session(
+        artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint
+    )
+    found = measure_session(
+        session,
+        x_eval,
+        None if y_test is None else np.asarray(y_test)[:n],
+        settings,
+        latency_batch_size=profile.latency_batch_size,
+        throughput_batch_size=batch,
+        throughput_session=throughput,
+        reference_logits=None if reference_logits is None else reference_logits[:n],
+        eval_logits=logits,
+    )
+    return Metrics(
+        accuracy=found.accuracy,
+        accuracy_kind=found.accuracy_kind,
+        latency_p50_ms=found.latency_p50_ms,
+        latency_p90_ms=found.latency_p90_ms,
+        latency_batch_size=profile.latency_batch_size,
+        throughput_sps=found.throughput_sps,
+        throughput_batch_size=batch,
+        size_mb=artifact.size_mb,
+        params=params,
+        flops=flops,
+        peak_memory_mb=memory,
+        runtime=runtime,  # type: ignore[arg-type]
+        threads=resolved_threads(profile),
+        eval_samples=found.eval_samples,
+    )

@@ -1,0 +1,178 @@
+"""Export to ONNX and OpenVINO IR, and output parity across the three runtimes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hamnet.artifacts import ArtifactStore
+from hamnet.errors import ExportError
+from hamnet.export import check_parity, convert_openvino, export_onnx, max_abs_diff
+from hamnet.hardware import load_profile
+from hamnet.runtimes import InferenceSession, TorchSession, load_session
+
+INPUT_SIZE = 16
+
+
+class TinyAttention(nn.Module):
+    """Tokens -> self-attention (MatMul/Softmax) -> LayerNorm -> FFN -> linear head."""
+
+    def __init__(self, input_size: int = INPUT_SIZE, tokens: int = 4, dim: int = 16) -> None:
+        super().__init__()
+        self.tokens, self.dim = tokens, dim
+        self.embed = nn.Linear(input_size // tokens, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(tokens * dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.reshape(x.shape[0], self.tokens, -1))
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(self.dim), dim=-1)
+        h = self.norm(h + weights @ v)
+        return self.head((h + self.ffn(h)).flatten(1))
+
+
+class Shifted(InferenceSession):
+    """Another session's outputs plus a constant."""
+
+    runtime = "shifted"
+
+    def __init__(self, inner: InferenceSession, shift: float) -> None:
+        self.inner, self.shift = inner, shift
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.run(x) + np.float32(self.shift)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyAttention().eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(50, INPUT_SIZE)).astype(np.float32)
+
+
+def test_export_onnx_names_dynamic_batch_and_checker(tmp_path: Path, model: nn.Module) -> None:
+    import onnx
+
+    path = export_onnx(model, INPUT_SIZE, tmp_path / "nested" / "model.onnx", opset=17)
+    assert path == tmp_path / "nested" / "model.onnx" and path.is_file()
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["input"]
+    assert [o.name for o in graph.output] == ["logits"]
+    batch, features = graph.input[0].type.tensor_type.shape.dim
+    assert batch.dim_param and not batch.dim_value
+    assert features.dim_value == INPUT_SIZE
+    assert {"MatMul", "Softmax"} <= {n.op_type for n in graph.node}
+
+
+def test_export_restores_training_mode_and_hides_deprecation(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyAttention().train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(model, INPUT_SIZE, tmp_path / "model.onnx")
+    assert model.training
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
+def test_export_failure_is_export_error_with_cause(tmp_path: Path, model: nn.Module) -> None:
+    with pytest.raises(ExportError, match=r"ONNX export of TinyAttention \(input_size=7"):
+        export_onnx(model, 7, tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match="input_size must be positive, but got 0"):
+        export_onnx(model, 0, tmp_path / "model.onnx")
+
+
+def test_parity_across_runtimes(tmp_path: Path, model: nn.Module, x: np.ndarray) -> None:
+    profile = load_profile("x86-avx2")
+    store = ArtifactStore(tmp_path / "store")
+    onnx_path = export_onnx(model, INPUT_SIZE, tmp_path / "model.onnx")
+    xml_path = convert_openvino(onnx_path, tmp_path / "model.xml")
+    onnx_ref = store.put(onnx_path, "onnx")
+    ir_ref = store.put(xml_path, "openvino")
+    reference = TorchSession(model)
+    sessions = [
+        load_session(onnx_ref, "onnxruntime", profile),
+        load_session(ir_ref, "openvino", profile),
+        load_session(onnx_ref, "openvino", profile),
+    ]
+    for session in sessions:
+        assert check_parity(reference, session, x, atol=1e-4) <= 1e-4
+        for rows in (1, 7):  # the batch axis is dynamic
+            assert session.run(x[:rows]).shape == (rows, 3)
+            assert session.run(x[:rows]).dtype == np.float32
+
+
+def test_convert_openvino_keeps_fp32_unless_asked(tmp_path: Path, model: nn.Module) -> None:
+    onnx_path = export_onnx(model, INPUT_SIZE, tmp_path / "model.onnx")
+    fp32 = convert_openvino(onnx_path, tmp_path / "fp32" / "model.xml")
+    fp16 = convert_openvino(onnx_path, tmp_path / "fp16" / "model.xml", compress_to_fp16=True)
+    params = sum(p.numel() for p in model.parameters())
+    fp32_bin = fp32.with_suffix(".bin").stat().st_size
+    assert fp32_bin >= 4 * params * 0.95  # FP32 weights, not the FP16 save_model default
+    assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32_bin
+
+
+def test_convert_openvino_errors(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"must end with \.xml, but got"):
+        convert_openvino(tmp_path / "model.onnx", tmp_path / "model.bin")
+    with pytest.raises(ExportError, match="OpenVINO conversion of"):
+        convert_openvino(tmp_path / "missing.onnx", tmp_path / "model.xml")
+
+
+def test_check_parity_reports_difference_and_tolerance(model: nn.Module, x: np.ndarray) -> None:
+    reference = TorchSession(model)
+    assert max_abs_diff(reference, reference, x) == 0.0
+    assert max_abs_diff(reference, Shifted(reference, 0.5), x, batch_size=8) == pytest.approx(0.5)
+    with pytest.raises(ExportError, match=r"outputs differ by up to 0\.5, more than the tolerance"):
+        check_parity(reference, Shifted(reference, 0.5), x, atol=1e-3)
+    assert check_parity(reference, Shifted(reference, 1e-4), x, atol=1e-3) <= 1e-3
+
+
+def test_max_abs_diff_rejects_nan_and_shape_mismatch(model: nn.Module, x: np.ndarray) -> None:
+    reference = TorchSession(model)
+    assert max_abs_diff(reference, Shifted(reference, float("nan")), x) == math.inf
+    with pytest.raises(ExportError, match=r"outputs differ by up to inf"):
+        check_parity(reference, Shifted(reference, float("nan")), x, atol=1.0)
+
+    class Wider(InferenceSession):
+        runtime = "wider"
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            return np.zeros((len(x), 4), dtype=np.float32)
+
+    with pytest.raises(ExportError, match="output shapes differ"):
+        max_abs_diff(reference, Wider(), x)
+    with pytest.raises(ExportError, match="empty array"):
+        max_abs_diff(reference, reference, x[:0])
+
+
+def test_hamnet_checkpoint_exports_with_parity(tmp_path: Path) -> None:
+    models = pytest.importorskip("hamnet.models")
+    if not hasattr(models, "HAMNet"):
+        pytest.skip("hamnet.models.HAMNet is not written yet")
+    torch.manual_seed(0)
+    config = models.HAMNetConfig(
+        input_size=INPUT_SIZE, num_classes=3, hidden_size=16, num_heads=2, token_size=4
+    )
+    model = models.HAMNet(config).eval()
+    store = ArtifactStore(tmp_path / "store")
+    ckpt = store.put(models.save_checkpoint(model, tmp_path / "model.pt"), "torch")
+    profile = load_profile("x86-avx2")
+    reference = load_session(ckpt, "torch", profile)
+    onnx_ref = store.put(export_onnx(model, config.input_size, tmp_path / "model.onnx"), "onnx")
+    ir_ref = store.put(convert_openvino(onnx_ref.path, tmp_path / "model.xml"), "openvino")
+    x = np.random.default_rng(1).normal(size=(20, INPUT_SIZE)).astype(np.float32)
+    for ref, runtime in ((onnx_ref, "onnxruntime"), (ir_ref, "openvino")):
+        assert check_parity(reference, load_session(ref, runtime, profile), x, atol=1e-4) < 1e-4
