@@ -458,14 +458,20 @@ class Tracker:
             f"{candidate.stage}: accuracy {100 * metrics.accuracy:.2f}%, latency p50 "
             f"{metrics.latency_p50_ms:.3f} ms, size {metrics.size_mb:.3f} MB"
         )
-        version = self.client.create_model_version(
-            name,
-            source=source,
-            run_id=candidate_run_id,
-            tags=_clip_tags(tags),
-            description=description,
-        )
-        new = str(version.version)
+        existing = self._version_with_sha(name, candidate.artifact.sha256)
+        if existing is not None:
+            # The same model file is already registered: reuse that version instead of
+            # adding an identical one on every (cached) rerun.
+            new = str(existing.version)
+        else:
+            version = self.client.create_model_version(
+                name,
+                source=source,
+                run_id=candidate_run_id,
+                tags=_clip_tags(tags),
+                description=description,
+            )
+            new = str(version.version)
 
         alias = self.cfg.champion_alias
         old = self._champion(name)
@@ -480,7 +486,7 @@ class Tracker:
         elif (old.tags or {}).get(TAG_SHA256) == candidate.artifact.sha256:
             moved = False
             sha = candidate.artifact.sha256[:12]
-            message = f"{alias} stays v{previous}: v{new} is the same model (sha256 {sha})"
+            message = f"{alias} stays v{previous}: it is the recommended model (sha256 {sha})"
         else:
             old_metrics, old_baseline = _stored_metrics(old)
             if old_metrics is None or old_baseline is None:
@@ -534,6 +540,12 @@ class Tracker:
                 )
             except MlflowException:  # created by another process meanwhile
                 self.client.get_registered_model(name)
+
+    def _version_with_sha(self, name: str, sha256: str) -> ModelVersion | None:
+        for version in self.client.search_model_versions(f"name='{name}'"):
+            if (version.tags or {}).get(TAG_SHA256) == sha256:
+                return version
+        return None
 
     def _champion(self, name: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException

@@ -269,7 +269,8 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
     )
 
     same = register("v4", 0.30, content=b"onnx model v3")  # same file as v3
-    assert not same.champion_moved and "same model" in same.message
+    assert not same.champion_moved and "it is the recommended model" in same.message
+    assert same.version == "3"  # the identical file reuses its version, none is added
 
     # Tighter constraints: the champion (drop 1 point) now fails them, a slower but
     # accurate model meets them and takes over despite its latency.
@@ -280,7 +281,7 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
     moved = tracker.register(
         exact, run_id, verdict, objective="latency_p50_ms", min_improvement=0.05, constraints=strict
     )
-    assert moved.champion_moved and moved.message.startswith("champion moved from v3 to v5")
+    assert moved.champion_moved and moved.message.startswith("champion moved from v3 to v4")
     assert "meets the constraints, the old one does not" in moved.message
 
     champion = client.get_model_version_by_alias("hamnet-test", "champion")
