@@ -192,6 +192,14 @@ class MeasureSection(_Section):
     warmup: int = Field(20, ge=0)
     repeats: int = Field(200, ge=5)
     max_eval_samples: int | None = Field(None, ge=1)
+    slower_margin: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="A candidate whose p50 latency exceeds its parent's by more than this "
+        "fraction is marked slower than its parent and never recommended. Sub-millisecond "
+        "latencies on a busy CPU vary by several percent between runs.",
+    )
 
 
 class TrackingSection(_Section):

@@ -98,7 +98,8 @@ def execute_stage(
     """Run one stage and measure what it made.
 
     Every new candidate is measured by the same code path; one that is slower than its
-    parent is kept but marked ``rejected`` so it is never recommended.
+    parent (by more than ``measure.slower_margin``) is kept but marked ``rejected`` so
+    it is never recommended.
 
     Args:
         config: The run configuration.
@@ -146,11 +147,13 @@ def measure_candidate(
         rejected is None
         and parent is not None
         and parent.metrics is not None
-        and metrics.latency_p50_ms > parent.metrics.latency_p50_ms
+        and metrics.latency_p50_ms
+        > parent.metrics.latency_p50_ms * (1.0 + ctx.config.measure.slower_margin)
     ):
+        margin = ctx.config.measure.slower_margin
         rejected = (
             f"slower than its parent {parent.name}: p50 {metrics.latency_p50_ms:.3f} ms "
-            f"vs {parent.metrics.latency_p50_ms:.3f} ms"
+            f"vs {parent.metrics.latency_p50_ms:.3f} ms (more than {margin:.0%} slower)"
         )
     return candidate.model_copy(update={"metrics": metrics, "rejected": rejected})
 
