@@ -288,7 +288,9 @@ def _split_frame(
     return features.to_numpy(dtype=np.float64, na_value=np.nan), labels.to_numpy()
 
 
-def _validate(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _validate(
+    x: np.ndarray, y: np.ndarray, source: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if len(x) == 0 or x.shape[1] == 0:
         raise DataError(
             f"{source} is empty: expected at least one sample and one feature, but got "
@@ -311,8 +313,7 @@ def _validate(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np
     classes, y_index = _encode_labels(y)
     if len(classes) < 2:
         raise DataError(
-            f"{source} has {len(classes)} class(es) {classes}, but classification needs at "
-            f"least 2"
+            f"{source} has {len(classes)} class(es) {classes}, but classification needs at least 2"
         )
     counts = np.bincount(y_index, minlength=len(classes))
     small = [f"{classes[i]!r} ({counts[i]})" for i in np.flatnonzero(counts < _MIN_PER_CLASS)]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hamnet.config import TrainStageConfig
@@ -136,7 +136,9 @@ def train_model(
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        _lr_lambda(cfg.scheduler, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch),
+        _lr_lambda(
+            cfg.scheduler, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+        ),
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     x_val = torch.from_numpy(dataset.x_val)
@@ -165,8 +167,13 @@ def train_model(
             )
             logger.info(
                 "epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f lr=%.3g",
-                epoch, cfg.epochs, train_loss, val_loss, val_acc, lr,
-            )  # fmt: skip
+                epoch,
+                cfg.epochs,
+                train_loss,
+                val_loss,
+                val_acc,
+                lr,
+            )
             if val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
                 best_acc, best_loss, best_epoch = val_acc, val_loss, epoch
                 best_state = _copy_state(model)
@@ -179,8 +186,12 @@ def train_model(
                 stopped_early = True
                 logger.info(
                     "early stopping at epoch %d: no improvement for %d epochs (best %.4f at "
-                    "epoch %d)", epoch, cfg.patience, best_acc, best_epoch,
-                )  # fmt: skip
+                    "epoch %d)",
+                    epoch,
+                    cfg.patience,
+                    best_acc,
+                    best_epoch,
+                )
                 break
 
     model.load_state_dict(best_state)
@@ -278,7 +289,7 @@ def _make_ce_loss(label_smoothing: float) -> LossFn:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    exempt = getattr(model, "no_weight_decay", set)()
+    exempt: set[str] = set(getattr(model, "no_weight_decay", set)())
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:

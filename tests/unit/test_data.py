@@ -45,7 +45,10 @@ def test_standardization_uses_train_statistics_only() -> None:
     ds = load_dataset(DataSection())
     raw = load_dataset(DataSection(standardize=False))
     assert ds.feature_mean is not None and ds.feature_std is not None
-    mean, std = raw.x_train.mean(axis=0, dtype=np.float64), raw.x_train.std(axis=0, dtype=np.float64)
+    mean, std = (
+        raw.x_train.mean(axis=0, dtype=np.float64),
+        raw.x_train.std(axis=0, dtype=np.float64),
+    )
     np.testing.assert_allclose(ds.feature_mean, mean, rtol=1e-5)
     np.testing.assert_allclose(ds.feature_std, np.where(std == 0, 1.0, std), rtol=1e-5)
     np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
@@ -101,7 +104,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"not parquet at all")
-    with pytest.raises(DataError, match="could not read data file .* as parquet"):
+    with pytest.raises(DataError, match=r"could not read data file .* as parquet"):
         load_dataset(_file_section(path), base_dir=tmp_path)
 
 

@@ -142,7 +142,7 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
 def test_load_checkpoint_rejects_plain_pickle(tmp_path: Path) -> None:
     path = tmp_path / "plain.pkl"
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    with pytest.raises(ModelLoadError, match="not a file written by torch.save"):
+    with pytest.raises(ModelLoadError, match=r"not a file written by torch\.save"):
         load_checkpoint(path)
 
 

@@ -56,8 +56,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -68,7 +75,9 @@ CHECKPOINT_FORMAT = "hamnet-checkpoint/1"
 
 _POS_STD = 0.2
 
-_EXPECTED_CHECKPOINT = "a hamnet checkpoint (.pt saved by hamnet) with keys format/config/state_dict"
+_EXPECTED_CHECKPOINT = (
+    "a hamnet checkpoint (.pt saved by hamnet) with keys format/config/state_dict"
+)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -281,9 +290,7 @@ class HAMNetBlock(nn.Module):
             hidden, config.heads_of(layer), config.head_dim, config.dropout_rate
         )
         self.norm2 = nn.LayerNorm(hidden)
-        self.ffn = FeedForward(
-            hidden, config.ffn_of(layer), config.activation, config.dropout_rate
-        )
+        self.ffn = FeedForward(hidden, config.ffn_of(layer), config.activation, config.dropout_rate)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,8 +341,7 @@ class HAMNet(nn.Module):
         cfg = self.config
         if not torch.jit.is_tracing() and (x.dim() != 2 or x.shape[1] != cfg.input_size):
             raise DataError(
-                f"HAMNet expects input of shape [batch, {cfg.input_size}], but got "
-                f"{list(x.shape)}"
+                f"HAMNet expects input of shape [batch, {cfg.input_size}], but got {list(x.shape)}"
             )
         tokens = x.reshape(-1, cfg.num_tokens, cfg.token_size)
         h = self.embed_dropout(self.embed(tokens) + self.pos)
@@ -392,7 +398,9 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> HAMNet:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"checkpoint {str(path)!r} does not exist (expected {_EXPECTED_CHECKPOINT})")
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} does not exist (expected {_EXPECTED_CHECKPOINT})"
+        )
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
