@@ -34,6 +34,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2
+EXIT_CONSTRAINTS_NOT_MET = 3
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -80,7 +81,11 @@ def run(
         Path, typer.Option(help="Project folder relative paths resolve against.")
     ] = Path("."),
 ) -> None:
-    """Run the hamnet-optimize pipeline on CONFIG and print the candidates table."""
+    """Run the hamnet-optimize pipeline on CONFIG and print the candidates table.
+
+    Exit codes: 0 done, 2 bad input (nothing started), 3 no candidate meets the
+    constraints (all results are recorded; the nearest candidate is reported).
+    """
     apply_defaults()
     try:
         overrides = parse_overrides(set_ or [])
@@ -105,7 +110,12 @@ def run(
         raise _fail(err) from None
     console.print_json(json.dumps(summary))
     if not summary.get("constraints_satisfied", True):
-        err_console.print("[yellow]no candidate meets the constraints[/]; see the table above")
+        err_console.print(
+            f"[bold yellow]constraints not met:[/] {escape(str(summary['message']))} "
+            "(every candidate is recorded; exit code 3)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_CONSTRAINTS_NOT_MET)
 
 
 @app.command()

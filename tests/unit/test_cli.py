@@ -136,3 +136,21 @@ def test_validate_command(tmp_path: Path) -> None:
     bad = _write(tmp_path, {"nonsense": 1})
     result = runner.invoke(app, ["validate", str(bad)])
     assert result.exit_code == 2 and "nonsense" in result.output
+
+
+def test_impossible_constraints_exit_3_with_the_nearest_candidate(tmp_path: Path) -> None:
+    code, out = _run(
+        tmp_path,
+        {
+            "model": {
+                "hamnet": {"hidden_size": 8, "num_layers": 1, "num_heads": 2, "token_size": 8}
+            },
+            "constraints": {"max_latency_ms": 1e-6},
+            "stages": {"train": {"epochs": 1}, "export": None, "quantize": None},
+            "measure": {"warmup": 1, "repeats": 5},
+            "tracking": {"enabled": False},
+        },
+        "--no-prefect",
+    )
+    assert code == 3
+    assert "no candidate meets the constraints" in out and "nearest is baseline" in out
