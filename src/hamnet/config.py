@@ -148,6 +148,29 @@ class TrainStageConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
 
+class PruneStageConfig(_Section):
+    """Structured pruning of attention heads and FFN channels, with fine-tuning.
+
+    Each ratio in ``ratios`` produces one pruned candidate from the baseline.
+    """
+
+    ratios: list[float] = Field([0.5], min_length=1)
+    criterion: Literal["l1", "l2", "taylor", "random"] = "l1"
+    allocation: Literal["uniform", "global"] = "uniform"
+    schedule: Literal["one-shot", "linear", "cubic"] = "one-shot"
+    steps: int = Field(1, ge=1, le=100)
+    finetune: TrainStageConfig | None = TrainStageConfig(
+        epochs=15, patience=5, learning_rate=1e-3, warmup_epochs=0
+    )
+
+    @model_validator(mode="after")
+    def _ratios_in_range(self) -> PruneStageConfig:
+        bad = [r for r in self.ratios if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"every pruning ratio must be in (0, 1), but got {bad}")
+        return self
+
+
 class ExportStageConfig(_Section):
     """Export of torch candidates to deployable formats, each checked for parity."""
 
@@ -182,6 +205,7 @@ class StagesSection(_Section):
     """The stages to run. Order is fixed by the pipeline; absent stages are skipped."""
 
     train: TrainStageConfig | None = TrainStageConfig()
+    prune: PruneStageConfig | None = None
     export: ExportStageConfig | None = ExportStageConfig()
     quantize: QuantizeStageConfig | None = QuantizeStageConfig()
 

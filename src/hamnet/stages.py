@@ -222,6 +222,78 @@ def _onnx_feature_count(path: Path) -> int | None:
     return dims[1].dim_value or None
 
 
+class PruneStage(Stage):
+    """Physically remove attention heads and FFN channels from the baseline HAMNet.
+
+    One candidate per configured ratio; each is fine-tuned after pruning and carries
+    its pruning plan (kept head / channel indices) as a JSON file beside the store, so
+    the pruned model can be rebuilt from the original with ``apply_plan``.
+    """
+
+    name = "prune"
+    section = "prune"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.models import load_checkpoint, save_checkpoint
+        from hamnet.pruning import prune_hamnet
+
+        cfg = ctx.config.stages.prune
+        assert cfg is not None
+        sources = [
+            c
+            for c in inputs
+            if c.stage in ("train", "load") and c.artifact.format == "torch" and not c.rejected
+        ]
+        if not sources:
+            ctx.notes.append("prune: skipped, the baseline is not a PyTorch HAMNet checkpoint")
+            return []
+        out: list[Candidate] = []
+        for parent in sources:
+            for ratio in cfg.ratios:
+                model = load_checkpoint(
+                    parent.artifact.path, trust=ctx.config.model.trust_checkpoint
+                )
+                result = prune_hamnet(
+                    model,
+                    ctx.dataset,
+                    ratio=ratio,
+                    criterion=cfg.criterion,
+                    allocation=cfg.allocation,
+                    schedule=cfg.schedule,
+                    steps=cfg.steps,
+                    finetune=cfg.finetune,
+                    seed=ctx.config.seed,
+                )
+                staging = ctx.store.staging_dir()
+                checkpoint = save_checkpoint(result.model, staging / "model.pt")
+                ref = ctx.store.put(checkpoint, "torch")
+                plan_dir = ctx.store.root / "plans"
+                plan_dir.mkdir(parents=True, exist_ok=True)
+                plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
+                out.append(
+                    Candidate.create(
+                        name=_child_name(parent, f"pruned-{round(100 * ratio)}"),
+                        stage=self.name,
+                        method=f"{cfg.criterion}-{cfg.allocation}",
+                        artifact=ref,
+                        runtime="torch",
+                        parent=parent,
+                        params={
+                            "ratio": ratio,
+                            "criterion": cfg.criterion,
+                            "allocation": cfg.allocation,
+                            "schedule": cfg.schedule,
+                            "steps": cfg.steps,
+                            "finetune_epochs": cfg.finetune.epochs if cfg.finetune else 0,
+                            "params_before": result.params_before,
+                            "params_after": result.params_after,
+                            "plan_file": str(plan_file),
+                        },
+                    )
+                )
+        return out
+
+
 class ExportStage(Stage):
     """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
 
@@ -364,12 +436,13 @@ def _quantize_params(method: str, cfg: Any, profile: HardwareProfile) -> dict[st
 STAGES: dict[str, type[Stage]] = {
     "load": LoadStage,
     "train": TrainStage,
+    "prune": PruneStage,
     "export": ExportStage,
     "quantize": QuantizeStage,
 }
 """Every stage by name."""
 
-PIPELINE_ORDER: tuple[str, ...] = ("train", "export", "quantize")
+PIPELINE_ORDER: tuple[str, ...] = ("train", "prune", "export", "quantize")
 """Order in which configured stages run (the baseline comes from ``load`` or ``train``)."""
 
 

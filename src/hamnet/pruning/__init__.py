@@ -1,0 +1,34 @@
+"""Structured pruning of HAMNet (attention heads and FFN channels) with torch-pruning.
+
+torch-pruning is imported only inside the functions that prune, so importing this
+package stays light.
+"""
+
+from __future__ import annotations
+
+from hamnet.pruning.allocation import ALLOCATORS, get_allocation
+from hamnet.pruning.importance import IMPORTANCES, get_importance, needs_gradients
+from hamnet.pruning.structured import (
+    SCHEDULES,
+    LayerPlan,
+    PruneResult,
+    PruningPlan,
+    apply_plan,
+    count_parameters,
+    prune_hamnet,
+)
+
+__all__ = [
+    "ALLOCATORS",
+    "IMPORTANCES",
+    "SCHEDULES",
+    "LayerPlan",
+    "PruneResult",
+    "PruningPlan",
+    "apply_plan",
+    "count_parameters",
+    "get_allocation",
+    "get_importance",
+    "needs_gradients",
+    "prune_hamnet",
+]
