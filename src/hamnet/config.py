@@ -148,15 +148,34 @@ class TrainStageConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
 
+PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian"]
+PruneAllocation = Literal["uniform", "global", "sensitivity", "rspar"]
+
+
+class RsparSection(_Section):
+    """Settings of the R-SPAR (PPO) per-layer budget allocation."""
+
+    target: Literal["flops", "latency"] = Field(
+        "latency",
+        description="Cost the agent must not exceed: FLOPs, or latency measured "
+        "in ONNX Runtime on the hardware profile.",
+    )
+    episodes: int = Field(12, ge=1, le=1000)
+    recovery_epochs: int = Field(
+        1, ge=1, le=100, description="Fine-tuning epochs before each episode's reward."
+    )
+
+
 class PruneStageConfig(_Section):
     """Structured pruning of attention heads and FFN channels, with fine-tuning.
 
-    Each ratio in ``ratios`` produces one pruned candidate from the baseline.
+    One pruned candidate per (criterion, allocation, ratio) from the baseline.
     """
 
     ratios: list[float] = Field([0.5], min_length=1)
-    criterion: Literal["l1", "l2", "taylor", "random"] = "l1"
-    allocation: Literal["uniform", "global"] = "uniform"
+    criteria: list[PruneCriterion] = Field(["l1"], min_length=1)
+    allocations: list[PruneAllocation] = Field(["uniform"], min_length=1)
+    rspar: RsparSection = RsparSection()
     schedule: Literal["one-shot", "linear", "cubic"] = "one-shot"
     steps: int = Field(1, ge=1, le=100)
     finetune: TrainStageConfig | None = TrainStageConfig(

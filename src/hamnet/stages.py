@@ -7,6 +7,7 @@ writing one :class:`Stage` subclass and adding it to :data:`STAGES` and
 
 from __future__ import annotations
 
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hamnet.artifacts import ArtifactRef, ArtifactStore
 from hamnet.candidate import Candidate
-from hamnet.config import OptimizeConfig
+from hamnet.config import OptimizeConfig, TrainStageConfig
 from hamnet.errors import ConfigError, ModelLoadError
 from hamnet.hardware import HardwareProfile
 
@@ -234,8 +235,6 @@ class PruneStage(Stage):
     section = "prune"
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
-        from hamnet.models import load_checkpoint, save_checkpoint
-        from hamnet.pruning import prune_hamnet
 
         cfg = ctx.config.stages.prune
         assert cfg is not None
@@ -249,49 +248,74 @@ class PruneStage(Stage):
             return []
         out: list[Candidate] = []
         for parent in sources:
-            for ratio in cfg.ratios:
-                model = load_checkpoint(
-                    parent.artifact.path, trust=ctx.config.model.trust_checkpoint
-                )
-                result = prune_hamnet(
-                    model,
-                    ctx.dataset,
-                    ratio=ratio,
-                    criterion=cfg.criterion,
-                    allocation=cfg.allocation,
-                    schedule=cfg.schedule,
-                    steps=cfg.steps,
-                    finetune=cfg.finetune,
-                    seed=ctx.config.seed,
-                )
-                staging = ctx.store.staging_dir()
-                checkpoint = save_checkpoint(result.model, staging / "model.pt")
-                ref = ctx.store.put(checkpoint, "torch")
-                plan_dir = ctx.store.root / "plans"
-                plan_dir.mkdir(parents=True, exist_ok=True)
-                plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
-                out.append(
-                    Candidate.create(
-                        name=_child_name(parent, f"pruned-{round(100 * ratio)}"),
-                        stage=self.name,
-                        method=f"{cfg.criterion}-{cfg.allocation}",
-                        artifact=ref,
-                        runtime="torch",
-                        parent=parent,
-                        params={
-                            "ratio": ratio,
-                            "criterion": cfg.criterion,
-                            "allocation": cfg.allocation,
-                            "schedule": cfg.schedule,
-                            "steps": cfg.steps,
-                            "finetune_epochs": cfg.finetune.epochs if cfg.finetune else 0,
-                            "params_before": result.params_before,
-                            "params_after": result.params_after,
-                            "plan_file": str(plan_file),
-                        },
-                    )
-                )
+            for criterion, allocation, ratio in itertools.product(
+                cfg.criteria, cfg.allocations, cfg.ratios
+            ):
+                out.append(self._prune(parent, criterion, allocation, ratio, ctx))
         return out
+
+    def _prune(
+        self, parent: Candidate, criterion: str, allocation: str, ratio: float, ctx: StageContext
+    ) -> Candidate:
+        from hamnet.models import load_checkpoint, save_checkpoint
+        from hamnet.pruning import prune_hamnet
+
+        cfg = ctx.config.stages.prune
+        assert cfg is not None
+        options: dict[str, Any] = {}
+        if allocation == "rspar":
+            recovery = (cfg.finetune or TrainStageConfig()).model_copy(
+                update={"epochs": cfg.rspar.recovery_epochs}
+            )
+            options = {
+                "target": cfg.rspar.target,
+                "profile": ctx.profile,
+                "episodes": cfg.rspar.episodes,
+                "recovery": recovery,
+            }
+        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        result = prune_hamnet(
+            model,
+            ctx.dataset,
+            ratio=ratio,
+            criterion=criterion,
+            allocation=allocation,
+            schedule=cfg.schedule,
+            steps=cfg.steps,
+            finetune=cfg.finetune,
+            seed=ctx.config.seed,
+            allocation_options=options,
+        )
+        checkpoint = save_checkpoint(result.model, ctx.store.staging_dir() / "model.pt")
+        ref = ctx.store.put(checkpoint, "torch")
+        plan_dir = ctx.store.root / "plans"
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
+        suffix = f"pruned-{round(100 * ratio)}"
+        if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
+            suffix += f"-{criterion}-{allocation}"
+        return Candidate.create(
+            name=_child_name(parent, suffix),
+            stage=self.name,
+            method=f"{criterion}-{allocation}",
+            artifact=ref,
+            runtime="torch",
+            parent=parent,
+            params={
+                "ratio": ratio,
+                "criterion": criterion,
+                "allocation": allocation,
+                "schedule": cfg.schedule,
+                "steps": cfg.steps,
+                "finetune_epochs": cfg.finetune.epochs if cfg.finetune else 0,
+                "layer_ratios": result.layer_ratios,
+                "layer_heads": result.model.config.layer_heads,
+                "layer_ffn": result.model.config.layer_ffn,
+                "params_before": result.params_before,
+                "params_after": result.params_after,
+                "plan_file": str(plan_file),
+            },
+        )
 
 
 class ExportStage(Stage):

@@ -17,6 +17,7 @@ from hamnet.models.hamnet import HAMNet, HAMNetConfig, load_checkpoint, save_che
 from hamnet.pruning import (
     ALLOCATORS,
     IMPORTANCES,
+    LAYER_ALLOCATORS,
     PruneResult,
     PruningPlan,
     apply_plan,
@@ -28,7 +29,8 @@ from hamnet.training import train_model
 
 torch.set_num_threads(1)
 
-CASES = list(itertools.product(sorted(IMPORTANCES), sorted(ALLOCATORS)))
+CASES = list(itertools.product(sorted(IMPORTANCES), sorted([*ALLOCATORS, *LAYER_ALLOCATORS])))
+FAST_OPTIONS = {"rspar": {"episodes": 2, "recovery": None, "target": "flops"}}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,12 @@ def trained(dataset: Dataset) -> HAMNet:
 def results(trained: HAMNet, dataset: Dataset) -> dict[tuple[str, str], PruneResult]:
     return {
         (criterion, allocation): prune_hamnet(
-            trained, dataset, ratio=0.5, criterion=criterion, allocation=allocation
+            trained,
+            dataset,
+            ratio=0.5,
+            criterion=criterion,
+            allocation=allocation,
+            allocation_options=FAST_OPTIONS.get(allocation),
         )
         for criterion, allocation in CASES
     }
@@ -80,9 +87,13 @@ def test_pruned_model_is_smaller_and_runs(
     if allocation == "uniform":
         assert heads == [2, 2]
         assert ffn == [32, 32]
-    else:
+    elif allocation == "global":
         assert sum(heads) == 4 and min(heads) >= 1
         assert sum(ffn) == 64 and min(ffn) >= 1
+    else:  # per-layer ratios spend the same budget, rounded per layer
+        assert result.layer_ratios is not None and len(result.layer_ratios) == 2
+        assert 3 <= sum(heads) <= 5 and min(heads) >= 1
+        assert 56 <= sum(ffn) <= 72 and min(ffn) >= 1
     for i, block in enumerate(model.blocks):
         assert block.attn.num_heads == heads[i]
         assert block.attn.q_proj.out_features == heads[i] * model.config.head_dim
@@ -118,11 +129,19 @@ def test_onnx_export_is_smaller(
     allocation: str,
     results: dict[tuple[str, str], PruneResult],
     trained: HAMNet,
+    dataset: Dataset,
     tmp_path: Path,
 ) -> None:
+    import onnxruntime as ort
+
     original = export_onnx(trained, 64, tmp_path / "original.onnx")
-    pruned = export_onnx(results[criterion, allocation].model, 64, tmp_path / "pruned.onnx")
+    model = results[criterion, allocation].model.eval()
+    pruned = export_onnx(model, 64, tmp_path / "pruned.onnx")
     assert pruned.stat().st_size < original.stat().st_size
+    x = _x(dataset)
+    (onnx_out,) = ort.InferenceSession(str(pruned)).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, model(x).numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize(("criterion", "allocation"), CASES)
@@ -178,7 +197,7 @@ def test_bad_ratio(ratio: float, trained: HAMNet, dataset: Dataset) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("criterion", "hessian"), ("allocation", "layerwise"), ("schedule", "exp")],
+    [("criterion", "obd"), ("allocation", "layerwise"), ("schedule", "exp")],
 )
 def test_unknown_names(key: str, value: str, trained: HAMNet, dataset: Dataset) -> None:
     with pytest.raises(ConfigError, match=value):

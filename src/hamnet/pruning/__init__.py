@@ -6,7 +6,12 @@ package stays light.
 
 from __future__ import annotations
 
-from hamnet.pruning.allocation import ALLOCATORS, get_allocation
+from hamnet.pruning.allocation import (
+    ALLOCATORS,
+    LAYER_ALLOCATORS,
+    get_allocation,
+    is_layer_allocation,
+)
 from hamnet.pruning.importance import IMPORTANCES, get_importance, needs_gradients
 from hamnet.pruning.structured import (
     SCHEDULES,
@@ -21,6 +26,7 @@ from hamnet.pruning.structured import (
 __all__ = [
     "ALLOCATORS",
     "IMPORTANCES",
+    "LAYER_ALLOCATORS",
     "SCHEDULES",
     "LayerPlan",
     "PruneResult",
@@ -29,6 +35,7 @@ __all__ = [
     "count_parameters",
     "get_allocation",
     "get_importance",
+    "is_layer_allocation",
     "needs_gradients",
     "prune_hamnet",
 ]

@@ -13,22 +13,33 @@ from typing import Any
 from hamnet.errors import ConfigError
 
 
-def _magnitude(p: int) -> Any:
+def _magnitude(p: int, **_: Any) -> Any:
     import torch_pruning as tp
 
     return tp.importance.MagnitudeImportance(p=p)
 
 
-def _taylor() -> Any:
+def _taylor(**_: Any) -> Any:
     import torch_pruning as tp
 
     return tp.importance.TaylorImportance()
 
 
-def _random() -> Any:
+def _random(**_: Any) -> Any:
     import torch_pruning as tp
 
     return tp.importance.RandomImportance()
+
+
+def _hessian(*, model: Any = None, dataset: Any = None, seed: int = 0, **_: Any) -> Any:
+    if model is None or dataset is None:
+        raise ConfigError(
+            "the hessian criterion needs the model and calibration data, but got "
+            f"model={type(model).__name__} and dataset={type(dataset).__name__}"
+        )
+    from hamnet.pruning.hessian import make_hessian_importance
+
+    return make_hessian_importance(model, dataset, seed=seed)
 
 
 IMPORTANCES: dict[str, Callable[..., Any]] = {
@@ -36,17 +47,25 @@ IMPORTANCES: dict[str, Callable[..., Any]] = {
     "l2": partial(_magnitude, 2),
     "taylor": _taylor,
     "random": _random,
+    "hessian": _hessian,
 }
-"""Criterion name → factory of a torch-pruning importance object."""
+"""Criterion name → factory of a torch-pruning importance object.
+
+Factories take keyword arguments ``model``, ``dataset`` and ``seed``; data-free
+criteria ignore them, ``hessian`` fits K-FAC factors on the data (seed 003's H-OBS).
+"""
 
 _NEEDS_GRADIENTS = frozenset({"taylor"})
 
 
-def get_importance(name: str) -> Any:
+def get_importance(name: str, *, model: Any = None, dataset: Any = None, seed: int = 0) -> Any:
     """Build the importance object of a criterion.
 
     Args:
         name: A key of :data:`IMPORTANCES`.
+        model: The model about to be pruned (read by data-dependent criteria).
+        dataset: Calibration data (read by data-dependent criteria).
+        seed: Seeds any sampling the criterion does.
 
     Returns:
         A fresh torch-pruning importance object.
@@ -55,7 +74,7 @@ def get_importance(name: str) -> Any:
         ConfigError: If ``name`` is not a known criterion.
     """
     _check_name(name)
-    return IMPORTANCES[name]()
+    return IMPORTANCES[name](model=model, dataset=dataset, seed=seed)
 
 
 def needs_gradients(name: str) -> bool:

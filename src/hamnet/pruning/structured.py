@@ -28,7 +28,7 @@ from hamnet.config import TrainStageConfig
 from hamnet.data import Dataset
 from hamnet.errors import ConfigError, ModelLoadError, StageError
 from hamnet.models.hamnet import HAMNet, HAMNetBlock, HAMNetConfig, MultiHeadSelfAttention
-from hamnet.pruning.allocation import get_allocation
+from hamnet.pruning.allocation import LAYER_ALLOCATORS, get_allocation, is_layer_allocation
 from hamnet.pruning.importance import get_importance, needs_gradients
 from hamnet.training import evaluate_accuracy, train_model
 
@@ -136,6 +136,8 @@ class PruneResult:
         model: The pruned (and fine-tuned, if asked) model; its config states the
             heads and FFN width left in each layer.
         plan: Indices kept, replayable on the original model with :func:`apply_plan`.
+        layer_ratios: Per-layer removal fractions a layer allocation chose (None for
+            ``uniform``/``global``).
         params_before: Parameters of the original model.
         params_after: Parameters of the pruned model.
         steps: One record per pruning step: ``step``, ``ratio`` (cumulative sparsity
@@ -145,6 +147,7 @@ class PruneResult:
 
     model: HAMNet
     plan: PruningPlan
+    layer_ratios: list[float] | None
     params_before: int
     params_after: int
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -226,6 +229,7 @@ def prune_hamnet(
     finetune: TrainStageConfig | None = None,
     seed: int = 0,
     calibration_batches: int = 4,
+    allocation_options: dict[str, Any] | None = None,
 ) -> PruneResult:
     """Remove a fraction of the attention heads and FFN channels of a HAMNet.
 
@@ -245,6 +249,8 @@ def prune_hamnet(
         finetune: Training settings for fine-tuning after each step; ``None`` skips it.
         seed: Seeds calibration sampling, random importance and fine-tuning.
         calibration_batches: Batches whose gradients a gradient criterion reads.
+        allocation_options: Keyword arguments for a per-layer allocation (e.g. R-SPAR's
+            ``target``, ``profile``, ``episodes``).
 
     Returns:
         The pruned model, its plan, parameter counts and per-step records.
@@ -266,6 +272,20 @@ def prune_hamnet(
     needs_gradients(criterion)
     pruner_kwargs = get_allocation(allocation)
     dataset.check_input_size(model.config.input_size)
+    layer_ratios: list[float] | None = None
+    if is_layer_allocation(allocation) and ratio > 0:
+        layer_ratios = LAYER_ALLOCATORS[allocation](
+            copy.deepcopy(model).cpu().eval(),
+            dataset,
+            ratio,
+            seed=seed,
+            **(allocation_options or {}),
+        )
+        if len(layer_ratios) != model.config.num_layers:
+            raise StageError(
+                f"allocation {allocation!r} must give one ratio per layer "
+                f"({model.config.num_layers}), but gave {len(layer_ratios)}"
+            )
 
     base = model.config
     work = copy.deepcopy(model).cpu().eval()
@@ -286,6 +306,9 @@ def prune_hamnet(
             pruner_kwargs=pruner_kwargs,
             seed=seed + step,
             calibration_batches=calibration_batches,
+            layer_sparsity=(
+                [r * sparsity / ratio for r in layer_ratios] if layer_ratios is not None else None
+            ),
         )
         if finetune is not None:
             train_model(work, dataset, finetune, seed=seed + step, progress=False)
@@ -313,6 +336,7 @@ def prune_hamnet(
     return PruneResult(
         model=work,
         plan=plan,
+        layer_ratios=layer_ratios,
         params_before=params_before,
         params_after=count_parameters(work),
         steps=records,
@@ -331,15 +355,20 @@ def _prune_step(
     pruner_kwargs: dict[str, Any],
     seed: int,
     calibration_batches: int,
+    layer_sparsity: list[float] | None = None,
 ) -> None:
-    """Prune ``model`` in place to ``sparsity`` and update the kept-index lists."""
+    """Prune ``model`` in place to ``sparsity`` and update the kept-index lists.
+
+    ``layer_sparsity`` (one fraction per layer) overrides ``sparsity`` layer by layer.
+    """
     import torch_pruning as tp
 
     blocks = [(block.attn, block.ffn) for block in _blocks(model)]
     if pruner_kwargs.get("global_pruning"):
         ratios = _global_ratios(model, base, kept_heads, kept_ffn, sparsity)
     else:
-        ratios = _uniform_ratios(model, base, kept_heads, kept_ffn, sparsity)
+        per_layer = layer_sparsity or [sparsity] * base.num_layers
+        ratios = _uniform_ratios(model, base, kept_heads, kept_ffn, per_layer)
     if ratios is None:
         return
     if needs_gradients(criterion):
@@ -356,7 +385,7 @@ def _prune_step(
     pruner = tp.pruner.BasePruner(
         model,
         example,
-        get_importance(criterion),
+        get_importance(criterion, model=model, dataset=dataset, seed=seed),
         ignored_layers=ignored,
         unwrapped_parameters=[(model.pos, 2)],
         num_heads=num_heads,
@@ -453,9 +482,9 @@ def _uniform_ratios(
     base: HAMNetConfig,
     kept_heads: list[list[int]],
     kept_ffn: list[list[int]],
-    sparsity: float,
+    sparsity: list[float],
 ) -> dict[str, Any] | None:
-    """Per-layer torch-pruning ratios that leave every layer at ``1 - sparsity``.
+    """Per-layer torch-pruning ratios that leave layer i at ``1 - sparsity[i]``.
 
     Each projection gets its own scope; attention groups need a positive channel ratio
     for torch-pruning to consider them, but with ``prune_head_dims=False`` only whole
@@ -464,8 +493,8 @@ def _uniform_ratios(
     channel: dict[nn.Module, float] = {}
     heads: dict[nn.Module, float] = {}
     for i, block in enumerate(_blocks(model)):
-        r_heads = _exact_ratio(len(kept_heads[i]), _target(base.heads_of(i), sparsity))
-        r_ffn = _exact_ratio(len(kept_ffn[i]), _target(base.ffn_of(i), sparsity))
+        r_heads = _exact_ratio(len(kept_heads[i]), _target(base.heads_of(i), sparsity[i]))
+        r_ffn = _exact_ratio(len(kept_ffn[i]), _target(base.ffn_of(i), sparsity[i]))
         for proj in _qkv(block.attn):
             channel[proj] = heads[proj] = r_heads
         channel[block.ffn.fc1] = r_ffn
