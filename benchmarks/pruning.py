@@ -186,10 +186,16 @@ def plots(df: Any, summary: Any, out: Path, args: argparse.Namespace) -> list[Pa
     for ax, model in zip(axes[0], models, strict=True):
         base = df[(df["model"] == model) & (df["criterion"] == "none")]["accuracy"].mean()
         sub = summary[summary["model"] == model]
+        criteria = sorted(sub["criterion"].unique())
+        allocations = sorted(sub["allocation"].unique())
         for (crit, alloc), grp in sub.groupby(["criterion", "allocation"]):
             grp = grp.sort_values("ratio")
-            ax.plot(grp["speedup_mean"], 100 * grp["accuracy_mean"], marker="o",
-                    label=f"{crit} / {alloc}")  # fmt: skip
+            ax.plot(
+                grp["speedup_mean"], 100 * grp["accuracy_mean"],
+                color=f"C{criteria.index(crit)}", marker="os^Dv"[allocations.index(alloc) % 5],
+                ls=["-", "--", ":", "-."][allocations.index(alloc) % 4],
+                label=f"{crit} / {alloc}",
+            )  # fmt: skip
         ax.axhline(100 * base, color="grey", ls="--", lw=0.8, label="unpruned")
         ax.set_xlabel("ONNX Runtime p50 speed-up at batch 1 (x)")
         ax.set_ylabel("test accuracy (%)")
@@ -230,6 +236,8 @@ def _sensitivity_heatmap(out: Path) -> Path | None:
     image = ax.imshow(scores, cmap="viridis", aspect="auto")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
+    ax.set_xticks(range(scores.shape[1]))
+    ax.set_yticks(range(scores.shape[0]))
     ax.set_title("K-FAC OBS saliency per attention head (digits HAMNet)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
