@@ -8,11 +8,11 @@ Usage::
 
 For every model (the default digits HAMNet; ``large`` = seed 002's hidden 256, 4
 layers, input 512, on digits upsampled to 16x32 pixels with noise) it trains the
-baseline once per seed, prunes it with every (criterion, allocation, ratio) under the same fine-tuning budget, and
-measures test accuracy and ONNX Runtime p50 latency at batch 1 on the x86-avx2 profile,
-all in one run with the same measurement code as the pipeline. It writes
-``pruning.csv`` / ``pruning.md`` (means, bootstrap 95% CIs, paired t-tests against
-uniform-l1 at the same ratio), ``accuracy_vs_speedup.png`` and
+baseline once per seed, prunes it with every (criterion, allocation, ratio) under the
+same fine-tuning budget, and measures test accuracy and ONNX Runtime p50 latency at
+batch 1 on the x86-avx2 profile, all in one run with the same measurement code as
+the pipeline. It writes ``pruning.csv`` / ``pruning.md`` (means, bootstrap 95% CIs,
+paired t-tests against uniform-l1 at the same ratio), ``accuracy_vs_speedup.png`` and
 ``sensitivity_heatmap.png``, and logs them to MLflow (experiment ``hamnet-benchmarks``).
 """
 
