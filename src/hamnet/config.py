@@ -148,7 +148,7 @@ class TrainStageConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
 
-PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian"]
+PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian", "movement"]
 PruneAllocation = Literal["uniform", "global", "sensitivity", "rspar"]
 
 
@@ -176,6 +176,13 @@ class PruneStageConfig(_Section):
     criteria: list[PruneCriterion] = Field(["l1"], min_length=1)
     allocations: list[PruneAllocation] = Field(["uniform"], min_length=1)
     rspar: RsparSection = RsparSection()
+    unstructured_sparsity: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Also emit a magnitude-sparsified (unstructured) candidate. Honest "
+        "caveat, repeated on the candidate: dense CPU kernels do not get faster from it.",
+    )
     schedule: Literal["one-shot", "linear", "cubic"] = "one-shot"
     steps: int = Field(1, ge=1, le=100)
     finetune: TrainStageConfig | None = TrainStageConfig(

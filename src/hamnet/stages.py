@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from hamnet.artifacts import ArtifactRef, ArtifactStore
 from hamnet.candidate import Candidate
@@ -23,6 +23,7 @@ from hamnet.hardware import HardwareProfile
 
 if TYPE_CHECKING:
     from hamnet.data import Dataset
+    from hamnet.models import HAMNet
 
 logger = logging.getLogger("hamnet.stages")
 
@@ -252,7 +253,33 @@ class PruneStage(Stage):
                 cfg.criteria, cfg.allocations, cfg.ratios
             ):
                 out.append(self._prune(parent, criterion, allocation, ratio, ctx))
+            if cfg.unstructured_sparsity:
+                out.append(self._sparsify(parent, cfg.unstructured_sparsity, ctx))
         return out
+
+    def _sparsify(self, parent: Candidate, sparsity: float, ctx: StageContext) -> Candidate:
+        from hamnet.models import load_checkpoint, save_checkpoint
+        from hamnet.pruning.unstructured import unstructured_sparsity
+
+        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        report = unstructured_sparsity(model, sparsity)
+        sparse = cast("HAMNet", report.model)
+        checkpoint = save_checkpoint(sparse, ctx.store.staging_dir() / "model.pt")
+        return Candidate.create(
+            name=_child_name(parent, f"sparse-{round(100 * sparsity)}"),
+            stage=self.name,
+            method="unstructured-l1",
+            artifact=ctx.store.put(checkpoint, "torch"),
+            runtime="torch",
+            parent=parent,
+            params={
+                "sparsity": sparsity,
+                "sparsity_achieved": round(report.sparsity_achieved, 4),
+                "dense_onnx_bytes": report.dense_onnx_bytes,
+                "zipped_onnx_bytes": report.zipped_onnx_bytes,
+            },
+            notes=list(report.notes),
+        )
 
     def _prune(
         self, parent: Candidate, criterion: str, allocation: str, ratio: float, ctx: StageContext

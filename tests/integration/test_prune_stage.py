@@ -16,7 +16,11 @@ def test_pruned_candidates_flow_through_export_and_quantize(project: Path) -> No
             seed=31,
             model={"hamnet": {"hidden_size": 32, "num_heads": 4, "num_layers": 2}},
             stages={
-                "prune": {"ratios": [0.5], "finetune": {"epochs": 2, "patience": 2}},
+                "prune": {
+                    "ratios": [0.5],
+                    "finetune": {"epochs": 2, "patience": 2},
+                    "unstructured_sparsity": 0.5,
+                },
                 "quantize": {"methods": ["ort_dynamic_int8"]},
             },
             tracking={"enabled": False},
@@ -39,3 +43,6 @@ def test_pruned_candidates_flow_through_export_and_quantize(project: Path) -> No
         and onnx.metrics.size_mb < by_name["onnxruntime-fp32"].metrics.size_mb
     )  # type: ignore[union-attr]
     assert "pruned-50+onnxruntime-fp32+ort-dynamic-int8" in by_name
+    sparse = by_name["sparse-50"]
+    assert sparse.params["zipped_onnx_bytes"] < sparse.params["dense_onnx_bytes"]
+    assert any("latency does not improve" in note for note in sparse.notes)

@@ -67,7 +67,9 @@ def test_movement_importance_prunes_lowest_channels(dataset: Dataset) -> None:
     pruner = tp.pruner.BasePruner(
         model, example, imp, pruning_ratio=0.25, ignored_layers=[model[2]]
     )
-    groups = list(pruner.DG.get_all_groups(ignored_layers=[model[2]], root_module_types=[nn.Linear]))
+    groups = list(
+        pruner.DG.get_all_groups(ignored_layers=[model[2]], root_module_types=[nn.Linear])
+    )
     assert len(groups) == 1
     scores = imp(groups[0])
     assert scores is not None and scores.shape == (len(groups[0][0].idxs),) == (16,)
@@ -94,7 +96,9 @@ def test_movement_differs_from_magnitude() -> None:
     model[0].weight.grad = grad
     model[2].weight.grad = torch.zeros_like(model[2].weight)
     movement.accumulate()
-    torch.testing.assert_close(movement.row_scores("0"), torch.tensor([-20.0, 0.4, 0.0, 0.0]).double())
+    torch.testing.assert_close(
+        movement.row_scores("0"), torch.tensor([-20.0, 0.4, 0.0, 0.0]).double()
+    )
 
     example = torch.randn(2, 4)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -137,6 +141,9 @@ def test_unstructured_sparsity(trained: HAMNet, dataset: Dataset) -> None:
     with torch.no_grad():
         assert torch.isfinite(report.model.eval()(x)).all()
     assert report.zipped_onnx_bytes < report.dense_onnx_bytes
+    dense = unstructured_sparsity(trained, 0.0)
+    assert dense.sparsity_achieved < 0.01
+    assert report.zipped_onnx_bytes < dense.zipped_onnx_bytes  # the zeros are what shrink
     assert any("latency does not improve" in note for note in report.notes)
 
 

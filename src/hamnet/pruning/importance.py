@@ -31,15 +31,31 @@ def _random(**_: Any) -> Any:
     return tp.importance.RandomImportance()
 
 
-def _hessian(*, model: Any = None, dataset: Any = None, seed: int = 0, **_: Any) -> Any:
+def _require_data(name: str, model: Any, dataset: Any) -> None:
     if model is None or dataset is None:
         raise ConfigError(
-            "the hessian criterion needs the model and calibration data, but got "
+            f"the {name} criterion needs the model and calibration data, but got "
             f"model={type(model).__name__} and dataset={type(dataset).__name__}"
         )
+
+
+def _hessian(*, model: Any = None, dataset: Any = None, seed: int = 0, **_: Any) -> Any:
+    _require_data("hessian", model, dataset)
     from hamnet.pruning.hessian import make_hessian_importance
 
     return make_hessian_importance(model, dataset, seed=seed)
+
+
+def _movement(*, model: Any = None, dataset: Any = None, seed: int = 0, **_: Any) -> Any:
+    _require_data("movement", model, dataset)
+    from hamnet.pruning.movement import make_movement_importance
+
+    # Score on a short probe fine-tune, then prune the original weights, so a pruning
+    # plan replays on the original model like every other criterion's.
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    importance = make_movement_importance(model, dataset, seed=seed)
+    model.load_state_dict(original)
+    return importance
 
 
 IMPORTANCES: dict[str, Callable[..., Any]] = {
@@ -48,11 +64,13 @@ IMPORTANCES: dict[str, Callable[..., Any]] = {
     "taylor": _taylor,
     "random": _random,
     "hessian": _hessian,
+    "movement": _movement,
 }
 """Criterion name → factory of a torch-pruning importance object.
 
 Factories take keyword arguments ``model``, ``dataset`` and ``seed``; data-free
-criteria ignore them, ``hessian`` fits K-FAC factors on the data (seed 003's H-OBS).
+criteria ignore them, ``hessian`` fits K-FAC factors on the data (seed 003's H-OBS),
+``movement`` fine-tunes briefly and scores weights moving away from zero.
 """
 
 _NEEDS_GRADIENTS = frozenset({"taylor"})
