@@ -362,7 +362,9 @@ class ExportStage(Stage):
         x = ctx.dataset.x_test[: cfg.parity_samples]
         out: list[Candidate] = []
         for parent in inputs:
-            if parent.artifact.format != "torch" or parent.rejected:
+            # A rejected parent (e.g. a pruned model no faster in eager PyTorch, where
+            # Python overhead dominates) is still exported: its exports can be faster.
+            if parent.artifact.format != "torch":
                 continue
             model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
             reference = load_session(parent.artifact, "torch", ctx.profile)
@@ -414,11 +416,7 @@ class QuantizeStage(Stage):
 
         cfg = ctx.config.stages.quantize
         assert cfg is not None
-        sources = [
-            c
-            for c in inputs
-            if c.artifact.format == "onnx" and c.precision == "fp32" and not c.rejected
-        ]
+        sources = [c for c in inputs if c.artifact.format == "onnx" and c.precision == "fp32"]
         if not sources:
             ctx.notes.append("quantize: no FP32 ONNX candidate to quantize (is export enabled?)")
             return []

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from torch import nn
 
 from hamnet.data import Dataset
 from hamnet.errors import ConfigError, DataError
+from hamnet.pruning.importance import aggregate_linear_scores
 
 FisherKind = Literal["true", "empirical"]
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -497,8 +498,6 @@ def _batches(data: Iterable[Any] | Dataset, seed: int) -> Iterator[tuple[torch.T
 def _make_importance_class() -> type:
     import torch_pruning as tp
 
-    function = tp.pruner.function
-
     class HessianImportance(tp.importance.Importance):  # type: ignore[misc]
         """torch-pruning importance from the analyzer's OBS saliencies.
 
@@ -518,34 +517,16 @@ def _make_importance_class() -> type:
 
         @torch.no_grad()
         def __call__(self, group: Any) -> torch.Tensor | None:
-            size = len(group[0].idxs)
-            total = torch.zeros(size, dtype=torch.float32)
-            found = False
-            for i, (dep, idxs) in enumerate(group):
-                root_idxs = group[i].root_idxs
-                layer = dep.layer
-                name = self._names.get(layer)
-                if name is None or any(r is None for r in root_idxs):
-                    continue
-                if dep.pruning_fn == function.prune_linear_out_channels:
-                    scores = self.analyzer.row_saliency.get(name)
-                    width = layer.out_features
-                elif dep.pruning_fn == function.prune_linear_in_channels:
-                    scores = self.analyzer.column_saliency.get(name)
-                    width = layer.in_features
-                else:
-                    continue
-                if scores is None:
-                    continue
-                if len(scores) != width:
-                    raise ConfigError(
-                        f"saliencies of {name!r} were computed for {len(scores)} channels, but "
-                        f"the layer now has {width}; fit a new analyzer after pruning"
-                    )
-                local = scores[torch.as_tensor(list(idxs), dtype=torch.long)].float().cpu()
-                total.scatter_add_(0, torch.as_tensor(list(root_idxs), dtype=torch.long), local)
-                found = True
-            return total if found else None
+            return cast(
+                "torch.Tensor | None",
+                aggregate_linear_scores(
+                    group,
+                    self._names,
+                    self.analyzer.row_saliency.get,
+                    self.analyzer.column_saliency.get,
+                    what="saliencies",
+                ),
+            )
 
     return HessianImportance
 

@@ -16,7 +16,7 @@ The fine-tune is real: the model keeps the fine-tuned weights, as movement pruni
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 
 from hamnet.data import Dataset
 from hamnet.errors import ConfigError, DataError
+from hamnet.pruning.importance import aggregate_linear_scores
 
 
 class MovementScores:
@@ -163,8 +164,6 @@ def _training_batches(
 def _make_importance_class() -> type:
     import torch_pruning as tp
 
-    function = tp.pruner.function
-
     class MovementImportance(tp.importance.Importance):  # type: ignore[misc]
         """torch-pruning importance from accumulated movement scores.
 
@@ -188,32 +187,16 @@ def _make_importance_class() -> type:
 
         @torch.no_grad()
         def __call__(self, group: Any) -> torch.Tensor | None:
-            size = len(group[0].idxs)
-            total = torch.zeros(size, dtype=torch.float32)
-            found = False
-            for i, (dep, idxs) in enumerate(group):
-                root_idxs = group[i].root_idxs
-                layer = dep.layer
-                name = self._names.get(layer)
-                if name is None or any(r is None for r in root_idxs):
-                    continue
-                if dep.pruning_fn == function.prune_linear_out_channels:
-                    scores = self.movement.row_scores(name)
-                    width = layer.out_features
-                elif dep.pruning_fn == function.prune_linear_in_channels:
-                    scores = self.movement.column_scores(name)
-                    width = layer.in_features
-                else:
-                    continue
-                if len(scores) != width:
-                    raise ConfigError(
-                        f"movement scores of {name!r} cover {len(scores)} channels, but the "
-                        f"layer now has {width}; fit new scores after pruning"
-                    )
-                local = scores[torch.as_tensor(list(idxs), dtype=torch.long)].float().cpu()
-                total.scatter_add_(0, torch.as_tensor(list(root_idxs), dtype=torch.long), local)
-                found = True
-            return total if found else None
+            return cast(
+                "torch.Tensor | None",
+                aggregate_linear_scores(
+                    group,
+                    self._names,
+                    self.movement.row_scores,
+                    self.movement.column_scores,
+                    what="movement scores",
+                ),
+            )
 
     return MovementImportance
 
