@@ -172,6 +172,35 @@ def summarize(rows: list[dict[str, Any]]) -> Any:
     return df, pd.DataFrame(out)
 
 
+def latency_matched(summary: Any) -> Any:
+    """Each method's accuracy at the speed-up uniform-l1 reaches, by interpolation.
+
+    Methods spend the same parameter budget differently, so at equal ratio they are not
+    equally fast. For every uniform-l1 point (ratio r, speed-up s) this interpolates
+    each method's accuracy-vs-speed-up curve (over its ratios) at s; points outside a
+    method's measured range are left empty rather than extrapolated.
+    """
+    import pandas as pd
+
+    rows = []
+    for model, sub in summary.groupby("model"):
+        ref = sub[(sub["criterion"] == "l1") & (sub["allocation"] == "uniform")]
+        for (crit, alloc), grp in sub.groupby(["criterion", "allocation"]):
+            grp = grp.sort_values("speedup_mean")
+            xs, ys = grp["speedup_mean"].to_numpy(), grp["accuracy_mean"].to_numpy()
+            for _, point in ref.iterrows():
+                s = point["speedup_mean"]
+                inside = xs.min() <= s <= xs.max()
+                acc = float(np.interp(s, xs, ys)) if inside else float("nan")
+                rows.append(
+                    dict(model=model, criterion=crit, allocation=alloc,
+                         reference_ratio=point["ratio"], matched_speedup=s,
+                         uniform_l1_accuracy=point["accuracy_mean"], accuracy_at_speedup=acc,
+                         delta_points=100 * (acc - point["accuracy_mean"]))
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def plots(df: Any, summary: Any, out: Path, args: argparse.Namespace) -> list[Path]:
     import matplotlib
 
@@ -271,12 +300,16 @@ def main() -> None:
     df, summary = summarize(run(args))
     df.to_csv(out / "pruning_runs.csv", index=False)
     summary.to_csv(out / "pruning.csv", index=False)
+    matched = latency_matched(summary)
+    matched.to_csv(out / "latency_matched.csv", index=False)
     (out / "pruning.md").write_text(
         "# Structured pruning benchmark\n\n"
         f"Same fine-tuning budget ({args.finetune_epochs} epochs) for every method; latency "
         "is ONNX Runtime p50 at batch 1 on profile x86-avx2 (1 intra-op thread pinned for "
         "training only). p-values: paired t-test over seeds against uniform-l1 at the same "
-        "ratio.\n\n" + to_markdown(summary) + "\n"
+        "ratio.\n\n" + to_markdown(summary) + "\n\n## At the speed-up uniform-l1 reaches\n\n"
+        "Accuracy of each method interpolated at uniform-l1's measured speed-up "
+        "(empty where outside the method's measured range).\n\n" + to_markdown(matched) + "\n"
     )
     files = plots(df, summary, out, args)
     print((out / "pruning.md").read_text())
@@ -286,7 +319,8 @@ def main() -> None:
         mlflow.set_tracking_uri(args.mlflow)
         mlflow.set_experiment("hamnet-benchmarks")
         with mlflow.start_run(run_name="pruning"):
-            for path in [out / "pruning.csv", out / "pruning.md", out / "pruning_runs.csv", *files]:
+            tables = ["pruning.csv", "pruning.md", "pruning_runs.csv", "latency_matched.csv"]
+            for path in [*(out / name for name in tables), *files]:
                 mlflow.log_artifact(str(path))
     except Exception as err:  # the figures are on disk either way
         print(f"MLflow logging skipped: {err}")
