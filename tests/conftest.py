@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -60,6 +61,28 @@ def tiny_config(**overrides: object) -> dict[str, object]:
         "execution": {"retries": 1, "retry_delay_seconds": 0},
     }
     return deep_merge(base, overrides)  # type: ignore[arg-type]
+
+
+def small_hamnet(dataset: Any, *, epochs: int = 2) -> Any:
+    """A small HAMNet (hidden 32, 2 layers, 4 heads, 8-feature tokens) trained briefly."""
+    import torch
+
+    from hamnet.config import TrainStageConfig
+    from hamnet.models import HAMNet, HAMNetConfig
+    from hamnet.training import train_model
+
+    config = HAMNetConfig(
+        input_size=dataset.num_features,
+        num_classes=dataset.num_classes,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        token_size=8,
+    )
+    torch.manual_seed(0)
+    model = HAMNet(config)
+    train_model(model, dataset, TrainStageConfig(epochs=epochs, warmup_epochs=0), progress=False)
+    return model
 
 
 @pytest.fixture

@@ -421,11 +421,11 @@ class PipelineRun:
         )
 
     def _end_tracking(self, status: str, error: str | None = None) -> None:
-        if self.tracker is not None and self.parent_run_id is not None:
-            self.tracker.end(self.parent_run_id, status, error=error)
-            self.parent_run_id = None if status == "FAILED" else self.parent_run_id
-            if status == "FAILED":
-                self.tracker = None
+        if self.tracker is None or self.parent_run_id is None:
+            return
+        self.tracker.end(self.parent_run_id, status, error=error)
+        if status == "FAILED":  # nothing more may be logged to a closed run
+            self.tracker, self.parent_run_id = None, None
 
 
 def _accuracy(candidate: Candidate) -> float:

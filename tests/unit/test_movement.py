@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch_pruning as tp
+from conftest import small_hamnet
 from torch import nn
 
-from hamnet.config import DataSection, TrainStageConfig
+from hamnet.config import DataSection
 from hamnet.data import Dataset, load_dataset
 from hamnet.errors import ConfigError
-from hamnet.models.hamnet import HAMNet, HAMNetConfig
+from hamnet.models.hamnet import HAMNet
 from hamnet.pruning import importance as importance_module
 from hamnet.pruning.movement import (
     MovementScores,
@@ -22,7 +23,6 @@ from hamnet.pruning.movement import (
 )
 from hamnet.pruning.structured import prune_hamnet
 from hamnet.pruning.unstructured import unstructured_sparsity
-from hamnet.training import train_model
 
 torch.set_num_threads(1)
 
@@ -34,18 +34,7 @@ def dataset() -> Dataset:
 
 @pytest.fixture(scope="module")
 def trained(dataset: Dataset) -> HAMNet:
-    torch.manual_seed(0)
-    config = HAMNetConfig(
-        input_size=dataset.num_features,
-        num_classes=dataset.num_classes,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        token_size=8,
-    )
-    model = HAMNet(config)
-    train_model(model, dataset, TrainStageConfig(epochs=2, warmup_epochs=0), progress=False)
-    return model
+    return small_hamnet(dataset)
 
 
 def _mlp(dataset: Dataset) -> nn.Sequential:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_hamnet
 
-from hamnet.config import DataSection, TrainStageConfig
+from hamnet.config import DataSection
 from hamnet.data import Dataset, load_dataset
 from hamnet.errors import ConfigError
 from hamnet.hardware import load_profile
-from hamnet.models.hamnet import HAMNet, HAMNetConfig
+from hamnet.models.hamnet import HAMNet
 from hamnet.pruning.rspar import RSPARAgent, project_to_budget, rspar_layer_ratios
-from hamnet.training import train_model
 
 torch.set_num_threads(1)
 
@@ -24,18 +24,7 @@ def dataset() -> Dataset:
 
 @pytest.fixture(scope="module")
 def trained(dataset: Dataset) -> HAMNet:
-    config = HAMNetConfig(
-        input_size=dataset.num_features,
-        num_classes=dataset.num_classes,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        token_size=8,
-    )
-    torch.manual_seed(0)
-    model = HAMNet(config)
-    train_model(model, dataset, TrainStageConfig(epochs=2, warmup_epochs=0), progress=False)
-    return model.eval()
+    return small_hamnet(dataset).eval()
 
 
 def _state(num_layers: int) -> np.ndarray:

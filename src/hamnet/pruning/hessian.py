@@ -33,6 +33,7 @@ costs ``½ (w_jᵀ G w_j) / (A⁻¹)_jj`` (``w_j = W[:, j]``, bias kept).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -495,6 +496,7 @@ def _batches(data: Iterable[Any] | Dataset, seed: int) -> Iterator[tuple[torch.T
         yield torch.as_tensor(x), torch.as_tensor(y)
 
 
+@functools.cache
 def _make_importance_class() -> type:
     import torch_pruning as tp
 
@@ -531,9 +533,6 @@ def _make_importance_class() -> type:
     return HessianImportance
 
 
-_IMPORTANCE_CLASS: type | None = None
-
-
 def __getattr__(name: str) -> Any:
     if name == "HessianImportance":
         return hessian_importance_class()
@@ -546,10 +545,7 @@ def hessian_importance_class() -> type:
     Built on first use so that importing this module does not import torch-pruning;
     ``from hamnet.pruning.hessian import HessianImportance`` also works.
     """
-    global _IMPORTANCE_CLASS
-    if _IMPORTANCE_CLASS is None:
-        _IMPORTANCE_CLASS = _make_importance_class()
-    return _IMPORTANCE_CLASS
+    return _make_importance_class()
 
 
 def fit_analyzer(

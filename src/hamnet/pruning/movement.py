@@ -15,6 +15,7 @@ The fine-tune is real: the model keeps the fine-tuned weights, as movement pruni
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -161,6 +162,7 @@ def _training_batches(
             yield x, y
 
 
+@functools.cache
 def _make_importance_class() -> type:
     import torch_pruning as tp
 
@@ -201,9 +203,6 @@ def _make_importance_class() -> type:
     return MovementImportance
 
 
-_IMPORTANCE_CLASS: type | None = None
-
-
 def __getattr__(name: str) -> Any:
     if name == "MovementImportance":
         return movement_importance_class()
@@ -216,10 +215,7 @@ def movement_importance_class() -> type:
     Built on first use so that importing this module does not import torch-pruning;
     ``from hamnet.pruning.movement import MovementImportance`` also works.
     """
-    global _IMPORTANCE_CLASS
-    if _IMPORTANCE_CLASS is None:
-        _IMPORTANCE_CLASS = _make_importance_class()
-    return _IMPORTANCE_CLASS
+    return _make_importance_class()
 
 
 def make_movement_importance(
