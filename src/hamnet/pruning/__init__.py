@@ -12,6 +12,7 @@ from hamnet.pruning.allocation import (
     get_allocation,
     is_layer_allocation,
 )
+from hamnet.pruning.hf import HFPruningPlan, apply_hf_plan, prune_bert
 from hamnet.pruning.importance import IMPORTANCES, get_importance, needs_gradients
 from hamnet.pruning.structured import (
     SCHEDULES,
@@ -28,14 +29,17 @@ __all__ = [
     "IMPORTANCES",
     "LAYER_ALLOCATORS",
     "SCHEDULES",
+    "HFPruningPlan",
     "LayerPlan",
     "PruneResult",
     "PruningPlan",
+    "apply_hf_plan",
     "apply_plan",
     "count_parameters",
     "get_allocation",
     "get_importance",
     "is_layer_allocation",
     "needs_gradients",
+    "prune_bert",
     "prune_hamnet",
 ]
