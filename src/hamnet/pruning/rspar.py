@@ -6,7 +6,13 @@ removal fraction per layer, :func:`project_to_budget` shifts the proposal so tha
 size-weighted mean equals the budget (the agent learns WHERE to prune, the projection
 fixes HOW MUCH), the model is pruned by L1 magnitude and briefly recovered, and the
 reward is validation accuracy minus a penalty when the cost (FLOPs or measured ONNX
-Runtime latency) exceeds the uniform allocation's.
+Runtime latency) exceeds the uniform allocation's by more than a tolerance.
+
+Measured latency is compared, not just read: sub-millisecond batch-1 timings drift by
+several percent while a search runs, so each episode's model is timed in alternation
+with the uniform allocation's (the reference) and its cost is the ratio of the two
+medians times the reference's latency. A fixed penalty on raw timings would otherwise
+reward whichever allocation happened to be timed during a quiet moment.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ _EPS = 1e-6
 _UPDATE_EVERY = 4
 _LATENCY_WARMUP = 5
 _LATENCY_REPEATS = 30
+_LATENCY_ROUNDS = 3
 
 
 def project_to_budget(
@@ -342,6 +349,7 @@ def rspar_layer_ratios(
     seed: int = 0,
     max_layer_ratio: float = 0.9,
     penalty: float = 1.0,
+    tolerance: float | None = None,
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """Choose per-layer removal fractions for a HAMNet with a PPO agent.
 
@@ -349,7 +357,8 @@ def rspar_layer_ratios(
     mean). Episode 0 is the uniform allocation, the baseline the agent must beat. An
     episode prunes a copy by L1 magnitude (heads and FFN channels of layer ``i`` lose
     the fraction ``r_i``), recovers it briefly, and scores
-    ``val_accuracy - penalty * max(0, cost / uniform_cost - 1)``.
+    ``val_accuracy - penalty * max(0, cost / uniform_cost - 1 - tolerance)``. Ties in
+    reward go to the cheaper allocation.
 
     Args:
         model: The trained model; it is not modified.
@@ -365,6 +374,8 @@ def rspar_layer_ratios(
         seed: Seeds the agent and the recovery.
         max_layer_ratio: Largest fraction one layer may lose, in ``[ratio, 1)``.
         penalty: Reward lost per unit of relative cost overrun.
+        tolerance: Relative overrun that costs nothing; default 0 for FLOPs (exact) and
+            0.03 for latency (the run-to-run noise left after paired timing).
 
     Returns:
         The best allocation seen (highest reward) and one record per episode with
@@ -388,6 +399,10 @@ def rspar_layer_ratios(
         )
     if penalty < 0:
         raise ConfigError(f"penalty must be non-negative, but got {penalty}")
+    if tolerance is None:
+        tolerance = 0.03 if target == "latency" else 0.0
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"tolerance must be in [0, 1), but got {tolerance}")
     num_layers = model.config.num_layers
     if sensitivity is not None and (
         len(sensitivity) != num_layers or any(not np.isfinite(v) or v < 0 for v in sensitivity)
@@ -413,31 +428,34 @@ def rspar_layer_ratios(
     uniform = np.full(num_layers, ratio)
     history: list[dict[str, Any]] = []
     target_cost = 0.0
-    for episode in range(episodes):
-        if episode == 0:
-            raw, log_prob = uniform, agent.log_prob(state, uniform)
-        else:
-            raw, log_prob = agent.select_action(state)
-        ratios = project_to_budget(raw, sizes, ratio, max_layer_ratio)
-        accuracy, cost = env.evaluate(ratios, seed + episode)
-        if episode == 0:
-            target_cost = cost
-        reward = accuracy - penalty * max(0.0, cost / target_cost - 1.0)
-        agent.store(state, raw, log_prob, reward)
-        history.append(
-            {
-                "episode": episode,
-                "ratios": [float(r) for r in ratios],
-                "reward": reward,
-                "accuracy": accuracy,
-                "cost": cost,
-                "target_cost": target_cost,
-                "flops" if target == "flops" else "latency_ms": cost,
-            }
-        )
-        if len(agent.buffer) >= _UPDATE_EVERY and episode < episodes - 1:
-            agent.update_policy(batch_size=_UPDATE_EVERY, epochs=10)
-    best = max(history, key=lambda h: h["reward"])
+    try:
+        for episode in range(episodes):
+            if episode == 0:
+                raw, log_prob = uniform, agent.log_prob(state, uniform)
+            else:
+                raw, log_prob = agent.select_action(state)
+            ratios = project_to_budget(raw, sizes, ratio, max_layer_ratio)
+            accuracy, cost = env.evaluate(ratios, seed + episode)
+            if episode == 0:
+                target_cost = cost
+            reward = accuracy - penalty * max(0.0, cost / target_cost - 1.0 - tolerance)
+            agent.store(state, raw, log_prob, reward)
+            history.append(
+                {
+                    "episode": episode,
+                    "ratios": [float(r) for r in ratios],
+                    "reward": reward,
+                    "accuracy": accuracy,
+                    "cost": cost,
+                    "target_cost": target_cost,
+                    "flops" if target == "flops" else "latency_ms": cost,
+                }
+            )
+            if len(agent.buffer) >= _UPDATE_EVERY and episode < episodes - 1:
+                agent.update_policy(batch_size=_UPDATE_EVERY, epochs=10)
+    finally:
+        env.close()
+    best = max(history, key=lambda h: (h["reward"], -h["cost"]))
     return list(best["ratios"]), history
 
 
@@ -464,6 +482,8 @@ class _Environment:
             [sum(p.numel() for p in block.parameters()) for block in model.blocks],
             dtype=np.float64,
         )
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._reference: tuple[Any, float] | None = None  # (session, its first p50)
 
     def l1_sensitivity(self, ratio: float) -> list[float]:
         """Fraction of each layer's head and FFN L1 mass that ``ratio`` removes."""
@@ -501,21 +521,51 @@ class _Environment:
             return accuracy, float(count_flops(pruned, input_size))
         return accuracy, self._latency(pruned)
 
-    def _latency(self, model: HAMNet) -> float:
+    def _session(self, model: HAMNet) -> Any:
         from hamnet.artifacts import ArtifactStore
         from hamnet.export import export_onnx
-        from hamnet.measure import latency_ms
         from hamnet.runtimes import load_session
 
         assert self.profile is not None
-        with tempfile.TemporaryDirectory(prefix="rspar-") as tmp:
-            path = export_onnx(model, model.config.input_size, Path(tmp) / "model.onnx")
-            ref = ArtifactStore(Path(tmp) / "store").put(path, "onnx")
-            session = load_session(ref, "onnxruntime", self.profile)
-            x_one = np.ascontiguousarray(self.dataset.x_val[:1], dtype=np.float32)
-            p50, _ = latency_ms(session, x_one, warmup=_LATENCY_WARMUP, repeats=_LATENCY_REPEATS)
-            del session
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="rspar-")
+        store = ArtifactStore(Path(self._tmp.name) / "store")
+        path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
+        return load_session(store.put(path, "onnx"), "onnxruntime", self.profile)
+
+    def _p50(self, session: Any) -> float:
+        from hamnet.measure import latency_ms
+
+        x_one = np.ascontiguousarray(self.dataset.x_val[:1], dtype=np.float32)
+        p50, _ = latency_ms(session, x_one, warmup=_LATENCY_WARMUP, repeats=_LATENCY_REPEATS)
         return p50
+
+    def _latency(self, model: HAMNet) -> float:
+        """p50 latency, timed in alternation with the first model measured (the reference).
+
+        The first call (episode 0, the uniform allocation) becomes the reference. Later
+        calls return ``median(own) / median(reference) * reference p50`` over
+        ``_LATENCY_ROUNDS`` alternating rounds, which cancels slow drift of the machine.
+        """
+        session = self._session(model)
+        if self._reference is None:
+            p50 = float(np.median([self._p50(session) for _ in range(_LATENCY_ROUNDS)]))
+            self._reference = (session, p50)
+            return p50
+        reference, reference_p50 = self._reference
+        own, ref = [], []
+        for _ in range(_LATENCY_ROUNDS):
+            ref.append(self._p50(reference))
+            own.append(self._p50(session))
+        del session
+        return float(np.median(own) / np.median(ref) * reference_p50)
+
+    def close(self) -> None:
+        """Release the reference session and the temporary ONNX files."""
+        self._reference = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
 
 def _l1_scores(model: HAMNet) -> tuple[list[np.ndarray], list[np.ndarray]]:
