@@ -48,6 +48,11 @@ class HAMNetSection(_Section):
         None, ge=1, description="Features per token; None puts every feature in its own token."
     )
     dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout_type: Literal["standard", "gaussian", "alpha"] = Field(
+        "standard",
+        description="Kind of every dropout in the model: standard (Bernoulli), gaussian "
+        "(multiplicative N(1, p/(1-p)) noise) or alpha (keeps SELU-style mean and variance).",
+    )
     activation: Literal["gelu", "relu", "silu"] = "gelu"
     input_size: int | None = Field(None, ge=1)
     num_classes: int | None = Field(None, ge=2)
@@ -133,12 +138,26 @@ class SelectionSection(_Section):
 
 
 class TrainStageConfig(_Section):
-    """Training of the baseline (and the trainer settings later stages reuse)."""
+    """Training of the baseline (and the trainer settings later stages reuse).
+
+    ``augment`` mixes each training batch with a shuffled copy of itself: ``mixup``
+    blends whole samples, ``cutmix`` pastes one contiguous span of the partner's features
+    (whole tokens for a HAMNet). Validation is never augmented.
+    """
 
     epochs: int = Field(60, ge=1, le=10000)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0, lt=10.0)
     weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay_type: Literal["decoupled", "l2", "l1", "elastic"] = Field(
+        "decoupled",
+        description="decoupled: AdamW's decay of the weights; l2, l1, elastic: a penalty "
+        "added to the loss (weight_decay/2 * ||w||², weight_decay * ||w||₁, or their mix "
+        "by l1_ratio). Biases, norms and no_weight_decay() tensors are never penalised.",
+    )
+    l1_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the L1 term in the elastic-net penalty."
+    )
     scheduler: Literal["cosine", "constant", "linear"] = "cosine"
     warmup_epochs: int = Field(2, ge=0)
     patience: int = Field(10, ge=1, description="Early stopping on validation accuracy.")
@@ -146,6 +165,18 @@ class TrainStageConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     amp: Literal["auto", "on", "off"] = "auto"
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    augment: Literal["none", "mixup", "cutmix"] = "none"
+    mixup_alpha: float = Field(
+        0.2,
+        gt=0.0,
+        description="Mixing weights are drawn from Beta(mixup_alpha, mixup_alpha) (mixup "
+        "and cutmix).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass to save memory (HAMNet, "
+        "or models with a gradient_checkpointing_enable() method).",
+    )
 
 
 PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian", "movement"]

@@ -3,10 +3,13 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
+from torch import nn
 
 from hamnet.config import HAMNetSection
 from hamnet.errors import ConfigError, DataError, ModelLoadError
@@ -19,6 +22,9 @@ from hamnet.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from hamnet.models.hamnet import GaussianDropout, make_dropout
+
+DROPOUT_TYPES = ["standard", "gaussian", "alpha"]
 
 
 def _model(**overrides: object) -> HAMNet:
@@ -76,8 +82,10 @@ def test_config_rejects_bad_values(overrides: dict[str, object], message: str) -
 
 
 def test_from_section() -> None:
-    cfg = HAMNetConfig.from_section(HAMNetSection(hidden_size=32, token_size=8), 64, 10)
+    section = HAMNetSection(hidden_size=32, token_size=8, dropout_type="gaussian")
+    cfg = HAMNetConfig.from_section(section, 64, 10)
     assert (cfg.input_size, cfg.num_classes, cfg.hidden_size, cfg.token_size) == (64, 10, 32, 8)
+    assert cfg.dropout_type == "gaussian"
     with pytest.raises(DataError, match=r"model expects 32 features .* but the data has 64"):
         HAMNetConfig.from_section(HAMNetSection(input_size=32), 64, 10)
     with pytest.raises(ConfigError, match="input_size=60 and token_size=8"):
@@ -89,9 +97,10 @@ def test_forward_rejects_wrong_width() -> None:
         _model()(torch.zeros(2, 65))
 
 
-def test_onnx_export_matches_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dropout_type", DROPOUT_TYPES)
+def test_onnx_export_matches_torch(tmp_path: Path, dropout_type: str) -> None:
     ort = pytest.importorskip("onnxruntime")
-    model = _model(layer_heads=[2, 3], layer_ffn=[7, 100])
+    model = _model(layer_heads=[2, 3], layer_ffn=[7, 100], dropout_type=dropout_type)
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,6 +114,9 @@ def test_onnx_export_matches_torch(tmp_path: Path) -> None:
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
+    onnx = pytest.importorskip("onnx")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert not ops & {"Dropout", "RandomNormal", "RandomNormalLike"}, "eval dropout is gone"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
         x = torch.randn(batch, 64)
@@ -182,3 +194,72 @@ def test_counts() -> None:
     attention_macs = 2 * tokens * tokens * hidden
     assert count_flops(model, 64) == 2 * (linear_macs + attention_macs)
     assert not model.training
+
+
+@pytest.mark.parametrize("dropout_type", DROPOUT_TYPES)
+def test_dropout_types_vary_in_training_only(dropout_type: Any) -> None:
+    model = _model(dropout_rate=0.3, dropout_type=dropout_type)
+    standard = _model(dropout_rate=0.3)
+    assert list(model.state_dict()) == list(standard.state_dict()), "no new parameter names"
+    kind = type(make_dropout(dropout_type, 0.3))
+    sites = [m for m in model.modules() if type(m) is kind]
+    assert len(sites) == 1 + 3 * model.config.num_layers, "embedding + 3 sites per block"
+    x = torch.randn(4, 64)
+    model.train()
+    torch.manual_seed(1)
+    assert not torch.equal(model(x), model(x)), "training mode is stochastic"
+    model.eval()
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+    torch.testing.assert_close(model(x), standard(x), rtol=0, atol=0)
+
+
+def test_make_dropout() -> None:
+    assert type(make_dropout("standard", 0.1)) is nn.Dropout
+    assert type(make_dropout("alpha", 0.1)) is nn.AlphaDropout
+    gaussian = make_dropout("gaussian", 0.2)
+    assert isinstance(gaussian, GaussianDropout)
+    torch.manual_seed(0)
+    noise = gaussian(torch.ones(200_000))
+    assert abs(float(noise.mean()) - 1.0) < 0.01
+    assert abs(float(noise.var()) - 0.2 / 0.8) < 0.01, "variance p / (1 - p)"
+    gaussian.eval()
+    x = torch.randn(5)
+    assert gaussian(x) is x
+    with pytest.raises(ValueError, match="dropout_type must be"):
+        make_dropout("spatial", 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\), but got 1.0"):
+        GaussianDropout(1.0)
+    with pytest.raises(ValidationError, match="dropout_type"):
+        HAMNetSection(dropout_type="spatial")  # type: ignore[arg-type]
+
+
+def test_checkpoint_without_dropout_type_loads(tmp_path: Path) -> None:
+    model = _model()
+    config = model.config.model_dump()
+    del config["dropout_type"]
+    path = tmp_path / "old.pt"
+    payload = {"format": CHECKPOINT_FORMAT, "config": config, "state_dict": model.state_dict()}
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config.dropout_type == "standard"
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path: Path) -> None:
+    model = _model(num_layers=3, dropout_rate=0.0).train()
+    assert model.gradient_checkpointing is False
+    x, y = torch.randn(6, 64), torch.randint(0, 10, (6,))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    model.gradient_checkpointing = True
+    checkpointed = gradients()
+    assert set(plain) == {n for n, _ in model.named_parameters()}
+    torch.testing.assert_close(checkpointed, plain)
+    path = save_checkpoint(model, tmp_path / "model.pt")
+    assert load_checkpoint(path).gradient_checkpointing is False, "a runtime switch only"

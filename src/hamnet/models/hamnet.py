@@ -41,6 +41,12 @@ model exports to ONNX with the TorchScript exporter and so that heads can be pru
 slicing the rows of ``q_proj``/``k_proj``/``v_proj`` and the columns of ``out_proj``:
 head ``h`` owns rows ``h*head_dim:(h+1)*head_dim``. Per-layer head counts and FFN widths
 (``layer_heads``/``layer_ffn``) describe such pruned models.
+
+Every dropout site (embedding, attention weights, both residual branches, inside the FFN)
+is built by :func:`make_dropout`, so ``dropout_type`` picks standard, Gaussian or alpha
+dropout for all of them; each is the identity in eval mode and adds no parameters.
+Setting the runtime attribute :attr:`HAMNet.gradient_checkpointing` recomputes each
+block's activations in the backward pass instead of storing them (training only).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.utils.checkpoint
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -81,6 +88,59 @@ _EXPECTED_CHECKPOINT = (
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
+DropoutType = Literal["standard", "gaussian", "alpha"]
+
+
+class GaussianDropout(nn.Module):
+    """Multiplicative Gaussian noise ``x * N(1, p / (1 - p))`` in training, identity in eval.
+
+    The noise has the variance of standard dropout's rescaled Bernoulli mask, so ``p``
+    means the same for both (Srivastava et al., 2014).
+
+    Args:
+        p: Equivalent drop probability, in ``[0, 1)``.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be in [0, 1), but got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        std = math.sqrt(self.p / (1.0 - self.p))
+        return x * (1.0 + std * torch.randn_like(x))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def make_dropout(dropout_type: DropoutType, p: float) -> nn.Module:
+    """Build one dropout module of the given kind.
+
+    Args:
+        dropout_type: ``"standard"`` (:class:`torch.nn.Dropout`), ``"gaussian"``
+            (:class:`GaussianDropout`) or ``"alpha"`` (:class:`torch.nn.AlphaDropout`).
+        p: Drop probability.
+
+    Returns:
+        The module; it has no parameters or buffers and is the identity in eval mode.
+
+    Raises:
+        ValueError: If ``dropout_type`` is not one of the three kinds.
+    """
+    if dropout_type == "standard":
+        return nn.Dropout(p)
+    if dropout_type == "gaussian":
+        return GaussianDropout(p)
+    if dropout_type == "alpha":
+        return nn.AlphaDropout(p)
+    raise ValueError(
+        f"dropout_type must be 'standard', 'gaussian' or 'alpha', but got {dropout_type!r}"
+    )
+
 
 class HAMNetConfig(BaseModel):
     """Architecture of one :class:`HAMNet`.
@@ -98,7 +158,10 @@ class HAMNetConfig(BaseModel):
         head_dim: Width of one attention head.
         ffn_ratio: FFN width as a multiple of ``hidden_size`` (unless ``layer_ffn`` is set).
         token_size: Consecutive features per token; must divide ``input_size``.
-        dropout_rate: Dropout on attention weights and on both residual branches.
+        dropout_rate: Dropout on the embedding, the attention weights, inside the FFN and
+            on both residual branches.
+        dropout_type: Kind of every dropout (see :func:`make_dropout`). Configs saved
+            before this field existed load as ``"standard"``.
         activation: FFN activation.
         layer_heads: Heads kept in each layer (for structurally pruned models).
         layer_ffn: FFN width of each layer (for structurally pruned models).
@@ -115,6 +178,7 @@ class HAMNetConfig(BaseModel):
     ffn_ratio: float = Field(2.0, gt=0.0)
     token_size: int = Field(None, ge=1, validate_default=True)  # type: ignore[assignment]
     dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout_type: DropoutType = "standard"
     activation: Literal["gelu", "relu", "silu"] = "gelu"
     layer_heads: list[int] | None = None
     layer_ffn: list[int] | None = None
@@ -232,10 +296,16 @@ class MultiHeadSelfAttention(nn.Module):
         num_heads: Number of heads.
         head_dim: Width of one head.
         dropout_rate: Dropout on the attention weights.
+        dropout_type: Kind of that dropout (see :func:`make_dropout`).
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, head_dim: int, dropout_rate: float = 0.0
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        dropout_rate: float = 0.0,
+        dropout_type: DropoutType = "standard",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -245,7 +315,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, inner)
         self.v_proj = nn.Linear(hidden_size, inner)
         self.out_proj = nn.Linear(inner, hidden_size)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = make_dropout(dropout_type, dropout_rate)
+        # A no-op that gives the attention map [B, H, T, T] a module to hook
+        # (distillation's attention transfer reads it with a forward hook).
+        self.attn_probe = nn.Identity()
         self.scale = 1.0 / math.sqrt(head_dim)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
@@ -257,7 +330,9 @@ class MultiHeadSelfAttention(nn.Module):
         q = self._split(self.q_proj(x))
         k = self._split(self.k_proj(x))
         v = self._split(self.v_proj(x))
-        weights = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+        weights = self.attn_probe(
+            torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * self.scale, dim=-1)
+        )
         mixed = torch.matmul(self.dropout(weights), v)
         mixed = mixed.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.out_proj(mixed)
@@ -267,12 +342,17 @@ class FeedForward(nn.Module):
     """Position-wise MLP: ``fc2(dropout(act(fc1(x))))``."""
 
     def __init__(
-        self, hidden_size: int, ffn_size: int, activation: str, dropout_rate: float = 0.0
+        self,
+        hidden_size: int,
+        ffn_size: int,
+        activation: str,
+        dropout_rate: float = 0.0,
+        dropout_type: DropoutType = "standard",
     ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, ffn_size)
         self.act = _ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = make_dropout(dropout_type, dropout_rate)
         self.fc2 = nn.Linear(ffn_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,12 +366,13 @@ class HAMNetBlock(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.norm1 = nn.LayerNorm(hidden)
+        rate, kind = config.dropout_rate, config.dropout_type
         self.attn = MultiHeadSelfAttention(
-            hidden, config.heads_of(layer), config.head_dim, config.dropout_rate
+            hidden, config.heads_of(layer), config.head_dim, rate, kind
         )
         self.norm2 = nn.LayerNorm(hidden)
-        self.ffn = FeedForward(hidden, config.ffn_of(layer), config.activation, config.dropout_rate)
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.ffn = FeedForward(hidden, config.ffn_of(layer), config.activation, rate, kind)
+        self.dropout = make_dropout(kind, rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.norm1(x)))
@@ -303,6 +384,11 @@ class HAMNet(nn.Module):
 
     Args:
         config: The architecture.
+
+    Attributes:
+        gradient_checkpointing: Recompute each block's activations in the backward pass
+            instead of storing them (trades compute for memory; training mode only). A
+            runtime switch, not part of the config or the checkpoint; off by default.
 
     Example:
         >>> model = HAMNet(HAMNetConfig(input_size=64, num_classes=10, token_size=8))
@@ -316,11 +402,12 @@ class HAMNet(nn.Module):
         hidden = config.hidden_size
         self.embed = nn.Linear(config.token_size, hidden)
         self.pos = nn.Parameter(torch.zeros(1, config.num_tokens, hidden))
-        self.embed_dropout = nn.Dropout(config.dropout_rate)
+        self.embed_dropout = make_dropout(config.dropout_type, config.dropout_rate)
         self.blocks = nn.ModuleList(HAMNetBlock(config, i) for i in range(config.num_layers))
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, config.num_classes)
         nn.init.normal_(self.pos, std=_POS_STD)
+        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight: torch's defaults, and N(0, 0.2²) for ``pos``.
@@ -345,8 +432,12 @@ class HAMNet(nn.Module):
             )
         tokens = x.reshape(-1, cfg.num_tokens, cfg.token_size)
         h = self.embed_dropout(self.embed(tokens) + self.pos)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h)
+            if recompute:
+                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
         return self.head(self.norm(h).mean(dim=1))
 
 
