@@ -228,6 +228,75 @@ class PruneStageConfig(_Section):
         return self
 
 
+DistillMethod = Literal["soft", "feature", "attention", "relational", "multi_teacher", "self"]
+DISTILL_METHODS: tuple[str, ...] = (
+    "soft",
+    "feature",
+    "attention",
+    "relational",
+    "multi_teacher",
+    "self",
+)
+
+
+class DistillStudentSection(_Section):
+    """A fresh, smaller HAMNet trained from scratch by distillation."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    hamnet: HAMNetSection
+
+
+class DistillStageConfig(_Section):
+    """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
+
+    ``methods`` is one combined loss: a list of terms ``{method, weight, **options}``
+    (see ``hamnet.distill.DISTILL_LOSSES`` for each method's options), plus
+    ``ce_weight`` times cross-entropy on the labels. Options are plain data; nothing in
+    them is executed.
+    """
+
+    teachers: list[str] = Field(
+        ["baseline"],
+        min_length=1,
+        description="Candidate names of this run (usually 'baseline') or paths to hamnet "
+        ".pt checkpoints; the first one's layers are matched by feature/attention terms.",
+    )
+    methods: list[dict[str, Any]] = Field(
+        [{"method": "soft", "weight": 1.0, "temperature": 4.0}], min_length=1
+    )
+    ce_weight: float = Field(0.5, ge=0.0)
+    recover_pruned: bool = Field(
+        True,
+        description="Re-fine-tune every pruned candidate with KD instead of cross-entropy: "
+        "its pruning plan is replayed on the baseline and recovered for the same epochs.",
+    )
+    students: list[DistillStudentSection] = []
+    train: TrainStageConfig = Field(
+        TrainStageConfig(epochs=15, patience=5, learning_rate=1e-3, warmup_epochs=0),
+        description="Training of KD recovery; fresh students use student_train.",
+    )
+    student_train: TrainStageConfig = TrainStageConfig()
+    cache_teacher_outputs: bool = Field(
+        True,
+        description="Compute teacher outputs on the training set once and keep them as a "
+        "file (not per epoch); with mixup/cutmix the teacher runs on every mixed batch.",
+    )
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> DistillStageConfig:
+        for i, term in enumerate(self.methods):
+            method = term.get("method")
+            if method not in DISTILL_METHODS:
+                raise ValueError(
+                    f"methods[{i}].method must be one of {list(DISTILL_METHODS)}, but got "
+                    f"{method!r}"
+                )
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"student names must be unique, but got {names}")
+        return self
+
+
 class ExportStageConfig(_Section):
     """Export of torch candidates to deployable formats, each checked for parity."""
 
@@ -263,6 +332,7 @@ class StagesSection(_Section):
 
     train: TrainStageConfig | None = TrainStageConfig()
     prune: PruneStageConfig | None = None
+    distill: DistillStageConfig | None = None
     export: ExportStageConfig | None = ExportStageConfig()
     quantize: QuantizeStageConfig | None = QuantizeStageConfig()
 

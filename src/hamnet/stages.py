@@ -345,6 +345,158 @@ class PruneStage(Stage):
         )
 
 
+class DistillStage(Stage):
+    """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
+
+    Teachers are candidates of this run (by name, usually ``baseline``) or hamnet
+    checkpoint files. For every pruned candidate (``recover_pruned``), the pruning plan
+    is replayed on its baseline and the pruned model is recovered with the KD loss
+    instead of cross-entropy, for ``train.epochs``; every configured student is a fresh
+    HAMNet trained with the KD loss. Each result is a candidate whose parent is the
+    pruned candidate (or, for a student, the first teacher) and whose params and MLflow
+    tags name the teachers and methods.
+    """
+
+    name = "distill"
+    section = "distill"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.models import HAMNet, HAMNetConfig, load_checkpoint
+
+        cfg = ctx.config.stages.distill
+        assert cfg is not None
+        teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers]
+        recipe = "+".join(str(term["method"]) for term in cfg.methods)
+        out: list[Candidate] = []
+        if cfg.recover_pruned:
+            by_id = {c.id: c for c in inputs}
+            for pruned in inputs:
+                plan_file = pruned.params.get("plan_file")
+                parent = by_id.get(pruned.parent_id or "")
+                if pruned.stage != "prune" or not plan_file or parent is None:
+                    continue
+                from hamnet.pruning import PruningPlan, apply_plan
+
+                trust = ctx.config.model.trust_checkpoint
+                base = load_checkpoint(parent.artifact.path, trust=trust)
+                student = apply_plan(base, PruningPlan.load(plan_file))
+                out.append(
+                    self._distill(
+                        student, pruned, f"{pruned.name}+kd-{recipe}", teachers, cfg.train, ctx,
+                        {"recovery_of": pruned.name, "started_from": "pruning plan replayed "
+                         "on the baseline (KD instead of cross-entropy fine-tuning)"},
+                    )
+                )  # fmt: skip
+        for section in cfg.students:
+            dataset = ctx.dataset
+            model_cfg = HAMNetConfig.from_section(
+                section.hamnet, input_size=dataset.num_features, num_classes=dataset.num_classes
+            )
+            from hamnet.training import set_seed
+
+            set_seed(ctx.config.seed)
+            student = HAMNet(model_cfg)
+            name = f"student-{section.name}+kd-{recipe}"
+            anchor = teachers[0][0]
+            out.append(
+                self._distill(
+                    student, anchor, name, teachers, cfg.student_train, ctx,
+                    {"student": section.name,
+                     "architecture": model_cfg.model_dump(mode="json")},
+                )
+            )  # fmt: skip
+        if not out:
+            ctx.notes.append(
+                "distill: nothing to distill (no pruned candidates and no students configured)"
+            )
+        return out
+
+    def _teacher(
+        self, ref: str, inputs: list[Candidate], ctx: StageContext
+    ) -> tuple[Candidate, HAMNet]:
+        from hamnet.models import load_checkpoint
+
+        trust = ctx.config.model.trust_checkpoint
+        named = [c for c in inputs if c.name == ref]
+        if named:
+            candidate = named[0]
+            if candidate.artifact.format != "torch":
+                raise ConfigError(
+                    f"distill teacher {ref!r} must be a PyTorch HAMNet candidate, but it is a "
+                    f"{candidate.artifact.format} model"
+                )
+            return candidate, load_checkpoint(candidate.artifact.path, trust=trust)
+        path = ctx.resolve(ref)
+        if not path.is_file():
+            known = sorted({c.name for c in inputs if c.artifact.format == "torch"})
+            raise ConfigError(
+                f"distill teacher {ref!r} is neither a candidate of this run (torch candidates: "
+                f"{known}) nor an existing hamnet checkpoint file"
+            )
+        model = load_checkpoint(path, trust=trust)
+        ctx.dataset.check_input_size(model.config.input_size)
+        ref_file = ctx.store.put(path, "torch")
+        return (
+            Candidate.create(
+                name=f"teacher-{path.stem}", stage="load", method="torch", artifact=ref_file,
+                runtime="torch", params={"source_file": str(path)},
+            ),
+            model,
+        )  # fmt: skip
+
+    def _distill(
+        self,
+        student: HAMNet,
+        parent: Candidate,
+        name: str,
+        teachers: list[tuple[Candidate, HAMNet]],
+        train_cfg: TrainStageConfig,
+        ctx: StageContext,
+        extra: dict[str, Any],
+    ) -> Candidate:
+        from hamnet.distill.train import distill_model
+
+        cfg = ctx.config.stages.distill
+        assert cfg is not None
+        checkpoint = ctx.store.staging_dir() / "model.pt"
+        device = "cuda" if ctx.profile.device == "cuda" else "cpu"
+        result = distill_model(
+            student,
+            [model for _, model in teachers],
+            ctx.dataset,
+            cfg.methods,
+            train_cfg,
+            ce_weight=cfg.ce_weight,
+            cache_dir=ctx.store.root / "teacher-outputs" if cfg.cache_teacher_outputs else None,
+            teacher_ids=[c.artifact.sha256 for c, _ in teachers],
+            seed=ctx.config.seed,
+            device=device,
+            checkpoint_path=checkpoint,
+        )
+        return Candidate.create(
+            name=name,
+            stage=self.name,
+            method="kd-" + "+".join(result.methods),
+            artifact=ctx.store.put(checkpoint, "torch"),
+            runtime="torch",
+            parent=parent,
+            params={
+                **extra,
+                "teachers": [c.name for c, _ in teachers],
+                "teacher_ids": [c.id for c, _ in teachers],
+                "methods": cfg.methods,
+                "ce_weight": cfg.ce_weight,
+                "epochs": train_cfg.epochs,
+                "epochs_run": result.train.epochs_run,
+                "best_val_accuracy": round(result.train.best_val_accuracy, 6),
+                "teacher_cache_files": [str(p) for p in result.teacher_cache_files],
+                "teacher_cache_hits": result.teacher_cache_hits,
+                "layer_heads": student.config.layer_heads,
+                "layer_ffn": student.config.layer_ffn,
+            },
+        )
+
+
 class ExportStage(Stage):
     """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
 
@@ -486,12 +638,13 @@ STAGES: dict[str, type[Stage]] = {
     "load": LoadStage,
     "train": TrainStage,
     "prune": PruneStage,
+    "distill": DistillStage,
     "export": ExportStage,
     "quantize": QuantizeStage,
 }
 """Every stage by name."""
 
-PIPELINE_ORDER: tuple[str, ...] = ("train", "prune", "export", "quantize")
+PIPELINE_ORDER: tuple[str, ...] = ("train", "prune", "distill", "export", "quantize")
 """Order in which configured stages run (the baseline comes from ``load`` or ``train``)."""
 
 

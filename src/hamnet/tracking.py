@@ -257,6 +257,9 @@ class Tracker:
             tags["hamnet.violations"] = "; ".join(assessment.violations)
         if candidate.notes:
             tags["mlflow.note.content"] = "\n".join(candidate.notes)
+        if candidate.params.get("teachers"):  # distilled: lineage names the teacher(s)
+            tags["hamnet.teachers"] = ", ".join(map(str, candidate.params["teachers"]))
+            tags["hamnet.teacher_ids"] = ", ".join(map(str, candidate.params["teacher_ids"]))
         params = {
             "stage": candidate.stage,
             "method": candidate.method,

@@ -1,0 +1,127 @@
+"""distill_model: KD through the foundation's trainer, with cached teacher outputs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hamnet.config import DataSection, TrainStageConfig
+from hamnet.data import Dataset, load_dataset
+from hamnet.distill.train import array_digest, distill_model, model_digest
+from hamnet.errors import ConfigError
+from hamnet.models import HAMNet, HAMNetConfig
+from hamnet.training import evaluate_accuracy, train_model
+
+CFG = TrainStageConfig(epochs=2, patience=2, warmup_epochs=0, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    full = load_dataset(DataSection(seed=0))
+    return Dataset(
+        x_train=full.x_train[:256], y_train=full.y_train[:256],
+        x_val=full.x_val[:128], y_val=full.y_val[:128],
+        x_test=full.x_test[:128], y_test=full.y_test[:128],
+        num_features=full.num_features, num_classes=full.num_classes,
+        class_names=full.class_names, source="digits subset",
+    )  # fmt: skip
+
+
+def _hamnet(data: Dataset, hidden: int, seed: int) -> HAMNet:
+    torch.manual_seed(seed)
+    return HAMNet(
+        HAMNetConfig(
+            input_size=data.num_features, num_classes=data.num_classes, hidden_size=hidden,
+            num_layers=2, num_heads=2, token_size=8, dropout_rate=0.0,
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(data: Dataset) -> HAMNet:
+    model = _hamnet(data, 32, 0)
+    train_model(model, data, TrainStageConfig(epochs=6, batch_size=64), progress=False)
+    return model
+
+
+def test_teacher_outputs_are_cached_once_and_reused(
+    data: Dataset, teacher: HAMNet, tmp_path: Path
+) -> None:
+    before = copy.deepcopy(teacher.state_dict())
+    teacher.train()  # its mode must come back
+    spec = [{"method": "soft"}, {"method": "feature", "layers": "depth"}]
+    first = distill_model(
+        _hamnet(data, 16, 1), [teacher], data, spec, CFG, cache_dir=tmp_path, progress=False
+    )
+    assert first.methods == ["soft", "feature"]
+    assert len(first.teacher_cache_files) == 1 and first.teacher_cache_files[0].is_file()
+    assert first.teacher_cache_hits == 0
+    assert {"soft", "feature", "total"} <= set(first.last_terms)
+    second = distill_model(
+        _hamnet(data, 16, 2), [teacher], data, spec, CFG, cache_dir=tmp_path, progress=False
+    )
+    assert second.teacher_cache_files == first.teacher_cache_files
+    assert second.teacher_cache_hits == 1
+    # The teacher is never trained or left in another mode.
+    assert teacher.training
+    teacher.eval()
+    for name, value in teacher.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+    assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_kd_student_learns(data: Dataset, teacher: HAMNet) -> None:
+    student = _hamnet(data, 16, 3)
+    chance = evaluate_accuracy(student, data.x_val, data.y_val)
+    cfg = CFG.model_copy(update={"epochs": 10, "patience": 10, "learning_rate": 5e-3})
+    distill_model(student, [teacher], data, [{"method": "soft"}], cfg, progress=False)
+    assert evaluate_accuracy(student, data.x_val, data.y_val) > chance + 0.2
+
+
+def test_mixup_runs_the_teacher_live(data: Dataset, teacher: HAMNet, tmp_path: Path) -> None:
+    cfg = CFG.model_copy(update={"augment": "mixup"})
+    result = distill_model(
+        _hamnet(data, 16, 4), [teacher], data, [{"method": "soft"}], cfg, cache_dir=tmp_path,
+        progress=False,
+    )  # fmt: skip
+    assert result.teacher_cache_files == [] and not list(tmp_path.iterdir())
+
+
+def test_multi_teacher_and_self_distillation_end_to_end(data: Dataset, teacher: HAMNet) -> None:
+    second = _hamnet(data, 24, 5)
+    train_model(second, data, TrainStageConfig(epochs=3, batch_size=64), progress=False)
+    spec = [{"method": "multi_teacher", "weighting": "confidence"}, {"method": "relational"}]
+    multi = distill_model(_hamnet(data, 16, 6), [teacher, second], data, spec, CFG, progress=False)
+    assert multi.train.epochs_run == 2 and np.isfinite(multi.last_terms["total"])
+    deep = distill_model(
+        _hamnet(data, 16, 7), [], data, [{"method": "self", "mode": "deep"}], CFG, progress=False
+    )
+    assert np.isfinite(deep.last_terms["total"])
+    snapshot_teacher = _hamnet(data, 16, 8)
+    train_model(snapshot_teacher, data, CFG, progress=False)
+    snapshot = distill_model(
+        copy.deepcopy(snapshot_teacher), [snapshot_teacher], data,
+        [{"method": "self", "mode": "snapshot"}], CFG, progress=False,
+    )  # fmt: skip
+    assert np.isfinite(snapshot.last_terms["total"])
+
+
+def test_bad_input_is_a_clear_error(data: Dataset, teacher: HAMNet) -> None:
+    with pytest.raises(ConfigError, match="one teacher id per teacher"):
+        distill_model(
+            _hamnet(data, 16, 9), [teacher], data, [{"method": "soft"}], CFG,
+            teacher_ids=["a", "b"], progress=False,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        distill_model(_hamnet(data, 16, 9), [], data, [{"method": "soft"}], CFG, progress=False)
+
+
+def test_digests_are_stable(data: Dataset, teacher: HAMNet) -> None:
+    assert model_digest(teacher) == model_digest(copy.deepcopy(teacher))
+    assert model_digest(teacher) != model_digest(_hamnet(data, 32, 11))
+    assert array_digest(data.x_train) == array_digest(data.x_train.copy())
+    assert array_digest(data.x_train) != array_digest(data.x_val)
