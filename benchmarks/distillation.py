@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/distillation.py [--scenarios pruned70,quarter]
+    .venv/bin/python benchmarks/distillation.py [--scenarios pruned70,quarter,tiny]
         [--seeds 0,1,2,3,4] [--recovery-epochs 10] [--student-epochs 30]
         [--out benchmarks/results/distillation]
 
@@ -12,7 +12,9 @@ without help:
 * ``pruned70``: the trained digits HAMNet (hidden 64, 2 layers, 4 heads) pruned by 70%
   (l1, uniform, no fine-tuning), then recovered for ``--recovery-epochs`` epochs;
 * ``quarter``: a fresh student with about a quarter of the teacher's parameters
-  (hidden 32, 2 heads) trained from scratch for ``--student-epochs`` epochs.
+  (hidden 32, 2 heads) trained from scratch for ``--student-epochs`` epochs;
+* ``tiny``: a fresh student with about a sixteenth (hidden 16, 1 layer, 2 heads), same
+  epochs.
 
 Every method gets the same epochs, data, seed and optimizer; only the loss differs.
 ``plain`` is cross-entropy (with the same label smoothing as the teacher); each KD
@@ -91,10 +93,11 @@ def _student(scenario: str, teacher: Any, data: Any, seed: int) -> Any:
     if scenario == "pruned70":
         return prune_hamnet(teacher, data, ratio=0.7, criterion="l1", finetune=None).model
     set_seed(seed)
+    hidden, layers = (32, 2) if scenario == "quarter" else (16, 1)
     return HAMNet(
         HAMNetConfig(
-            input_size=data.num_features, num_classes=data.num_classes, hidden_size=32,
-            num_layers=2, num_heads=2, token_size=8,
+            input_size=data.num_features, num_classes=data.num_classes, hidden_size=hidden,
+            num_layers=layers, num_heads=2, token_size=8,
         )
     )  # fmt: skip
 
@@ -217,7 +220,7 @@ def plot(summary: Any, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     split = lambda cast: lambda text: [cast(t) for t in text.split(",") if t]  # noqa: E731
-    parser.add_argument("--scenarios", type=split(str), default=["pruned70", "quarter"])
+    parser.add_argument("--scenarios", type=split(str), default=["pruned70", "quarter", "tiny"])
     parser.add_argument("--seeds", type=split(int), default=[0, 1, 2, 3, 4])
     parser.add_argument("--teacher-epochs", type=int, default=60)
     parser.add_argument("--recovery-epochs", type=int, default=10)
@@ -237,7 +240,7 @@ def main() -> None:
     (out / "distillation.md").write_text(
         "# Knowledge distillation benchmark\n\n"
         f"Digits; seeds {args.seeds}; recovery {args.recovery_epochs} epochs after 70% "
-        f"pruning, fresh quarter-size student {args.student_epochs} epochs; the same epochs, "
+        f"pruning, fresh students {args.student_epochs} epochs; the same epochs, "
         "optimizer and seed for every method. p-values: paired t-test over seeds against "
         "plain fine-tuning. gap_closed: (method - plain) / (teacher - plain). The best "
         "combination is picked on validation accuracy.\n\n" + to_markdown(summary) + "\n"

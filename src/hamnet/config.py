@@ -195,6 +195,13 @@ class RsparSection(_Section):
     recovery_epochs: int = Field(
         1, ge=1, le=100, description="Fine-tuning epochs before each episode's reward."
     )
+    tolerance: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Relative cost overrun over the uniform allocation that is not "
+        "penalized; default 0.03 for latency (timing noise after paired timing), 0 for FLOPs.",
+    )
 
 
 class PruneStageConfig(_Section):

@@ -299,6 +299,7 @@ class PruneStage(Stage):
                 "profile": ctx.profile,
                 "episodes": cfg.rspar.episodes,
                 "recovery": recovery,
+                "tolerance": cfg.rspar.tolerance,
             }
         model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
         result = prune_hamnet(

@@ -25,7 +25,10 @@ def _config(project: Path, **distill: object) -> dict[str, object]:
                 ],
                 "train": {"epochs": 2, "patience": 2, "warmup_epochs": 0},
                 "students": [
-                    {"name": "small", "hamnet": {"hidden_size": 16, "num_heads": 2, "token_size": 8}},
+                    {
+                        "name": "small",
+                        "hamnet": {"hidden_size": 16, "num_heads": 2, "token_size": 8},
+                    },
                 ],
                 "student_train": {"epochs": 2, "patience": 2},
                 **distill,
@@ -81,7 +84,7 @@ def test_distilled_candidates_are_tracked_with_teacher_lineage(project: Path) ->
 
 def test_unknown_teacher_is_a_clear_error(project: Path) -> None:
     cfg = config_from_dict(_config(project, teachers=["no-such-teacher"], students=[]))
-    with pytest.raises(ConfigError, match="no-such-teacher.*neither a candidate"):
+    with pytest.raises(ConfigError, match=r"no-such-teacher.*neither a candidate"):
         run_pipeline(cfg, base_dir=project)
 
 
