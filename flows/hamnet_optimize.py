@@ -71,6 +71,7 @@ def _run_stage(
         run.candidates,
         config=run.config,
         base_dir=str(base),
+        parent_run_id=run.parent_run_id,
         return_state=True,
     )
     new, notes = state.result()

@@ -19,8 +19,9 @@ from hamnet.candidate import Candidate
 from hamnet.config import ExecutionSection, OptimizeConfig
 from hamnet.pipeline import execute_stage
 
-STAGE_CACHE_POLICY = (INPUTS - "config" - "base_dir") + TASK_SOURCE
-"""``config`` is excluded: the stage's ``scope`` argument carries the parts that matter."""
+STAGE_CACHE_POLICY = (INPUTS - "config" - "base_dir" - "parent_run_id") + TASK_SOURCE
+"""``config`` is excluded: the stage's ``scope`` argument carries the parts that matter;
+``parent_run_id`` only says where search trials are logged."""
 
 
 @task(name="stage", cache_policy=STAGE_CACHE_POLICY, persist_result=True)
@@ -31,9 +32,10 @@ def run_stage(
     *,
     config: OptimizeConfig,
     base_dir: str,
+    parent_run_id: str | None = None,
 ) -> tuple[list[Candidate], list[str]]:
     """Run one stage of the plan and measure its new candidates."""
-    return execute_stage(config, stage_name, inputs, base_dir=base_dir)
+    return execute_stage(config, stage_name, inputs, base_dir=base_dir, parent_run_id=parent_run_id)
 
 
 def stage_task(

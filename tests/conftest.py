@@ -107,3 +107,32 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """One local Ray (2 CPUs, no dashboard) for the whole session (~7 s to start).
+
+    Yields the :class:`hamnet.search.executor.RayHandle` that reuses it. Ray's socket
+    paths must stay under 107 characters, hence a short temp dir directly in /tmp.
+    """
+    from hamnet._env import apply_defaults
+
+    apply_defaults()
+    import ray
+
+    from hamnet.search.executor import RaySettings, connect_ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+    )
+    try:
+        yield connect_ray(RaySettings())
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

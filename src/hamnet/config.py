@@ -235,6 +235,58 @@ class PruneStageConfig(_Section):
         return self
 
 
+class RaySection(_Section):
+    """Where and how search trials run on Ray."""
+
+    address: str | None = Field(
+        None,
+        description="None starts a local Ray for the run; 'auto' or 'host:port' joins a "
+        "running cluster (e.g. after `ray start --head`).",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None: all).")
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Trials in flight at once (None: as the resources allow)."
+    )
+
+
+SearchObjective = Literal["accuracy", "latency_ms", "size_mb", "params", "flops"]
+
+
+class SearchStageConfig(_Section):
+    """An Optuna study whose trials train HAMNets on Ray workers (``nas`` or ``hpo``).
+
+    ``nas`` samples the ``architecture`` group of the space (training as in
+    ``stages.train``); ``hpo`` samples the ``training`` group for ``model.hamnet``.
+    The study lives in an RDB (``storage``), so a killed run restarted with the same
+    config resumes it; the ``top_k`` best trials become candidates.
+    """
+
+    space: str = "search_spaces/hamnet_digits.yaml"
+    strategy: Literal["random", "grid", "tpe", "gp", "nsga2"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    objectives: list[SearchObjective] = Field(["accuracy", "latency_ms"], min_length=1)
+    n_trials: int | None = Field(16, ge=1)
+    timeout_seconds: float | None = Field(None, gt=0.0)
+    storage: str | None = Field(
+        None, description="SQLAlchemy URL of the Optuna study; default sqlite in the workdir."
+    )
+    study_name: str | None = Field(None, description="Default: '<run name>-<stage>'.")
+    top_k: int = Field(2, ge=1, le=100)
+    max_params: int | None = Field(None, ge=1, description="Prune bigger architectures.")
+    max_flops: int | None = Field(None, ge=1, description="Prune costlier architectures.")
+    ray: RaySection = RaySection()
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchStageConfig:
+        if self.n_trials is None and self.timeout_seconds is None:
+            raise ValueError("a search needs a budget: set n_trials, timeout_seconds or both")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives must be distinct, but got {self.objectives}")
+        return self
+
+
 DistillMethod = Literal["soft", "feature", "attention", "relational", "multi_teacher", "self"]
 DISTILL_METHODS: tuple[str, ...] = (
     "soft",
@@ -338,6 +390,8 @@ class StagesSection(_Section):
     """The stages to run. Order is fixed by the pipeline; absent stages are skipped."""
 
     train: TrainStageConfig | None = TrainStageConfig()
+    nas: SearchStageConfig | None = None
+    hpo: SearchStageConfig | None = None
     prune: PruneStageConfig | None = None
     distill: DistillStageConfig | None = None
     export: ExportStageConfig | None = ExportStageConfig()

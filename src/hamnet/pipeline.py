@@ -94,6 +94,7 @@ def execute_stage(
     inputs: list[Candidate],
     *,
     base_dir: str | Path = ".",
+    parent_run_id: str | None = None,
 ) -> tuple[list[Candidate], list[str]]:
     """Run one stage and measure what it made.
 
@@ -106,12 +107,15 @@ def execute_stage(
         stage_name: A name from :data:`hamnet.stages.STAGES`.
         inputs: Every candidate so far (measured).
         base_dir: Folder relative config paths resolve against.
+        parent_run_id: The run's MLflow parent run, for stages that log runs of their
+            own (search trials); it never changes what a stage produces.
 
     Returns:
         The new, measured candidates and the stage's notes for the user.
     """
     stage = stage_by_name(stage_name)
     ctx = make_context(config, base_dir)
+    ctx.parent_run_id = parent_run_id
     _inject_fault(stage_name, ctx.store.root.parent)
     produced = stage.run(inputs, ctx)
     known = {c.id: c for c in inputs}
@@ -449,6 +453,9 @@ def run_pipeline(
     with PipelineRun(config, base_dir=base_dir, run_name=run_name, console=console) as run:
         for stage in run.plan:
             started = time.perf_counter()
-            new, notes = execute_stage(config, stage.name, run.candidates, base_dir=base_dir)
+            new, notes = execute_stage(
+                config, stage.name, run.candidates, base_dir=base_dir,
+                parent_run_id=run.parent_run_id,
+            )  # fmt: skip
             run.add(stage, new, notes=notes, seconds=time.perf_counter() - started)
         return run.finish()

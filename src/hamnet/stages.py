@@ -38,6 +38,8 @@ class StageContext:
         store: Where model files go.
         base_dir: Folder relative paths in the config resolve against.
         notes: Messages the stage wants the user to see (e.g. a skipped method).
+        parent_run_id: The run's MLflow parent run when tracking is on (search stages
+            log their trials under it).
     """
 
     config: OptimizeConfig
@@ -45,6 +47,7 @@ class StageContext:
     store: ArtifactStore
     base_dir: Path
     notes: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
 
     @cached_property
     def dataset(self) -> Dataset:
@@ -224,6 +227,247 @@ def _onnx_feature_count(path: Path) -> int | None:
     return dims[1].dim_value or None
 
 
+class SearchStage(Stage):
+    """An Optuna study whose trials (HAMNets trained on Ray workers) become candidates.
+
+    The driver asks Optuna for parameters, Ray trains and measures each trial
+    (:class:`~hamnet.search.objective.HAMNetObjective`), and every finished trial is
+    logged as an MLflow nested run of the optimization. The study lives in an RDB, so
+    the same config rerun after a crash resumes it. The ``top_k`` best trials (the
+    Pareto front first when there are several objectives) become candidates with no
+    parent: they are alternatives to the baseline, measured like every candidate and
+    flowing on to pruning, distillation, export and quantization.
+    """
+
+    group: ClassVar[str]
+    """Which group of the search space this stage samples."""
+
+    def study_name(self, config: OptimizeConfig) -> str:
+        """The study's name: given, or run name + stage + a hash of what defines the study.
+
+        The budget (``n_trials``, ``timeout_seconds``), ``top_k`` and Ray settings are
+        left out of the hash, so raising the budget continues the same study.
+        """
+        import hashlib
+        import json
+
+        cfg = self.settings(config)
+        if cfg.study_name:
+            return str(cfg.study_name)
+        defining = cfg.model_dump(
+            mode="json", exclude={"n_trials", "timeout_seconds", "top_k", "ray", "storage"}
+        )
+        defining["model"] = config.model.hamnet.model_dump(mode="json")
+        defining["data"] = config.data.model_dump(mode="json")
+        defining["train"] = (
+            config.stages.train.model_dump(mode="json") if config.stages.train else None
+        )
+        defining["seed"], defining["profile"] = config.seed, config.hardware_profile
+        digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{config.name}-{self.name}-{digest}"
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.search.executor import (
+            RaySettings,
+            SearchBudget,
+            connect_ray,
+            open_study,
+            run_search,
+        )
+        from hamnet.search.objective import HAMNetObjective
+        from hamnet.search.space import load_search_space, suggest
+        from hamnet.search.strategies import directions, make_pruner, make_sampler
+
+        config = ctx.config
+        cfg = self.settings(config)
+        space_file = ctx.resolve(cfg.space)
+        full = load_search_space(space_file)
+        other = "training" if self.group == "architecture" else "architecture"
+        space = full.model_copy(update={other: {}})
+        if not getattr(space, self.group):
+            raise ConfigError(
+                f"stages.{self.name}.space: {space_file} has no {self.group!r} parameters to "
+                f"search, but the {self.name} stage samples that group"
+            )
+        workdir = ctx.store.root.parent
+        storage = cfg.storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+        name = self.study_name(config)
+        multi = len(cfg.objectives) > 1
+        study = open_study(
+            storage,
+            name,
+            directions(cfg.objectives),
+            make_sampler(cfg.strategy, space, seed=config.seed, multi_objective=multi),
+            make_pruner(cfg.pruner, space, multi_objective=multi),
+        )
+        objective = HAMNetObjective(
+            data=config.data,
+            base_dir=str(ctx.base_dir),
+            base_architecture=config.model.hamnet,
+            base_training=config.stages.train or TrainStageConfig(),
+            objectives=tuple(cfg.objectives),
+            profile=config.hardware_profile,
+            out_dir=str((workdir / "trials" / name).resolve()),
+            seed=config.seed,
+            max_params=cfg.max_params,
+            max_flops=cfg.max_flops,
+        )
+        on_trial_end = self._trial_logger(ctx, name)
+        settings = RaySettings(
+            address=cfg.ray.address,
+            num_cpus=cfg.ray.num_cpus,
+            cpus_per_trial=cfg.ray.cpus_per_trial,
+            gpus_per_trial=cfg.ray.gpus_per_trial,
+            max_concurrent=cfg.ray.max_concurrent,
+        )
+        with connect_ray(settings) as ray:
+            report = run_search(
+                study,
+                objective,
+                lambda trial: suggest(trial, space),
+                SearchBudget(n_trials=cfg.n_trials, timeout_seconds=cfg.timeout_seconds),
+                ray,
+                on_trial_end=on_trial_end,
+            )
+        ctx.notes.append(f"{self.name}: study {name!r} in {_redact(storage)}: {report.summary()}")
+        self._save_plots(study, cfg.objectives, ctx, name)
+        best = _best_trials(study, cfg.objectives, cfg.top_k)
+        if not best:
+            ctx.notes.append(f"{self.name}: no trial completed, so no candidate was added")
+        return [self._candidate(trial, name, storage, cfg.strategy, ctx) for trial in best]
+
+    def _trial_logger(self, ctx: StageContext, study_name: str) -> Any:
+        if ctx.parent_run_id is None or not ctx.config.tracking.enabled:
+            return None
+        from hamnet.tracking import Tracker
+
+        tracker = Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
+        parent = ctx.parent_run_id
+
+        def log(trial: Any) -> None:
+            tracker.log_trial(parent, self.name, study_name, trial)
+
+        return log
+
+    def _save_plots(
+        self, study: Any, objectives: list[str], ctx: StageContext, name: str
+    ) -> list[Path]:
+        """Optuna's own plots (history, importances, Pareto front) as PNG files."""
+        import warnings
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        out = ctx.store.root.parent / "reports" / name
+        out.mkdir(parents=True, exist_ok=True)
+        plots: dict[str, Any] = {}
+        if len(objectives) == 1:
+            plots["history"] = lambda: ovm.plot_optimization_history(study)
+            plots["param_importances"] = lambda: ovm.plot_param_importances(study)
+        else:
+            for i, objective in enumerate(objectives):
+                plots[f"history_{objective}"] = lambda i=i, o=objective: (
+                    ovm.plot_optimization_history(
+                        study, target=lambda t: t.values[i], target_name=o
+                    )
+                )
+            plots["param_importances"] = lambda: ovm.plot_param_importances(
+                study, target=lambda t: t.values[0], target_name=objectives[0]
+            )
+            if len(objectives) in (2, 3):
+                plots["pareto_front"] = lambda: ovm.plot_pareto_front(
+                    study, target_names=objectives
+                )
+        files = []
+        for plot_name, draw in plots.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna marks these plots experimental
+                    axes = draw()
+                figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+                path = out / f"{plot_name}.png"
+                figure.savefig(path, dpi=110, bbox_inches="tight")
+                plt.close(figure)
+                files.append(path)
+            except Exception as err:  # too few trials for a plot is not an error
+                logger.info("optuna plot %s skipped: %s", plot_name, err)
+        if files and ctx.parent_run_id is not None and ctx.config.tracking.enabled:
+            from hamnet.tracking import Tracker
+
+            tracker = Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
+            for path in files:
+                tracker.client.log_artifact(ctx.parent_run_id, str(path), f"{self.name}/{name}")
+        return files
+
+    def _candidate(
+        self, trial: Any, study_name: str, storage: str, strategy: str, ctx: StageContext
+    ) -> Candidate:
+        attrs = trial.user_attrs
+        checkpoint = Path(attrs["checkpoint"])
+        return Candidate.create(
+            name=f"{self.name}-trial-{trial.number}",
+            stage=self.name,
+            method=strategy,
+            artifact=ctx.store.put(checkpoint, "torch"),
+            runtime="torch",
+            params={
+                "study": study_name,
+                "storage": _redact(storage),
+                "trial_number": trial.number,
+                "sampled": dict(trial.params),
+                "objectives": dict(
+                    zip(self.settings(ctx.config).objectives, trial.values, strict=True)
+                ),
+                "architecture": attrs.get("architecture"),
+                "training": attrs.get("training"),
+            },
+        )
+
+
+class NASStage(SearchStage):
+    """Neural architecture search over the space's ``architecture`` genes."""
+
+    name = "nas"
+    section = "nas"
+    group = "architecture"
+
+
+class HPOStage(SearchStage):
+    """Hyperparameter search over the space's ``training`` group for ``model.hamnet``."""
+
+    name = "hpo"
+    section = "hpo"
+    group = "training"
+
+
+def _best_trials(study: Any, objectives: list[str], top_k: int) -> list[Any]:
+    """The ``top_k`` best completed trials: Pareto front first, then by the first objective."""
+    from optuna.trial import TrialState
+
+    from hamnet.search.strategies import directions
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not done:
+        return []
+    sign = 1.0 if directions(objectives)[0] == "minimize" else -1.0
+    front = {t.number for t in study.best_trials}
+    done.sort(key=lambda t: (t.number not in front, sign * t.values[0], t.number))
+    return done[:top_k]
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
 class PruneStage(Stage):
     """Physically remove attention heads and FFN channels from the baseline HAMNet.
 
@@ -242,7 +486,9 @@ class PruneStage(Stage):
         sources = [
             c
             for c in inputs
-            if c.stage in ("train", "load") and c.artifact.format == "torch" and not c.rejected
+            if c.stage in ("train", "load", "nas", "hpo")
+            and c.artifact.format == "torch"
+            and not c.rejected
         ]
         if not sources:
             ctx.notes.append("prune: skipped, the baseline is not a PyTorch HAMNet checkpoint")
@@ -638,6 +884,8 @@ def _quantize_params(method: str, cfg: Any, profile: HardwareProfile) -> dict[st
 STAGES: dict[str, type[Stage]] = {
     "load": LoadStage,
     "train": TrainStage,
+    "nas": NASStage,
+    "hpo": HPOStage,
     "prune": PruneStage,
     "distill": DistillStage,
     "export": ExportStage,
@@ -645,7 +893,15 @@ STAGES: dict[str, type[Stage]] = {
 }
 """Every stage by name."""
 
-PIPELINE_ORDER: tuple[str, ...] = ("train", "prune", "distill", "export", "quantize")
+PIPELINE_ORDER: tuple[str, ...] = (
+    "train",
+    "nas",
+    "hpo",
+    "prune",
+    "distill",
+    "export",
+    "quantize",
+)
 """Order in which configured stages run (the baseline comes from ``load`` or ``train``)."""
 
 

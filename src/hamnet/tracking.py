@@ -560,6 +560,66 @@ class Tracker:
 
     # ------------------------------------------------------------- helpers
 
+    def log_trial(self, parent_run_id: str, stage: str, study_name: str, trial: Any) -> str:
+        """Log one finished Optuna trial as a nested run of ``parent_run_id``.
+
+        Params are the trial's sampled values; metrics its objective values, the
+        measured metrics it recorded, and its per-epoch history (``val_accuracy`` etc.
+        with the epoch as step); the run's status follows the trial's state (FAILED for
+        FAIL, KILLED for PRUNED) and the failure traceback or prune reason is its note.
+
+        Args:
+            parent_run_id: The optimization's parent run.
+            stage: The search stage (``nas`` or ``hpo``).
+            study_name: The Optuna study the trial belongs to.
+            trial: An ``optuna.trial.FrozenTrial``.
+
+        Returns:
+            The nested run id.
+        """
+        from mlflow.entities import Metric
+
+        attrs = dict(trial.user_attrs)
+        state = trial.state.name
+        tags = {
+            "mlflow.parentRunId": parent_run_id,
+            "hamnet.kind": "trial",
+            "hamnet.stage": stage,
+            "hamnet.study": study_name,
+            "hamnet.trial_number": str(trial.number),
+            "hamnet.trial_state": state,
+        }
+        note = attrs.get("error") or attrs.get("prune_reason")
+        if note:
+            tags["mlflow.note.content"] = str(note)
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{stage}-trial-{trial.number}", tags=_clip_tags(tags)
+        )
+        run_id: str = run.info.run_id
+        metrics = {f"objective_{i}": v for i, v in enumerate(trial.values or [])}
+        metrics.update(
+            {k: float(v) for k, v in (attrs.get("metrics") or {}).items() if _is_number(v)}
+        )
+        if trial.duration is not None:
+            metrics["trial_seconds"] = trial.duration.total_seconds()
+        self._log(run_id, params=flatten(trial.params), metrics=metrics)
+        now = int(time.time() * 1000)
+        history = [
+            Metric(key, float(value), now, int(record["epoch"]))
+            for record in attrs.get("history") or []
+            for key, value in record.items()
+            if key != "epoch" and _is_number(value)
+        ]
+        history += [
+            Metric("intermediate_value", float(v), now, int(step))
+            for step, v in trial.intermediate_values.items()
+        ]
+        for chunk in _chunks(history, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+        status = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.client.set_terminated(run_id, status)
+        return run_id
+
     def _log(
         self,
         run_id: str,
@@ -583,6 +643,10 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metric_chunk)
         for tag_chunk in _chunks(tag_list):
             self.client.log_batch(run_id, tags=tag_chunk)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _chunks(items: list[Any], size: int = _BATCH) -> Iterable[list[Any]]:

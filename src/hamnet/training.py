@@ -140,6 +140,7 @@ def train_model(
     progress: bool = True,
     loss_fn: LossFn | None = None,
     extra_modules: Sequence[nn.Module] = (),
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and leave it holding its best validation weights.
 
@@ -172,6 +173,10 @@ def train_model(
             mode for the run, optimized with the same decay rules as the model, restored
             to their state at the best epoch and left in eval mode. They are not written
             to ``checkpoint_path``.
+        on_epoch_end: Called with each epoch's history record (``epoch``,
+            ``train_loss``, ``val_loss``, ``val_accuracy``, ``lr``), e.g. to report
+            intermediate values to a search; an exception it raises (such as a pruned
+            trial) ends training and propagates.
 
     Returns:
         The run's :class:`TrainResult`.
@@ -294,6 +299,8 @@ def train_model(
                 advance=1,
                 status=f"loss {train_loss:.4f}  val_acc {val_acc:.4f}  best {best_acc:.4f}",
             )
+            if on_epoch_end is not None:
+                on_epoch_end(dict(history[-1]))
             if epoch - best_epoch >= cfg.patience and epoch < cfg.epochs:
                 stopped_early = True
                 logger.info(

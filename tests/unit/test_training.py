@@ -353,3 +353,21 @@ def test_extra_modules_are_trained_but_not_saved(small_digits: Dataset, tmp_path
 def test_train_config_rejects_bad_options(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         TrainStageConfig.model_validate(overrides)
+
+
+def test_on_epoch_end_sees_every_epoch_and_can_stop_training(small_digits: Dataset) -> None:
+    seen: list[dict[str, float]] = []
+    model = HAMNet(HAMNetConfig(input_size=64, num_classes=10, hidden_size=16, token_size=8))
+    cfg = TrainStageConfig(epochs=3, patience=3, warmup_epochs=0)
+    train_model(model, small_digits, cfg, progress=False, on_epoch_end=seen.append)
+    assert [r["epoch"] for r in seen] == [1.0, 2.0, 3.0]
+    assert {"val_accuracy", "val_loss", "train_loss", "lr"} <= set(seen[0])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(record: dict[str, float]) -> None:
+        raise Stop(record["epoch"])
+
+    with pytest.raises(Stop):
+        train_model(model, small_digits, cfg, progress=False, on_epoch_end=stop_after_first)
