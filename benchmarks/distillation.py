@@ -13,7 +13,7 @@ without help:
   (l1, uniform, no fine-tuning), then recovered for ``--recovery-epochs`` epochs;
 * ``quarter``: a fresh student with about a quarter of the teacher's parameters
   (hidden 32, 2 heads) trained from scratch for ``--student-epochs`` epochs;
-* ``tiny``: a fresh student with about a sixteenth (hidden 16, 1 layer, 2 heads), same
+* ``tiny``: a fresh student with about a tenth (hidden 16, 2 layers, 2 heads), same
   epochs.
 
 Every method gets the same epochs, data, seed and optimizer; only the loss differs.
@@ -93,11 +93,11 @@ def _student(scenario: str, teacher: Any, data: Any, seed: int) -> Any:
     if scenario == "pruned70":
         return prune_hamnet(teacher, data, ratio=0.7, criterion="l1", finetune=None).model
     set_seed(seed)
-    hidden, layers = (32, 2) if scenario == "quarter" else (16, 1)
+    hidden = 32 if scenario == "quarter" else 16
     return HAMNet(
         HAMNetConfig(
             input_size=data.num_features, num_classes=data.num_classes, hidden_size=hidden,
-            num_layers=layers, num_heads=2, token_size=8,
+            num_layers=2, num_heads=2, token_size=8,
         )
     )  # fmt: skip
 

@@ -330,6 +330,13 @@ class DistillStageConfig(_Section):
         "its pruning plan is replayed on the baseline and recovered for the same epochs.",
     )
     students: list[DistillStudentSection] = []
+    nas_students: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Also train the architectures of the best N nas candidates from "
+        "scratch as KD students (needs stages.nas).",
+    )
     train: TrainStageConfig = Field(
         TrainStageConfig(epochs=15, patience=5, learning_rate=1e-3, warmup_epochs=0),
         description="Training of KD recovery; fresh students use student_train.",

@@ -300,6 +300,12 @@ class SearchStage(Stage):
             make_sampler(cfg.strategy, space, seed=config.seed, multi_objective=multi),
             make_pruner(cfg.pruner, space, multi_objective=multi),
         )
+        if study.trials:
+            # A seeded sampler restarts its random stream in a new process: reseed it by
+            # the trials already there, or a resumed study would re-propose old trials.
+            study.sampler = make_sampler(
+                cfg.strategy, space, seed=config.seed + len(study.trials), multi_objective=multi
+            )
         objective = HAMNetObjective(
             data=config.data,
             base_dir=str(ctx.base_dir),
@@ -634,22 +640,29 @@ class DistillStage(Stage):
                          "on the baseline (KD instead of cross-entropy fine-tuning)"},
                     )
                 )  # fmt: skip
-        for section in cfg.students:
-            dataset = ctx.dataset
-            model_cfg = HAMNetConfig.from_section(
-                section.hamnet, input_size=dataset.num_features, num_classes=dataset.num_classes
-            )
-            from hamnet.training import set_seed
+        from hamnet.training import set_seed
 
+        dataset = ctx.dataset
+        students = [
+            (section.name, HAMNetConfig.from_section(
+                section.hamnet, input_size=dataset.num_features, num_classes=dataset.num_classes
+            ))
+            for section in cfg.students
+        ]  # fmt: skip
+        found = [c for c in inputs if c.stage == "nas" and c.params.get("architecture")]
+        students += [
+            (c.name, HAMNetConfig.model_validate(c.params["architecture"]))
+            for c in found[: cfg.nas_students]
+        ]
+        if cfg.nas_students and not found:
+            ctx.notes.append("distill: nas_students is set, but no nas candidate exists")
+        for student_name, model_cfg in students:
             set_seed(ctx.config.seed)
-            student = HAMNet(model_cfg)
-            name = f"student-{section.name}+kd-{recipe}"
-            anchor = teachers[0][0]
             out.append(
                 self._distill(
-                    student, anchor, name, teachers, cfg.student_train, ctx,
-                    {"student": section.name,
-                     "architecture": model_cfg.model_dump(mode="json")},
+                    HAMNet(model_cfg), teachers[0][0], f"student-{student_name}+kd-{recipe}",
+                    teachers, cfg.student_train, ctx,
+                    {"student": student_name, "architecture": model_cfg.model_dump(mode="json")},
                 )
             )  # fmt: skip
         if not out:

@@ -18,6 +18,7 @@ SPACE = {
         "num_layers": {"type": "int", "low": 1, "high": 2},
         "hidden_size": {"type": "categorical", "choices": [8, 16]},
         "num_heads": {"type": "categorical", "choices": [2, 3]},  # 3 never divides: PRUNED
+        "dropout_rate": {"type": "float", "low": 0.0, "high": 0.3},
     },
     "training": {
         "learning_rate": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
@@ -103,6 +104,9 @@ def test_nas_trials_become_candidates_and_a_rerun_resumes_the_study(
     second = _finished(storage, name)
     assert len(second) == 6
     assert [t.number for t in second[:4]] == [t.number for t in first]
+    # The resumed sampler proposes new architectures, not the first ones again.
+    sampled = [repr(sorted(t.params.items())) for t in second]
+    assert len(set(sampled)) == len(sampled)
 
 
 def test_hpo_samples_training_only(project: Path, ray_local: Any) -> None:
@@ -130,3 +134,23 @@ def test_a_space_without_the_stage_group_is_a_clear_error(project: Path, ray_loc
 def test_a_search_needs_a_budget() -> None:
     with pytest.raises(ConfigError, match="needs a budget"):
         config_from_dict(tiny_config(stages={"nas": {"n_trials": None}}))
+
+
+def test_nas_hands_its_best_architecture_to_distillation(project: Path, ray_local: Any) -> None:
+    cfg = config_from_dict(
+        _config(
+            project,
+            nas=_search(project, n_trials=3, top_k=1),
+            distill={
+                "recover_pruned": False,
+                "nas_students": 1,
+                "student_train": {"epochs": 1, "patience": 1},
+            },
+        )
+    )
+    result = run_pipeline(cfg, base_dir=project)
+    (found,) = [c for c in result.candidates if c.stage == "nas"]
+    (student,) = [c for c in result.candidates if c.stage == "distill"]
+    assert student.name == f"student-{found.name}+kd-soft"
+    assert student.params["architecture"] == found.params["architecture"]
+    assert student.params["teachers"] == ["baseline"]
