@@ -212,7 +212,10 @@ def test_multi_teacher_rejects_bad_weights() -> None:
 def test_self_distillation_deep_value() -> None:
     model = tiny()
     loss = SelfDistillLoss("deep", temperature=2.0, norm=model.norm, head=model.head, layers=["a"])
-    assert list(loss.parameters()) == []  # norm and head stay the student's
+    # Its only parameters are the auxiliary classifier (a copy of head, not head itself).
+    own = list(loss.parameters())
+    assert len(own) == len(list(model.head.parameters()))
+    assert not {id(p) for p in own} & {id(p) for p in model.parameters()}
     h = torch.randn(3, 4, 8)
     final = torch.randn(3, 3)
     student = DistillOutputs(logits=final, features={"a": h})
@@ -408,3 +411,19 @@ def test_deep_self_distillation_training_reduces_the_loss() -> None:
     history = _train(plan, student, [])
     assert history[-1] < 0.8 * history[0]
     assert set(plan.loss.last_terms) == {"ce", "self", "total"}
+
+
+def test_deep_self_distillation_leaves_the_classifier_alone() -> None:
+    torch.manual_seed(0)
+    model = HAMNet(
+        HAMNetConfig(
+            input_size=16, num_classes=3, hidden_size=8, num_layers=2, num_heads=2,
+            token_size=4, dropout_rate=0.0,
+        )
+    )  # fmt: skip
+    plan = build_distill_loss([{"method": "self", "mode": "deep"}], student=model, ce_weight=0.0)
+    out = model_outputs(model, torch.randn(5, 16), plan.student)
+    plan.loss(out, [], torch.zeros(5, dtype=torch.long)).backward()
+    assert model.head.weight.grad is None and model.norm.weight.grad is None
+    first_block = model.blocks[0].ffn.fc1.weight.grad
+    assert first_block is not None and first_block.abs().sum() > 0

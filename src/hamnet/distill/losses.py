@@ -18,6 +18,7 @@ and the layers to capture.
 from __future__ import annotations
 
 import abc
+import copy
 import inspect
 import math
 from collections import Counter
@@ -484,12 +485,28 @@ class MultiTeacherLoss(DistillLoss):
         return cls(temperature=temperature, weighting=weighting, weights=weights)
 
 
+def _key(layer: str) -> str:
+    """A module name usable as an ``nn.ModuleDict`` key (no dots)."""
+    return layer.replace(".", "__")
+
+
+def _frozen_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with the module's parameters detached (gradients reach ``x`` only)."""
+    frozen = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, frozen, (x,))
+
+
 class SelfDistillLoss(DistillLoss):
     """Self-distillation: the student teaches itself.
 
     * ``"deep"`` (Be Your Own Teacher style): each shallow block's output goes through the
       student's own classifier (``head(norm(h).mean(dim=1))``) and its softened logits
-      match the detached final logits; the loss is the mean over the shallow blocks. Needs
+      match the detached final logits; the loss is the mean over the shallow blocks. Each
+      shallow block has its own auxiliary classifier (a copy of ``head``, a submodule of
+      this loss, trained with it and not part of the student), and the final norm is
+      applied with its weights detached: the loss shapes the shallow blocks without
+      pulling the final classifier towards shallow features (sharing the trainable head
+      cost 5-7 points of accuracy in benchmarks/distillation.py). Needs
       the student's ``norm`` and ``head`` (kept as plain references, not submodules, so
       their parameters stay the student's) and the block outputs in ``student.features``.
       No teacher is read.
@@ -529,6 +546,13 @@ class SelfDistillLoss(DistillLoss):
                     "shallow layer"
                 )
             self._classifier = (norm, head)
+            # Be Your Own Teacher: each shallow block gets its own classifier (trained with
+            # the loss, dropped at export), started as a copy of the final one.
+            self.aux_heads = nn.ModuleDict(
+                {_key(name): copy.deepcopy(head) for name in self.layers}
+            )
+            for aux in self.aux_heads.values():
+                aux.requires_grad_(True)
             self.min_teachers = 0
             self.student_capture = CaptureSpec(features=tuple(self.layers))
 
@@ -539,12 +563,12 @@ class SelfDistillLoss(DistillLoss):
         if self._classifier is None:
             target = F.log_softmax(self._teacher(teachers).logits / T, dim=-1)
             return soft_target_kl(student.logits, target, T)
-        norm, head = self._classifier
+        norm, _ = self._classifier
         target = F.log_softmax(student.logits.detach() / T, dim=-1)
         losses = []
         for name in self.layers:
-            h = norm(student.features[name])
-            logits = head(h.mean(dim=1) if h.dim() == 3 else h)
+            h = _frozen_call(norm, student.features[name])
+            logits = self.aux_heads[_key(name)](h.mean(dim=1) if h.dim() == 3 else h)
             losses.append(soft_target_kl(logits, target, T))
         return torch.stack(losses).mean()
 
