@@ -91,3 +91,26 @@ def test_unknown_teacher_is_a_clear_error(project: Path) -> None:
 def test_unknown_method_is_rejected_by_the_config() -> None:
     with pytest.raises(ConfigError, match=r"methods\[0\]\.method must be one of"):
         config_from_dict(tiny_config(stages={"distill": {"methods": [{"method": "magic"}]}}))
+
+
+def test_a_teacher_file_and_multi_teacher_kd(project: Path) -> None:
+    import torch
+
+    from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    extra = HAMNet(HAMNetConfig(input_size=64, num_classes=10, hidden_size=16, token_size=8))
+    save_checkpoint(extra, project / "teacher.pt")
+    cfg = config_from_dict(
+        _config(
+            project,
+            teachers=["baseline", "teacher.pt"],
+            methods=[{"method": "multi_teacher", "weighting": "confidence"}],
+            students=[],
+        )
+    )
+    result = run_pipeline(cfg, base_dir=project)
+    (recovered,) = [c for c in result.candidates if c.stage == "distill"]
+    assert recovered.name == "pruned-50+kd-multi_teacher"
+    assert recovered.params["teachers"] == ["baseline", "teacher-teacher"]
+    assert len(recovered.params["teacher_cache_files"]) == 2
