@@ -257,17 +257,10 @@ def main() -> None:
     )
     figure = plot(summary, out)
     print((out / "distillation.md").read_text())
-    try:
-        import mlflow
+    from hamnet.tracking import log_benchmark_files
 
-        mlflow.set_tracking_uri(args.mlflow)
-        mlflow.set_experiment("hamnet-benchmarks")
-        with mlflow.start_run(run_name="distillation"):
-            for name in ("distillation.csv", "distillation.md", "distillation_runs.csv"):
-                mlflow.log_artifact(str(out / name))
-            mlflow.log_artifact(str(figure))
-    except Exception as err:  # the figures are on disk either way
-        print(f"MLflow logging skipped: {err}")
+    tables = ("distillation.csv", "distillation.md", "distillation_runs.csv")
+    log_benchmark_files(args.mlflow, "distillation", [*(out / name for name in tables), figure])
 
 
 if __name__ == "__main__":

@@ -350,17 +350,10 @@ def main() -> None:
     )
     files = plots(df, summary, out, args)
     print((out / "pruning.md").read_text())
-    try:
-        import mlflow
+    from hamnet.tracking import log_benchmark_files
 
-        mlflow.set_tracking_uri(args.mlflow)
-        mlflow.set_experiment("hamnet-benchmarks")
-        with mlflow.start_run(run_name="pruning"):
-            tables = ["pruning.csv", "pruning.md", "pruning_runs.csv", "latency_matched.csv"]
-            for path in [*(out / name for name in tables), *files]:
-                mlflow.log_artifact(str(path))
-    except Exception as err:  # the figures are on disk either way
-        print(f"MLflow logging skipped: {err}")
+    tables = ["pruning.csv", "pruning.md", "pruning_runs.csv", "latency_matched.csv"]
+    log_benchmark_files(args.mlflow, "pruning", [*(out / name for name in tables), *files])
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/pruning-bert")
+    parser.add_argument("--mlflow", default="sqlite:///mlflow.db")
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -135,6 +136,10 @@ def main() -> None:
         "of 100 calls.\n\n" + to_markdown(table) + "\n"
     )
     print((out / "pruning_bert.md").read_text())
+    from hamnet.tracking import log_benchmark_files
+
+    files = [out / "pruning_bert.csv", out / "pruning_bert.md"]
+    log_benchmark_files(args.mlflow, "pruning-bert", files)
 
 
 if __name__ == "__main__":

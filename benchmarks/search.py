@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--quality-trials", type=int, default=24)
     parser.add_argument("--seeds", type=split(int), default=[0, 1, 2])
     parser.add_argument("--out", default="benchmarks/results/search")
+    parser.add_argument("--mlflow", default="sqlite:///mlflow.db")
     args = parser.parse_args()
     apply_defaults()
     out = Path(args.out)
@@ -249,6 +250,9 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(out / "hypervolume.png", dpi=120)
     print((out / "search.md").read_text())
+    from hamnet.tracking import log_benchmark_files
+
+    log_benchmark_files(args.mlflow, "search", sorted(out.iterdir()))
 
 
 if __name__ == "__main__":

@@ -667,3 +667,38 @@ def _stored_metrics(version: ModelVersion) -> tuple[Metrics | None, float | None
     except (KeyError, ValueError):
         return None, None
     return metrics, baseline
+
+
+def log_benchmark_files(
+    tracking_uri: str,
+    run_name: str,
+    paths: Iterable[str | Path],
+    *,
+    experiment: str = "hamnet-benchmarks",
+) -> str | None:
+    """Log a benchmark's output files as the artifacts of one MLflow run.
+
+    Benchmarks write their tables and plots to disk first; MLflow is a second home for
+    them, so a tracking server that cannot be reached is reported and skipped.
+
+    Args:
+        tracking_uri: The MLflow tracking URI.
+        run_name: Name of the run (e.g. the benchmark's name).
+        paths: Files to log.
+        experiment: Experiment to log into.
+
+    Returns:
+        The run id, or None when logging failed (the reason is printed).
+    """
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=run_name) as run:
+            for path in paths:
+                mlflow.log_artifact(str(path))
+            return str(run.info.run_id)
+    except Exception as err:  # the files are on disk either way
+        print(f"MLflow logging skipped: {err}")
+        return None

@@ -28,19 +28,16 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from hamnet.errors import ConfigError, MissingDependencyError, ModelLoadError, StageError
+from hamnet.errors import ConfigError, MissingDependencyError, StageError
 from hamnet.pruning.importance import IMPORTANCES, get_importance
-from hamnet.pruning.structured import LayerPlan
+from hamnet.pruning.structured import JsonPlan, LayerPlan
 
 HF_PLAN_FORMAT = "hamnet-hf-pruning-plan/1"
 
@@ -70,7 +67,7 @@ _EXPECTED = (
 )
 
 
-class HFPruningPlan(BaseModel):
+class HFPruningPlan(JsonPlan):
     """A replayable description of a structurally pruned BERT-style encoder.
 
     Attributes:
@@ -83,7 +80,7 @@ class HFPruningPlan(BaseModel):
         ratio: The fraction of heads and FFN neurons that was to be removed.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    FORMAT = HF_PLAN_FORMAT
 
     model_class: str
     base_config: dict[str, Any]
@@ -91,50 +88,6 @@ class HFPruningPlan(BaseModel):
     criterion: str
     allocation: str
     ratio: float
-
-    def save(self, path: str | Path) -> Path:
-        """Write the plan as JSON.
-
-        Args:
-            path: Destination file; missing parent folders are created.
-
-        Returns:
-            The path written.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": HF_PLAN_FORMAT, **self.model_dump(mode="json")}
-        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> HFPruningPlan:
-        """Read a plan written by :meth:`save`.
-
-        Raises:
-            ModelLoadError: If the file is missing or unreadable.
-            ConfigError: If the file is not JSON or not a Hugging Face pruning plan.
-        """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ModelLoadError(
-                f"expected a pruning plan JSON file at {path}, but could not read it: {err}"
-            ) from None
-        try:
-            payload = json.loads(text)
-        except ValueError as err:
-            raise ConfigError(f"expected JSON in pruning plan {path}, but got: {err}") from None
-        found = payload.pop("format", None) if isinstance(payload, dict) else None
-        if found != HF_PLAN_FORMAT:
-            raise ConfigError(
-                f"expected a {HF_PLAN_FORMAT!r} JSON object in {path}, but got format {found!r}"
-            )
-        try:
-            return cls.model_validate(payload)
-        except ValidationError as err:
-            raise ConfigError(f"{path} is not a valid Hugging Face pruning plan: {err}") from None
 
 
 @dataclass(frozen=True)

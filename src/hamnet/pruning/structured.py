@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 import torch
@@ -71,24 +71,13 @@ class LayerPlan(BaseModel):
     ffn_kept: list[int]
 
 
-class PruningPlan(BaseModel):
-    """A replayable description of a structurally pruned HAMNet.
-
-    Attributes:
-        base_config: ``HAMNetConfig.model_dump()`` of the model that was pruned.
-        layers: What each block keeps.
-        criterion: The importance criterion used.
-        allocation: How the budget was spread over the layers.
-        ratio: The fraction of heads and FFN channels that was to be removed.
-    """
+class JsonPlan(BaseModel):
+    """A plan saved as a small JSON file tagged with its format (``FORMAT``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    base_config: dict[str, Any]
-    layers: list[LayerPlan]
-    criterion: str
-    allocation: str
-    ratio: float
+    FORMAT: ClassVar[str]
+    """The value of the file's ``format`` key."""
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON.
@@ -101,31 +90,58 @@ class PruningPlan(BaseModel):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": PLAN_FORMAT, **self.model_dump(mode="json")}
+        payload = {"format": self.FORMAT, **self.model_dump(mode="json")}
         path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> PruningPlan:
+    def load(cls, path: str | Path) -> Self:
         """Read a plan written by :meth:`save`.
 
         Raises:
-            ModelLoadError: If the file is missing or not JSON.
-            ConfigError: If the JSON is not a pruning plan.
+            ModelLoadError: If the file is missing or unreadable.
+            ConfigError: If the file is not JSON, or not a plan of this format.
         """
         path = Path(path)
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
             raise ModelLoadError(
                 f"expected a pruning plan JSON file at {path}, but could not read it: {err}"
             ) from None
-        if not isinstance(payload, dict) or payload.pop("format", None) != PLAN_FORMAT:
-            raise ConfigError(f"expected a {PLAN_FORMAT!r} JSON object in {path}, but got other")
+        try:
+            payload = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"expected JSON in pruning plan {path}, but got: {err}") from None
+        found = payload.pop("format", None) if isinstance(payload, dict) else None
+        if found != cls.FORMAT:
+            raise ConfigError(
+                f"expected a {cls.FORMAT!r} JSON object in {path}, but got format {found!r}"
+            )
         try:
             return cls.model_validate(payload)
         except ValidationError as err:
-            raise ConfigError(f"{path} is not a valid pruning plan: {err}") from None
+            raise ConfigError(f"{path} is not a valid {cls.__name__}: {err}") from None
+
+
+class PruningPlan(JsonPlan):
+    """A replayable description of a structurally pruned HAMNet.
+
+    Attributes:
+        base_config: ``HAMNetConfig.model_dump()`` of the model that was pruned.
+        layers: What each block keeps.
+        criterion: The importance criterion used.
+        allocation: How the budget was spread over the layers.
+        ratio: The fraction of heads and FFN channels that was to be removed.
+    """
+
+    FORMAT = PLAN_FORMAT
+
+    base_config: dict[str, Any]
+    layers: list[LayerPlan]
+    criterion: str
+    allocation: str
+    ratio: float
 
 
 @dataclass
