@@ -326,6 +326,10 @@ class PipelineRun:
         if self.config.model.path:
             model_file = self.base_dir / self.config.model.path
             scope["model_sha256"] = hash_files([model_file]) if model_file.is_file() else None
+        for name in stage.input_files(self.config):
+            path = Path(name).expanduser()
+            path = path if path.is_absolute() else self.base_dir / path
+            scope[f"file_sha256:{name}"] = hash_files([path]) if path.is_file() else None
         return scope
 
     def add(

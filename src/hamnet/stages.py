@@ -93,6 +93,11 @@ class Stage(ABC):
             "hardware_profile": config.hardware_profile,
         }
 
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """Files (config paths) the stage reads besides data and model: their content
+        is hashed into the cache key, so editing one reruns the stage."""
+        return []
+
     @abstractmethod
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         """Produce new candidates from ``inputs`` (which are never modified)."""
@@ -241,6 +246,10 @@ class SearchStage(Stage):
 
     group: ClassVar[str]
     """Which group of the search space this stage samples."""
+
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """The search-space file."""
+        return [self.settings(config).space]
 
     def study_name(self, config: OptimizeConfig) -> str:
         """The study's name: given, or run name + stage + a hash of what defines the study.
@@ -612,6 +621,12 @@ class DistillStage(Stage):
 
     name = "distill"
     section = "distill"
+
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """Teachers given as checkpoint files (names of candidates are not files)."""
+        cfg = config.stages.distill
+        assert cfg is not None
+        return [t for t in cfg.teachers if t.endswith((".pt", ".pth")) or "/" in t]
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         from hamnet.models import HAMNet, HAMNetConfig, load_checkpoint
