@@ -55,6 +55,7 @@ def _objective(out_dir: str, objectives: tuple[str, ...]) -> Any:
         profile="x86-avx2",
         out_dir=out_dir,
         latency_repeats=30,
+        latency_threads=1,
     )
 
 

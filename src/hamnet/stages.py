@@ -326,6 +326,7 @@ class SearchStage(Stage):
             seed=config.seed,
             max_params=cfg.max_params,
             max_flops=cfg.max_flops,
+            latency_threads=max(1, int(cfg.ray.cpus_per_trial)),
         )
         on_trial_end = self._trial_logger(ctx, name)
         settings = RaySettings(

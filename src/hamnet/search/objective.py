@@ -54,6 +54,9 @@ class HAMNetObjective:
         max_params: Prune a trial whose model has more parameters (cheap proxy).
         max_flops: Prune a trial whose model needs more FLOPs per sample.
         latency_repeats: Timed ONNX Runtime calls per trial.
+        latency_threads: Intra-op threads for the latency measurement (None: the
+            profile's). Trials that share a machine should measure with the CPUs Ray
+            gave them, or their thread pools fight and every latency is inflated.
     """
 
     data: DataSection
@@ -67,6 +70,7 @@ class HAMNetObjective:
     max_params: int | None = None
     max_flops: int | None = None
     latency_repeats: int = 50
+    latency_threads: int | None = None
 
     def __call__(self, ctx: TrialContext, params: dict[str, Any]) -> TrialOutcome:
         """Run one trial (inside a Ray worker)."""
@@ -136,6 +140,8 @@ class HAMNetObjective:
         from hamnet.runtimes import load_session
 
         profile = load_profile(self.profile)
+        if self.latency_threads is not None:
+            profile = profile.model_copy(update={"threads": self.latency_threads})
         with tempfile.TemporaryDirectory(prefix="hamnet-trial-") as tmp:
             store = ArtifactStore(Path(tmp))
             path = export_onnx(model, model.config.input_size, store.staging_dir() / "m.onnx")
