@@ -19,14 +19,45 @@ from hamnet.errors import (
     StageError,
 )
 
+_API_NAMES = frozenset(
+    {
+        "AutoPlan",
+        "CompressionReport",
+        "Constraints",
+        "Goal",
+        "OptimizationResult",
+        "Optimizer",
+        "UnsupportedCombinationError",
+        "plan_for",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    """Load the Python API (``hamnet.api``) on first use, keeping ``import hamnet`` light."""
+    if name in _API_NAMES:
+        from hamnet import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hamnet' has no attribute {name!r}")
+
+
 __all__ = [
+    "AutoPlan",
+    "CompressionReport",
     "ConfigError",
+    "Constraints",
     "DataError",
     "ExportError",
+    "Goal",
     "HamnetError",
     "HardwareProfileError",
     "MissingDependencyError",
     "ModelLoadError",
+    "OptimizationResult",
+    "Optimizer",
     "StageError",
+    "UnsupportedCombinationError",
     "__version__",
+    "plan_for",
 ]

@@ -119,6 +119,71 @@ def run(
 
 
 @app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="A hamnet .pt checkpoint or an .onnx model.")],
+    goal: Annotated[
+        str, typer.Option(help="auto, quantize, prune or distill (prune/distill: HAMNet only).")
+    ] = "auto",
+    size: Annotated[float | None, typer.Option(help="Target size in MB.")] = None,
+    latency: Annotated[float | None, typer.Option(help="Max p50 latency in ms.")] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Max accuracy drop, a fraction (0.01 = 1 point).")
+    ] = 0.01,
+    hardware: Annotated[str, typer.Option(help="Hardware profile.")] = "x86-avx2",
+    data: Annotated[
+        Path | None, typer.Option(help="Validation data: .npz with x (and y) arrays.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the recommended model.")
+    ] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option(help="Preferred backend: onnx, openvino (repeatable).")
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Work folder (default .hamnet-api/<time>).")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = False,
+) -> None:
+    """Optimize MODEL under constraints with the same pipeline, in-process.
+
+    Writes the recommended model (--output), the config used and a JSON + Markdown
+    report next to it. Exit codes: 0 constraints met, 2 bad input, 3 not met (the
+    nearest candidate is still written and its violations reported).
+    """
+    apply_defaults()
+    try:
+        from hamnet.api import Constraints, Optimizer
+
+        if model.suffix.lower() == ".onnx":
+            optimizer = Optimizer.from_onnx(model, work_dir=work_dir)
+        else:
+            optimizer = Optimizer.from_pytorch(model, work_dir=work_dir)
+        validation = _load_npz(data) if data is not None else None
+        constraints = Constraints(
+            target_size_mb=size, max_latency_ms=latency, max_accuracy_drop=max_accuracy_drop,
+            target_hardware=hardware,
+        )  # fmt: skip
+        with console.status(f"optimizing {model.name} (goal {goal}) ..."):
+            result = optimizer.optimize(
+                goal, constraints, validation_data=validation, preferred_backends=backend,
+                work_dir=work_dir, track=track,
+            )  # fmt: skip
+        written = []
+        if output is not None:
+            written.append(result.save_model(output))
+            stem = output.with_suffix("")
+            written.append(result.save_config(stem.with_name(stem.name + ".config.yaml")))
+            written.extend(result.save_report(stem.with_name(stem.name + ".report")))
+    except HamnetError as err:
+        raise _fail(err) from None
+    console.print(result.report.to_markdown(), soft_wrap=True)
+    for path in written:
+        console.print(f"wrote {path}")
+    if not result.constraints_satisfied:
+        raise typer.Exit(EXIT_CONSTRAINTS_NOT_MET)
+
+
+@app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Config or hardware profile YAML files.")],
 ) -> None:
@@ -158,6 +223,84 @@ def profiles() -> None:
             )
     except HamnetError as err:
         raise _fail(err) from None
+    console.print(table)
+
+
+def _load_npz(path: Path) -> tuple[Any, Any]:
+    """Return the ``x`` and (optional) ``y`` arrays of an ``.npz`` file."""
+    import numpy as np
+
+    from hamnet.errors import DataError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data.files:
+                raise DataError(
+                    f"data file {str(path)!r} must hold an array 'x' (and optionally 'y'), "
+                    f"but holds {data.files}"
+                )
+            return data["x"], (data["y"] if "y" in data.files else None)
+    except (OSError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"data file {str(path)!r} cannot be read as .npz: {err}") from None
+
+
+@app.command()
+def benchmark(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx, OpenVINO .xml or hamnet .pt.")],
+    hardware: Annotated[
+        str, typer.Option(help="Hardware profile name or YAML path (see `hamnet profiles`).")
+    ] = "x86-avx2",
+    runtime: Annotated[
+        list[str] | None,
+        typer.Option(help="Runtime to measure in (repeatable); default: all that fit."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help=".npz with arrays x [N, features] and optionally y [N] labels."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls for latency.")] = 200,
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Measure MODEL on a hardware profile with the pipeline's measurement code.
+
+    Without --data the inputs are random rows of the model's feature count and no
+    accuracy is reported. Exit codes: 0 done, 2 bad input.
+    """
+    apply_defaults()
+    from hamnet.benchmarker import Benchmarker
+
+    try:
+        x, y = _load_npz(data) if data is not None else (None, None)
+        bench = Benchmarker(hardware, warmup=warmup, repeats=repeats, runtimes=runtime or None)
+        results = bench.benchmark(model, x, y)
+    except HamnetError as err:
+        raise _fail(err) from None
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "model": str(model),
+                    "hardware": bench.profile.name,
+                    "results": [m.to_dict() for m in results],
+                }
+            )
+        )
+        return
+    table = Table(title=f"{model.name} on {bench.profile.name}")
+    for col in ("runtime", "p50 ms", "p90 ms", "samples/s", "size MB", "accuracy"):
+        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    for m in results:
+        table.add_row(
+            m.runtime,
+            f"{m.latency_p50_ms:.4f}",
+            f"{m.latency_p90_ms:.4f}",
+            f"{m.throughput_sps:,.0f}",
+            f"{m.size_mb:.3f}",
+            "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+        )
     console.print(table)
 
 

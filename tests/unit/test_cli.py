@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,104 @@ def test_impossible_constraints_exit_3_with_the_nearest_candidate(tmp_path: Path
     )
     assert code == 3
     assert "no candidate meets the constraints" in out and "nearest is baseline" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    path = tmp_path_factory.mktemp("cli-bench") / "tiny.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    return path
+
+
+def test_benchmark_prints_a_table(tiny_onnx: Path) -> None:
+    result = runner.invoke(app, ["benchmark", str(tiny_onnx), "--repeats", "5", "--warmup", "1"])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime" in result.output and "openvino" in result.output
+
+
+def test_benchmark_json_with_data(tiny_onnx: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.normal(size=(20, 16)).astype(np.float32), y=rng.integers(0, 3, 20))
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            str(tiny_onnx),
+            "--runtime",
+            "onnxruntime",
+            "--data",
+            str(data),
+            "--repeats",
+            "5",
+            "--warmup",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    (row,) = payload["results"]
+    assert row["runtime"] == "onnxruntime" and 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_benchmark_bad_input_exits_2(tiny_onnx: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["benchmark", str(tmp_path / "absent.onnx")])
+    assert missing.exit_code == 2
+    assert "absent.onnx" in missing.output and len(missing.output.strip().splitlines()) == 1
+    unknown = runner.invoke(app, ["benchmark", str(tiny_onnx), "--runtime", "tensorrt"])
+    assert unknown.exit_code == 2 and "unknown runtime 'tensorrt'" in unknown.output
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, features=np.zeros((2, 16)))
+    nodata = runner.invoke(app, ["benchmark", str(tiny_onnx), "--data", str(bad)])
+    assert nodata.exit_code == 2 and "'x'" in nodata.output
+
+
+def test_optimize_writes_the_recommended_model_config_and_report(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    model = tmp_path / "model.onnx"
+    torch.onnx.export(
+        net.eval(), (torch.zeros(1, 16),), str(model), dynamo=False, input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x, y=rng.integers(0, 3, size=300))
+    out = tmp_path / "out" / "optimized.onnx"
+    result = runner.invoke(
+        app,
+        [
+            "optimize", str(model), "--goal", "quantize", "--max-accuracy-drop", "1.0",
+            "--data", str(tmp_path / "val.npz"), "--backend", "onnx", "--output", str(out),
+            "--work-dir", str(tmp_path / "work"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert ort.InferenceSession(str(out)).run(None, {"x": x[:2]})[0].shape == (2, 3)
+    report = json.loads((tmp_path / "out" / "optimized.report.json").read_text())
+    assert report["constraints_satisfied"] is True
+    assert (tmp_path / "out" / "optimized.config.yaml").is_file()
+
+
+def test_optimize_bad_input_exits_2(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["optimize", str(tmp_path / "nope.onnx")])
+    assert missing.exit_code == 2 and "error:" in missing.output
+    (tmp_path / "m.pt").write_bytes(b"not a checkpoint")
+    bad_goal = runner.invoke(app, ["optimize", str(tmp_path / "m.pt"), "--goal", "shrink"])
+    assert bad_goal.exit_code == 2

@@ -1,0 +1,1014 @@
+"""A Hamerspace-style Python API over the one hamnet pipeline.
+
+The API builds an :class:`~hamnet.config.OptimizeConfig` from a goal and constraints
+and walks :func:`hamnet.pipeline.run_pipeline` in this process: there is no second
+pipeline. Every candidate is measured, checked and selected exactly as by
+``hamnet-optimize``.
+
+Example:
+    >>> from hamnet.api import Constraints, Goal, Optimizer
+    >>> opt = Optimizer.from_pytorch("model.pt")  # doctest: +SKIP
+    >>> result = opt.optimize(Goal.AUTO, Constraints(target_size_mb=0.1))  # doctest: +SKIP
+    >>> result.save_model("deploy/model.onnx")  # doctest: +SKIP
+
+Work directory: unless ``work_dir`` is given, each optimizer works in a new folder
+``.hamnet-api/<timestamp>-<id>`` under the current directory. It holds the source
+model (a saved checkpoint or an ONNX export), the validation data (``data.npz``) and
+one pipeline run per round (``round-1``, ``round-2``: artifacts and reports).
+
+Validation data: ``validation_data=(x, y)`` is taken as-is (not standardized) and
+split by the pipeline into train/validation/test. With ``y=None`` the labels are the
+original model's own predictions, so "accuracy" is top-1 agreement with the original
+model (the report's ``accuracy_kind`` says so). Without validation data a HAMNet with
+64 inputs and 10 classes is evaluated on the built-in digits data.
+
+Not supported yet: models with several inputs, inputs of another rank than
+``[batch, features]`` (e.g. 4-D convolutional nets), transformer (BERT) models through
+the pipeline, and structured pruning or distillation of anything but HAMNet
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from hamnet.errors import (
+    ConfigError,
+    DataError,
+    HamnetError,
+    MissingDependencyError,
+    ModelLoadError,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hamnet.candidate import Candidate
+    from hamnet.config import OptimizeConfig
+    from hamnet.hardware import HardwareProfile
+    from hamnet.pipeline import PipelineResult
+
+ModelKind = Literal["hamnet", "onnx"]
+
+DEFAULT_WORK_ROOT = ".hamnet-api"
+"""Folder (under the current directory) holding the default work directories."""
+
+BACKEND_METHODS: dict[str, dict[str, list[str]]] = {
+    "onnx": {"int8": ["ort_dynamic_int8", "ort_static_int8"], "fp16": ["onnx_fp16"]},
+    "openvino": {"int8": ["nncf_int8"], "fp16": ["openvino_fp16"]},
+}
+"""Quantization methods of each backend, by the precision they produce."""
+
+_BACKEND_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+PRUNE_RATIOS: list[float] = [0.3, 0.5, 0.7]
+DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
+ESCALATION_PRUNE_RATIOS: list[float] = [0.7, 0.8]
+
+
+class UnsupportedCombinationError(HamnetError, NotImplementedError):
+    """The requested goal, model kind or input shape is not supported (yet)."""
+
+
+class Goal(StrEnum):
+    """What :meth:`Optimizer.optimize` should do."""
+
+    QUANTIZE = "quantize"
+    PRUNE = "prune"
+    DISTILL = "distill"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the recommended model must satisfy.
+
+    Attributes:
+        target_size_mb: Largest model file size (None: unconstrained).
+        max_latency_ms: Largest p50 latency on the target (None: unconstrained).
+        max_accuracy_drop: Largest absolute accuracy drop (0.01 = one point).
+        target_hardware: A hardware profile name (see ``hamnet profiles``).
+        batch_size: Intended inference batch size (validated; not used yet: the
+            latency batch size comes from the hardware profile).
+        calibration_samples: Samples used to calibrate static quantization.
+    """
+
+    target_size_mb: float | None = None
+    max_latency_ms: float | None = None
+    max_accuracy_drop: float = 0.01
+    target_hardware: str = "x86-avx2"
+    batch_size: int = 1
+    calibration_samples: int = 300
+
+    def __post_init__(self) -> None:
+        for name in ("target_size_mb", "max_latency_ms"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number or None, but got {value!r}")
+        drop = self.max_accuracy_drop
+        if not (_is_number(drop) and 0.0 <= drop <= 1.0):
+            raise ConfigError(f"max_accuracy_drop must be in [0, 1], but got {drop!r}")
+        if not isinstance(self.target_hardware, str) or not self.target_hardware:
+            raise ConfigError(
+                f"target_hardware must be a hardware profile name, but got {self.target_hardware!r}"
+            )
+        for name in ("batch_size", "calibration_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, but got {value!r}")
+
+    def has_size_constraint(self) -> bool:
+        """Whether a size limit is set."""
+        return self.target_size_mb is not None
+
+    def has_latency_constraint(self) -> bool:
+        """Whether a latency limit is set."""
+        return self.max_latency_ms is not None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """What :attr:`Goal.AUTO` runs, and why.
+
+    Attributes:
+        goal_sequence: The techniques, in pipeline order.
+        reasons: One sentence per decision.
+        prune_ratios: Structured pruning ratios (empty: no pruning).
+        precisions: Quantization precisions ("int8", "fp16").
+        distill: Whether pruned candidates are recovered by distillation.
+    """
+
+    goal_sequence: list[Goal]
+    reasons: list[str]
+    prune_ratios: list[float] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=list)
+    distill: bool = False
+
+
+def _quantize_precisions(profile: HardwareProfile) -> list[str]:
+    if profile.device == "cuda" or "int8" not in profile.precisions:
+        return ["fp16"] if "fp16" in profile.precisions else []
+    return ["int8"]
+
+
+def plan_for(
+    constraints: Constraints,
+    model_kind: ModelKind,
+    profile: HardwareProfile,
+    *,
+    model_size_mb: float | None = None,
+) -> AutoPlan:
+    """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
+
+    Rules:
+        * size-bound (``target_size_mb`` below half the model's size): quantization
+          first, plus structured pruning when the needed ratio exceeds 4x (about what
+          INT8 gives) and the model is a HAMNet;
+        * latency-bound (``max_latency_ms`` set): pruning (HAMNet only) plus
+          quantization, INT8 on profiles with INT8, FP16 on GPU profiles;
+        * no bound: quantization only;
+        * ONNX models are never pruned (structured pruning needs a HAMNet checkpoint).
+
+    Args:
+        constraints: The user's constraints.
+        model_kind: "hamnet" (a checkpoint) or "onnx".
+        profile: The target's hardware profile.
+        model_size_mb: Size of the model file (needed for the size rule).
+
+    Returns:
+        The plan with one reason per decision.
+    """
+    reasons: list[str] = []
+    precisions = _quantize_precisions(profile)
+    prec_text = "/".join(precisions) or "none"
+    prune = False
+    target = constraints.target_size_mb
+    if target is not None and model_size_mb is not None and target < model_size_mb / 2:
+        needed = model_size_mb / target
+        reasons.append(
+            f"size-bound: {model_size_mb:.3f} MB must shrink {needed:.1f}x to {target} MB, "
+            f"so quantization ({prec_text}) comes first"
+        )
+        if needed > 4.0:
+            if model_kind == "hamnet":
+                prune = True
+                reasons.append(
+                    f"a {needed:.1f}x reduction is more than quantization gives (~4x), so "
+                    f"structured pruning is added"
+                )
+            else:
+                reasons.append(
+                    f"a {needed:.1f}x reduction is more than quantization gives (~4x), but "
+                    f"ONNX models cannot be pruned"
+                )
+    elif target is not None:
+        reasons.append(f"size limit {target} MB is within reach of quantization ({prec_text})")
+    if constraints.max_latency_ms is not None:
+        reasons.append(
+            f"latency-bound ({constraints.max_latency_ms} ms): quantization ({prec_text}) "
+            f"on profile {profile.name!r}"
+        )
+        if model_kind == "hamnet":
+            prune = True
+            reasons.append("latency-bound HAMNet: structured pruning removes heads and channels")
+        else:
+            reasons.append("ONNX models are never pruned (needs a HAMNet checkpoint)")
+    if not reasons:
+        reasons.append(f"no size or latency bound: quantization ({prec_text}) only")
+    sequence = [Goal.PRUNE] if prune else []
+    if precisions:
+        sequence.append(Goal.QUANTIZE)
+    else:
+        reasons.append(f"profile {profile.name!r} supports no INT8/FP16 precision: no quantization")
+    return AutoPlan(
+        goal_sequence=sequence,
+        reasons=reasons,
+        prune_ratios=list(PRUNE_RATIOS) if prune else [],
+        precisions=precisions,
+    )
+
+
+@dataclass
+class CompressionReport:
+    """What the optimization achieved for the recommended model.
+
+    Attributes:
+        size_reduction_ratio: Baseline size / recommended size.
+        latency_improvement_ratio: Best FP32 baseline latency (over runtimes) /
+            recommended latency.
+        accuracy_drop: Baseline accuracy minus the recommended one (fraction).
+        accuracy_kind: What "accuracy" means (top-1 accuracy, or top-1 agreement with
+            the original model for unlabelled data).
+        constraints_satisfied: Whether the recommended model meets every constraint.
+        constraint_violations: One sentence per violated constraint.
+        execution_time: Seconds the optimization took.
+        backend_used: Runtime and precision of the recommended model.
+        candidates_table: One dict per candidate (the pipeline's table).
+        custom_metric: The value of the user's ``validation_fn``, if given.
+        plan_reasons: Why these techniques were chosen.
+        recommended: Name of the recommended candidate.
+        gates: Deployment checks of the recommended model.
+    """
+
+    size_reduction_ratio: float | None
+    latency_improvement_ratio: float | None
+    accuracy_drop: float | None
+    accuracy_kind: str
+    constraints_satisfied: bool
+    constraint_violations: list[str]
+    execution_time: float
+    backend_used: str | None
+    candidates_table: list[dict[str, Any]]
+    custom_metric: float | None = None
+    plan_reasons: list[str] = field(default_factory=list)
+    recommended: str | None = None
+    gates: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return json.loads(json.dumps(asdict(self), default=_json_default))
+
+    def to_markdown(self) -> str:
+        """A short Markdown report."""
+        lines = [
+            "# hamnet compression report",
+            "",
+            f"- recommended: {self.recommended or 'none'} ({self.backend_used or 'n/a'})",
+            f"- constraints satisfied: {self.constraints_satisfied}",
+            f"- size reduction: {_times(self.size_reduction_ratio)}",
+            f"- latency improvement: {_times(self.latency_improvement_ratio)}",
+            f"- accuracy drop: {_pct(self.accuracy_drop)} ({self.accuracy_kind})",
+            f"- custom metric: {self.custom_metric}",
+            f"- execution time: {self.execution_time:.1f} s",
+            f"- gates: {json.dumps(self.gates, default=_json_default)}",
+            "",
+            "## Constraint violations",
+            "",
+            *([f"- {v}" for v in self.constraint_violations] or ["- none"]),
+            "",
+            "## Plan",
+            "",
+            *([f"- {r}" for r in self.plan_reasons] or ["- none"]),
+            "",
+            "## Candidates",
+            "",
+        ]
+        columns = ["name", "runtime", "precision", "accuracy", "latency_p50_ms", "size_mb"]
+        columns += ["meets_constraints", "recommended"]
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in self.candidates_table:
+            lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "/")
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f} points"
+
+
+@dataclass
+class OptimizationResult:
+    """The outcome of :meth:`Optimizer.optimize`.
+
+    Attributes:
+        candidates: Every candidate of the final round's pipeline run.
+        recommended: The recommended candidate (the nearest one when none meets the
+            constraints); None only when nothing was measured.
+        constraints_satisfied: Whether ``recommended`` meets every constraint.
+        report: The compression report.
+        config: The configuration of the final round (reusable with ``hamnet-optimize``).
+        rounds: One line per pipeline round.
+        pipeline: The final round's pipeline result.
+    """
+
+    candidates: list[Candidate]
+    recommended: Candidate | None
+    constraints_satisfied: bool
+    report: CompressionReport
+    config: OptimizeConfig
+    rounds: list[str]
+    pipeline: PipelineResult
+
+    def save_model(self, path: str | Path) -> Path:
+        """Copy the recommended model's files to ``path``.
+
+        Args:
+            path: A file path (``.onnx``, ``.xml`` with its ``.bin`` beside it, ``.pt``)
+                or an existing directory (files keep their names).
+
+        Returns:
+            The path of the main model file.
+
+        Raises:
+            HamnetError: If there is no recommended model.
+        """
+        if self.recommended is None:
+            raise HamnetError("there is no recommended model to save")
+        files = self.recommended.artifact.files
+        main = files[0]
+        dest = Path(path)
+        if dest.is_dir():
+            out = dest / main.name
+        else:
+            out = dest if dest.suffix else dest.with_suffix(main.suffix)
+            out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(main, out)
+        for extra in files[1:]:
+            shutil.copyfile(extra, out.with_suffix(extra.suffix))
+        return out
+
+    def save_config(self, path: str | Path) -> Path:
+        """Write the configuration used as YAML (loadable by ``hamnet.config.load_config``)."""
+        import yaml
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        return out
+
+    def save_report(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the report as JSON and Markdown.
+
+        Args:
+            path: An existing directory (gets ``report.json`` and ``report.md``), or a
+                path whose ``.json``/``.md`` variants are written.
+
+        Returns:
+            The JSON and Markdown paths.
+        """
+        base = Path(path)
+        if base.is_dir():
+            base = base / "report"
+        elif base.suffix in (".json", ".md"):
+            base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        json_path = base.parent / f"{base.name}.json"
+        md_path = base.parent / f"{base.name}.md"
+        json_path.write_text(json.dumps(self.report.to_dict(), indent=2))
+        md_path.write_text(self.report.to_markdown())
+        return json_path, md_path
+
+
+class Optimizer:
+    """Optimize one model for a hardware target through the hamnet pipeline.
+
+    Build it with :meth:`from_pytorch`, :meth:`from_onnx` or :meth:`from_tensorflow`.
+
+    Args:
+        model_path: A hamnet checkpoint (``.pt``) or an ONNX file.
+        kind: "hamnet" or "onnx".
+        work_dir: Where runs are written (default ``.hamnet-api/<timestamp>-<id>``).
+        trust_checkpoint: Load checkpoints with pickled code (own files only).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        kind: ModelKind,
+        *,
+        work_dir: str | Path | None = None,
+        trust_checkpoint: bool = False,
+    ) -> None:
+        path = Path(model_path).expanduser().resolve()
+        if not path.is_file():
+            raise ModelLoadError(f"model file {str(path)!r} does not exist")
+        self.model_path = path
+        self.kind: ModelKind = kind
+        self.work_dir = _work_dir(work_dir)
+        self.trust_checkpoint = trust_checkpoint
+
+    # --- constructors -------------------------------------------------------------
+
+    @classmethod
+    def from_pytorch(
+        cls,
+        model: Any,
+        input_shape: Sequence[int] | None = None,
+        *,
+        trust_checkpoint: bool = False,
+        work_dir: str | Path | None = None,
+    ) -> Optimizer:
+        """Take a hamnet checkpoint, a HAMNet, or any ``torch.nn.Module``.
+
+        A checkpoint path or HAMNet instance is optimized as a HAMNet (all goals); any
+        other module is exported to ONNX (opset 17, dynamic batch) and optimized as an
+        ONNX model (quantization only).
+
+        Args:
+            model: A ``.pt``/``.pth`` hamnet checkpoint path, a HAMNet, or an
+                ``nn.Module`` mapping ``[batch, features]`` to ``[batch, classes]``.
+            input_shape: ``[batch, features]``; required for a generic module.
+            trust_checkpoint: Load the checkpoint with pickled code (own files only).
+            work_dir: Where to write the source model and the runs.
+
+        Raises:
+            ModelLoadError: If the path does not exist or is not a checkpoint.
+            ConfigError: If ``input_shape`` is missing or invalid for a generic module.
+            UnsupportedCombinationError: If ``input_shape`` is not 2-D.
+        """
+        if isinstance(model, (str, Path)):
+            path = Path(model).expanduser()
+            if not path.is_file():
+                raise ModelLoadError(
+                    f"model file {str(path)!r} does not exist (expected a hamnet .pt checkpoint)"
+                )
+            if path.suffix.lower() not in (".pt", ".pth"):
+                raise ModelLoadError(
+                    f"from_pytorch needs a hamnet .pt/.pth checkpoint, but got {str(path)!r}"
+                    + (" (use Optimizer.from_onnx)" if path.suffix.lower() == ".onnx" else "")
+                )
+            from hamnet.models import load_checkpoint
+
+            load_checkpoint(path, trust=trust_checkpoint)
+            return cls(path, "hamnet", work_dir=work_dir, trust_checkpoint=trust_checkpoint)
+        import torch
+
+        from hamnet.models import HAMNet, save_checkpoint
+
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                f"model must be a checkpoint path or a torch.nn.Module, but got "
+                f"{type(model).__name__}"
+            )
+        root = _work_dir(work_dir)
+        if isinstance(model, HAMNet):
+            if input_shape is not None:
+                features = _check_shape(input_shape)
+                if features != model.config.input_size:
+                    raise ConfigError(
+                        f"input_shape must match the HAMNet's input_size "
+                        f"{model.config.input_size}, but got {list(input_shape)}"
+                    )
+            out = save_checkpoint(model, root / "source" / "model.pt")
+            return cls(out, "hamnet", work_dir=root)
+        if input_shape is None:
+            raise ConfigError(
+                f"input_shape must be given for a {type(model).__name__} (e.g. [1, features]), "
+                f"but got None"
+            )
+        features = _check_shape(input_shape)
+        from hamnet.export import export_onnx
+
+        out = export_onnx(model, features, root / "source" / "model.onnx", opset=17)
+        return cls(out, "onnx", work_dir=root)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, *, work_dir: str | Path | None = None) -> Optimizer:
+        """Take an ONNX model with one input ``[batch, features]``.
+
+        Raises:
+            ModelLoadError: If the file does not exist, is not ONNX, or has several
+                inputs or an input of another rank.
+        """
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ModelLoadError(f"ONNX file {str(p)!r} does not exist")
+        from hamnet.stages import _onnx_feature_count
+
+        _onnx_feature_count(p)  # one input [batch, features], else ModelLoadError
+        return cls(p, "onnx", work_dir=work_dir)
+
+    @classmethod
+    def from_tensorflow(
+        cls,
+        path: str | Path,
+        input_shape: Sequence[int] | None = None,
+        *,
+        work_dir: str | Path | None = None,
+    ) -> Optimizer:
+        """Take a Keras file or SavedModel, converted to ONNX with tf2onnx.
+
+        Raises:
+            MissingDependencyError: If tensorflow or tf2onnx is not installed.
+            ModelLoadError: If the path does not exist.
+        """
+        import importlib.util
+
+        missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingDependencyError(
+                f"from_tensorflow needs {' and '.join(missing)}, which are not installed: "
+                f"pip install 'hamnet[tensorflow]'"
+            )
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ModelLoadError(f"TensorFlow model {str(p)!r} does not exist")
+        import tensorflow as tf
+        import tf2onnx
+
+        keras_model = tf.keras.models.load_model(str(p))
+        features = _check_shape(input_shape) if input_shape else int(keras_model.input_shape[-1])
+        root = _work_dir(work_dir)
+        out = root / "source" / "model.onnx"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spec = (tf.TensorSpec([None, features], tf.float32, name="input"),)
+        tf2onnx.convert.from_keras(
+            keras_model, input_signature=spec, opset=17, output_path=str(out)
+        )
+        return cls.from_onnx(out, work_dir=root)
+
+    # --- optimization ---------------------------------------------------------------
+
+    def model_size_mb(self) -> float:
+        """Size of the source model file in MB."""
+        return self.model_path.stat().st_size / 1e6
+
+    def build_config(
+        self,
+        goal: Goal | str = Goal.AUTO,
+        constraints: Constraints | None = None,
+        *,
+        preferred_backends: Sequence[str] | None = None,
+        data_path: str | Path | None = None,
+        seed: int = 0,
+        track: bool = False,
+        plan: AutoPlan | None = None,
+        escalate: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> OptimizeConfig:
+        """Build the pipeline configuration for a goal (what :meth:`optimize` runs).
+
+        Raises:
+            ConfigError: For an unknown goal or backend, or invalid settings.
+            UnsupportedCombinationError: For pruning/distillation of a non-HAMNet.
+        """
+        from hamnet.config import config_from_dict, deep_merge
+        from hamnet.hardware import load_profile
+
+        goal = _goal(goal)
+        constraints = constraints or Constraints()
+        profile = load_profile(constraints.target_hardware)
+        backends = _backends(preferred_backends, profile)
+        if goal in (Goal.PRUNE, Goal.DISTILL) and self.kind != "hamnet":
+            raise UnsupportedCombinationError(
+                f"structured pruning needs a HAMNet checkpoint, but got an ONNX model "
+                f"(goal {goal.value!r}); use Goal.QUANTIZE or Goal.AUTO"
+            )
+        prune: dict[str, Any] | None = None
+        distill: dict[str, Any] | None = None
+        precisions: list[str] = []
+        if goal is Goal.QUANTIZE:
+            precisions = [p for p in ("int8", "fp16") if p in profile.precisions]
+        elif goal is Goal.PRUNE:
+            prune = {"ratios": list(PRUNE_RATIOS), "criteria": ["l1"], "allocations": ["uniform"]}
+        elif goal is Goal.DISTILL:
+            prune = {"ratios": list(DISTILL_PRUNE_RATIOS), "criteria": ["l1"]}
+            distill = {"recover_pruned": True}
+        else:
+            plan = plan or self.plan(constraints)
+            precisions = list(plan.precisions)
+            if plan.prune_ratios:
+                prune = {"ratios": list(plan.prune_ratios), "criteria": ["l1"]}
+            if escalate:
+                if self.kind == "hamnet":
+                    ratios = sorted(set(plan.prune_ratios) | set(ESCALATION_PRUNE_RATIOS))
+                    prune = {"ratios": ratios, "criteria": ["l1"]}
+                    distill = {"recover_pruned": True}
+                precisions = [p for p in ("int8", "fp16") if p in profile.precisions]
+        methods = [m for b in backends for p in precisions for m in BACKEND_METHODS[b][p]]
+        data: dict[str, Any]
+        if data_path is not None:
+            data = {"source": "file", "path": str(data_path), "format": "npz"}
+            data["standardize"] = False
+        else:
+            data = {"source": "digits"}
+        cfg: dict[str, Any] = {
+            "name": "hamnet-api",
+            "seed": seed,
+            "workdir": "run",
+            "hardware_profile": constraints.target_hardware,
+            "model": {
+                "source": "file",
+                "path": str(self.model_path),
+                "trust_checkpoint": self.trust_checkpoint,
+            },
+            "data": data,
+            "constraints": {
+                "max_accuracy_drop": constraints.max_accuracy_drop,
+                "max_latency_ms": constraints.max_latency_ms,
+                "target_size_mb": constraints.target_size_mb,
+            },
+            "stages": {
+                "train": None,
+                "prune": prune,
+                "distill": distill,
+                "export": {"formats": backends} if self.kind == "hamnet" else None,
+                "quantize": (
+                    {"methods": methods, "calibration_samples": constraints.calibration_samples}
+                    if methods
+                    else None
+                ),
+            },
+            "tracking": {"enabled": track},
+        }
+        if overrides:
+            cfg = deep_merge(cfg, overrides)
+        return config_from_dict(cfg, source="hamnet.api")
+
+    def plan(self, constraints: Constraints | None = None) -> AutoPlan:
+        """The :attr:`Goal.AUTO` plan for this model (see :func:`plan_for`)."""
+        from hamnet.hardware import load_profile
+
+        constraints = constraints or Constraints()
+        profile = load_profile(constraints.target_hardware)
+        return plan_for(constraints, self.kind, profile, model_size_mb=self.model_size_mb())
+
+    def optimize(
+        self,
+        goal: Goal | str = Goal.AUTO,
+        constraints: Constraints | None = None,
+        *,
+        validation_data: tuple[np.ndarray, np.ndarray | None] | None = None,
+        validation_fn: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None = None,
+        preferred_backends: Sequence[str] | None = None,
+        work_dir: str | Path | None = None,
+        track: bool = False,
+        seed: int = 0,
+        max_rounds: int = 2,
+        verbose: bool = False,
+        _overrides: dict[str, Any] | None = None,
+    ) -> OptimizationResult:
+        """Optimize the model with the hamnet pipeline.
+
+        Args:
+            goal: A :class:`Goal` or its value.
+            constraints: Limits and target (default: ``Constraints()``).
+            validation_data: ``(x, y)``; ``y=None`` uses the original model's
+                predictions as labels (accuracy = agreement with the original model).
+            validation_fn: ``fn(predict) -> float``, called once on the recommended
+                model; its value is the report's ``custom_metric``.
+            preferred_backends: Subset of ``["onnx", "openvino"]`` (default: those the
+                profile lists).
+            work_dir: Where to run (default: this optimizer's work directory).
+            track: Log to MLflow (off by default).
+            seed: Seed of the data split and of every stage.
+            max_rounds: AUTO only: rounds allowed (a second escalates once when the
+                constraints are not met).
+            verbose: Print the pipeline's progress.
+
+        Returns:
+            The result; never empty: with no feasible candidate the nearest one is
+            recommended and ``constraints_satisfied`` is False.
+
+        Raises:
+            ConfigError: For invalid arguments (``ValueError``).
+            UnsupportedCombinationError: For unsupported goal/model combinations.
+        """
+        started = time.perf_counter()
+        goal = _goal(goal)
+        if constraints is None:
+            constraints = Constraints()
+        elif not isinstance(constraints, Constraints):
+            raise ConfigError(
+                f"constraints must be a Constraints, but got {type(constraints).__name__}"
+            )
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+            raise ConfigError(f"max_rounds must be a positive integer, but got {max_rounds!r}")
+        root = _work_dir(work_dir) if work_dir is not None else self.work_dir
+        data_path, accuracy_kind = self._prepare_data(validation_data, root)
+        overrides = _overrides or {}
+        plan = self.plan(constraints) if goal is Goal.AUTO else None
+        rounds: list[str] = []
+        result: PipelineResult | None = None
+        config: OptimizeConfig | None = None
+        n_rounds = max_rounds if goal is Goal.AUTO else 1
+        for index in range(n_rounds):
+            config = self.build_config(
+                goal,
+                constraints,
+                preferred_backends=preferred_backends,
+                data_path=data_path,
+                seed=seed,
+                track=track,
+                plan=plan,
+                escalate=index > 0,
+                overrides=overrides,
+            )
+            result = _run(config, root / f"round-{index + 1}", verbose)
+            stages = " -> ".join(s.name for s in result.stages)
+            rounds.append(f"round {index + 1}: {stages}: {result.selection.message}")
+            if result.selection.constraints_satisfied:
+                break
+        assert result is not None and config is not None
+        report = self._report(
+            result,
+            accuracy_kind,
+            time.perf_counter() - started,
+            plan.reasons if plan else [f"goal {goal.value}"],
+            config,
+            validation_fn,
+        )
+        selection = result.selection
+        return OptimizationResult(
+            candidates=list(result.candidates),
+            recommended=selection.recommended,
+            constraints_satisfied=selection.constraints_satisfied,
+            report=report,
+            config=config,
+            rounds=rounds,
+            pipeline=result,
+        )
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _prepare_data(
+        self, validation_data: tuple[Any, Any] | None, root: Path
+    ) -> tuple[Path | None, str]:
+        import numpy as np
+
+        if validation_data is None:
+            if self.kind == "hamnet":
+                from hamnet.models import load_checkpoint
+
+                cfg = load_checkpoint(self.model_path, trust=self.trust_checkpoint).config
+                if cfg.input_size == 64 and cfg.num_classes == 10:
+                    return None, "top1_accuracy"
+            raise ConfigError(
+                "validation_data must be given as (x, y) for this model (the built-in "
+                "digits data only fits a HAMNet with 64 inputs and 10 classes), but got None"
+            )
+        if not isinstance(validation_data, tuple) or len(validation_data) != 2:
+            raise ConfigError(
+                f"validation_data must be a tuple (x, y) with y an array or None, but got "
+                f"{type(validation_data).__name__}"
+            )
+        x = np.asarray(validation_data[0], dtype=np.float32)
+        if x.ndim != 2:
+            raise UnsupportedCombinationError(
+                f"validation_data x must be 2-D [samples, features] (the only input rank "
+                f"supported), but got shape {list(x.shape)}"
+            )
+        kind = "top1_accuracy"
+        if validation_data[1] is None:
+            y = self._predict_original(x).argmax(axis=1)
+            kind = "top1_agreement_with_original_model (labels are the original predictions)"
+            classes, counts = np.unique(y, return_counts=True)
+            num_outputs = int(self._predict_original(x[:1]).shape[1])
+            if len(classes) != num_outputs or counts.min() < 3:
+                raise DataError(
+                    f"unlabelled validation_data must make the original model predict every "
+                    f"one of its {num_outputs} classes at least 3 times (the labels are its "
+                    f"predictions), but it predicts classes {classes.tolist()} with counts "
+                    f"{counts.tolist()}; pass labels or more samples"
+                )
+        else:
+            y = np.asarray(validation_data[1])
+            if y.shape != (len(x),):
+                raise ConfigError(
+                    f"validation_data y must have shape ({len(x)},), but got {list(y.shape)}"
+                )
+            if np.issubdtype(y.dtype, np.integer):
+                classes = np.unique(y)
+                if classes.tolist() != list(range(len(classes))):
+                    raise DataError(
+                        f"validation_data labels must be class indices 0..C-1, each present, "
+                        f"but got classes {classes.tolist()[:20]}"
+                    )
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "data.npz"
+        np.savez(path, x=x, y=y)
+        return path, kind
+
+    def _predict_original(self, x: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if self.kind == "hamnet":
+            from hamnet.models import load_checkpoint
+            from hamnet.training import predict_logits
+
+            model = load_checkpoint(self.model_path, trust=self.trust_checkpoint)
+            return predict_logits(model, x)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.asarray(session.run(None, {name: x})[0])
+
+    def _report(
+        self,
+        result: PipelineResult,
+        accuracy_kind: str,
+        seconds: float,
+        reasons: list[str],
+        config: OptimizeConfig,
+        validation_fn: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None,
+    ) -> CompressionReport:
+        import math
+
+        from hamnet.hardware import load_profile
+        from hamnet.runtimes import load_session
+
+        table = result.table
+        selection = result.selection
+        rec = selection.recommended
+        rows = json.loads(table.to_json(orient="records"))
+        size_ratio = latency_ratio = drop = None
+        violations: list[str] = []
+        gates: dict[str, Any] = {}
+        custom: float | None = None
+        backend = None
+        if rec is not None and rec.metrics is not None:
+            row = table[table["id"] == rec.id].iloc[0]
+            size_ratio = _finite(row["size_ratio"])
+            drop = _finite(row["accuracy_drop"])
+            base = table[
+                (table["precision"] == "fp32")
+                & (
+                    table["is_baseline"]
+                    | ((table["stage"] == "export") & (table["parent"] == "baseline"))
+                )
+            ]
+            best = float(base["latency_p50_ms"].min()) if len(base) else math.nan
+            latency_ratio = _finite(best / rec.metrics.latency_p50_ms)
+            assessment = selection.assessments.get(rec.id)
+            violations = list(assessment.violations) if assessment else []
+            backend = f"{rec.runtime} {rec.precision}"
+            profile = load_profile(config.hardware_profile)
+            session = None
+            try:
+                session = load_session(
+                    rec.artifact, rec.runtime, profile, trust_checkpoint=self.trust_checkpoint
+                )
+            except HamnetError:
+                session = None
+            parent = next((c for c in result.candidates if c.id == rec.parent_id), None)
+            faster = True
+            if parent is not None and parent.metrics is not None:
+                limit = parent.metrics.latency_p50_ms * (1.0 + config.measure.slower_margin)
+                faster = rec.metrics.latency_p50_ms <= limit
+            gates = {
+                "loads_in_runtime": session is not None,
+                "parity_max_abs_diff": rec.parity_max_abs_diff,
+                "faster_than_parent": faster and rec.rejected is None,
+            }
+            if validation_fn is not None:
+                if session is None:
+                    raise HamnetError(
+                        f"recommended model {rec.name} does not load in {rec.runtime}"
+                    )
+                loaded = session
+
+                def predict(x: np.ndarray) -> np.ndarray:
+                    import numpy as np
+
+                    return loaded.run(np.asarray(x, dtype=np.float32))
+
+                custom = float(validation_fn(predict))
+        return CompressionReport(
+            size_reduction_ratio=size_ratio,
+            latency_improvement_ratio=latency_ratio,
+            accuracy_drop=drop,
+            accuracy_kind=accuracy_kind,
+            constraints_satisfied=selection.constraints_satisfied,
+            constraint_violations=violations,
+            execution_time=seconds,
+            backend_used=backend,
+            candidates_table=rows,
+            custom_metric=custom,
+            plan_reasons=list(reasons),
+            recommended=rec.name if rec else None,
+            gates=gates,
+        )
+
+
+def _finite(value: Any) -> float | None:
+    import math
+
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _run(config: OptimizeConfig, base_dir: Path, verbose: bool) -> PipelineResult:
+    from rich.console import Console
+
+    from hamnet.pipeline import run_pipeline
+
+    base_dir.mkdir(parents=True, exist_ok=True)
+    return run_pipeline(config, base_dir=base_dir, console=Console(quiet=not verbose))
+
+
+def _goal(goal: Goal | str) -> Goal:
+    try:
+        return Goal(goal)
+    except ValueError:
+        raise ConfigError(
+            f"goal must be one of {[g.value for g in Goal]}, but got {goal!r}"
+        ) from None
+
+
+def _backends(preferred: Sequence[str] | None, profile: HardwareProfile) -> list[str]:
+    if preferred is None:
+        return [b for b, rt in _BACKEND_RUNTIME.items() if rt in profile.runtime_names]
+    if isinstance(preferred, str):
+        preferred = [preferred]
+    unknown = [b for b in preferred if b not in BACKEND_METHODS]
+    if unknown or not preferred:
+        raise ConfigError(
+            f"preferred_backends must be a non-empty subset of {list(BACKEND_METHODS)}, but "
+            f"got {list(preferred)}"
+        )
+    return list(dict.fromkeys(preferred))
+
+
+def _check_shape(input_shape: Sequence[int]) -> int:
+    shape = list(input_shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ConfigError(f"input_shape must hold positive integers, but got {shape}")
+    if len(shape) != 2:
+        raise UnsupportedCombinationError(
+            f"input_shape must be 2-D [batch, features] (the only rank supported so far; "
+            f"multi-input and 4-D image models are not), but got {shape}"
+        )
+    return shape[1]
+
+
+def _work_dir(work_dir: str | Path | None) -> Path:
+    if work_dir is not None:
+        path = Path(work_dir).expanduser().resolve()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = (Path.cwd() / DEFAULT_WORK_ROOT / f"{stamp}-{uuid.uuid4().hex[:6]}").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = [
+    "AutoPlan",
+    "CompressionReport",
+    "Constraints",
+    "Goal",
+    "OptimizationResult",
+    "Optimizer",
+    "UnsupportedCombinationError",
+    "plan_for",
+]

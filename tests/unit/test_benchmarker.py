@@ -1,0 +1,92 @@
+"""Benchmarker: measure a model file with the pipeline's measurement code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hamnet.benchmarker import Benchmarker, ModelMetrics
+from hamnet.errors import ConfigError, DataError, HardwareProfileError, ModelLoadError
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 16),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench() -> Benchmarker:
+    return Benchmarker(warmup=2, repeats=10)
+
+
+def test_onnx_is_measured_in_onnxruntime_and_openvino(bench: Benchmarker, onnx_path: Path) -> None:
+    results = bench.benchmark(onnx_path)
+    assert sorted(m.runtime for m in results) == ["onnxruntime", "openvino"]
+    for m in results:
+        assert isinstance(m, ModelMetrics)
+        assert 0 < m.latency_p50_ms <= m.latency_p90_ms
+        assert m.throughput_sps > 0 and m.size_mb > 0 and m.peak_memory_mb >= 0
+        assert m.batch_size == bench.profile.latency_batch_size
+        assert m.precision == "fp32"
+        assert m.accuracy is None and m.accuracy_kind is None
+        assert json.loads(json.dumps(m.to_dict()))["runtime"] == m.runtime
+
+
+def test_labels_give_accuracy(bench: Benchmarker, onnx_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    y = rng.integers(0, 3, size=40)
+    (m,) = Benchmarker(warmup=1, repeats=5, runtimes=["onnxruntime"]).benchmark(onnx_path, x, y)
+    assert m.runtime == "onnxruntime"
+    assert m.accuracy is not None and 0.0 <= m.accuracy <= 1.0
+    assert m.accuracy_kind == "top1_accuracy"
+
+
+def test_input_shape_and_compare(onnx_path: Path) -> None:
+    bench = Benchmarker(warmup=1, repeats=5, runtimes=["onnxruntime"])
+    rows = bench.compare([onnx_path, onnx_path], input_shape=[4, 16])
+    assert [path for path, _ in rows] == [str(onnx_path)] * 2
+    with pytest.raises(DataError, match="input_shape"):
+        bench.benchmark(onnx_path, input_shape=[0])
+    with pytest.raises(DataError, match="same length"):
+        bench.benchmark(onnx_path, np.zeros((4, 16), np.float32), np.zeros(3, np.int64))
+
+
+def test_missing_file_names_it(bench: Benchmarker, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"absent\.onnx") as info:
+        bench.benchmark(tmp_path / "absent.onnx")
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(ModelLoadError, match="expected a model file"):
+        bench.benchmark(tmp_path / "model.bin")
+
+
+def test_unknown_or_unfit_runtime(onnx_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown runtime 'tensorrt'.*onnxruntime"):
+        Benchmarker(runtimes=["tensorrt"])
+    with pytest.raises(ConfigError, match="loads formats"):
+        Benchmarker(warmup=1, repeats=5, runtimes=["torch"]).benchmark(onnx_path)
+
+
+def test_bad_settings_and_absent_hardware() -> None:
+    with pytest.raises(ConfigError, match="repeats"):
+        Benchmarker(repeats=1)
+    with pytest.raises(HardwareProfileError, match="arm64-edge"):
+        Benchmarker("arm64-edge")
