@@ -63,6 +63,24 @@ def tiny_config(**overrides: object) -> dict[str, object]:
     return deep_merge(base, overrides)  # type: ignore[arg-type]
 
 
+def export_tiny_onnx(path: Path, *, hidden: int = 8, seed: int = 0) -> Path:
+    """A tiny MLP ``[batch, 16] -> [batch, 3]`` exported to ONNX with a dynamic batch axis."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, 3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
+        torch.onnx.export(
+            model, (torch.zeros(1, 16),), str(path), dynamo=False, input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    return path
+
+
 def small_hamnet(dataset: Any, *, epochs: int = 2) -> Any:
     """A small HAMNet (hidden 32, 2 layers, 4 heads, 8-feature tokens) trained briefly."""
     import torch

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import export_tiny_onnx
 
 from hamnet.benchmarker import Benchmarker, ModelMetrics
 from hamnet.errors import ConfigError, DataError, HardwareProfileError, ModelLoadError
@@ -14,22 +15,7 @@ from hamnet.errors import ConfigError, DataError, HardwareProfileError, ModelLoa
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
-    with pytest.warns(DeprecationWarning):
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 16),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}},
-        )
-    return path
+    return export_tiny_onnx(tmp_path_factory.mktemp("bench") / "tiny.onnx")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import export_tiny_onnx
 from typer.testing import CliRunner
 
 from hamnet.cli import app, parse_overrides
@@ -159,21 +160,7 @@ def test_impossible_constraints_exit_3_with_the_nearest_candidate(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from torch import nn
-
-    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    path = tmp_path_factory.mktemp("cli-bench") / "tiny.onnx"
-    with pytest.warns(DeprecationWarning):
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 16),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}},
-        )
-    return path
+    return export_tiny_onnx(tmp_path_factory.mktemp("cli-bench") / "tiny.onnx")
 
 
 def test_benchmark_prints_a_table(tiny_onnx: Path) -> None:
@@ -222,15 +209,8 @@ def test_benchmark_bad_input_exits_2(tiny_onnx: Path, tmp_path: Path) -> None:
 
 def test_optimize_writes_the_recommended_model_config_and_report(tmp_path: Path) -> None:
     import onnxruntime as ort
-    import torch
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
-    model = tmp_path / "model.onnx"
-    torch.onnx.export(
-        net.eval(), (torch.zeros(1, 16),), str(model), dynamo=False, input_names=["x"],
-        dynamic_axes={"x": {0: "batch"}},
-    )  # fmt: skip
+    model = export_tiny_onnx(tmp_path / "model.onnx", hidden=32)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 16)).astype(np.float32)
     np.savez(tmp_path / "val.npz", x=x, y=rng.integers(0, 3, size=300))
