@@ -56,12 +56,10 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 def _session(model: Any, profile: Any, store: Any) -> tuple[Any, float]:
-    from hamnet.export import export_onnx
-    from hamnet.runtimes import load_session
+    from hamnet.export import onnx_session
 
-    path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
-    ref = store.put(path, "onnx")
-    return load_session(ref, "onnxruntime", profile), ref.size_mb
+    session, ref = onnx_session(model, store, profile)
+    return session, ref.size_mb
 
 
 def _round_robin_latency(sessions: list[Any], x_one: np.ndarray, rounds: int) -> list[float]:

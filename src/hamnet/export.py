@@ -24,6 +24,9 @@ from hamnet.runtimes import require
 if TYPE_CHECKING:
     from torch import nn
 
+    from hamnet.artifacts import ArtifactRef, ArtifactStore
+    from hamnet.hardware import HardwareProfile
+    from hamnet.models import HAMNet
     from hamnet.runtimes import InferenceSession
 
 INPUT_NAME = "input"
@@ -92,6 +95,24 @@ def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: i
     finally:
         model.train(was_training)
     return path
+
+
+def onnx_session(
+    model: HAMNet, store: ArtifactStore, profile: HardwareProfile
+) -> tuple[InferenceSession, ArtifactRef]:
+    """Export a HAMNet to ONNX into ``store`` and open it in ONNX Runtime on ``profile``.
+
+    The one path the searches (R-SPAR episodes, NAS trials) and the pruning benchmark
+    use to time a model the way the pipeline measures its ONNX Runtime candidates.
+
+    Returns:
+        The session and the stored ONNX file.
+    """
+    from hamnet.runtimes import load_session
+
+    path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
+    ref = store.put(path, "onnx")
+    return load_session(ref, "onnxruntime", profile), ref
 
 
 def convert_openvino(

@@ -523,15 +523,14 @@ class _Environment:
 
     def _session(self, model: HAMNet) -> Any:
         from hamnet.artifacts import ArtifactStore
-        from hamnet.export import export_onnx
-        from hamnet.runtimes import load_session
+        from hamnet.export import onnx_session
 
         assert self.profile is not None
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="rspar-")
         store = ArtifactStore(Path(self._tmp.name) / "store")
-        path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
-        return load_session(store.put(path, "onnx"), "onnxruntime", self.profile)
+        session, _ = onnx_session(model, store, self.profile)
+        return session
 
     def _p50(self, session: Any) -> float:
         from hamnet.measure import latency_ms

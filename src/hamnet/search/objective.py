@@ -134,19 +134,15 @@ class HAMNetObjective:
         import numpy as np
 
         from hamnet.artifacts import ArtifactStore
-        from hamnet.export import export_onnx
+        from hamnet.export import onnx_session
         from hamnet.hardware import load_profile
         from hamnet.measure import latency_ms
-        from hamnet.runtimes import load_session
 
         profile = load_profile(self.profile)
         if self.latency_threads is not None:
             profile = profile.model_copy(update={"threads": self.latency_threads})
         with tempfile.TemporaryDirectory(prefix="hamnet-trial-") as tmp:
-            store = ArtifactStore(Path(tmp))
-            path = export_onnx(model, model.config.input_size, store.staging_dir() / "m.onnx")
-            ref = store.put(path, "onnx")
-            session = load_session(ref, "onnxruntime", profile)
+            session, ref = onnx_session(model, ArtifactStore(Path(tmp)), profile)
             x = np.ascontiguousarray(x_one, dtype=np.float32)
             p50, _ = latency_ms(session, x, warmup=10, repeats=self.latency_repeats)
             del session
