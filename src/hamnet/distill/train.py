@@ -13,9 +13,10 @@ would describe the wrong inputs: the teachers then run on each mixed batch inste
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,85 +123,46 @@ def distill_model(
             f"expected one teacher id per teacher ({len(teachers)}), but got {len(teacher_ids)}"
         )
     dev = torch.device(device)
-    teacher_modes = [t.training for t in teachers]
-    for teacher in teachers:
-        teacher.to(dev).eval()
-    try:
-        return _distill(
-            student, teachers, dataset, spec, cfg, ce_weight, cache_dir, teacher_ids, seed,
-            dev, checkpoint_path, progress,
-        )  # fmt: skip
-    finally:
-        for teacher, mode in zip(teachers, teacher_modes, strict=True):
-            teacher.train(mode)
-
-
-def _distill(
-    student: nn.Module,
-    teachers: Sequence[nn.Module],
-    dataset: Dataset,
-    spec: Sequence[Mapping[str, Any]] | Mapping[str, Any],
-    cfg: TrainStageConfig,
-    ce_weight: float,
-    cache_dir: str | Path | None,
-    teacher_ids: Sequence[str] | None,
-    seed: int,
-    dev: torch.device,
-    checkpoint_path: str | Path | None,
-    progress: bool,
-) -> DistillResult:
     student.to(dev)
-    plan = build_distill_loss(spec, student=student, teachers=teachers, ce_weight=0.0)
-    live = cfg.augment != "none"
-    caches: list[TeacherOutputs] = []
-    files: list[Path] = []
-    hits = 0
-    if not live:
-        ids = list(teacher_ids) if teacher_ids is not None else [model_digest(t) for t in teachers]
-        fingerprint = array_digest(dataset.x_train)
-        for i, teacher in enumerate(teachers):
-            outputs, path, hit = _teacher_outputs(
-                teacher, dataset.x_train, plan, i, ids[i], fingerprint, cache_dir, dev
-            )
-            caches.append(outputs)
-            hits += int(hit)
-            if path is not None:
-                files.append(path)
     methods = [str(term.get("method")) for term in ([spec] if isinstance(spec, Mapping) else spec)]
-    logger.info(
-        "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
-        "+".join(methods),
-        ce_weight,
-        len(teachers),
-        "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
-    )
+    live = cfg.augment != "none"
+    with _in_eval_mode(teachers, dev):
+        plan = build_distill_loss(spec, student=student, teachers=teachers, ce_weight=0.0)
+        caches: list[TeacherOutputs] = []
+        files: list[Path] = []
+        hits = 0
+        if not live:
+            caches, files, hits = _cached_teacher_outputs(
+                teachers, dataset.x_train, plan, teacher_ids, cache_dir, dev
+            )
+        logger.info(
+            "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
+            "+".join(methods),
+            ce_weight,
+            len(teachers),
+            "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
+        )
 
-    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
-        student_out = model_outputs(model, batch.x, plan.student)
-        if live:
-            with torch.no_grad():
-                teacher_outs = [
-                    model_outputs(t, batch.x, plan.teacher_spec(i)).detach()
-                    for i, t in enumerate(teachers)
-                ]
-        else:
-            teacher_outs = [cache.batch(batch.index, batch.x.device) for cache in caches]
-        kd = plan.loss(student_out, teacher_outs, batch.y)
-        if ce_weight == 0.0:
-            return kd
-        return kd + ce_weight * batch.mixed_cross_entropy(student_out.logits, cfg.label_smoothing)
+        def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+            student_out = model_outputs(model, batch.x, plan.student)
+            if live:
+                with torch.no_grad():
+                    teacher_outs = [
+                        model_outputs(t, batch.x, plan.teacher_spec(i)).detach()
+                        for i, t in enumerate(teachers)
+                    ]
+            else:
+                teacher_outs = [cache.batch(batch.index, batch.x.device) for cache in caches]
+            kd = plan.loss(student_out, teacher_outs, batch.y)
+            if ce_weight == 0.0:
+                return kd
+            ce = batch.mixed_cross_entropy(student_out.logits, cfg.label_smoothing)
+            return kd + ce_weight * ce
 
-    result = train_model(
-        student,
-        dataset,
-        cfg,
-        seed=seed,
-        device=str(dev),
-        checkpoint_path=checkpoint_path,
-        progress=progress,
-        loss_fn=loss_fn,
-        extra_modules=[plan.loss],
-    )
+        result = train_model(
+            student, dataset, cfg, seed=seed, device=str(dev), checkpoint_path=checkpoint_path,
+            progress=progress, loss_fn=loss_fn, extra_modules=[plan.loss],
+        )  # fmt: skip
     return DistillResult(
         train=result,
         methods=methods,
@@ -210,33 +172,59 @@ def _distill(
     )
 
 
-def _teacher_outputs(
-    teacher: nn.Module,
+@contextlib.contextmanager
+def _in_eval_mode(models: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
+    """Move ``models`` to ``device`` in eval mode; give each its train/eval mode back after."""
+    modes = [m.training for m in models]
+    for model in models:
+        model.to(device).eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
+def _cached_teacher_outputs(
+    teachers: Sequence[nn.Module],
     x: np.ndarray,
     plan: DistillPlan,
-    index: int,
-    teacher_id: str,
-    fingerprint: str,
+    teacher_ids: Sequence[str] | None,
     cache_dir: str | Path | None,
     device: torch.device,
-) -> tuple[TeacherOutputs, Path | None, bool]:
-    spec = plan.teacher_spec(index)
-    path = None
-    if cache_dir is not None:
-        key = cache_key(
-            teacher_id, fingerprint, feature_layers=spec.features,
-            attention_layers=spec.attentions, need_embedding=spec.embedding,
+) -> tuple[list[TeacherOutputs], list[Path], int]:
+    """Every teacher's outputs on ``x``: read from ``cache_dir`` or computed (and stored).
+
+    Returns:
+        The outputs per teacher, the cache files used, and how many already existed.
+    """
+    ids = list(teacher_ids) if teacher_ids is not None else [model_digest(t) for t in teachers]
+    fingerprint = array_digest(x)
+    outputs: list[TeacherOutputs] = []
+    files: list[Path] = []
+    hits = 0
+    for i, teacher in enumerate(teachers):
+        spec = plan.teacher_spec(i)
+        path = None
+        if cache_dir is not None:
+            key = cache_key(
+                ids[i], fingerprint, feature_layers=spec.features,
+                attention_layers=spec.attentions, need_embedding=spec.embedding,
+            )  # fmt: skip
+            path = Path(cache_dir) / f"{key}.npz"
+            files.append(path)
+            if path.is_file():
+                outputs.append(TeacherOutputs.load(path))
+                hits += 1
+                continue
+        computed = compute_teacher_outputs(
+            teacher, x, feature_layers=spec.features, attention_layers=spec.attentions,
+            need_embedding=spec.embedding, device=device,
         )  # fmt: skip
-        path = Path(cache_dir) / f"{key}.npz"
-        if path.is_file():
-            return TeacherOutputs.load(path), path, True
-    outputs = compute_teacher_outputs(
-        teacher, x, feature_layers=spec.features, attention_layers=spec.attentions,
-        need_embedding=spec.embedding, device=device,
-    )  # fmt: skip
-    if path is not None:
-        outputs.save(path)
-    return outputs, path, False
+        if path is not None:
+            computed.save(path)
+        outputs.append(computed)
+    return outputs, files, hits
 
 
 __all__ = ["DistillOutputs", "DistillResult", "array_digest", "distill_model", "model_digest"]
