@@ -40,6 +40,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hamnet.candidate import is_number
 from hamnet.errors import (
     ConfigError,
     DataError,
@@ -110,10 +111,10 @@ class Constraints:
     def __post_init__(self) -> None:
         for name in ("target_size_mb", "max_latency_ms"):
             value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
+            if value is not None and not (is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number or None, but got {value!r}")
         drop = self.max_accuracy_drop
-        if not (_is_number(drop) and 0.0 <= drop <= 1.0):
+        if not (is_number(drop) and 0.0 <= drop <= 1.0):
             raise ConfigError(f"max_accuracy_drop must be in [0, 1], but got {drop!r}")
         if not isinstance(self.target_hardware, str) or not self.target_hardware:
             raise ConfigError(
@@ -131,10 +132,6 @@ class Constraints:
     def has_latency_constraint(self) -> bool:
         """Whether a latency limit is set."""
         return self.max_latency_ms is not None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from hamnet.artifacts import ArtifactRef
 RuntimeName = Literal["torch", "onnxruntime", "openvino"]
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is an int or float (bools excluded): a loggable metric value."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class Metrics(BaseModel):
     """What measurement found for one candidate (one code path for all candidates).
 
@@ -39,11 +44,7 @@ class Metrics(BaseModel):
 
     def as_mlflow(self) -> dict[str, float]:
         """Numeric metrics as a flat dict for ``mlflow.log_metrics``."""
-        return {
-            k: float(v)
-            for k, v in self.model_dump().items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
+        return {k: float(v) for k, v in self.model_dump().items() if is_number(v)}
 
 
 class Candidate(BaseModel):

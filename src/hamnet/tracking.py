@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hamnet.candidate import Candidate, Metrics
+from hamnet.candidate import Candidate, Metrics, is_number
 from hamnet.config import ConstraintsSection, OptimizeConfig, TrackingSection
 
 if TYPE_CHECKING:
@@ -598,7 +598,7 @@ class Tracker:
         run_id: str = run.info.run_id
         metrics = {f"objective_{i}": v for i, v in enumerate(trial.values or [])}
         metrics.update(
-            {k: float(v) for k, v in (attrs.get("metrics") or {}).items() if _is_number(v)}
+            {k: float(v) for k, v in (attrs.get("metrics") or {}).items() if is_number(v)}
         )
         if trial.duration is not None:
             metrics["trial_seconds"] = trial.duration.total_seconds()
@@ -608,7 +608,7 @@ class Tracker:
             Metric(key, float(value), now, int(record["epoch"]))
             for record in attrs.get("history") or []
             for key, value in record.items()
-            if key != "epoch" and _is_number(value)
+            if key != "epoch" and is_number(value)
         ]
         history += [
             Metric("intermediate_value", float(v), now, int(step))
@@ -643,10 +643,6 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metric_chunk)
         for tag_chunk in _chunks(tag_list):
             self.client.log_batch(run_id, tags=tag_chunk)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _chunks(items: list[Any], size: int = _BATCH) -> Iterable[list[Any]]:
