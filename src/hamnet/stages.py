@@ -328,7 +328,14 @@ class SearchStage(Stage):
             max_flops=cfg.max_flops,
             latency_threads=max(1, int(cfg.ray.cpus_per_trial)),
         )
-        on_trial_end = self._trial_logger(ctx, name)
+        tracker = _tracker(ctx)
+        parent = str(ctx.parent_run_id)
+        on_trial_end = None
+        if tracker is not None:
+
+            def on_trial_end(trial: Any) -> None:
+                tracker.log_trial(parent, self.name, name, trial)
+
         settings = RaySettings(
             address=cfg.ray.address,
             num_cpus=cfg.ray.num_cpus,
@@ -346,24 +353,14 @@ class SearchStage(Stage):
                 on_trial_end=on_trial_end,
             )
         ctx.notes.append(f"{self.name}: study {name!r} in {_redact(storage)}: {report.summary()}")
-        self._save_plots(study, cfg.objectives, ctx, name)
+        plots = self._save_plots(study, cfg.objectives, ctx, name)
+        if tracker is not None:
+            for path in plots:
+                tracker.client.log_artifact(parent, str(path), f"{self.name}/{name}")
         best = _best_trials(study, cfg.objectives, cfg.top_k)
         if not best:
             ctx.notes.append(f"{self.name}: no trial completed, so no candidate was added")
         return [self._candidate(trial, name, storage, cfg.strategy, ctx) for trial in best]
-
-    def _trial_logger(self, ctx: StageContext, study_name: str) -> Any:
-        if ctx.parent_run_id is None or not ctx.config.tracking.enabled:
-            return None
-        from hamnet.tracking import Tracker
-
-        tracker = Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
-        parent = ctx.parent_run_id
-
-        def log(trial: Any) -> None:
-            tracker.log_trial(parent, self.name, study_name, trial)
-
-        return log
 
     def _save_plots(
         self, study: Any, objectives: list[str], ctx: StageContext, name: str
@@ -410,12 +407,6 @@ class SearchStage(Stage):
                 files.append(path)
             except Exception as err:  # too few trials for a plot is not an error
                 logger.info("optuna plot %s skipped: %s", plot_name, err)
-        if files and ctx.parent_run_id is not None and ctx.config.tracking.enabled:
-            from hamnet.tracking import Tracker
-
-            tracker = Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
-            for path in files:
-                tracker.client.log_artifact(ctx.parent_run_id, str(path), f"{self.name}/{name}")
         return files
 
     def _candidate(
@@ -457,6 +448,15 @@ class HPOStage(SearchStage):
     name = "hpo"
     section = "hpo"
     group = "training"
+
+
+def _tracker(ctx: StageContext) -> Any:
+    """The run's MLflow tracker for a stage that logs runs of its own, or None."""
+    if ctx.parent_run_id is None or not ctx.config.tracking.enabled:
+        return None
+    from hamnet.tracking import Tracker
+
+    return Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
 
 
 def _best_trials(study: Any, objectives: list[str], top_k: int) -> list[Any]:
@@ -631,6 +631,8 @@ class DistillStage(Stage):
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         from hamnet.models import HAMNet, HAMNetConfig, load_checkpoint
+        from hamnet.pruning import PruningPlan, apply_plan
+        from hamnet.training import set_seed
 
         cfg = ctx.config.stages.distill
         assert cfg is not None
@@ -644,8 +646,6 @@ class DistillStage(Stage):
                 parent = by_id.get(pruned.parent_id or "")
                 if pruned.stage != "prune" or not plan_file or parent is None:
                     continue
-                from hamnet.pruning import PruningPlan, apply_plan
-
                 trust = ctx.config.model.trust_checkpoint
                 base = load_checkpoint(parent.artifact.path, trust=trust)
                 student = apply_plan(base, PruningPlan.load(plan_file))
@@ -656,8 +656,6 @@ class DistillStage(Stage):
                          "on the baseline (KD instead of cross-entropy fine-tuning)"},
                     )
                 )  # fmt: skip
-        from hamnet.training import set_seed
-
         dataset = ctx.dataset
         students = [
             (section.name, HAMNetConfig.from_section(
