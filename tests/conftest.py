@@ -63,6 +63,26 @@ def tiny_config(**overrides: object) -> dict[str, object]:
     return deep_merge(base, overrides)  # type: ignore[arg-type]
 
 
+def tiny_hamnet(seed: int = 0, **overrides: Any) -> Any:
+    """A randomly initialised HAMNet (16 features, 3 classes, hidden 8, 2 layers, no dropout)."""
+    import torch
+
+    from hamnet.models.hamnet import HAMNet, HAMNetConfig
+
+    values: dict[str, Any] = {
+        "input_size": 16,
+        "num_classes": 3,
+        "hidden_size": 8,
+        "num_layers": 2,
+        "num_heads": 2,
+        "token_size": 4,
+        "dropout_rate": 0.0,
+    }
+    values.update(overrides)
+    torch.manual_seed(seed)
+    return HAMNet(HAMNetConfig(**values))
+
+
 def export_tiny_onnx(path: Path, *, hidden: int = 8, seed: int = 0) -> Path:
     """A tiny MLP ``[batch, 16] -> [batch, 3]`` exported to ONNX with a dynamic batch axis."""
     import warnings

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_hamnet
 from torch import nn
 
 from hamnet.distill import (
@@ -27,24 +28,14 @@ from hamnet.distill import (
     model_outputs,
 )
 from hamnet.errors import ConfigError, DataError
-from hamnet.models.hamnet import HAMNet, HAMNetConfig
+from hamnet.models.hamnet import HAMNet
 
 torch.set_num_threads(1)
 
 
 def tiny(seed: int = 0, **overrides: Any) -> HAMNet:
-    values: dict[str, Any] = {
-        "input_size": 16,
-        "num_classes": 3,
-        "hidden_size": 8,
-        "num_layers": 2,
-        "num_heads": 2,
-        "token_size": 4,
-        "dropout_rate": 0.0,
-    }
-    values.update(overrides)
-    torch.manual_seed(seed)
-    return HAMNet(HAMNetConfig(**values))
+    model: HAMNet = tiny_hamnet(seed, **overrides)
+    return model
 
 
 def _hook_count(model: nn.Module) -> int:

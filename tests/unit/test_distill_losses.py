@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_hamnet
 
 from hamnet.distill import (
     DISTILL_LOSSES,
@@ -34,18 +35,8 @@ Y = torch.tensor([0])
 
 
 def tiny(seed: int = 0, **overrides: Any) -> HAMNet:
-    values: dict[str, Any] = {
-        "input_size": 16,
-        "num_classes": 3,
-        "hidden_size": 8,
-        "num_layers": 2,
-        "num_heads": 2,
-        "token_size": 4,
-        "dropout_rate": 0.0,
-    }
-    values.update(overrides)
-    torch.manual_seed(seed)
-    return HAMNet(HAMNetConfig(**values))
+    model: HAMNet = tiny_hamnet(seed, **overrides)
+    return model
 
 
 def logits(*rows: list[float]) -> DistillOutputs:
