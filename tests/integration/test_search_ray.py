@@ -371,7 +371,9 @@ def test_killed_search_resumes_to_the_same_total(tmp_path: Path, ray_handle: Ray
     retries = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
     assert sorted(retries) == [t.number for t in interrupted]
     for t in interrupted:
-        assert retries[t.number].params == t.params
+        # A trial killed between ``ask`` and its first ``suggest`` has no parameters yet;
+        # whatever it had sampled is fixed for its retry, the rest is sampled afresh.
+        assert t.params.items() <= retries[t.number].params.items()
         assert retries[t.number].state.name == "COMPLETE"
     completed = [t.params["x"] for t in trials if t.state.name == "COMPLETE"]
     assert len(completed) == len(set(completed)) == n_trials
