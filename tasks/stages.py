@@ -17,7 +17,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from hamnet.candidate import Candidate
 from hamnet.config import ExecutionSection, OptimizeConfig
-from hamnet.pipeline import execute_stage
+from hamnet.pipeline import execute_stage, record_attempt
 
 STAGE_CACHE_POLICY = (INPUTS - "config" - "base_dir" - "parent_run_id") + TASK_SOURCE
 """``config`` is excluded: the stage's ``scope`` argument carries the parts that matter;
@@ -34,8 +34,25 @@ def run_stage(
     base_dir: str,
     parent_run_id: str | None = None,
 ) -> tuple[list[Candidate], list[str]]:
-    """Run one stage of the plan and measure its new candidates."""
-    return execute_stage(config, stage_name, inputs, base_dir=base_dir, parent_run_id=parent_run_id)
+    """Run one stage of the plan and measure its new candidates.
+
+    Every attempt is recorded on the MLflow parent run (``hamnet.stage.<name>.attempts``,
+    ``.first_error``), so retries are visible in MLflow as well as in Prefect.
+    """
+    from prefect.runtime import task_run
+
+    attempt = int(task_run.run_count or 1)
+    try:
+        result = execute_stage(
+            config, stage_name, inputs, base_dir=base_dir, parent_run_id=parent_run_id
+        )
+    except Exception as err:
+        record_attempt(
+            config, stage_name, attempt, parent_run_id=parent_run_id, base_dir=base_dir, error=err
+        )
+        raise
+    record_attempt(config, stage_name, attempt, parent_run_id=parent_run_id, base_dir=base_dir)
+    return result
 
 
 def stage_task(

@@ -9,6 +9,7 @@ points at the main file (e.g. ``model.onnx`` or ``model.xml`` beside ``model.bin
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,6 +82,40 @@ def hash_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+
+    The bytes go to a temp file in the same folder, are flushed to disk, and replace
+    ``path`` with :func:`os.replace` (atomic on POSIX and Windows). A crash leaves at most
+    a ``.tmp-*`` file behind (``hamnet gc`` removes old ones).
+
+    Args:
+        path: The file to (over)write; its folder is created when missing.
+        data: The content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 class ArtifactStore:
     """Stores model files under ``root`` by content hash.
 
@@ -117,14 +152,21 @@ class ArtifactStore:
         sha = hash_files(files)
         target_dir = self.root / sha[:2] / sha
         if not target_dir.is_dir():
+            # Copy into a private temp folder, flush, then rename it into place in one
+            # step: a reader (or a concurrent run) never sees a half-written artifact.
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".put-"))
-            for f in files:
-                shutil.copy2(f, tmp / f.name)
-            target_dir.parent.mkdir(parents=True, exist_ok=True)
             try:
+                for f in files:
+                    shutil.copy2(f, tmp / f.name)
+                    with (tmp / f.name).open("rb") as fh:
+                        os.fsync(fh.fileno())
+                target_dir.parent.mkdir(parents=True, exist_ok=True)
                 tmp.rename(target_dir)
-            except OSError:  # another writer stored the same content first
+            except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if not target_dir.is_dir():
+                    raise
+                # else another writer stored the same content first
         stored = target_dir / main.name
         size = sum(p.stat().st_size for p in artifact_files(stored, fmt))
         return ArtifactRef(path=str(stored), sha256=sha, format=fmt, size_bytes=size)

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -59,23 +60,57 @@ def _inject_fault(stage: str, workdir: Path) -> None:
         raise StageError(f"injected fault in stage {stage!r} (attempt {done + 1}, {FAULT_ENV})")
 
 
+HANG_ENV = "HAMNET_INJECT_HANG"
+"""Fault injection for reliability tests: ``"<stage>:<seconds>"`` makes that stage write
+``hang-<stage>.started`` in the workdir and sleep, so a test can kill the process in the
+middle of the stage."""
+
+
+def _inject_hang(stage: str, workdir: Path) -> None:
+    target, _, seconds = os.environ.get(HANG_ENV, "").partition(":")
+    if target != stage:
+        return
+    (workdir / f"hang-{stage}.started").write_text(str(os.getpid()))
+    time.sleep(float(seconds or 3600))
+
+
 def preflight(config: OptimizeConfig, base_dir: str | Path = ".") -> None:
     """Check the inputs before any work starts, so bad input fails fast and cleanly.
 
-    Loads the hardware profile (refusing absent hardware), the data (missing file, label
-    column, bad values), and, for a model file, checks it exists and fits the data.
+    Loads the hardware profile (refusing absent hardware), checks the MLflow tracking
+    server answers (a few seconds at most), loads the data (missing file, label column,
+    bad values), and, for a model file, checks it exists and fits the data.
 
     Raises:
         HamnetError: A subclass naming what was expected and what was got.
     """
     from hamnet.stages import LoadStage
 
-    ctx = make_context(config, base_dir)
-    dataset = ctx.dataset
-    if config.model.source == "file":
-        LoadStage.check_model_file(ctx)
-    elif config.model.hamnet.input_size is not None:
-        dataset.check_input_size(config.model.hamnet.input_size)
+    workdir = Path(base_dir).resolve() / config.workdir
+    existed = workdir.exists()
+    try:
+        ctx = make_context(config, base_dir)
+        if config.tracking.enabled:
+            from hamnet.tracking import check_reachable, resolve_tracking_uri
+
+            check_reachable(resolve_tracking_uri(config.tracking.resolved_uri(), ctx.base_dir))
+        dataset = ctx.dataset
+        if config.model.source == "file":
+            LoadStage.check_model_file(ctx)
+        elif config.model.hamnet.input_size is not None:
+            dataset.check_input_size(config.model.hamnet.input_size)
+    except BaseException:
+        if not existed:  # bad input leaves no partial state: not even an empty workdir
+            _remove_empty_tree(workdir)
+        raise
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` if it holds folders only (no file anywhere below it)."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_context(config: OptimizeConfig, base_dir: str | Path = ".") -> StageContext:
@@ -117,6 +152,7 @@ def execute_stage(
     ctx = make_context(config, base_dir)
     ctx.parent_run_id = parent_run_id
     _inject_fault(stage_name, ctx.store.root.parent)
+    _inject_hang(stage_name, ctx.store.root.parent)
     produced = stage.run(inputs, ctx)
     known = {c.id: c for c in inputs}
     measured: list[Candidate] = []
@@ -125,6 +161,40 @@ def execute_stage(
         known[measured_candidate.id] = measured_candidate
         measured.append(measured_candidate)
     return measured, ctx.notes
+
+
+def record_attempt(
+    config: OptimizeConfig,
+    stage_name: str,
+    attempt: int,
+    *,
+    parent_run_id: str | None,
+    base_dir: str | Path = ".",
+    error: BaseException | None = None,
+) -> None:
+    """Record one attempt of a stage (and why it failed) on the MLflow parent run.
+
+    Never raises: the stage's own outcome matters more than the bookkeeping, so a
+    tracking failure is logged as a warning.
+
+    Args:
+        config: The run configuration (its tracking section).
+        stage_name: The stage.
+        attempt: 1 for the first try, 2 for the first retry...
+        parent_run_id: The run's MLflow parent run; nothing is recorded when None.
+        base_dir: Folder a relative SQLite tracking URI resolves against.
+        error: The exception the attempt raised; None when it succeeded.
+    """
+    if parent_run_id is None or not config.tracking.enabled:
+        return
+    from hamnet.tracking import Tracker
+
+    text = None if error is None else f"{type(error).__name__}: {error}"
+    try:
+        tracker = Tracker(config.tracking, base_dir=base_dir)
+        tracker.record_attempt(parent_run_id, stage_name, attempt, text)
+    except Exception as err:  # bookkeeping must not mask the stage's outcome
+        logger.warning("could not record attempt %d of %s in MLflow: %s", attempt, stage_name, err)
 
 
 def measure_candidate(
@@ -271,6 +341,7 @@ class PipelineRun:
         self.run_name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self._tags = dict(tags or {})
         self._started = time.perf_counter()
+        self._started_at = time.time()
         self.tracker: Tracker | None = None
         self.parent_run_id: str | None = None
         self._candidate_runs: dict[str, str] = {}
@@ -291,7 +362,13 @@ class PipelineRun:
         tb: TracebackType | None,
     ) -> None:
         if exc is not None:
-            self._end_tracking("FAILED", error=f"{exc_type.__name__ if exc_type else ''}: {exc}")
+            error = f"{exc_type.__name__ if exc_type else ''}: {exc}"
+            self._write_index("failed", error=error)
+            try:
+                self._end_tracking("FAILED", error=error)
+            except Exception as err:  # keep the original error visible
+                logger.warning("could not close the MLflow parent run as FAILED: %s", err)
+                self.tracker, self.parent_run_id = None, None
 
     def start(self) -> None:
         """Open the MLflow parent run (when tracking is enabled)."""
@@ -301,6 +378,7 @@ class PipelineRun:
             f"[bold]hamnet-optimize[/] {self.run_name}: plan {plan} on profile "
             f"{self.profile.name!r}"
         )
+        self._write_index("running")  # from now on `hamnet gc` leaves this run's files alone
         if not cfg.tracking.enabled:
             return
         from hamnet.tracking import Tracker
@@ -346,9 +424,11 @@ class PipelineRun:
 
         for candidate in new:
             candidate.artifact.verify()
+            _touch(Path(candidate.artifact.path).parent)  # last use, for `hamnet gc`
         self.candidates.extend(new)
         record = StageRecord(stage.name, [c.id for c in new], cached, seconds, list(notes or []))
         self.stages.append(record)
+        self._write_index("running")
         state = "cached" if cached else f"{seconds:.1f} s"
         names = ", ".join(c.name for c in new) or "nothing"
         self.console.log(f"[bold]{stage.name}[/] ({state}): {escape(names)}")
@@ -360,13 +440,22 @@ class PipelineRun:
             baseline = self.baseline
             for candidate in new:
                 assessment = assess(candidate, _accuracy(baseline), self.config.constraints)
-                self._candidate_runs[candidate.id] = self.tracker.log_candidate(
-                    self.parent_run_id,
-                    candidate,
-                    assessment,
-                    model_file=self.config.tracking.log_models,
-                    parent_name=self._name_of(candidate.parent_id),
-                )
+                try:
+                    self._candidate_runs[candidate.id] = self.tracker.log_candidate(
+                        self.parent_run_id,
+                        candidate,
+                        assessment,
+                        model_file=self.config.tracking.log_models,
+                        parent_name=self._name_of(candidate.parent_id),
+                    )
+                except Exception as err:
+                    raise StageError(
+                        f"MLflow tracking at {self.tracker.uri} must accept the candidates, "
+                        f"but logging {candidate.name} after stage {stage.name} failed "
+                        f"({type(err).__name__}: {_first_line(err)}). The artifacts made so "
+                        f"far stay in {self.workdir} (index {self.index_path}); rerun the "
+                        f"same config to resume from the cache"
+                    ) from err
 
     @property
     def baseline(self) -> Candidate:
@@ -412,6 +501,13 @@ class PipelineRun:
                 )
                 self.console.log(f"[bold]registry[/] {escape(registration.message)}")
             self._end_tracking("FINISHED")
+        self._write_index(
+            "finished",
+            front=set(selection.front_ids),
+            recommended=recommended.id if recommended else None,
+        )
+        if cfg.retention.auto_gc:
+            self._collect_garbage()
         cached = [s.name for s in self.stages if s.cached]
         seconds = time.perf_counter() - self._started
         self.console.log(
@@ -428,12 +524,79 @@ class PipelineRun:
             seconds=seconds,
         )
 
+    @property
+    def index_path(self) -> Path:
+        """This run's index: its candidates and artifacts, updated after every stage."""
+        return self.workdir / "runs" / f"{self.run_name}.json"
+
+    def _write_index(
+        self,
+        status: str,
+        *,
+        error: str | None = None,
+        front: set[str] | None = None,
+        recommended: str | None = None,
+    ) -> None:
+        """Write :attr:`index_path` atomically (what ``hamnet gc`` keeps and reruns find)."""
+        import json
+
+        from hamnet.artifacts import atomic_write_text
+
+        document = {
+            "run_name": self.run_name,
+            "status": status,
+            "error": error,
+            "config_fingerprint": self.config.fingerprint(),
+            "mlflow_run_id": self.parent_run_id,
+            "stages": [s.name for s in self.stages],
+            "started": self._started_at,
+            "updated": time.time(),
+            "candidates": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "stage": c.stage,
+                    "artifact": c.artifact.model_dump(mode="json"),
+                    "on_front": c.id in (front or set()),
+                    "recommended": c.id == recommended,
+                }
+                for c in self.candidates
+            ],
+        }
+        try:
+            atomic_write_text(self.index_path, json.dumps(document, indent=1))
+        except OSError as err:
+            logger.warning("could not write the run index %s: %s", self.index_path, err)
+
+    def _collect_garbage(self) -> None:
+        from hamnet.gc import collect
+
+        retention = self.config.retention
+        report = collect(
+            self.workdir,
+            keep_runs=retention.keep_runs,
+            max_age_days=retention.max_age_days,
+            apply=True,
+        )
+        if report.items:
+            self.console.log(f"[bold]gc[/] {report.summary()}")
+
     def _end_tracking(self, status: str, error: str | None = None) -> None:
         if self.tracker is None or self.parent_run_id is None:
             return
         self.tracker.end(self.parent_run_id, status, error=error)
         if status == "FAILED":  # nothing more may be logged to a closed run
             self.tracker, self.parent_run_id = None, None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def _accuracy(candidate: Candidate) -> float:

@@ -75,6 +75,84 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix) :].split("?", 1)[0])
 
 
+TAG_HOST = "hamnet.host"
+TAG_PID = "hamnet.pid"
+TAG_PID_STARTED = "hamnet.pid_started"
+
+REACHABLE_TIMEOUT_SECONDS = 5.0
+"""How long :func:`check_reachable` waits for a tracking server before giving up."""
+
+
+def check_reachable(uri: str, timeout: float = REACHABLE_TIMEOUT_SECONDS) -> None:
+    """Fail fast when an ``http(s)://`` tracking server does not answer.
+
+    One bounded request to the server's ``/health`` endpoint; any HTTP answer counts as
+    reachable (authentication is MLflow's business). Other URIs (SQLite, files) are
+    not network services and pass.
+
+    Args:
+        uri: The tracking URI.
+        timeout: Seconds to wait for an answer.
+
+    Raises:
+        ConfigError: If the server cannot be reached within ``timeout``.
+    """
+    import urllib.error
+    import urllib.request
+
+    from hamnet.errors import ConfigError
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        waited = time.perf_counter() - started
+        raise ConfigError(
+            f"the MLflow tracking server must be reachable before any stage runs, but "
+            f"{uri} did not answer ({reason}; gave up after {waited:.1f} s). Start it, fix "
+            f"tracking.mlflow_uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        ) from None
+
+
+def _process_tags() -> dict[str, str]:
+    """Tags that identify this process, so a later run can tell it died."""
+    import socket
+
+    import psutil
+
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(os.getpid()),
+        TAG_PID_STARTED: f"{psutil.Process().create_time():.3f}",
+    }
+
+
+def _process_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the process named by :func:`_process_tags` still runs (unknown: assume so)."""
+    import psutil
+
+    try:
+        pid = int(tags[TAG_PID])
+        started = float(tags[TAG_PID_STARTED])
+    except (KeyError, ValueError):
+        return True
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(process.create_time() - started) < 0.01
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested mappings into ``{"a.b.c": "value"}`` with string values.
 
@@ -144,6 +222,7 @@ class Tracker:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
             self.artifact_location = (db.parent / "mlruns").as_uri()
+        check_reachable(self.uri)
         self.client: MlflowClient = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.experiment_id = self._ensure_experiment(cfg.experiment)
         self._candidate_names: dict[str, str] = {}
@@ -193,8 +272,10 @@ class Tracker:
         import hamnet
 
         run_tags = {"hamnet.kind": "optimization", "hamnet.version": hamnet.__version__}
+        run_tags.update(_process_tags())
         if config is not None:
             run_tags["hamnet.config_fingerprint"] = config.fingerprint()
+            self.close_abandoned(run_tags["hamnet.config_fingerprint"], closed_by=run_name)
         run_tags.update({k: str(v) for k, v in (tags or {}).items()})
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
         run_id: str = run.info.run_id
@@ -382,6 +463,67 @@ class Tracker:
         if error:
             self.client.set_tag(run_id, "hamnet.error", _clip(error, MAX_TAG_LENGTH))
         self.client.set_terminated(run_id, status)
+
+    def close_abandoned(self, config_fingerprint: str, *, closed_by: str) -> list[str]:
+        """Close as FAILED the parent runs of this config whose process died without closing.
+
+        A flow process killed with SIGKILL (or by the OOM killer, or a reboot) cannot
+        close its MLflow parent run, which would stay RUNNING forever. A parent run
+        whose tags name this host and a process that no longer exists (or is another
+        process that reused the pid) is ended FAILED with the tag ``hamnet.error``
+        saying why. Runs started on other hosts are left alone.
+
+        Args:
+            config_fingerprint: Only runs of this config (tag ``hamnet.config_fingerprint``).
+            closed_by: Name of the run that found them (written into the tag).
+
+        Returns:
+            The run ids closed.
+        """
+        import socket
+
+        query = (
+            "tags.`hamnet.kind` = 'optimization' and attributes.status = 'RUNNING' and "
+            f"tags.`hamnet.config_fingerprint` = '{config_fingerprint}'"
+        )
+        closed: list[str] = []
+        host = socket.gethostname()
+        for run in self.client.search_runs([self.experiment_id], filter_string=query):
+            tags = run.data.tags
+            if tags.get(TAG_HOST) != host or _process_alive(tags):
+                continue
+            error = (
+                f"abandoned: process {tags.get(TAG_PID)} on {host} ended without closing this "
+                f"run (killed?); closed as FAILED by run {closed_by!r}"
+            )
+            self.end(run.info.run_id, "FAILED", error=error)
+            logger.warning("MLflow run %s: %s", run.info.run_id, error)
+            closed.append(run.info.run_id)
+        return closed
+
+    def record_attempt(
+        self, parent_run_id: str, stage: str, attempt: int, error: str | None = None
+    ) -> None:
+        """Record one attempt of a stage on the parent run (retries made visible).
+
+        Tags ``hamnet.stage.<stage>.attempts`` (attempts so far),
+        ``hamnet.stage.<stage>.first_error`` (the first failure, kept when later ones
+        follow) and ``hamnet.stage.<stage>.error.<n>``; metric ``retries.<stage>``.
+
+        Args:
+            parent_run_id: The optimization's parent run.
+            stage: The stage's name.
+            attempt: 1 for the first try, 2 for the first retry...
+            error: Why this attempt failed; None when it succeeded.
+        """
+        prefix = f"hamnet.stage.{stage}"
+        tags = {f"{prefix}.attempts": str(attempt)}
+        if error is not None:
+            tags[f"{prefix}.error.{attempt}"] = error
+            existing = self.client.get_run(parent_run_id).data.tags
+            if f"{prefix}.first_error" not in existing:
+                tags[f"{prefix}.first_error"] = error
+        self._log(parent_run_id, tags=tags, metrics={f"retries.{stage}": float(attempt - 1)})
 
     # ------------------------------------------------------------ registry
 

@@ -1,0 +1,1 @@
+"""Reliability tier: faults (crashes, kills, unreachable servers) and bad inputs."""
