@@ -2,8 +2,10 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/distillation.py [--scenarios pruned70,quarter,tiny]
-        [--seeds 0,1,2,3,4] [--recovery-epochs 10] [--student-epochs 30]
+    .venv/bin/python benchmarks/distillation.py
+        [--scenarios pruned70,pruned70-labels10,quarter,tiny] [--seeds 0,1,2,3,4]
+        [--recovery-epochs 10] [--recovery-lr 1e-3] [--labelled-fraction 0.1]
+        [--student-epochs 30]
         [--out benchmarks/results/distillation]
 
 Two scenarios on the digits data, each where the student clearly loses accuracy
@@ -14,7 +16,14 @@ without help:
 * ``quarter``: a fresh student with about a quarter of the teacher's parameters
   (hidden 32, 2 heads) trained from scratch for ``--student-epochs`` epochs;
 * ``tiny``: a fresh student with about a tenth (hidden 16, 2 layers, 2 heads), same
-  epochs.
+  epochs;
+* ``pruned70-labels10``: the 70%-pruned model recovered when only
+  ``--labelled-fraction`` (default 10%) of the training split has labels, the usual
+  case after deployment (inputs are plentiful, labels are not). Plain fine-tuning can
+  learn from the labelled samples only and gets as many optimizer steps as the others
+  (its epochs are scaled by ``1 / fraction``); the KD methods get the same labelled
+  samples plus the rest of the training inputs as an unlabelled transfer set (the
+  ``distill.unlabelled_data`` option of the pipeline), labelled by the teacher.
 
 Every method gets the same epochs, data, seed and optimizer; only the loss differs.
 ``plain`` is cross-entropy (with the same label smoothing as the teacher); each KD
@@ -91,7 +100,7 @@ def _student(scenario: str, teacher: Any, data: Any, seed: int) -> Any:
     from hamnet.pruning import prune_hamnet
     from hamnet.training import set_seed
 
-    if scenario == "pruned70":
+    if scenario.startswith("pruned70"):
         return prune_hamnet(teacher, data, ratio=0.7, criterion="l1", finetune=None).model
     set_seed(seed)
     hidden = 32 if scenario == "quarter" else 16
@@ -101,6 +110,24 @@ def _student(scenario: str, teacher: Any, data: Any, seed: int) -> Any:
             num_layers=2, num_heads=2, token_size=8,
         )
     )  # fmt: skip
+
+
+def _hide_labels(data: Any, fraction: float, seed: int) -> tuple[Any, np.ndarray]:
+    """Keep the labels of a stratified ``fraction`` of the training split.
+
+    Returns:
+        The data with only the labelled training samples, and the other inputs.
+    """
+    import dataclasses
+
+    from sklearn.model_selection import train_test_split
+
+    keep, hide = train_test_split(
+        np.arange(len(data.x_train)), train_size=fraction, stratify=data.y_train,
+        random_state=seed,
+    )  # fmt: skip
+    labelled = dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+    return labelled, data.x_train[hide]
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -127,22 +154,30 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"[seed {seed}] teacher {teacher_acc:.4f}, second teacher {second_acc:.4f}")
         for scenario in args.scenarios:
             start_model = _student(scenario, teacher, data, seed)
-            epochs = args.recovery_epochs if scenario == "pruned70" else args.student_epochs
-            lr = 1e-3 if scenario == "pruned70" else 2e-3
+            recovery = scenario.startswith("pruned70")
+            epochs = args.recovery_epochs if recovery else args.student_epochs
+            lr = args.recovery_lr if recovery else 2e-3
+            train_data, transfer = data, None
+            if scenario == "pruned70-labels10":
+                train_data, transfer = _hide_labels(data, args.labelled_fraction, seed)
             for name, spec in methods.items():
                 student = copy.deepcopy(start_model)
                 started = time.perf_counter()
                 cfg = _train_cfg(epochs, lr)
                 if not spec:
-                    train_model(student, data, cfg, seed=seed, progress=False)
+                    if transfer is not None:  # as many optimizer steps as the KD runs
+                        cfg = _train_cfg(
+                            round(epochs * len(data.x_train) / len(train_data.x_train)), lr
+                        )
+                    train_model(student, train_data, cfg, seed=seed, progress=False)
                 else:
                     multi = any(t["method"] == "multi_teacher" for t in spec)
                     teachers = [] if name == "self" else [teacher, *([second] if multi else [])]
                     # Self-distillation is an auxiliary loss: it keeps the full label loss.
                     ce = 1.0 if name == "self" else 0.5
                     distill_model(
-                        student, teachers, data, spec, cfg, ce_weight=ce, seed=seed,
-                        progress=False,
+                        student, teachers, train_data, spec, cfg, ce_weight=ce, seed=seed,
+                        progress=False, unlabelled_x=transfer,
                     )  # fmt: skip
                 val = evaluate_accuracy(student, data.x_val, data.y_val)
                 acc = evaluate_accuracy(student, data.x_test, data.y_test)
@@ -227,13 +262,20 @@ def plot(summary: Any, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     split = lambda cast: lambda text: [cast(t) for t in text.split(",") if t]  # noqa: E731
-    parser.add_argument("--scenarios", type=split(str), default=["pruned70", "quarter", "tiny"])
+    parser.add_argument(
+        "--scenarios", type=split(str), default=["pruned70", "pruned70-labels10", "quarter", "tiny"]
+    )
     parser.add_argument("--seeds", type=split(int), default=[0, 1, 2, 3, 4])
     parser.add_argument(
         "--methods", type=split(str), default=[], help="subset of methods (default: all)"
     )
     parser.add_argument("--teacher-epochs", type=int, default=60)
     parser.add_argument("--recovery-epochs", type=int, default=10)
+    parser.add_argument("--recovery-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--labelled-fraction", type=float, default=0.1,
+        help="pruned70-labels10: share of the training split that keeps its labels",
+    )  # fmt: skip
     parser.add_argument("--student-epochs", type=int, default=30)
     parser.add_argument("--out", default="benchmarks/results/distillation")
     parser.add_argument("--mlflow", default="sqlite:///mlflow.db")
@@ -249,8 +291,12 @@ def main() -> None:
     summary.to_csv(out / "distillation.csv", index=False)
     (out / "distillation.md").write_text(
         "# Knowledge distillation benchmark\n\n"
-        f"Digits; seeds {args.seeds}; recovery {args.recovery_epochs} epochs after 70% "
-        f"pruning, fresh students {args.student_epochs} epochs; the same epochs, "
+        f"Digits; seeds {args.seeds}; recovery {args.recovery_epochs} epochs (learning "
+        f"rate {args.recovery_lr}) after 70% pruning; pruned70-labels10: "
+        f"{args.labelled_fraction:.0%} of the training labels kept, the other inputs an "
+        f"unlabelled transfer set for KD, plain fine-tuning on the labelled samples for the "
+        f"same number of optimizer steps; fresh students {args.student_epochs} epochs; the "
+        "same epochs, "
         "optimizer and seed for every method. p-values: paired t-test over seeds against "
         "plain fine-tuning. gap_closed: (method - plain) / (teacher - plain). The best "
         "combination is picked on validation accuracy.\n\n" + to_markdown(summary) + "\n"

@@ -16,16 +16,34 @@ Work directory: unless ``work_dir`` is given, each optimizer works in a new fold
 model (a saved checkpoint or an ONNX export), the validation data (``data.npz``) and
 one pipeline run per round (``round-1``, ``round-2``: artifacts and reports).
 
-Validation data: ``validation_data=(x, y)`` is taken as-is (not standardized) and
-split by the pipeline into train/validation/test. With ``y=None`` the labels are the
-original model's own predictions, so "accuracy" is top-1 agreement with the original
-model (the report's ``accuracy_kind`` says so). Without validation data a HAMNet with
-64 inputs and 10 classes is evaluated on the built-in digits data.
+Models: a HAMNet (checkpoint or instance) supports every goal. Any other
+``torch.nn.Module`` that traces (MLPs, convolutional nets, modules with several named
+inputs, Hugging Face BERT-style encoders whose forward returns a ``ModelOutput``) is
+exported to ONNX (opset 17, dynamic batch axis, dynamic sequence axis for integer
+token inputs, parity-checked in ONNX Runtime) and optimized as an ONNX model, as is a
+model given with :meth:`Optimizer.from_onnx` (any number of inputs of any rank):
+quantization only.
 
-Not supported yet: models with several inputs, inputs of another rank than
-``[batch, features]`` (e.g. 4-D convolutional nets), transformer (BERT) models through
-the pipeline, and structured pruning or distillation of anything but HAMNet
-checkpoints.
+Validation data: ``validation_data=(x, y)`` is taken as-is (not standardized) and
+split by the pipeline into train/validation/test. ``x`` is one array of any rank
+(``[N, features]``, ``[N, 1, 8, 8]``...) or a dict ``{input name: [N, ...]}`` for
+models with several inputs (token ids stay int64). Without labels (``y=None``) the
+metric is fidelity to the original model: for a HAMNet the labels are its own
+predictions (top-1 agreement); for other models the original model's outputs are
+stored with the data and every candidate scores top-1 agreement with them when they
+are classifier logits (2-D), or the mean cosine similarity to them for any other
+output (e.g. ``[batch, seq, hidden]`` hidden states). The report's
+``accuracy_kind`` says which, and ``max_accuracy_drop`` applies to that metric.
+Without validation data a HAMNet with 64 inputs and 10 classes is evaluated on the
+built-in digits data.
+
+Prefect: ``optimize(..., use_prefect=True)`` runs the same configuration through the
+``hamnet-optimize`` flow (an ephemeral Prefect server unless ``PREFECT_API_URL`` is
+set) instead of in this process; the result is the same :class:`OptimizationResult`.
+
+Not supported yet: structured pruning or distillation of anything but HAMNet
+checkpoints (in particular of arbitrary convolutional nets and of transformers
+through the API).
 """
 
 from __future__ import annotations
@@ -58,6 +76,9 @@ if TYPE_CHECKING:
     from hamnet.pipeline import PipelineResult
 
 ModelKind = Literal["hamnet", "onnx"]
+ModelFamily = Literal["hamnet", "transformer", "conv", "generic"]
+"""What AUTO plans for: a HAMNet, a transformer (attention in the graph), a
+convolutional net (a 4-D input) or any other model."""
 
 DEFAULT_WORK_ROOT = ".hamnet-api"
 """Folder (under the current directory) holding the default work directories."""
@@ -69,6 +90,8 @@ BACKEND_METHODS: dict[str, dict[str, list[str]]] = {
 """Quantization methods of each backend, by the precision they produce."""
 
 _BACKEND_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+FUSED_METHOD = "ort_fused_dynamic_int8"
+"""ONNX Runtime transformer fusion + dynamic INT8 per channel (see hamnet.quantize)."""
 PRUNE_RATIOS: list[float] = [0.3, 0.5, 0.7]
 DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
 ESCALATION_PRUNE_RATIOS: list[float] = [0.7, 0.8]
@@ -144,6 +167,9 @@ class AutoPlan:
         prune_ratios: Structured pruning ratios (empty: no pruning).
         precisions: Quantization precisions ("int8", "fp16").
         distill: Whether pruned candidates are recovered by distillation.
+        methods: Quantization methods chosen for the model family (empty: every
+            method of the chosen backends and precisions).
+        family: The model family the plan was made for.
     """
 
     goal_sequence: list[Goal]
@@ -151,6 +177,8 @@ class AutoPlan:
     prune_ratios: list[float] = field(default_factory=list)
     precisions: list[str] = field(default_factory=list)
     distill: bool = False
+    methods: list[str] = field(default_factory=list)
+    family: str = "generic"
 
 
 def _quantize_precisions(profile: HardwareProfile) -> list[str]:
@@ -165,32 +193,51 @@ def plan_for(
     profile: HardwareProfile,
     *,
     model_size_mb: float | None = None,
+    family: ModelFamily | None = None,
 ) -> AutoPlan:
     """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
 
-    Rules:
+    Rules, each recorded as one reason in the plan:
         * size-bound (``target_size_mb`` below half the model's size): quantization
           first, plus structured pruning when the needed ratio exceeds 4x (about what
           INT8 gives) and the model is a HAMNet;
         * latency-bound (``max_latency_ms`` set): pruning (HAMNet only) plus
           quantization, INT8 on profiles with INT8, FP16 on GPU profiles;
         * no bound: quantization only;
-        * ONNX models are never pruned (structured pruning needs a HAMNet checkpoint).
+        * transformers (attention in the graph, e.g. BERT-style encoders): ONNX
+          Runtime transformer fusion + dynamic INT8 per channel
+          (``ort_fused_dynamic_int8``), with plain dynamic INT8 beside it; static
+          INT8 and NNCF lost accuracy on such models, OpenVINO INT8 gave no speedup;
+        * convolutional nets (a 4-D input): OpenVINO INT8 via NNCF when the profile
+          lists OpenVINO (ONNX Runtime's dynamic INT8 is slower on convolutions),
+          else ONNX Runtime static INT8; structured pruning of arbitrary conv nets is
+          not supported (yet), so they are only quantized;
+        * non-HAMNet models (ONNX files, exported modules) are never pruned
+          (structured pruning needs a HAMNet checkpoint).
 
     Args:
         constraints: The user's constraints.
         model_kind: "hamnet" (a checkpoint) or "onnx".
         profile: The target's hardware profile.
         model_size_mb: Size of the model file (needed for the size rule).
+        family: The model family (default: "hamnet" for a HAMNet, else "generic").
 
     Returns:
         The plan with one reason per decision.
     """
+    family = family or ("hamnet" if model_kind == "hamnet" else "generic")
     reasons: list[str] = []
     precisions = _quantize_precisions(profile)
     prec_text = "/".join(precisions) or "none"
     prune = False
     target = constraints.target_size_mb
+    can_prune = model_kind == "hamnet"
+    why_not = (
+        "convolutional nets cannot be pruned yet (structured pruning of arbitrary conv "
+        "nets is not supported; only HAMNet checkpoints are)"
+        if family == "conv"
+        else "only HAMNet checkpoints can be pruned (ONNX models and exported modules cannot)"
+    )
     if target is not None and model_size_mb is not None and target < model_size_mb / 2:
         needed = model_size_mb / target
         reasons.append(
@@ -198,7 +245,7 @@ def plan_for(
             f"so quantization ({prec_text}) comes first"
         )
         if needed > 4.0:
-            if model_kind == "hamnet":
+            if can_prune:
                 prune = True
                 reasons.append(
                     f"a {needed:.1f}x reduction is more than quantization gives (~4x), so "
@@ -207,7 +254,7 @@ def plan_for(
             else:
                 reasons.append(
                     f"a {needed:.1f}x reduction is more than quantization gives (~4x), but "
-                    f"ONNX models cannot be pruned"
+                    f"{why_not}"
                 )
     elif target is not None:
         reasons.append(f"size limit {target} MB is within reach of quantization ({prec_text})")
@@ -216,13 +263,14 @@ def plan_for(
             f"latency-bound ({constraints.max_latency_ms} ms): quantization ({prec_text}) "
             f"on profile {profile.name!r}"
         )
-        if model_kind == "hamnet":
+        if can_prune:
             prune = True
             reasons.append("latency-bound HAMNet: structured pruning removes heads and channels")
         else:
-            reasons.append("ONNX models are never pruned (needs a HAMNet checkpoint)")
+            reasons.append(f"no pruning: {why_not}")
     if not reasons:
         reasons.append(f"no size or latency bound: quantization ({prec_text}) only")
+    methods = _family_methods(family, precisions, profile, reasons)
     sequence = [Goal.PRUNE] if prune else []
     if precisions:
         sequence.append(Goal.QUANTIZE)
@@ -233,7 +281,39 @@ def plan_for(
         reasons=reasons,
         prune_ratios=list(PRUNE_RATIOS) if prune else [],
         precisions=precisions,
+        methods=methods,
+        family=family,
     )
+
+
+def _family_methods(
+    family: str, precisions: list[str], profile: HardwareProfile, reasons: list[str]
+) -> list[str]:
+    """The quantization methods a model family gets (empty: the backends' defaults)."""
+    if "int8" not in precisions:
+        return []
+    runtimes = profile.runtime_names
+    if family == "transformer" and "onnxruntime" in runtimes:
+        reasons.append(
+            "transformer (attention in the graph): ONNX Runtime transformer fusion + dynamic "
+            "INT8 per channel (ort_fused_dynamic_int8), plain dynamic INT8 beside it; static "
+            "INT8 and NNCF lose accuracy on encoders and OpenVINO INT8 gave no speedup there"
+        )
+        return [FUSED_METHOD, "ort_dynamic_int8"]
+    if family == "conv":
+        if "openvino" in runtimes:
+            reasons.append(
+                "convolutional net (4-D input): OpenVINO INT8 via NNCF, the fastest INT8 "
+                "recipe measured on convolutions (ONNX Runtime dynamic INT8 was slower than "
+                "FP32 there)"
+            )
+            return ["nncf_int8"]
+        reasons.append(
+            f"convolutional net (4-D input): profile {profile.name!r} lists no OpenVINO, so "
+            f"ONNX Runtime static INT8 (calibrated) instead of NNCF"
+        )
+        return ["ort_static_int8"]
+    return []
 
 
 @dataclass
@@ -423,6 +503,12 @@ class Optimizer:
         kind: "hamnet" or "onnx".
         work_dir: Where runs are written (default ``.hamnet-api/<timestamp>-<id>``).
         trust_checkpoint: Load checkpoints with pickled code (own files only).
+        family: What AUTO plans for (see :data:`ModelFamily`); default: told from the
+            model (attention in the graph: "transformer", a 4-D input: "conv").
+
+    Attributes:
+        input_names: The ONNX model's input names (None for a HAMNet).
+        family: The model family AUTO plans for.
     """
 
     def __init__(
@@ -432,6 +518,7 @@ class Optimizer:
         *,
         work_dir: str | Path | None = None,
         trust_checkpoint: bool = False,
+        family: ModelFamily | None = None,
     ) -> None:
         path = Path(model_path).expanduser().resolve()
         if not path.is_file():
@@ -440,6 +527,25 @@ class Optimizer:
         self.kind: ModelKind = kind
         self.work_dir = _work_dir(work_dir)
         self.trust_checkpoint = trust_checkpoint
+        self.input_names: list[str] | None = None
+        self._input_dims: dict[str, list[int | None]] = {}
+        if kind == "onnx":
+            from hamnet.stages import onnx_inputs
+
+            self._input_dims = onnx_inputs(path)
+            self.input_names = list(self._input_dims)
+        self.family: ModelFamily = family or self._detect_family()
+
+    def _detect_family(self) -> ModelFamily:
+        if self.kind == "hamnet":
+            return "hamnet"
+        from hamnet.quantize import has_attention
+
+        if has_attention(self.model_path):
+            return "transformer"
+        if any(len(dims) == 4 for dims in self._input_dims.values()):
+            return "conv"
+        return "generic"
 
     # --- constructors -------------------------------------------------------------
 
@@ -449,26 +555,46 @@ class Optimizer:
         model: Any,
         input_shape: Sequence[int] | None = None,
         *,
+        example_inputs: Any = None,
+        input_names: Sequence[str] | None = None,
+        dynamic_axes: dict[str, dict[int, str]] | None = None,
         trust_checkpoint: bool = False,
         work_dir: str | Path | None = None,
     ) -> Optimizer:
-        """Take a hamnet checkpoint, a HAMNet, or any ``torch.nn.Module``.
+        """Take a hamnet checkpoint, a HAMNet, or any traceable ``torch.nn.Module``.
 
         A checkpoint path or HAMNet instance is optimized as a HAMNet (all goals); any
-        other module is exported to ONNX (opset 17, dynamic batch) and optimized as an
-        ONNX model (quantization only).
+        other module is exported to ONNX (opset 17, dynamic batch axis, and a dynamic
+        sequence axis for integer inputs of two or more axes; outputs checked against
+        the module in ONNX Runtime) and optimized as an ONNX model (quantization
+        only). A Hugging Face model whose forward returns a ``ModelOutput`` is exported
+        with its first tensor (``last_hidden_state`` of a ``BertModel``, ``logits`` of a
+        ``*ForSequenceClassification``); it is switched to eager attention first (so
+        ONNX Runtime's transformer fusion matches) and its head count and hidden size
+        are recorded in the ONNX metadata for the fusion (see
+        :func:`hamnet.export.export_module`).
 
         Args:
-            model: A ``.pt``/``.pth`` hamnet checkpoint path, a HAMNet, or an
-                ``nn.Module`` mapping ``[batch, features]`` to ``[batch, classes]``.
-            input_shape: ``[batch, features]``; required for a generic module.
+            model: A ``.pt``/``.pth`` hamnet checkpoint path, a HAMNet, or any module.
+            input_shape: The shape of one input, batch first (e.g. ``[1, 64]`` or
+                ``[1, 1, 8, 8]``); random float32 inputs of this shape trace the
+                module. Give ``example_inputs`` instead for several inputs or integer
+                inputs.
+            example_inputs: A tensor, a tuple of tensors (positional arguments) or a
+                dict ``{argument name: tensor}`` (keyword arguments, e.g.
+                ``input_ids``/``attention_mask``) to trace the module with.
+            input_names: Graph input names for a tensor or tuple (a dict's keys name
+                its inputs).
+            dynamic_axes: ``{name: {axis: axis name}}`` overriding the defaults.
             trust_checkpoint: Load the checkpoint with pickled code (own files only).
             work_dir: Where to write the source model and the runs.
 
         Raises:
             ModelLoadError: If the path does not exist or is not a checkpoint.
-            ConfigError: If ``input_shape`` is missing or invalid for a generic module.
-            UnsupportedCombinationError: If ``input_shape`` is not 2-D.
+            ConfigError: If neither ``input_shape`` nor ``example_inputs`` is given for
+                a generic module, or either is invalid.
+            ExportError: If the module does not export, or ONNX Runtime's outputs
+                differ from the module's.
         """
         if isinstance(model, (str, Path)):
             path = Path(model).expanduser()
@@ -497,7 +623,7 @@ class Optimizer:
         root = _work_dir(work_dir)
         if isinstance(model, HAMNet):
             if input_shape is not None:
-                features = _check_shape(input_shape)
+                features = _check_shape(input_shape, hamnet=True)
                 if features != model.config.input_size:
                     raise ConfigError(
                         f"input_shape must match the HAMNet's input_size "
@@ -505,32 +631,55 @@ class Optimizer:
                     )
             out = save_checkpoint(model, root / "source" / "model.pt")
             return cls(out, "hamnet", work_dir=root)
-        if input_shape is None:
-            raise ConfigError(
-                f"input_shape must be given for a {type(model).__name__} (e.g. [1, features]), "
-                f"but got None"
-            )
-        features = _check_shape(input_shape)
-        from hamnet.export import export_onnx
+        if example_inputs is None:
+            if input_shape is None:
+                raise ConfigError(
+                    f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
+                    f"{type(model).__name__}, but got None"
+                )
+            _check_shape(input_shape)
+            example_inputs = torch.randn(*[int(d) for d in input_shape])
+        from hamnet.export import export_module
 
-        out = export_onnx(model, features, root / "source" / "model.onnx", opset=17)
-        return cls(out, "onnx", work_dir=root)
+        hf = getattr(getattr(model, "config", None), "num_attention_heads", None) is not None
+        out = export_module(
+            model,
+            example_inputs,
+            root / "source" / "model.onnx",
+            input_names=input_names,
+            dynamic_axes=dynamic_axes,
+            opset=17,
+        )
+        return cls(out, "onnx", work_dir=root, family="transformer" if hf else None)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, *, work_dir: str | Path | None = None) -> Optimizer:
-        """Take an ONNX model with one input ``[batch, features]``.
+    def from_onnx(
+        cls,
+        path: str | Path,
+        *,
+        work_dir: str | Path | None = None,
+        family: ModelFamily | None = None,
+    ) -> Optimizer:
+        """Take an ONNX model with any number of inputs of any rank.
+
+        Args:
+            path: The ``.onnx`` file.
+            work_dir: Where to write the runs.
+            family: What AUTO plans for; default: told from the graph (attention:
+                "transformer", a 4-D input: "conv", else "generic").
 
         Raises:
-            ModelLoadError: If the file does not exist, is not ONNX, or has several
-                inputs or an input of another rank.
+            ModelLoadError: If the file does not exist or is not a readable ONNX model.
         """
         p = Path(path).expanduser()
         if not p.is_file():
             raise ModelLoadError(f"ONNX file {str(p)!r} does not exist")
-        from hamnet.stages import _onnx_feature_count
-
-        _onnx_feature_count(p)  # one input [batch, features], else ModelLoadError
-        return cls(p, "onnx", work_dir=work_dir)
+        if family is not None and family not in ("transformer", "conv", "generic"):
+            raise ConfigError(
+                f"family must be 'transformer', 'conv' or 'generic' for an ONNX model, but "
+                f"got {family!r}"
+            )
+        return cls(p, "onnx", work_dir=work_dir, family=family)
 
     @classmethod
     def from_tensorflow(
@@ -561,7 +710,11 @@ class Optimizer:
         import tf2onnx
 
         keras_model = tf.keras.models.load_model(str(p))
-        features = _check_shape(input_shape) if input_shape else int(keras_model.input_shape[-1])
+        features = (
+            _check_shape(input_shape, hamnet=True)
+            if input_shape
+            else int(keras_model.input_shape[-1])
+        )
         root = _work_dir(work_dir)
         out = root / "source" / "model.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -611,8 +764,11 @@ class Optimizer:
         prune: dict[str, Any] | None = None
         distill: dict[str, Any] | None = None
         precisions: list[str] = []
+        chosen: list[str] = []
         if goal is Goal.QUANTIZE:
             precisions = [p for p in ("int8", "fp16") if p in profile.precisions]
+            if self.family == "transformer" and "onnx" in backends and "int8" in precisions:
+                chosen = [FUSED_METHOD]
         elif goal is Goal.PRUNE:
             prune = {"ratios": list(PRUNE_RATIOS), "criteria": ["l1"], "allocations": ["uniform"]}
         elif goal is Goal.DISTILL:
@@ -621,6 +777,7 @@ class Optimizer:
         else:
             plan = plan or self.plan(constraints)
             precisions = list(plan.precisions)
+            chosen = list(plan.methods)
             if plan.prune_ratios:
                 prune = {"ratios": list(plan.prune_ratios), "criteria": ["l1"]}
             if escalate:
@@ -630,6 +787,12 @@ class Optimizer:
                     distill = {"recover_pruned": True}
                 precisions = [p for p in ("int8", "fp16") if p in profile.precisions]
         methods = [m for b in backends for p in precisions for m in BACKEND_METHODS[b][p]]
+        if chosen:
+            wanted = [m for m in chosen if _method_backend(m) in backends]
+            # AUTO's first round runs only the family's methods; an escalation round
+            # (and the QUANTIZE goal) adds every method of the chosen backends.
+            methods = wanted + ([] if goal is Goal.AUTO and not escalate else methods)
+        methods = list(dict.fromkeys(methods))
         data: dict[str, Any]
         if data_path is not None:
             data = {"source": "file", "path": str(data_path), "format": "npz"}
@@ -675,21 +838,28 @@ class Optimizer:
 
         constraints = constraints or Constraints()
         profile = load_profile(constraints.target_hardware)
-        return plan_for(constraints, self.kind, profile, model_size_mb=self.model_size_mb())
+        return plan_for(
+            constraints,
+            self.kind,
+            profile,
+            model_size_mb=self.model_size_mb(),
+            family=self.family,
+        )
 
     def optimize(
         self,
         goal: Goal | str = Goal.AUTO,
         constraints: Constraints | None = None,
         *,
-        validation_data: tuple[np.ndarray, np.ndarray | None] | None = None,
-        validation_fn: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None = None,
+        validation_data: tuple[Any, np.ndarray | None] | None = None,
+        validation_fn: Callable[[Callable[[Any], np.ndarray]], float] | None = None,
         preferred_backends: Sequence[str] | None = None,
         work_dir: str | Path | None = None,
         track: bool = False,
         seed: int = 0,
         max_rounds: int = 2,
         verbose: bool = False,
+        use_prefect: bool = False,
         _overrides: dict[str, Any] | None = None,
     ) -> OptimizationResult:
         """Optimize the model with the hamnet pipeline.
@@ -697,10 +867,14 @@ class Optimizer:
         Args:
             goal: A :class:`Goal` or its value.
             constraints: Limits and target (default: ``Constraints()``).
-            validation_data: ``(x, y)``; ``y=None`` uses the original model's
-                predictions as labels (accuracy = agreement with the original model).
+            validation_data: ``(x, y)``: ``x`` one array of any rank or a dict of
+                named arrays (models with several inputs); ``y`` integer labels, or
+                None to score fidelity to the original model (top-1 agreement for
+                classifier outputs, mean cosine similarity otherwise; see the module
+                docstring).
             validation_fn: ``fn(predict) -> float``, called once on the recommended
-                model; its value is the report's ``custom_metric``.
+                model (``predict`` takes what ``x`` is: an array or a dict of arrays);
+                its value is the report's ``custom_metric``.
             preferred_backends: Subset of ``["onnx", "openvino"]`` (default: those the
                 profile lists).
             work_dir: Where to run (default: this optimizer's work directory).
@@ -709,6 +883,9 @@ class Optimizer:
             max_rounds: AUTO only: rounds allowed (a second escalates once when the
                 constraints are not met).
             verbose: Print the pipeline's progress.
+            use_prefect: Run each round as a ``hamnet-optimize`` Prefect flow run
+                (ephemeral server unless ``PREFECT_API_URL`` is set; stage results are
+                cached and retried as with ``hamnet run``) instead of in this process.
 
         Returns:
             The result; never empty: with no feasible candidate the nearest one is
@@ -728,6 +905,8 @@ class Optimizer:
             )
         if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
             raise ConfigError(f"max_rounds must be a positive integer, but got {max_rounds!r}")
+        if not isinstance(use_prefect, bool):
+            raise ConfigError(f"use_prefect must be True or False, but got {use_prefect!r}")
         root = _work_dir(work_dir) if work_dir is not None else self.work_dir
         data_path, accuracy_kind = self._prepare_data(validation_data, root)
         overrides = _overrides or {}
@@ -748,7 +927,7 @@ class Optimizer:
                 escalate=index > 0,
                 overrides=overrides,
             )
-            result = _run(config, root / f"round-{index + 1}", verbose)
+            result = _run(config, root / f"round-{index + 1}", verbose, use_prefect)
             stages = " -> ".join(s.name for s in result.stages)
             rounds.append(f"round {index + 1}: {stages}: {result.selection.message}")
             if result.selection.constraints_satisfied:
@@ -796,11 +975,112 @@ class Optimizer:
                 f"validation_data must be a tuple (x, y) with y an array or None, but got "
                 f"{type(validation_data).__name__}"
             )
+        if self.kind == "hamnet":
+            return self._prepare_hamnet_data(validation_data, root)
+        x = self._check_inputs(validation_data[0])
+        arrays = x if isinstance(x, dict) else {"x": x}
+        n = len(next(iter(arrays.values())))
+        stored: dict[str, np.ndarray] = (
+            {f"x__{k}": v for k, v in x.items()} if isinstance(x, dict) else {"x": x}
+        )
+        if validation_data[1] is None:
+            reference = self._predict_original(x)
+            stored["reference"] = reference.astype(np.float32)
+            kind = (
+                "top1_agreement_with_original_model (no labels: fidelity to the original "
+                "model's top-1 class)"
+                if reference.ndim == 2
+                else "mean_cosine_similarity_to_original_model (no labels: fidelity of the "
+                f"outputs {list(reference.shape[1:])} to the original model's)"
+            )
+        else:
+            y = self._check_labels(validation_data[1], n)
+            stored["y"] = y
+            kind = "top1_accuracy"
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "data.npz"
+        np.savez(path, **stored)  # type: ignore[arg-type]
+        return path, kind
+
+    def _check_inputs(self, x: Any) -> Any:
+        """Validate ``x`` against the ONNX model's inputs; float arrays become float32."""
+        import numpy as np
+
+        from hamnet.runtimes import pack_inputs
+
+        names = self.input_names or []
+        if isinstance(x, dict):
+            arrays = {str(k): np.asarray(v) for k, v in x.items()}
+            if sorted(arrays) != sorted(names):
+                raise ConfigError(
+                    f"validation_data x must be a dict keyed by the model's inputs {names}, "
+                    f"but got keys {sorted(arrays)}"
+                )
+            pack_inputs(arrays)  # same batch size, else DataError
+            out: Any = {
+                k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+                for k, v in arrays.items()
+            }
+            dims = {k: self._input_dims.get(k, []) for k in out}
+        else:
+            if len(names) != 1:
+                raise ConfigError(
+                    f"validation_data x must be a dict of the model's {len(names)} inputs "
+                    f"{names}, but got one {type(x).__name__}"
+                )
+            array = np.asarray(x)
+            if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+                raise ConfigError(f"validation_data x must be numeric, but got dtype {array.dtype}")
+            out = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+            dims = {names[0]: self._input_dims.get(names[0], [])}
+        shapes = (
+            {k: list(v.shape) for k, v in out.items()}
+            if isinstance(out, dict)
+            else {names[0]: list(out.shape)}
+        )
+        for name, want in dims.items():
+            got = shapes[name]
+            if want and (
+                len(got) != len(want)
+                or any(w is not None and w != g for w, g in zip(want[1:], got[1:], strict=False))
+            ):
+                raise ConfigError(
+                    f"validation_data input {name!r} must have shape "
+                    f"{['N', *('?' if w is None else w for w in want[1:])]}, but got {got}"
+                )
+        if min(s[0] for s in shapes.values()) < 3:
+            raise ConfigError(
+                f"validation_data x must hold at least 3 samples (split into train, "
+                f"validation and test), but got {min(s[0] for s in shapes.values())}"
+            )
+        return out
+
+    @staticmethod
+    def _check_labels(labels: Any, n: int) -> np.ndarray:
+        import numpy as np
+
+        y = np.asarray(labels)
+        if y.shape != (n,):
+            raise ConfigError(f"validation_data y must have shape ({n},), but got {list(y.shape)}")
+        if np.issubdtype(y.dtype, np.integer):
+            classes = np.unique(y)
+            if classes.tolist() != list(range(len(classes))):
+                raise DataError(
+                    f"validation_data labels must be class indices 0..C-1, each present, "
+                    f"but got classes {classes.tolist()[:20]}"
+                )
+        return y
+
+    def _prepare_hamnet_data(
+        self, validation_data: tuple[Any, Any], root: Path
+    ) -> tuple[Path | None, str]:
+        import numpy as np
+
         x = np.asarray(validation_data[0], dtype=np.float32)
         if x.ndim != 2:
             raise UnsupportedCombinationError(
-                f"validation_data x must be 2-D [samples, features] (the only input rank "
-                f"supported), but got shape {list(x.shape)}"
+                f"validation_data x must be 2-D [samples, features] for a HAMNet, but got "
+                f"shape {list(x.shape)}"
             )
         kind = "top1_accuracy"
         if validation_data[1] is None:
@@ -816,26 +1096,13 @@ class Optimizer:
                     f"{counts.tolist()}; pass labels or more samples"
                 )
         else:
-            y = np.asarray(validation_data[1])
-            if y.shape != (len(x),):
-                raise ConfigError(
-                    f"validation_data y must have shape ({len(x)},), but got {list(y.shape)}"
-                )
-            if np.issubdtype(y.dtype, np.integer):
-                classes = np.unique(y)
-                if classes.tolist() != list(range(len(classes))):
-                    raise DataError(
-                        f"validation_data labels must be class indices 0..C-1, each present, "
-                        f"but got classes {classes.tolist()[:20]}"
-                    )
+            y = self._check_labels(validation_data[1], len(x))
         root.mkdir(parents=True, exist_ok=True)
         path = root / "data.npz"
         np.savez(path, x=x, y=y)
         return path, kind
 
-    def _predict_original(self, x: np.ndarray) -> np.ndarray:
-        import numpy as np
-
+    def _predict_original(self, x: Any) -> np.ndarray:
         if self.kind == "hamnet":
             from hamnet.models import load_checkpoint
             from hamnet.training import predict_logits
@@ -844,9 +1111,11 @@ class Optimizer:
             return predict_logits(model, x)
         import onnxruntime as ort
 
+        from hamnet.measure import predict
+        from hamnet.runtimes import OnnxRuntimeSession
+
         session = ort.InferenceSession(str(self.model_path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return np.asarray(session.run(None, {name: x})[0])
+        return predict(OnnxRuntimeSession(session), x, 64)
 
     def _report(
         self,
@@ -855,7 +1124,7 @@ class Optimizer:
         seconds: float,
         reasons: list[str],
         config: OptimizeConfig,
-        validation_fn: Callable[[Callable[[np.ndarray], np.ndarray]], float] | None,
+        validation_fn: Callable[[Callable[[Any], np.ndarray]], float] | None,
     ) -> CompressionReport:
         import math
 
@@ -912,10 +1181,8 @@ class Optimizer:
                     )
                 loaded = session
 
-                def predict(x: np.ndarray) -> np.ndarray:
-                    import numpy as np
-
-                    return loaded.run(np.asarray(x, dtype=np.float32))
+                def predict(x: Any) -> np.ndarray:
+                    return loaded.run(x)
 
                 custom = float(validation_fn(predict))
         return CompressionReport(
@@ -945,13 +1212,123 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _run(config: OptimizeConfig, base_dir: Path, verbose: bool) -> PipelineResult:
+def _run(
+    config: OptimizeConfig, base_dir: Path, verbose: bool, use_prefect: bool = False
+) -> PipelineResult:
     from rich.console import Console
 
+    base_dir.mkdir(parents=True, exist_ok=True)
+    if use_prefect:
+        return _run_prefect(config, base_dir)
     from hamnet.pipeline import run_pipeline
 
-    base_dir.mkdir(parents=True, exist_ok=True)
     return run_pipeline(config, base_dir=base_dir, console=Console(quiet=not verbose))
+
+
+def _run_prefect(config: OptimizeConfig, base_dir: Path) -> PipelineResult:
+    """Run ``config`` as a ``hamnet-optimize`` flow run and rebuild the pipeline result.
+
+    The configuration is written to ``base_dir/config.yaml`` and the flow walks it
+    exactly as ``hamnet run`` does (an ephemeral Prefect API unless ``PREFECT_API_URL``
+    is set). The candidates are the stage tasks' (persisted) results, read back from
+    the Prefect API; the selection is recomputed from them and must name the same
+    recommended candidate as the flow's summary.
+
+    Raises:
+        MissingDependencyError: If Prefect or the flow code cannot be imported.
+        StageError: If the flow run fails or its results cannot be read back.
+    """
+    import yaml
+
+    from hamnet.errors import StageError
+    from hamnet.pareto import candidates_table, select
+    from hamnet.pipeline import PipelineResult, StageRecord
+
+    try:
+        from flows.hamnet_optimize import hamnet_optimize
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"use_prefect=True needs prefect and the project's flows package on sys.path "
+            f"(run from the project folder), but the import failed: {err}"
+        ) from err
+    config_path = base_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    state = hamnet_optimize(  # type: ignore[call-overload]
+        config_path=str(config_path), base_dir=str(base_dir), return_state=True
+    )
+    if not state.is_completed():
+        message = getattr(state, "message", None) or state.name
+        try:
+            state.result()
+        except HamnetError:
+            raise
+        except Exception as err:
+            raise StageError(f"hamnet-optimize flow run failed: {err}") from err
+        raise StageError(f"hamnet-optimize flow run must complete, but ended {message!r}")
+    summary: dict[str, Any] = state.result()
+    records = _flow_task_results(state.state_details.flow_run_id)
+    candidates: list[Candidate] = []
+    stages: list[StageRecord] = []
+    for name, (new, notes), cached, seconds in records:
+        candidates.extend(new)
+        stages.append(StageRecord(name, [c.id for c in new], cached, seconds, list(notes)))
+    if not candidates:
+        raise StageError("the hamnet-optimize flow run produced no candidate")
+    selection = select(candidates, candidates[0], config.constraints, config.selection)
+    rec = selection.recommended
+    if (rec.id if rec else None) != summary.get("recommended_id"):
+        raise StageError(
+            f"the candidates read back from Prefect must select the flow's recommended "
+            f"candidate {summary.get('recommended_id')!r}, but select "
+            f"{rec.id if rec else None!r}"
+        )
+    return PipelineResult(
+        candidates=candidates,
+        selection=selection,
+        table=candidates_table(candidates, selection),
+        stages=stages,
+        report_files={k: Path(v) for k, v in (summary.get("report_files") or {}).items()},
+        mlflow_run_id=summary.get("mlflow_run_id"),
+        registration=None,
+        seconds=float(summary.get("seconds") or 0.0),
+    )
+
+
+def _flow_task_results(flow_run_id: Any) -> list[tuple[str, Any, bool, float]]:
+    """``(stage, (candidates, notes), cached, seconds)`` of a flow run's stage tasks.
+
+    Tasks are ordered by start time; when a stage ran twice (a cache hit whose files
+    were gone is recomputed), the last run counts.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    latest: dict[str, Any] = {}
+    for run in runs:
+        latest[run.name] = run  # later runs of the same stage replace earlier ones
+    out = []
+    for name, run in latest.items():
+        state = run.state
+        if state is None or not state.is_completed():
+            continue
+        value = state.result()
+        seconds = float(run.total_run_time.total_seconds()) if run.total_run_time else 0.0
+        out.append((name, value, state.name == "Cached", seconds))
+    return out
+
+
+def _method_backend(method: str) -> str:
+    """The API backend ("onnx" or "openvino") whose runtime runs a method's output."""
+    from hamnet.quantize import get_quantizer
+
+    runtime = get_quantizer(method).runtime
+    return next(b for b, rt in _BACKEND_RUNTIME.items() if rt == runtime)
 
 
 def _goal(goal: Goal | str) -> Goal:
@@ -977,14 +1354,19 @@ def _backends(preferred: Sequence[str] | None, profile: HardwareProfile) -> list
     return list(dict.fromkeys(preferred))
 
 
-def _check_shape(input_shape: Sequence[int]) -> int:
+def _check_shape(input_shape: Sequence[int], *, hamnet: bool = False) -> int:
+    """Validate an input shape (batch first); return its second axis."""
     shape = list(input_shape)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ConfigError(f"input_shape must hold positive integers, but got {shape}")
-    if len(shape) != 2:
+    if len(shape) < 2:
+        raise ConfigError(
+            f"input_shape must have a batch axis and at least one more (e.g. [1, features] "
+            f"or [1, 1, 8, 8]), but got {shape}"
+        )
+    if hamnet and len(shape) != 2:
         raise UnsupportedCombinationError(
-            f"input_shape must be 2-D [batch, features] (the only rank supported so far; "
-            f"multi-input and 4-D image models are not), but got {shape}"
+            f"input_shape must be 2-D [batch, features] for a HAMNet, but got {shape}"
         )
     return shape[1]
 

@@ -236,25 +236,26 @@ class Benchmarker:
             )
         return names
 
-    def _inputs(
-        self, ref: ArtifactRef, x: np.ndarray | None, input_shape: Sequence[int] | None
-    ) -> np.ndarray:
+    def _inputs(self, ref: ArtifactRef, x: Any, input_shape: Sequence[int] | None) -> np.ndarray:
+        from hamnet.runtimes import pack_inputs
+
         if x is not None:
-            x = np.asarray(x, dtype=np.float32)
-            if x.ndim != 2 or len(x) == 0:
+            packed = pack_inputs(x)
+            if len(packed) == 0 or (packed.dtype.names is None and packed.ndim < 2):
                 raise DataError(
-                    f"x must be a non-empty 2-D array [samples, features], but got shape {x.shape}"
+                    f"x must be a non-empty array [samples, ...] of at least 2 axes (or a dict "
+                    f"of named arrays), but got shape {packed.shape}"
                 )
-            return x
+            return packed
         batch = self.profile.latency_batch_size
         if input_shape is not None:
             shape = tuple(int(d) for d in input_shape)
             if len(shape) == 1:
                 shape = (batch, shape[0])
-            if len(shape) != 2 or min(shape) < 1:
+            if len(shape) < 2 or min(shape) < 1:
                 raise DataError(
-                    f"input_shape must be [features] or [batch, features] with positive "
-                    f"sizes, but got {list(input_shape)}"
+                    f"input_shape must be [features] or [batch, ...] with positive sizes, but "
+                    f"got {list(input_shape)}"
                 )
         else:
             features = _feature_count(ref)
@@ -266,7 +267,7 @@ class Benchmarker:
     def benchmark(
         self,
         model_path: str | Path,
-        x: np.ndarray | None = None,
+        x: Any = None,
         y: np.ndarray | None = None,
         *,
         input_shape: Sequence[int] | None = None,
@@ -275,11 +276,12 @@ class Benchmarker:
 
         Args:
             model_path: An ``.onnx``, OpenVINO ``.xml`` or hamnet ``.pt`` file.
-            x: Float32 inputs ``[samples, features]``; None for random inputs of
-                ``input_shape`` or of the model's static feature count (as many rows as
-                the profile's latency batch size).
+            x: Inputs ``[samples, ...]`` of any rank, or a dict of named arrays for
+                models with several inputs (integer token ids keep their dtype); None
+                for random float inputs of ``input_shape`` or of the model's static
+                feature count (as many rows as the profile's latency batch size).
             y: Integer labels for ``x``; accuracy is reported only when given.
-            input_shape: ``[features]`` or ``[batch, features]`` for random inputs.
+            input_shape: ``[features]`` or ``[batch, ...]`` for random inputs.
 
         Returns:
             One :class:`ModelMetrics` per runtime, in the profile's preference order.
@@ -297,20 +299,26 @@ class Benchmarker:
         names = self._runtimes_for(ref)
         x_test = self._inputs(ref, x, input_shape)
         labelled = y is not None
+        y_test = None
         if labelled:
             y_test = np.asarray(y)
             if len(y_test) != len(x_test):
                 raise DataError(
                     f"x and y must have the same length, but got {len(x_test)} and {len(y_test)}"
                 )
-        else:
-            # measure_artifact scores accuracy; with no labels the score is dropped.
-            y_test = np.zeros(len(x_test), dtype=np.int64)
         precision = _precision(ref)
         return [
             ModelMetrics.from_metrics(
                 measure_artifact(
-                    ref, name, self.profile, x_test, y_test, self.settings, params=0, flops=0
+                    ref,
+                    name,
+                    self.profile,
+                    x_test,
+                    y_test,
+                    self.settings,
+                    params=0,
+                    flops=0,
+                    require_score=labelled,
                 ),
                 precision=precision,
                 labelled=labelled,
@@ -321,7 +329,7 @@ class Benchmarker:
     def compare(
         self,
         model_paths: Sequence[str | Path],
-        x: np.ndarray | None = None,
+        x: Any = None,
         y: np.ndarray | None = None,
         *,
         input_shape: Sequence[int] | None = None,

@@ -131,7 +131,11 @@ def optimize(
     ] = 0.01,
     hardware: Annotated[str, typer.Option(help="Hardware profile.")] = "x86-avx2",
     data: Annotated[
-        Path | None, typer.Option(help="Validation data: .npz with x (and y) arrays.")
+        Path | None,
+        typer.Option(
+            help="Validation data: .npz with x (any rank) or x__<input name> arrays (several "
+            "inputs), and optionally y labels (without: fidelity to the original model)."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option(help="Where to write the recommended model.")
@@ -143,8 +147,16 @@ def optimize(
         Path | None, typer.Option(help="Work folder (default .hamnet-api/<time>).")
     ] = None,
     track: Annotated[bool, typer.Option(help="Log the run to MLflow.")] = False,
+    prefect: Annotated[
+        bool,
+        typer.Option(
+            "--prefect/--no-prefect",
+            help="Run as the Prefect flow hamnet-optimize (ephemeral server unless "
+            "PREFECT_API_URL is set) instead of in-process.",
+        ),
+    ] = False,
 ) -> None:
-    """Optimize MODEL under constraints with the same pipeline, in-process.
+    """Optimize MODEL under constraints with the same pipeline (in-process, or --prefect).
 
     Writes the recommended model (--output), the config used and a JSON + Markdown
     report next to it. Exit codes: 0 constraints met, 2 bad input, 3 not met (the
@@ -166,7 +178,7 @@ def optimize(
         with console.status(f"optimizing {model.name} (goal {goal}) ..."):
             result = optimizer.optimize(
                 goal, constraints, validation_data=validation, preferred_backends=backend,
-                work_dir=work_dir, track=track,
+                work_dir=work_dir, track=track, use_prefect=prefect,
             )  # fmt: skip
         written = []
         if output is not None:
@@ -227,19 +239,25 @@ def profiles() -> None:
 
 
 def _load_npz(path: Path) -> tuple[Any, Any]:
-    """Return the ``x`` and (optional) ``y`` arrays of an ``.npz`` file."""
+    """Return ``x`` and (optional) ``y`` of an ``.npz`` file.
+
+    ``x`` is the array ``x``, or a dict of the arrays ``x__<input name>`` (models with
+    several inputs).
+    """
     import numpy as np
 
     from hamnet.errors import DataError
 
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files:
+            named = {k[3:]: data[k] for k in data.files if k.startswith("x__")}
+            if "x" not in data.files and not named:
                 raise DataError(
-                    f"data file {str(path)!r} must hold an array 'x' (and optionally 'y'), "
-                    f"but holds {data.files}"
+                    f"data file {str(path)!r} must hold an array 'x' or arrays "
+                    f"'x__<input name>' (and optionally 'y'), but holds {data.files}"
                 )
-            return data["x"], (data["y"] if "y" in data.files else None)
+            x = data["x"] if "x" in data.files else named
+            return x, (data["y"] if "y" in data.files else None)
     except (OSError, ValueError) as err:
         if isinstance(err, DataError):
             raise
@@ -258,7 +276,10 @@ def benchmark(
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option(help=".npz with arrays x [N, features] and optionally y [N] labels."),
+        typer.Option(
+            help=".npz with x [N, ...] (or x__<input name> arrays for several inputs) and "
+            "optionally y [N] labels."
+        ),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls for latency.")] = 200,
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 20,
@@ -339,6 +360,17 @@ def stack_down() -> None:
         stack.down(".")
     except HamnetError as err:
         raise _fail(err) from None
+
+
+from hamnet.serving.cli import ab_report, serve  # noqa: E402  (light: typer and rich only)
+
+app.command("serve")(serve)
+app.command("ab-report")(ab_report)
+
+
+from hamnet.gc import gc_command  # noqa: E402 - registered after the other commands
+
+app.command(name="gc")(gc_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

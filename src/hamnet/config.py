@@ -347,6 +347,12 @@ class DistillStageConfig(_Section):
         description="Compute teacher outputs on the training set once and keep them as a "
         "file (not per epoch); with mixup/cutmix the teacher runs on every mixed batch.",
     )
+    unlabelled_data: str | None = Field(
+        None,
+        description="A transfer set: a .npz (array 'x'), CSV or Parquet file of inputs "
+        "without labels, preprocessed like the labelled data and added to the training "
+        "split for the distillation terms only (the cross-entropy skips them).",
+    )
 
     @model_validator(mode="after")
     def _known_methods(self) -> DistillStageConfig:
@@ -373,7 +379,12 @@ class ExportStageConfig(_Section):
 
 
 QuantizeMethod = Literal[
-    "ort_dynamic_int8", "ort_static_int8", "nncf_int8", "openvino_fp16", "onnx_fp16"
+    "ort_dynamic_int8",
+    "ort_fused_dynamic_int8",
+    "ort_static_int8",
+    "nncf_int8",
+    "openvino_fp16",
+    "onnx_fp16",
 ]
 
 
@@ -449,6 +460,19 @@ class ExecutionSection(_Section):
     stage_timeout_seconds: float | None = Field(3600.0, gt=0.0)
 
 
+class RetentionSection(_Section):
+    """How much of the workdir survives nightly runs (``hamnet gc``, and after each run).
+
+    Artifacts of candidates on the Pareto front or recommended in the last ``keep_runs``
+    runs are kept; other artifacts, result-cache entries and reports unused for
+    ``max_age_days`` are deleted.
+    """
+
+    keep_runs: int = Field(5, ge=1)
+    max_age_days: float = Field(14.0, gt=0.0)
+    auto_gc: bool = Field(True, description="Collect garbage at the end of every run.")
+
+
 class OptimizeConfig(_Section):
     """Everything one ``hamnet-optimize`` run needs."""
 
@@ -464,6 +488,7 @@ class OptimizeConfig(_Section):
     measure: MeasureSection = MeasureSection()
     tracking: TrackingSection = TrackingSection()
     execution: ExecutionSection = ExecutionSection()
+    retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="after")
     def _train_needs_training_source(self) -> OptimizeConfig:
@@ -483,13 +508,46 @@ class OptimizeConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section class found by following ``loc`` from ``model`` (None if lost)."""
+    import typing
+
+    current: type[BaseModel] | None = model
+    for part in loc:
+        field = current.model_fields.get(str(part)) if current is not None else None
+        if field is None:
+            return None
+        candidates = typing.get_args(field.annotation) or (field.annotation,)
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return current
+
+
+def _unknown_key_hint(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'epochs'?"`` for the closest allowed key, else the allowed keys."""
+    import difflib
+
+    section = _section_at(model, loc[:-1])
+    if section is None:
+        return ""
+    allowed = sorted(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; allowed keys: {', '.join(allowed)}"
+
+
+def _format_validation_error(
+    err: ValidationError, source: str, model: type[BaseModel] | None = None
+) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in err.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            lines.append(f"  - {where}: unknown key (not one of the allowed settings)")
+            hint = _unknown_key_hint(model or OptimizeConfig, tuple(item["loc"]))
+            lines.append(f"  - {where}: unknown key (not one of the allowed settings){hint}")
         elif "input" in item and kind not in ("missing",):
             lines.append(f"  - {where}: {item['msg']}, but got {item['input']!r}")
         else:

@@ -1,7 +1,10 @@
 """Export torch models to deployable formats, and check that the outputs still match.
 
 :func:`export_onnx` writes an ONNX file with the TorchScript exporter (fast, and its
-graphs fuse well in ONNX Runtime), :func:`convert_openvino` turns an ONNX file into
+graphs fuse well in ONNX Runtime), :func:`export_module` does the same for any
+traceable module with example inputs (a tensor, a tuple or a dict of named inputs;
+Hugging Face models whose forward returns a ``ModelOutput`` export its first tensor)
+and checks parity with ONNX Runtime, :func:`convert_openvino` turns an ONNX file into
 OpenVINO IR (``model.xml`` + ``model.bin``), and :func:`check_parity` compares two
 :class:`~hamnet.runtimes.InferenceSession` objects on the same inputs.
 
@@ -13,8 +16,9 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     from hamnet.artifacts import ArtifactRef, ArtifactStore
     from hamnet.hardware import HardwareProfile
     from hamnet.models import HAMNet
-    from hamnet.runtimes import InferenceSession
+    from hamnet.runtimes import InferenceSession, Inputs
 
 INPUT_NAME = "input"
 """Name of the single input of every exported graph ([batch, features], float32)."""
@@ -97,6 +101,268 @@ def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: i
     return path
 
 
+GENERIC_OUTPUT_NAME = "output"
+"""Name of the output of a graph exported by :func:`export_module`."""
+
+
+def _named_examples(
+    example_inputs: Any, input_names: Sequence[str] | None
+) -> tuple[list[str], list[Any], bool]:
+    """Return (names, tensors, as_keywords) for any accepted form of example inputs."""
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        tensors, keywords = [example_inputs], False
+        names = list(input_names) if input_names is not None else ["input"]
+    elif isinstance(example_inputs, Mapping):
+        names = [str(k) for k in example_inputs]
+        tensors, keywords = list(example_inputs.values()), True
+        if input_names is not None and list(input_names) != names:
+            raise ExportError(
+                f"input_names must match the keys of example_inputs {names}, but got "
+                f"{list(input_names)}"
+            )
+    elif isinstance(example_inputs, (tuple, list)):
+        tensors, keywords = list(example_inputs), False
+        default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
+        names = list(input_names) if input_names is not None else default
+    else:
+        raise ExportError(
+            f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors, "
+            f"but got {type(example_inputs).__name__}"
+        )
+    bad = [n for n, t in zip(names, tensors, strict=False) if not isinstance(t, torch.Tensor)]
+    if not tensors or bad:
+        raise ExportError(
+            f"example_inputs must hold at least one tensor and only tensors, but got "
+            f"non-tensors for {bad or 'nothing'}"
+        )
+    if len(names) != len(tensors) or len(set(names)) != len(names):
+        raise ExportError(
+            f"input_names must name each of the {len(tensors)} example inputs once, but got {names}"
+        )
+    bad_rank = [n for n, t in zip(names, tensors, strict=True) if t.ndim < 1]
+    if bad_rank:
+        raise ExportError(f"every example input must have a batch axis, but {bad_rank} are 0-D")
+    return names, tensors, keywords
+
+
+def _first_output_module(model: nn.Module, names: list[str], keywords: bool) -> nn.Module:
+    """Wrap ``model`` so that it takes positional tensors and returns its first tensor."""
+    from torch import nn
+
+    from hamnet.runtimes import first_tensor
+
+    class FirstOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args: Any) -> Any:
+            out = (
+                self.inner(**dict(zip(names, args, strict=True))) if keywords else self.inner(*args)
+            )
+            return first_tensor(out)
+
+    return FirstOutput()
+
+
+def default_dynamic_axes(
+    names: Sequence[str], tensors: Sequence[Any], output_rank: int
+) -> dict[str, dict[int, str]]:
+    """Axis 0 of every input and of the output is ``batch``; integer inputs with two or
+    more axes (token ids, attention masks) get a ``sequence`` axis 1, and so does an
+    output with three or more axes (``[batch, sequence, hidden]``)."""
+    import torch
+
+    axes: dict[str, dict[int, str]] = {}
+    tokens = False
+    for name, tensor in zip(names, tensors, strict=True):
+        axes[name] = {0: "batch"}
+        if tensor.ndim >= 2 and not torch.is_floating_point(tensor):
+            axes[name][1] = "sequence"
+            tokens = True
+    axes[GENERIC_OUTPUT_NAME] = {0: "batch"}
+    if tokens and output_rank >= 3:
+        axes[GENERIC_OUTPUT_NAME][1] = "sequence"
+    return axes
+
+
+def use_eager_attention(model: nn.Module) -> bool:
+    """Switch a Hugging Face model to eager attention (plain MatMul + Softmax).
+
+    SDPA attention exports to a graph ONNX Runtime's transformer fusion does not
+    match. Returns whether the model is a Hugging Face model now on eager attention.
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None:
+        return False
+    if current != "eager":
+        setter = getattr(model, "set_attn_implementation", None)
+        if not callable(setter):
+            return False
+        setter("eager")
+    return getattr(config, "_attn_implementation", None) == "eager"
+
+
+def _transformer_shape(model: nn.Module) -> tuple[int, int] | None:
+    """``(num_heads, hidden_size)`` from a Hugging Face config, or None."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and isinstance(hidden, int):
+        return heads, hidden
+    return None
+
+
+def _write_transformer_metadata(path: Path, num_heads: int, hidden_size: int) -> None:
+    """Record the head count and hidden size for ONNX Runtime's transformer fusion."""
+    from hamnet.quantize import TRANSFORMER_METADATA
+
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key not in TRANSFORMER_METADATA]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in zip(TRANSFORMER_METADATA, (num_heads, hidden_size), strict=True):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def export_module(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    input_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = 17,
+    parity_atol: float | None = 1e-4,
+) -> Path:
+    """Export any traceable module to ONNX, with dynamic axes, and check it in ONNX Runtime.
+
+    The TorchScript exporter (``dynamo=False``) traces the module in eval mode (the
+    mode of every submodule is restored afterwards). A module whose forward returns a
+    tuple, a dict or a Hugging Face ``ModelOutput`` is exported with its first tensor
+    (``last_hidden_state`` of a ``BertModel``, ``logits`` of a
+    ``*ForSequenceClassification``) as the one output :data:`GENERIC_OUTPUT_NAME`.
+    Hugging Face models are switched to eager attention first (see
+    :func:`use_eager_attention`) so ONNX Runtime's transformer fusion matches the graph,
+    and their head count and hidden size are written to the ONNX metadata
+    (:data:`hamnet.quantize.TRANSFORMER_METADATA`) for that fusion.
+
+    Args:
+        model: The module.
+        example_inputs: One tensor, a tuple of tensors (positional arguments), or a
+            dict ``{argument name: tensor}`` (keyword arguments, e.g. ``input_ids`` and
+            ``attention_mask``); their dtypes become the graph's input types.
+        path: Where to write the ``.onnx`` file (parent folders are created).
+        input_names: Graph input names for a tensor or tuple (default ``"input"`` or
+            ``"input_0"``, ``"input_1"``...); a dict's keys are its names.
+        dynamic_axes: ``{name: {axis: axis name}}``; default: see
+            :func:`default_dynamic_axes` (batch everywhere, sequence for token inputs).
+        opset: ONNX opset version.
+        parity_atol: Largest absolute difference allowed between the module and ONNX
+            Runtime on the example inputs repeated to twice their batch (which also
+            checks the dynamic batch axis); None skips the check.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ExportError: If the inputs are malformed, the exporter or the ONNX checker
+            fails, or ONNX Runtime's outputs differ by more than ``parity_atol``.
+        MissingDependencyError: If ``onnx`` (or ``onnxruntime`` for the check) is not
+            installed.
+    """
+    import torch
+
+    onnx = require("onnx")
+    names, tensors, keywords = _named_examples(example_inputs, input_names)
+    hf_shape = _transformer_shape(model) if use_eager_attention(model) else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = {m: m.training for m in model.modules()}
+    wrapper = _first_output_module(model, names, keywords).eval()
+    try:
+        with torch.no_grad():
+            reference = wrapper(*tensors)
+        axes = (
+            {k: dict(v) for k, v in dynamic_axes.items()}
+            if dynamic_axes is not None
+            else default_dynamic_axes(names, tensors, reference.ndim)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                wrapper,
+                tuple(tensors),
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=[GENERIC_OUTPUT_NAME],
+                dynamic_axes=axes,  # type: ignore[arg-type]
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        onnx.checker.check_model(str(path))
+        if hf_shape is not None:
+            _write_transformer_metadata(path, *hf_shape)
+    except ExportError:
+        raise
+    except Exception as err:
+        raise ExportError(
+            f"ONNX export of {type(model).__name__} (inputs {names}, opset={opset}) to "
+            f"{str(path)!r} failed: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if parity_atol is not None:
+        _check_export_parity(wrapper, names, tensors, path, parity_atol)
+    return path
+
+
+def _check_export_parity(
+    wrapper: nn.Module, names: list[str], tensors: list[Any], path: Path, atol: float
+) -> float:
+    import torch
+
+    from hamnet.runtimes import InferenceSession, OnnxRuntimeSession
+
+    ort = require("onnxruntime")
+    doubled = {
+        n: torch.cat([t, t], dim=0).cpu().numpy() for n, t in zip(names, tensors, strict=True)
+    }
+
+    class Positional(InferenceSession):
+        runtime = "torch"
+
+        def run(self, x: Inputs) -> np.ndarray:
+            assert isinstance(x, Mapping)
+            with torch.inference_mode():
+                out = wrapper(*(torch.from_numpy(np.asarray(x[n])) for n in names))
+            return np.array(out.float().cpu().numpy(), dtype=np.float32)
+
+    modes = {m: m.training for m in wrapper.modules()}
+    wrapper.eval()
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = max_abs_diff(Positional(), OnnxRuntimeSession(session), doubled)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if not diff <= atol:
+        raise ExportError(
+            f"ONNX Runtime's outputs of {str(path)!r} must match the module within "
+            f"atol={atol:g}, but differ by up to {diff:.3g}"
+        )
+    return diff
+
+
 def onnx_session(
     model: HAMNet, store: ArtifactStore, profile: HardwareProfile
 ) -> tuple[InferenceSession, ArtifactRef]:
@@ -154,7 +420,7 @@ def convert_openvino(
 def max_abs_diff(
     reference: InferenceSession,
     candidate: InferenceSession,
-    x: np.ndarray,
+    x: Inputs,
     batch_size: int = 64,
 ) -> float:
     """Return the largest absolute difference between two sessions' outputs on ``x``.
@@ -162,7 +428,8 @@ def max_abs_diff(
     Args:
         reference: The session whose outputs are trusted.
         candidate: The session being checked.
-        x: Float32 inputs ``[N, features]``.
+        x: Inputs ``[N, ...]``: one array of any rank, or named inputs (a mapping or
+            a packed structured array); batches slice axis 0 of every input.
         batch_size: Rows per call.
 
     Returns:
@@ -171,14 +438,16 @@ def max_abs_diff(
     Raises:
         ExportError: If ``x`` is empty or the output shapes differ.
     """
+    from hamnet.runtimes import pack_inputs, unpack_inputs
+
+    x = pack_inputs(x)
     if len(x) == 0:
         raise ExportError("parity needs at least one input row, but got an empty array")
     if batch_size < 1:
         raise ExportError(f"batch_size must be positive, but got {batch_size}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
     worst = 0.0
     for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
+        chunk: Any = unpack_inputs(x[start : start + batch_size])
         ref = np.asarray(reference.run(chunk), dtype=np.float64)
         got = np.asarray(candidate.run(chunk), dtype=np.float64)
         if ref.shape != got.shape:
@@ -193,14 +462,14 @@ def max_abs_diff(
 
 
 def check_parity(
-    reference: InferenceSession, candidate: InferenceSession, x: np.ndarray, atol: float
+    reference: InferenceSession, candidate: InferenceSession, x: Inputs, atol: float
 ) -> float:
     """Check that ``candidate`` reproduces ``reference`` within ``atol`` on ``x``.
 
     Args:
         reference: The session whose outputs are trusted.
         candidate: The session being checked.
-        x: Float32 inputs ``[N, features]``.
+        x: Inputs ``[N, ...]`` (one array or named inputs).
         atol: The largest absolute difference allowed.
 
     Returns:
@@ -213,6 +482,12 @@ def check_parity(
     if not diff <= atol:
         raise ExportError(
             f"outputs differ by up to {diff:.3g}, more than the tolerance atol={atol:g} "
-            f"({candidate.runtime} vs {reference.runtime} on {len(x)} samples)"
+            f"({candidate.runtime} vs {reference.runtime} on {_count(x)} samples)"
         )
     return diff
+
+
+def _count(x: Inputs) -> int:
+    from hamnet.runtimes import batch_size_of
+
+    return batch_size_of(x)

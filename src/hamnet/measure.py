@@ -2,11 +2,13 @@
 
 :func:`measure_artifact` loads a stored model in a runtime with the hardware
 profile's settings and returns :class:`~hamnet.candidate.Metrics`: top-1 accuracy
-(or agreement with reference logits when there are no labels), latency p50/p90 at
+or, without labels, fidelity to the original model's outputs (top-1 agreement for
+classifier logits, mean cosine similarity for other outputs), latency p50/p90 at
 the profile's latency batch size, throughput at its throughput batch size, file size,
 peak memory, and the thread count used. The building blocks (:func:`latency_ms`,
 :func:`throughput_sps`, :func:`accuracy`, :func:`agreement`, :func:`peak_memory_mb`)
-work on any :class:`~hamnet.runtimes.InferenceSession`.
+work on any :class:`~hamnet.runtimes.InferenceSession`, on inputs of any rank and on
+models with several named inputs (batches slice axis 0 of every input).
 
 Example:
     >>> metrics = measure_artifact(ref, "openvino", profile, x_test, y_test,
@@ -28,36 +30,38 @@ import numpy as np
 
 from hamnet.candidate import Metrics
 from hamnet.errors import DataError
-from hamnet.runtimes import get_runtime, runtime_spec
+from hamnet.runtimes import get_runtime, pack_inputs, runtime_spec, unpack_inputs
 
 if TYPE_CHECKING:
     from hamnet.artifacts import ArtifactRef
     from hamnet.config import MeasureSection
     from hamnet.hardware import HardwareProfile
-    from hamnet.runtimes import InferenceSession
+    from hamnet.runtimes import InferenceSession, Inputs
 
 T = TypeVar("T")
 
 _MB = 1e6
 
 
-def _rows(x: np.ndarray, n: int) -> np.ndarray:
-    """Return exactly ``n`` rows of ``x`` (repeating rows when ``x`` has fewer)."""
+def _rows(x: Inputs, n: int) -> np.ndarray:
+    """Return exactly ``n`` rows of ``x`` (repeating rows when ``x`` has fewer), packed."""
+    x = pack_inputs(x)
     if len(x) == 0:
         raise DataError("measurement needs at least one input row, but got an empty array")
     if len(x) < n:
         x = np.concatenate([x] * (n // len(x) + 1), axis=0)
-    return np.ascontiguousarray(x[:n], dtype=np.float32)
+    return np.ascontiguousarray(x[:n])
 
 
 def latency_ms(
-    session: InferenceSession, x_one: np.ndarray, *, warmup: int, repeats: int
+    session: InferenceSession, x_one: Inputs, *, warmup: int, repeats: int
 ) -> tuple[float, float]:
     """Time single calls of ``session.run(x_one)``.
 
     Args:
         session: The model.
-        x_one: The batch run in every call (its size is the latency batch size).
+        x_one: The batch run in every call (its size is the latency batch size): one
+            array of any rank or named inputs (a mapping or a packed structured array).
         warmup: Untimed calls first (caches, lazy allocations, JIT).
         repeats: Timed calls.
 
@@ -69,7 +73,7 @@ def latency_ms(
     """
     if repeats < 1:
         raise DataError(f"repeats must be positive, but got {repeats}")
-    x_one = np.ascontiguousarray(x_one, dtype=np.float32)
+    x_one = unpack_inputs(pack_inputs(x_one))  # type: ignore[assignment]
     for _ in range(warmup):
         session.run(x_one)
     times = np.empty(repeats, dtype=np.float64)
@@ -83,7 +87,7 @@ def latency_ms(
 
 def throughput_sps(
     session: InferenceSession,
-    x_batch: np.ndarray,
+    x_batch: Inputs,
     *,
     warmup: int,
     min_seconds: float = 0.5,
@@ -104,7 +108,8 @@ def throughput_sps(
     Returns:
         Samples per second.
     """
-    x_batch = np.ascontiguousarray(x_batch, dtype=np.float32)
+    packed = pack_inputs(x_batch)
+    x_batch = unpack_inputs(packed)  # type: ignore[assignment]
     for _ in range(warmup):
         session.run(x_batch)
     iters = 0
@@ -116,27 +121,98 @@ def throughput_sps(
         elapsed = time.perf_counter_ns() - start
         if elapsed >= min_seconds * 1e9:
             break
-    return iters * len(x_batch) / (max(elapsed, 1) / 1e9)
+    return iters * len(packed) / (max(elapsed, 1) / 1e9)
 
 
-def predict(session: InferenceSession, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Return the logits for every row of ``x``, computed ``batch_size`` rows at a time."""
+def predict(session: InferenceSession, x: Inputs, batch_size: int) -> np.ndarray:
+    """Return the outputs for every sample of ``x``, computed ``batch_size`` at a time.
+
+    ``x`` is one array of any rank or named inputs; batches are sliced along axis 0 of
+    every input.
+    """
     if batch_size < 1:
         raise DataError(f"batch_size must be positive, but got {batch_size}")
+    x = pack_inputs(x)
     if len(x) == 0:
         raise DataError("prediction needs at least one input row, but got an empty array")
-    x = np.ascontiguousarray(x, dtype=np.float32)
     return np.concatenate(
-        [session.run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)], axis=0
+        [
+            session.run(unpack_inputs(x[i : i + batch_size]))  # type: ignore[arg-type]
+            for i in range(0, len(x), batch_size)
+        ],
+        axis=0,
     )
 
 
-def accuracy(session: InferenceSession, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+def cosine_similarity(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Return the mean cosine similarity of each sample's output to the reference's.
+
+    Each sample's output (all axes but the first, flattened) is compared with the
+    reference's; two all-zero vectors count as identical.
+
+    Raises:
+        DataError: If the shapes differ.
+    """
+    a = np.asarray(outputs, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DataError(
+            f"outputs and reference must have the same shape, but got {list(a.shape)} and "
+            f"{list(b.shape)}"
+        )
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = norms == 0
+    cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+    return float(np.mean(cos))
+
+
+def fidelity(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
+    """Score outputs against the original model's outputs (no labels needed).
+
+    Classifier outputs (2-D ``[batch, classes]``) score top-1 agreement; any other
+    output (e.g. ``[batch, seq, hidden]`` hidden states) scores the mean cosine
+    similarity.
+
+    Returns:
+        The score and its kind: ``"top1_agreement"`` or ``"mean_cosine_similarity"``.
+
+    Raises:
+        DataError: If the lengths or shapes differ.
+    """
+    reference = np.asarray(reference)
+    if len(reference) != len(outputs):
+        raise DataError(
+            f"reference outputs and x_test must have the same length, but got "
+            f"{len(reference)} and {len(outputs)}"
+        )
+    if outputs.ndim == 2 and reference.ndim == 2:
+        if reference.shape != outputs.shape:
+            raise DataError(
+                f"outputs and reference must have the same shape, but got "
+                f"{list(outputs.shape)} and {list(reference.shape)}"
+            )
+        agree = outputs.argmax(axis=1) == reference.argmax(axis=1)
+        return float(np.mean(agree)), "top1_agreement"
+    return cosine_similarity(outputs, reference), "mean_cosine_similarity"
+
+
+def is_reference(y: np.ndarray | None) -> bool:
+    """Whether ``y`` holds reference outputs (float, 2-D or more) rather than labels."""
+    if y is None:
+        return False
+    y = np.asarray(y)
+    return bool(np.issubdtype(y.dtype, np.floating) and y.ndim >= 2)
+
+
+def accuracy(session: InferenceSession, x: Inputs, y: np.ndarray, batch_size: int) -> float:
     """Return the top-1 accuracy of ``session`` on inputs ``x`` with labels ``y``.
 
     Raises:
         DataError: If ``x`` and ``y`` have different lengths or are empty.
     """
+    x = pack_inputs(x)
     if len(x) != len(y):
         raise DataError(f"x and y must have the same length, but got {len(x)} and {len(y)}")
     predictions = predict(session, x, batch_size).argmax(axis=1)
@@ -144,13 +220,14 @@ def accuracy(session: InferenceSession, x: np.ndarray, y: np.ndarray, batch_size
 
 
 def agreement(
-    session: InferenceSession, reference_logits: np.ndarray, x: np.ndarray, batch_size: int
+    session: InferenceSession, reference_logits: np.ndarray, x: Inputs, batch_size: int
 ) -> float:
     """Return how often ``session``'s top-1 class equals the reference's (no labels needed).
 
     Raises:
         DataError: If ``reference_logits`` and ``x`` have different lengths or are empty.
     """
+    x = pack_inputs(x)
     if len(reference_logits) != len(x):
         raise DataError(
             f"reference_logits and x must have the same length, but got "
@@ -161,9 +238,18 @@ def agreement(
 
 
 def _score(
-    logits: np.ndarray, y: np.ndarray | None, reference_logits: np.ndarray | None
-) -> tuple[float, str]:
-    predictions = logits.argmax(axis=1)
+    logits: np.ndarray,
+    y: np.ndarray | None,
+    reference_logits: np.ndarray | None,
+    *,
+    required: bool = True,
+) -> tuple[float | None, str]:
+    if is_reference(y):
+        assert y is not None
+        return fidelity(logits, y)
+    if y is None and reference_logits is not None and np.asarray(reference_logits).ndim != 2:
+        return fidelity(logits, reference_logits)
+    predictions = logits.argmax(axis=1) if logits.ndim >= 2 else logits
     if y is not None:
         if len(y) != len(logits):
             raise DataError(
@@ -177,6 +263,8 @@ def _score(
                 f"{len(reference_logits)} and {len(logits)}"
             )
         return float(np.mean(predictions == reference_logits.argmax(axis=1))), "top1_agreement"
+    if not required:
+        return None, "none"
     raise DataError(
         "measuring needs labels (y_test) or reference logits for agreement, but got neither"
     )
@@ -225,9 +313,13 @@ def peak_memory_mb(fn: Callable[[], T], *, interval_s: float = 0.001) -> tuple[T
 
 @dataclass(frozen=True)
 class SessionMeasurement:
-    """What :func:`measure_session` found (the runtime-independent part of Metrics)."""
+    """What :func:`measure_session` found (the runtime-independent part of Metrics).
 
-    accuracy: float
+    ``accuracy`` is None (kind ``"none"``) when neither labels nor reference outputs
+    were given and the caller did not require a score.
+    """
+
+    accuracy: float | None
     accuracy_kind: str
     latency_p50_ms: float
     latency_p90_ms: float
@@ -237,7 +329,7 @@ class SessionMeasurement:
 
 def measure_session(
     session: InferenceSession,
-    x_test: np.ndarray,
+    x_test: Inputs,
     y_test: np.ndarray | None,
     settings: MeasureSection,
     *,
@@ -246,14 +338,21 @@ def measure_session(
     throughput_session: InferenceSession | None = None,
     reference_logits: np.ndarray | None = None,
     eval_logits: np.ndarray | None = None,
+    require_score: bool = True,
 ) -> SessionMeasurement:
     """Measure accuracy, latency and throughput of a loaded model.
 
+    The score is, in this order: top-1 accuracy for integer labels ``y_test``;
+    fidelity (see :func:`fidelity`) when ``y_test`` holds float reference outputs
+    (2-D or more) or ``reference_logits`` is given: top-1 agreement for 2-D
+    classifier outputs, mean cosine similarity for any other output.
+
     Args:
         session: The model.
-        x_test: Float32 test inputs ``[N, features]``.
-        y_test: Integer labels ``[N]``; None to report top-1 agreement with
-            ``reference_logits`` instead.
+        x_test: Test inputs ``[N, ...]``: one array of any rank, or named inputs (a
+            mapping or a packed structured array); batches slice axis 0 of each.
+        y_test: Integer labels ``[N]``, or the original model's float outputs
+            ``[N, ...]``; None to score ``reference_logits`` instead (or nothing).
         settings: Warm-up, repeats and the optional cap on evaluated samples.
         latency_batch_size: Rows per call when timing latency.
         throughput_batch_size: Rows per call for throughput and accuracy.
@@ -262,6 +361,8 @@ def measure_session(
             required when ``y_test`` is None.
         eval_logits: ``session``'s logits on ``x_test`` when already computed (skips a
             second pass over the test set).
+        require_score: Raise when there is nothing to score against; False gives an
+            ``accuracy`` of None instead.
 
     Returns:
         The measurement.
@@ -269,8 +370,9 @@ def measure_session(
     Raises:
         DataError: If there is nothing to measure or the inputs do not line up.
     """
-    n = len(x_test) if settings.max_eval_samples is None else settings.max_eval_samples
-    x_eval = np.ascontiguousarray(x_test[:n], dtype=np.float32)
+    packed = pack_inputs(x_test)
+    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(packed[:n])
     logits = (
         eval_logits if eval_logits is not None else predict(session, x_eval, throughput_batch_size)
     )
@@ -278,6 +380,7 @@ def measure_session(
         logits[:n],
         None if y_test is None else np.asarray(y_test)[:n],
         None if reference_logits is None else np.asarray(reference_logits)[:n],
+        required=require_score,
     )
     p50, p90 = latency_ms(
         session,
@@ -310,7 +413,7 @@ def measure_artifact(
     artifact: ArtifactRef,
     runtime: str,
     profile: HardwareProfile,
-    x_test: np.ndarray,
+    x_test: Inputs,
     y_test: np.ndarray | None,
     settings: MeasureSection,
     *,
@@ -318,6 +421,7 @@ def measure_artifact(
     flops: int,
     trust_checkpoint: bool = False,
     reference_logits: np.ndarray | None = None,
+    require_score: bool = True,
 ) -> Metrics:
     """Load a stored model in ``runtime`` and measure it on the profile's settings.
 
@@ -330,14 +434,18 @@ def measure_artifact(
         artifact: The model.
         runtime: A runtime the profile lists.
         profile: Threads, batch sizes and runtime settings.
-        x_test: Float32 test inputs ``[N, features]``.
-        y_test: Integer labels ``[N]``, or None to score agreement with
+        x_test: Test inputs ``[N, ...]`` (one array of any rank) or named inputs.
+        y_test: Integer labels ``[N]``, the original model's float outputs (scored
+            by fidelity, see :func:`measure_session`), or None to score agreement with
             ``reference_logits``.
         settings: Warm-up, repeats and the optional cap on evaluated samples.
         params: Parameter count of the torch model the candidate descends from.
         flops: FLOPs per sample of that model.
         trust_checkpoint: Allow pickled code in torch checkpoints.
-        reference_logits: Reference logits on ``x_test`` (needed when ``y_test`` is None).
+        reference_logits: Reference outputs on ``x_test`` (needed when ``y_test`` is
+            None and ``require_score`` is True).
+        require_score: With False and nothing to score against, ``accuracy`` is NaN
+            and ``accuracy_kind`` is ``"none"`` (the benchmarker's unlabelled case).
 
     Returns:
         The candidate's metrics.
@@ -351,8 +459,9 @@ def measure_artifact(
     spec = runtime_spec(profile, runtime)
     engine = get_runtime(runtime)
     engine.prepare(spec)
-    n = len(x_test) if settings.max_eval_samples is None else settings.max_eval_samples
-    x_eval = np.ascontiguousarray(x_test[:n], dtype=np.float32)
+    packed = pack_inputs(x_test)
+    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(packed[:n])
     if len(x_eval) == 0:
         raise DataError("measuring needs at least one test sample, but got an empty array")
     batch = profile.throughput_batch_size
@@ -375,9 +484,10 @@ def measure_artifact(
         throughput_session=throughput,
         reference_logits=None if reference_logits is None else reference_logits[:n],
         eval_logits=logits,
+        require_score=require_score,
     )
     return Metrics(
-        accuracy=found.accuracy,
+        accuracy=float("nan") if found.accuracy is None else found.accuracy,
         accuracy_kind=found.accuracy_kind,
         latency_p50_ms=found.latency_p50_ms,
         latency_p90_ms=found.latency_p90_ms,

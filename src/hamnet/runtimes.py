@@ -1,9 +1,11 @@
 """Run a stored model on a runtime: PyTorch, ONNX Runtime or OpenVINO.
 
 Each runtime is one :class:`Runtime` subclass listed in :data:`RUNTIMES`. Loading an
-artifact gives an :class:`InferenceSession` whose :meth:`~InferenceSession.run` maps
-float32 ``[batch, features]`` to float32 logits ``[batch, classes]``; every candidate
-is measured through that one method. The heavy libraries are imported inside the
+artifact gives an :class:`InferenceSession` whose :meth:`~InferenceSession.run` maps a
+batch of inputs (one array of any rank, or named arrays for multi-input models such as
+BERT's ``input_ids``/``attention_mask``) to the model's first output as float32 (logits
+``[batch, classes]`` for a classifier); every candidate is measured through that one
+method. The heavy libraries are imported inside the
 methods that use them, so ``import hamnet`` stays fast.
 
 A runtime never falls back silently: an execution provider or device the hardware
@@ -20,14 +22,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import numpy as np
 
 from hamnet.errors import (
     ConfigError,
+    DataError,
     HardwareProfileError,
     MissingDependencyError,
     ModelLoadError,
@@ -67,6 +71,87 @@ def require(module: str, package: str | None = None) -> Any:
         ) from err
 
 
+Inputs: TypeAlias = np.ndarray | Mapping[str, np.ndarray]
+"""What a session runs on: one array (axis 0 is the batch), a mapping of named arrays,
+or a structured array with one field per named input (see :func:`pack_inputs`)."""
+
+
+def _plain(a: Any) -> np.ndarray:
+    """One input array, contiguous; floating point becomes float32, other dtypes stay."""
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
+def pack_inputs(x: Inputs) -> np.ndarray:
+    """Return inputs as one array whose axis 0 is the batch.
+
+    A plain array is returned contiguous (floating point as float32, integers kept). A
+    mapping of named arrays becomes a structured array with one field per input (field
+    shape = the input's shape without the batch axis, dtype kept), so batches of every
+    input are sliced, repeated and concatenated together along axis 0.
+
+    Args:
+        x: One array, a mapping of named arrays, or an already packed structured array.
+
+    Returns:
+        The packed array.
+
+    Raises:
+        DataError: If the mapping is empty, an entry is not at least 1-D, or the
+            entries have different batch sizes.
+    """
+    if isinstance(x, Mapping):
+        if not x:
+            raise DataError("inputs must hold at least one named array, but got an empty mapping")
+        arrays = {str(k): _plain(v) for k, v in x.items()}
+        bad = {k: list(a.shape) for k, a in arrays.items() if a.ndim < 1}
+        if bad:
+            raise DataError(f"every named input must have a batch axis, but got shapes {bad}")
+        sizes = {k: len(a) for k, a in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise DataError(f"named inputs must have the same batch size (axis 0), but got {sizes}")
+        dtype = np.dtype([(k, a.dtype, a.shape[1:]) for k, a in arrays.items()])
+        packed = np.empty(next(iter(sizes.values())), dtype=dtype)
+        for k, a in arrays.items():
+            packed[k] = a
+        return packed
+    a = np.asarray(x)
+    if a.dtype.names:
+        return np.ascontiguousarray(a)
+    return _plain(a)
+
+
+def input_names(x: np.ndarray | Mapping[str, np.ndarray]) -> tuple[str, ...] | None:
+    """The input names of a mapping or packed array; None for one unnamed array."""
+    if isinstance(x, Mapping):
+        return tuple(str(k) for k in x)
+    names = np.asarray(x).dtype.names
+    return tuple(names) if names else None
+
+
+def unpack_inputs(x: Inputs) -> dict[str, np.ndarray] | np.ndarray:
+    """Return named inputs as a dict of contiguous arrays, or the one plain array.
+
+    The inverse of :func:`pack_inputs`: a structured array or a mapping gives a dict
+    ``{name: array}``; a plain array is returned contiguous (floats as float32).
+    """
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    a = np.asarray(x)
+    if a.dtype.names:
+        return {name: np.ascontiguousarray(a[name]) for name in a.dtype.names}
+    return _plain(a)
+
+
+def batch_size_of(x: Inputs) -> int:
+    """The number of samples (axis 0) of one array or of named inputs."""
+    if isinstance(x, Mapping):
+        return len(next(iter(x.values()))) if x else 0
+    return len(x)
+
+
 def _as_input(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -74,8 +159,64 @@ def _as_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
+_ONNX_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _feed(
+    x: Inputs, names: list[str], ranks: dict[str, int | None], dtypes: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Map inputs to a model's named inputs, each cast to the dtype the model declares.
+
+    Raises:
+        DataError: If the names do not match, or a single array is given to a model
+            with several inputs, or an array's rank differs from the model's.
+    """
+    data = unpack_inputs(x)
+    if isinstance(data, dict):
+        if sorted(data) != sorted(names):
+            raise DataError(
+                f"inputs must be named {names} (the model's inputs), but got {sorted(data)}"
+            )
+        feed = data
+    else:
+        if len(names) != 1:
+            raise DataError(
+                f"inputs must be a mapping of the model's {len(names)} named inputs {names}, "
+                f"but got one array of shape {list(data.shape)}"
+            )
+        feed = {names[0]: data}
+    out: dict[str, np.ndarray] = {}
+    for name, array in feed.items():
+        rank = ranks.get(name)
+        if rank is not None and array.ndim != rank:
+            if rank == 2 and len(names) == 1:
+                raise ValueError(
+                    f"inputs must be a 2-D array [batch, features], but got shape {array.shape}"
+                )
+            raise DataError(
+                f"input {name!r} must be a {rank}-D array, but got shape {list(array.shape)}"
+            )
+        want = dtypes.get(name)
+        out[name] = array if want is None or array.dtype == want else array.astype(want)
+    return out
+
+
 class InferenceSession(ABC):
-    """A loaded model that maps float32 ``[B, F]`` inputs to float32 ``[B, C]`` logits.
+    """A loaded model that maps a batch of inputs to its first output as float32.
+
+    Inputs are one array of any rank (axis 0 is the batch; a HAMNet takes float32
+    ``[B, F]``) or, for models with several inputs, a mapping ``{input name: array}``
+    (or a structured array from :func:`pack_inputs`). Integer inputs (token ids,
+    attention masks) keep their dtype; floating point inputs run as float32.
 
     Attributes:
         runtime: Name of the runtime that runs the model (a key of :data:`RUNTIMES`).
@@ -84,14 +225,19 @@ class InferenceSession(ABC):
     runtime: str
 
     @abstractmethod
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Return the logits for a batch of inputs.
+    def run(self, x: Inputs) -> np.ndarray:
+        """Return the model's first output for a batch of inputs.
 
         Args:
-            x: Float32 inputs ``[batch, features]``.
+            x: One array ``[batch, ...]`` or a mapping of named arrays ``[batch, ...]``.
 
         Returns:
-            Float32 logits ``[batch, classes]``; a new array the caller may keep.
+            Float32 output ``[batch, ...]`` (logits ``[batch, classes]`` for a
+            classifier); a new array the caller may keep.
+
+        Raises:
+            DataError: If named inputs do not match the model's inputs.
+            ValueError: If a single array has the wrong rank.
         """
 
 
@@ -187,8 +333,12 @@ class Runtime(ABC):
 class TorchSession(InferenceSession):
     """Runs an in-memory torch module under ``torch.inference_mode``.
 
+    Named inputs are passed as keyword arguments; a module returning a tuple, a dict
+    or a Hugging Face ``ModelOutput`` gives its first tensor.
+
     Args:
-        model: Maps float32 ``[B, F]`` to ``[B, C]``; it is put in eval mode.
+        model: Maps float32 ``[B, F]`` to ``[B, C]`` (a HAMNet), or any module; it is
+            put in eval mode.
         device: Torch device to run on, e.g. ``"cpu"`` or ``"cuda"``.
     """
 
@@ -200,13 +350,37 @@ class TorchSession(InferenceSession):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: Inputs) -> np.ndarray:
         import torch
 
-        tensor = torch.from_numpy(_as_input(x)).to(self.device)
+        data = unpack_inputs(x)
         with torch.inference_mode():
-            out = self.model(tensor)
-        return np.array(out.float().cpu().numpy(), dtype=np.float32, copy=True)
+            if isinstance(data, dict):
+                out = self.model(
+                    **{k: torch.from_numpy(v).to(self.device) for k, v in data.items()}
+                )
+            else:
+                if data.ndim < 2:
+                    _as_input(data)  # the 2-D error message
+                out = self.model(torch.from_numpy(data).to(self.device))
+        return np.array(first_tensor(out).float().cpu().numpy(), dtype=np.float32, copy=True)
+
+
+def first_tensor(out: Any) -> Any:
+    """The first tensor of a module's output (a tensor, tuple, dict or ``ModelOutput``).
+
+    Raises:
+        DataError: If the output holds no tensor.
+    """
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    values = list(out.values()) if isinstance(out, Mapping) else list(out)
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+    raise DataError(f"model output must hold a tensor, but got {type(out).__name__}")
 
 
 class TorchRuntime(Runtime):
@@ -257,16 +431,21 @@ class OnnxRuntimeSession(InferenceSession):
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.input_name: str = session.get_inputs()[0].name
+        inputs = session.get_inputs()
+        self.input_names: list[str] = [i.name for i in inputs]
+        self.input_name: str = self.input_names[0]
         self.output_name: str = session.get_outputs()[0].name
+        self._ranks = {i.name: len(i.shape) if i.shape is not None else None for i in inputs}
+        self._dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in inputs}
 
     @property
     def providers(self) -> list[str]:
         """The execution providers the session actually uses."""
         return list(self.session.get_providers())
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: _as_input(x)})
+    def run(self, x: Inputs) -> np.ndarray:
+        feed = _feed(x, self.input_names, self._ranks, self._dtypes)
+        (out,) = self.session.run([self.output_name], feed)
         return np.asarray(out, dtype=np.float32)
 
 
@@ -365,22 +544,41 @@ class OpenVINOSession(InferenceSession):
         self.hint = hint
         self.num_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [compiled.create_infer_request() for _ in range(self.num_requests)]
+        self.input_names: list[str] = [
+            next(iter(port.get_names()), str(i)) for i, port in enumerate(compiled.inputs)
+        ]
+        self._ranks: dict[str, int | None] = {}
+        self._dtypes: dict[str, Any] = {}
+        for name, port in zip(self.input_names, compiled.inputs, strict=True):
+            shape = port.get_partial_shape()
+            self._ranks[name] = len(shape) if shape.rank.is_static else None
+            self._dtypes[name] = _ov_dtype(port)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        x = _as_input(x)
-        parts = min(self.num_requests, len(x))
+    def run(self, x: Inputs) -> np.ndarray:
+        feed = _feed(x, self.input_names, self._ranks, self._dtypes)
+        n = len(next(iter(feed.values())))
+        parts = min(self.num_requests, n)
         if parts <= 1:
             request = self._requests[0]
-            request.infer({0: x}, share_inputs=True)
+            request.infer(feed, share_inputs=True)
             return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
-        chunks = np.array_split(x, parts)
-        for request, chunk in zip(self._requests, chunks, strict=False):
-            request.start_async({0: chunk}, share_inputs=True)
+        bounds = np.array_split(np.arange(n), parts)
+        for request, rows in zip(self._requests, bounds, strict=False):
+            chunk = {k: v[rows[0] : rows[-1] + 1] for k, v in feed.items()}
+            request.start_async(chunk, share_inputs=True)
         outputs = []
         for request in self._requests[:parts]:
             request.wait()
             outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outputs, axis=0)
+
+
+def _ov_dtype(port: Any) -> Any:
+    """The numpy dtype of an OpenVINO input port (None when it cannot be told)."""
+    try:
+        return np.dtype(port.get_element_type().to_dtype())
+    except Exception:
+        return None
 
 
 class OpenVINORuntime(Runtime):

@@ -22,6 +22,8 @@ from hamnet.errors import ConfigError, ModelLoadError
 from hamnet.hardware import HardwareProfile
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hamnet.data import Dataset
     from hamnet.models import HAMNet
 
@@ -51,10 +53,17 @@ class StageContext:
 
     @cached_property
     def dataset(self) -> Dataset:
-        """The configured data set, loaded once per context."""
+        """The configured data set, loaded once per context.
+
+        A HAMNet (trained here, or a ``.pt`` checkpoint) takes feature vectors, so N-D
+        inputs (e.g. images) are flattened for it; an ONNX model gets them as stored.
+        """
         from hamnet.data import load_dataset
 
-        return load_dataset(self.config.data, base_dir=self.base_dir)
+        data = load_dataset(self.config.data, base_dir=self.base_dir)
+        model = self.config.model
+        is_onnx = model.source == "file" and str(model.path).lower().endswith(".onnx")
+        return data if is_onnx else data.flattened()
 
     def resolve(self, path: str) -> Path:
         """Resolve a config path against :attr:`base_dir`."""
@@ -154,7 +163,11 @@ class TrainStage(Stage):
 
 
 class LoadStage(Stage):
-    """Take a user's model file (hamnet ``.pt`` checkpoint or ``.onnx``) as the baseline."""
+    """Take a user's model file (hamnet ``.pt`` checkpoint or ``.onnx``) as the baseline.
+
+    An ONNX model may have several named inputs of any rank; their names, ranks and
+    static sizes must match the data's (see :mod:`hamnet.data` for named inputs).
+    """
 
     name = "load"
 
@@ -167,7 +180,7 @@ class LoadStage(Stage):
 
         Raises:
             ModelLoadError: If the file is missing, unreadable or of an unknown format.
-            DataError: If its input size differs from the data's feature count.
+            DataError: If its inputs (names, ranks, sizes) differ from the data's.
         """
         cfg = ctx.config.model
         assert cfg.path is not None
@@ -184,7 +197,8 @@ class LoadStage(Stage):
             got: int | None = load_checkpoint(path, trust=cfg.trust_checkpoint).config.input_size
             fmt = "torch"
         elif suffix == ".onnx":
-            got = _onnx_feature_count(path)
+            got = None
+            _check_onnx_inputs(path, ctx.dataset)
             fmt = "onnx"
         else:
             raise ModelLoadError(
@@ -209,7 +223,12 @@ class LoadStage(Stage):
         ]
 
 
-def _onnx_feature_count(path: Path) -> int | None:
+def onnx_inputs(path: Path) -> dict[str, list[int | None]]:
+    """The graph inputs of an ONNX file: ``{name: dims}`` (None for a dynamic axis).
+
+    Raises:
+        ModelLoadError: If the file is not a readable ONNX model or has no input.
+    """
     import onnx
 
     try:
@@ -218,18 +237,56 @@ def _onnx_feature_count(path: Path) -> int | None:
         raise ModelLoadError(
             f"model file {str(path)!r} is not a readable ONNX model: {err}"
         ) from None
-    if len(model.graph.input) != 1:
-        raise ModelLoadError(
-            f"ONNX model {str(path)!r} must have exactly one input [batch, features], but it "
-            f"has {len(model.graph.input)}"
-        )
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 2:
-        raise ModelLoadError(
-            f"ONNX model {str(path)!r} must take a 2-D input [batch, features], but its input "
-            f"has rank {len(dims)}"
-        )
-    return dims[1].dim_value or None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {
+        str(i.name): [d.dim_value or None for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    }
+    if not inputs:
+        raise ModelLoadError(f"ONNX model {str(path)!r} must have at least one input, but has none")
+    return inputs
+
+
+def _check_onnx_inputs(path: Path, dataset: Dataset) -> None:
+    """Check an ONNX model's inputs against the data's (names, ranks, static sizes)."""
+    import numpy as np
+
+    from hamnet.errors import DataError
+
+    inputs = onnx_inputs(path)
+    x = dataset.x_test
+    if dataset.input_names is not None:
+        if sorted(inputs) != sorted(dataset.input_names):
+            raise DataError(
+                f"the data's named inputs must match the inputs of ONNX model {str(path)!r} "
+                f"{sorted(inputs)}, but got {sorted(dataset.input_names)}"
+            )
+        shapes = {n: (len(x), *x.dtype[n].shape) for n in dataset.input_names}
+    else:
+        if len(inputs) != 1:
+            raise DataError(
+                f"data with one input array must match an ONNX model with one input, but "
+                f"{str(path)!r} has inputs {sorted(inputs)}: store named inputs as "
+                f"'x__<name>' arrays"
+            )
+        shapes = {next(iter(inputs)): tuple(np.shape(x))}
+    for name, dims in inputs.items():
+        shape = shapes[name]
+        if len(dims) != len(shape):
+            raise DataError(
+                f"input {name!r} of ONNX model {str(path)!r} must be {len(dims)}-D "
+                f"{['?' if d is None else d for d in dims]}, but the data has shape "
+                f"{['N', *shape[1:]]}"
+            )
+        if len(dims) == 2 and dataset.input_names is None and dims[1] is not None:
+            dataset.check_input_size(int(dims[1]))
+        for axis, (want, got) in enumerate(zip(dims, shape, strict=True)):
+            if axis > 0 and want is not None and want != got:
+                raise DataError(
+                    f"input {name!r} of ONNX model {str(path)!r} must have size {want} on "
+                    f"axis {axis}, but the data has {got}"
+                )
 
 
 class SearchStage(Stage):
@@ -624,10 +681,12 @@ class DistillStage(Stage):
     section = "distill"
 
     def input_files(self, config: OptimizeConfig) -> list[str]:
-        """Teachers given as checkpoint files (names of candidates are not files)."""
+        """Teachers given as checkpoint files (names of candidates are not files), and
+        the unlabelled transfer set."""
         cfg = config.stages.distill
         assert cfg is not None
-        return [t for t in cfg.teachers if t.endswith((".pt", ".pth")) or "/" in t]
+        files = [t for t in cfg.teachers if t.endswith((".pt", ".pth")) or "/" in t]
+        return files + ([cfg.unlabelled_data] if cfg.unlabelled_data else [])
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         from hamnet.models import HAMNet, HAMNetConfig, load_checkpoint
@@ -637,6 +696,17 @@ class DistillStage(Stage):
         cfg = ctx.config.stages.distill
         assert cfg is not None
         teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers]
+        transfer = None
+        if cfg.unlabelled_data:
+            from hamnet.distill.transfer import load_transfer_set
+
+            transfer = load_transfer_set(
+                ctx.resolve(cfg.unlabelled_data), ctx.dataset, ctx.config.data.label_column
+            )
+            ctx.notes.append(
+                f"distill: {len(transfer)} unlabelled inputs from {cfg.unlabelled_data} "
+                f"added for the distillation terms"
+            )
         recipe = "+".join(str(term["method"]) for term in cfg.methods)
         out: list[Candidate] = []
         if cfg.recover_pruned:
@@ -654,6 +724,7 @@ class DistillStage(Stage):
                         student, pruned, f"{pruned.name}+kd-{recipe}", teachers, cfg.train, ctx,
                         {"recovery_of": pruned.name, "started_from": "pruning plan replayed "
                          "on the baseline (KD instead of cross-entropy fine-tuning)"},
+                        transfer,
                     )
                 )  # fmt: skip
         dataset = ctx.dataset
@@ -677,6 +748,7 @@ class DistillStage(Stage):
                     HAMNet(model_cfg), teachers[0][0], f"student-{student_name}+kd-{recipe}",
                     teachers, cfg.student_train, ctx,
                     {"student": student_name, "architecture": model_cfg.model_dump(mode="json")},
+                    transfer,
                 )
             )  # fmt: skip
         if not out:
@@ -727,6 +799,7 @@ class DistillStage(Stage):
         train_cfg: TrainStageConfig,
         ctx: StageContext,
         extra: dict[str, Any],
+        transfer: np.ndarray | None = None,
     ) -> Candidate:
         from hamnet.distill.train import distill_model
 
@@ -746,6 +819,7 @@ class DistillStage(Stage):
             seed=ctx.config.seed,
             device=device,
             checkpoint_path=checkpoint,
+            unlabelled_x=transfer,
         )
         return Candidate.create(
             name=name,
@@ -765,6 +839,7 @@ class DistillStage(Stage):
                 "best_val_accuracy": round(result.train.best_val_accuracy, 6),
                 "teacher_cache_files": [str(p) for p in result.teacher_cache_files],
                 "teacher_cache_hits": result.teacher_cache_hits,
+                "unlabelled_samples": 0 if transfer is None else len(transfer),
                 "layer_heads": student.config.layer_heads,
                 "layer_ffn": student.config.layer_ffn,
             },
@@ -853,7 +928,9 @@ class QuantizeStage(Stage):
             source_session = load_session(source.artifact, source.runtime, ctx.profile)
             for method_name in cfg.methods:
                 method = get_quantizer(method_name)
-                reason = method.supported(ctx.profile)
+                reason = method.supported(ctx.profile) or method.applicable(
+                    Path(source.artifact.path)
+                )
                 if reason:
                     ctx.notes.append(f"quantize: {method_name} skipped: {reason}")
                     continue
@@ -878,7 +955,7 @@ class QuantizeStage(Stage):
                         precision=method.precision,  # type: ignore[arg-type]
                         params=_quantize_params(method_name, cfg, ctx.profile),
                         parity_max_abs_diff=max_abs_diff(source_session, session, x),
-                        notes=list(method.notes),
+                        notes=[*method.notes, *method.extra_notes],
                     )
                 )
         return out

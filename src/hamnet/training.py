@@ -86,13 +86,40 @@ class Batch:
 
         Returns:
             ``lam * CE(logits, y) + (1 - lam) * CE(logits, y_mix)``, or ``CE(logits, y)``
-            for an unmixed batch.
+            for an unmixed batch; each CE is the mean over the samples that have a label
+            (see :func:`labelled_cross_entropy`).
         """
-        loss = F.cross_entropy(logits, self.y, label_smoothing=label_smoothing)
+        loss = labelled_cross_entropy(logits, self.y, label_smoothing)
         if self.y_mix is None or self.lam == 1.0:
             return loss
-        partner = F.cross_entropy(logits, self.y_mix, label_smoothing=label_smoothing)
+        partner = labelled_cross_entropy(logits, self.y_mix, label_smoothing)
         return self.lam * loss + (1.0 - self.lam) * partner
+
+
+UNLABELLED = -1
+"""Label of a training sample without a label (e.g. a distillation transfer set): the
+cross-entropy skips it; teacher-based loss terms still use it."""
+
+
+def labelled_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over the samples that have a label (``y >= 0``).
+
+    Args:
+        logits: ``[batch, classes]``.
+        y: ``int64 [batch]`` class indices, :data:`UNLABELLED` where there is none.
+        label_smoothing: As in :func:`torch.nn.functional.cross_entropy`.
+
+    Returns:
+        The mean over labelled samples; a zero that keeps the graph when none is.
+    """
+    labelled = y >= 0
+    if bool(labelled.all()):
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labelled], y[labelled], label_smoothing=label_smoothing)
 
 
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

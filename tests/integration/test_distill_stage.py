@@ -93,20 +93,25 @@ def test_unknown_method_is_rejected_by_the_config() -> None:
         config_from_dict(tiny_config(stages={"distill": {"methods": [{"method": "magic"}]}}))
 
 
-def test_a_teacher_file_and_multi_teacher_kd(project: Path) -> None:
+def test_a_teacher_file_multi_teacher_kd_and_an_unlabelled_transfer_set(project: Path) -> None:
+    import numpy as np
     import torch
+    from sklearn.datasets import load_digits
 
     from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
 
     torch.manual_seed(0)
     extra = HAMNet(HAMNetConfig(input_size=64, num_classes=10, hidden_size=16, token_size=8))
     save_checkpoint(extra, project / "teacher.pt")
+    # Raw (unstandardized) inputs without labels: the stage preprocesses them like the data.
+    np.savez(project / "unlabelled.npz", x=load_digits().data[:300].astype(np.float32))
     cfg = config_from_dict(
         _config(
             project,
             teachers=["baseline", "teacher.pt"],
             methods=[{"method": "multi_teacher", "weighting": "confidence"}],
             students=[],
+            unlabelled_data="unlabelled.npz",
         )
     )
     result = run_pipeline(cfg, base_dir=project)
@@ -114,3 +119,6 @@ def test_a_teacher_file_and_multi_teacher_kd(project: Path) -> None:
     assert recovered.name == "pruned-50+kd-multi_teacher"
     assert recovered.params["teachers"] == ["baseline", "teacher-teacher"]
     assert len(recovered.params["teacher_cache_files"]) == 2
+    assert recovered.params["unlabelled_samples"] == 300
+    notes = [n for s in result.stages for n in s.notes]
+    assert any("300 unlabelled inputs" in note for note in notes)

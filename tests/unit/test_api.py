@@ -102,12 +102,15 @@ def test_from_tensorflow_names_the_extra(tmp_path: Path) -> None:
         Optimizer.from_tensorflow(tmp_path / "model.keras")
 
 
-def test_generic_module_needs_2d_shape(tmp_path: Path) -> None:
+def test_generic_module_needs_a_shape(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(64, 10))
     with pytest.raises(ConfigError, match="but got None"):
         Optimizer.from_pytorch(model, work_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"input_shape must have a batch axis"):
+        Optimizer.from_pytorch(model, [64], work_dir=tmp_path)
+    hamnet = HAMNet(HAMNetConfig(input_size=64, num_classes=10, hidden_size=8, num_heads=2))
     with pytest.raises(UnsupportedCombinationError, match=r"2-D \[batch, features\]") as err:
-        Optimizer.from_pytorch(model, [1, 3, 8, 8], work_dir=tmp_path)
+        Optimizer.from_pytorch(hamnet, [1, 1, 8, 8], work_dir=tmp_path)
     assert isinstance(err.value, NotImplementedError)
 
 

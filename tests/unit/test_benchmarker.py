@@ -76,3 +76,39 @@ def test_bad_settings_and_absent_hardware() -> None:
         Benchmarker(repeats=1)
     with pytest.raises(HardwareProfileError, match="arm64-edge"):
         Benchmarker("arm64-edge")
+
+
+@pytest.fixture(scope="module")
+def two_input_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from torch import nn
+
+    from hamnet.export import export_module
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            return self.head((self.embed(ids) * weight.unsqueeze(-1)).mean(dim=1))
+
+    torch.manual_seed(0)
+    examples = {"ids": torch.randint(0, 10, (2, 6)), "weight": torch.rand(2, 6)}
+    return export_module(Two().eval(), examples, tmp_path_factory.mktemp("two") / "two.onnx")
+
+
+def test_named_inputs_without_labels(two_input_onnx: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = {"ids": rng.integers(0, 10, size=(16, 6)), "weight": rng.random((16, 6))}
+    bench = Benchmarker(warmup=1, repeats=5)
+    results = bench.benchmark(two_input_onnx, x)
+    assert sorted(m.runtime for m in results) == ["onnxruntime", "openvino"]
+    assert all(m.accuracy is None and m.accuracy_kind is None for m in results)
+    (labelled,) = Benchmarker(warmup=1, repeats=5, runtimes=["onnxruntime"]).benchmark(
+        two_input_onnx, x, np.arange(16) % 3
+    )
+    assert labelled.accuracy is not None and labelled.accuracy_kind == "top1_accuracy"
+    with pytest.raises(DataError, match="named"):
+        bench.benchmark(two_input_onnx, x["ids"])

@@ -236,3 +236,40 @@ def test_optimize_bad_input_exits_2(tmp_path: Path) -> None:
     (tmp_path / "m.pt").write_bytes(b"not a checkpoint")
     bad_goal = runner.invoke(app, ["optimize", str(tmp_path / "m.pt"), "--goal", "shrink"])
     assert bad_goal.exit_code == 2
+
+
+def test_optimize_named_inputs_without_labels_and_prefect_option(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from hamnet.export import export_module
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(2, 16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, features: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.a(features) + self.b(side)))
+
+    torch.manual_seed(0)
+    model = export_module(
+        Two().eval(), {"features": torch.randn(1, 8), "side": torch.randn(1, 2)},
+        tmp_path / "two.onnx",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "val.npz", x__features=rng.normal(size=(80, 8)),
+             x__side=rng.normal(size=(80, 2)))  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "optimize", str(model), "--goal", "quantize", "--max-accuracy-drop", "1.0",
+            "--data", str(tmp_path / "val.npz"), "--backend", "onnx",
+            "--work-dir", str(tmp_path / "work"), "--no-prefect",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "top1_agreement_with_original_model" in result.output
+    helptext = runner.invoke(app, ["optimize", "--help"])
+    assert "--prefect" in helptext.output

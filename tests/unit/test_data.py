@@ -193,3 +193,80 @@ def test_fingerprint(tmp_path: Path) -> None:
     assert data_fingerprint(section, base_dir=tmp_path) != first
     with pytest.raises(DataError, match="does not exist"):
         data_fingerprint(_file_section(tmp_path / "gone.csv"), base_dir=tmp_path)
+
+
+def test_npz_keeps_nd_inputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "images.npz"
+    np.savez(path, x=rng.normal(size=(60, 1, 8, 8)), y=np.repeat(np.arange(3), 20))
+    ds = load_dataset(_file_section(path), base_dir=tmp_path)
+    assert ds.x_train.shape[1:] == (1, 8, 8) and ds.x_train.dtype == np.float32
+    assert (ds.num_features, ds.num_classes, _all_rows(ds)) == (64, 3, 60)
+    assert ds.input_names is None and ds.targets == "labels"
+    assert ds.feature_mean is not None and ds.feature_mean.shape == (1, 8, 8)
+    assert ds.calibration_samples(5).shape == (5, 1, 8, 8)
+    flat = ds.flattened()
+    assert flat.x_train.shape == (len(ds.x_train), 64) and flat.num_features == 64
+    np.testing.assert_array_equal(flat.x_test[0], ds.x_test[0].ravel())
+    assert flat.feature_mean is not None and flat.feature_mean.shape == (64,)
+
+
+def test_npz_named_inputs_and_reference_outputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tokens.npz"
+    ids = rng.integers(0, 100, size=(50, 16))
+    mask = np.ones((50, 16), dtype=np.int64)
+    reference = rng.normal(size=(50, 16, 8)).astype(np.float32)
+    np.savez(path, x__input_ids=ids, x__attention_mask=mask, reference=reference)
+    ds = load_dataset(_file_section(path, standardize=False), base_dir=tmp_path)
+    assert ds.input_names == ("input_ids", "attention_mask") and ds.targets == "reference"
+    assert ds.x_train.dtype["input_ids"].base == np.int64
+    assert ds.y_test.shape[1:] == (16, 8) and ds.num_classes == 0 and _all_rows(ds) == 50
+    assert ds.num_features == 32
+    rows = ds.x_test["input_ids"]
+    for row, out in zip(rows, ds.y_test, strict=True):  # inputs and outputs stay paired
+        match = np.flatnonzero((ids == row).all(axis=1))[0]
+        np.testing.assert_array_equal(out, reference[match])
+    with pytest.raises(DataError, match="named inputs"):
+        ds.flattened()
+    calibration = ds.calibration_samples(4)
+    assert calibration.dtype.names == ("input_ids", "attention_mask") and len(calibration) == 4
+    again = load_dataset(_file_section(path, standardize=False), base_dir=tmp_path)
+    np.testing.assert_array_equal(again.x_test["input_ids"], rows)
+
+
+def test_npz_named_inputs_errors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 10)
+    cases = {
+        "both.npz": ({"x": rng.normal(size=(20, 3)), "x__a": rng.normal(size=(20, 3)),
+                      "y": labels}, "either one input 'x' or named inputs"),
+        "sizes.npz": ({"x__a": rng.normal(size=(20, 3)), "x__b": rng.normal(size=(19, 3)),
+                       "y": labels}, "same batch size"),
+        "nan.npz": ({"x__a": np.full((20, 3), np.nan), "y": labels}, "input 'a' has 60 missing"),
+        "ref.npz": ({"x__a": rng.normal(size=(20, 3)), "reference": labels},
+                    "must hold the original model's float outputs"),
+        "text.npz": ({"x__a": np.array(["a"] * 20), "y": labels}, "must be numeric"),
+    }  # fmt: skip
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(DataError, match=message):
+            load_dataset(_file_section(tmp_path / name, standardize=False), base_dir=tmp_path)
+    np.savez(tmp_path / "std.npz", x__a=rng.normal(size=(20, 3)), y=labels)
+    with pytest.raises(DataError, match="standardize must be false for named inputs"):
+        load_dataset(_file_section(tmp_path / "std.npz"), base_dir=tmp_path)
+
+
+def test_a_hamnet_gets_image_inputs_flattened_an_onnx_model_as_stored(tmp_path: Path) -> None:
+    from hamnet.config import config_from_dict
+    from hamnet.pipeline import make_context
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", x=rng.normal(size=(60, 1, 4, 4)), y=np.repeat(np.arange(3), 20))
+    data = {"source": "file", "path": "img.npz", "format": "npz"}
+    trained = config_from_dict({"data": data, "stages": {"train": {"epochs": 1}}})
+    assert make_context(trained, tmp_path).dataset.x_train.shape[1:] == (16,)
+    onnx = config_from_dict(
+        {"data": data, "model": {"source": "file", "path": "m.onnx"}, "stages": {}}
+    )
+    assert make_context(onnx, tmp_path).dataset.x_train.shape[1:] == (1, 4, 4)

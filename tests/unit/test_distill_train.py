@@ -12,7 +12,7 @@ import torch
 from hamnet.config import DataSection, TrainStageConfig
 from hamnet.data import Dataset, load_dataset
 from hamnet.distill.train import array_digest, distill_model, model_digest
-from hamnet.errors import ConfigError
+from hamnet.errors import ConfigError, DataError
 from hamnet.models import HAMNet, HAMNetConfig
 from hamnet.training import evaluate_accuracy, train_model
 
@@ -125,3 +125,76 @@ def test_digests_are_stable(data: Dataset, teacher: HAMNet) -> None:
     assert model_digest(teacher) != model_digest(_hamnet(data, 32, 11))
     assert array_digest(data.x_train) == array_digest(data.x_train.copy())
     assert array_digest(data.x_train) != array_digest(data.x_val)
+
+
+def test_labelled_cross_entropy_skips_unlabelled_samples() -> None:
+    from hamnet.training import UNLABELLED, labelled_cross_entropy
+
+    logits = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, UNLABELLED, 2, UNLABELLED])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], y[[0, 2]])
+    assert torch.allclose(labelled_cross_entropy(logits, y), expected)
+    none = labelled_cross_entropy(logits, torch.full((4,), UNLABELLED))
+    none.backward()
+    assert none.item() == 0.0 and logits.grad is not None and not logits.grad.any()
+
+
+def test_confidence_weighting_falls_back_to_entropy_without_a_label() -> None:
+    from hamnet.distill.losses import MultiTeacherLoss
+    from hamnet.distill.outputs import DistillOutputs
+
+    sharp = DistillOutputs(logits=torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0]]))
+    flat = DistillOutputs(logits=torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.1, 0.0]]))
+    loss = MultiTeacherLoss(weighting="confidence")
+    w = loss.teacher_weights([sharp, flat], torch.tensor([1, -1]))
+    assert w[1, 0] > w[0, 0]  # labelled: the teacher that gives class 1 more wins
+    assert w[0, 1] > w[1, 1]  # unlabelled: the sharper teacher wins
+
+
+def test_a_transfer_set_feeds_the_kd_terms_only(data: Dataset, teacher: HAMNet) -> None:
+    from hamnet.distill.train import with_transfer_set
+
+    extra = data.x_val[:64]
+    grown = with_transfer_set(data, extra)
+    assert len(grown.x_train) == len(data.x_train) + 64
+    assert (grown.y_train[-64:] == -1).all() and (grown.y_train[:-64] == data.y_train).all()
+    student = _hamnet(data, 16, 3)
+    result = distill_model(
+        student, [teacher], data, [{"method": "soft"}], CFG, unlabelled_x=extra, progress=False
+    )
+    assert result.train.epochs_run == CFG.epochs
+    with pytest.raises(DataError, match=r"must hold at least one sample of shape \[64\]"):
+        with_transfer_set(data, np.zeros((3, 5), dtype=np.float32))
+
+
+def test_load_transfer_set_formats_preprocessing_and_errors(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from hamnet.distill.transfer import load_transfer_set
+
+    raw = np.arange(12, dtype=np.float32).reshape(3, 4)
+    labelled = Dataset(
+        x_train=np.zeros((2, 4), np.float32), y_train=np.zeros(2, np.int64),
+        x_val=np.zeros((2, 4), np.float32), y_val=np.zeros(2, np.int64),
+        x_test=np.zeros((2, 4), np.float32), y_test=np.zeros(2, np.int64),
+        num_features=4, num_classes=1, class_names=["a"], source="toy",
+        feature_mean=np.ones(4, np.float32), feature_std=np.full(4, 2.0, np.float32),
+    )  # fmt: skip
+    np.savez(tmp_path / "u.npz", x=raw)
+    assert np.allclose(load_transfer_set(tmp_path / "u.npz", labelled), (raw - 1) / 2)
+    frame = pd.DataFrame(raw, columns=list("abcd")).assign(label=[0, 1, 0])
+    frame.to_csv(tmp_path / "u.csv", index=False)
+    assert np.allclose(load_transfer_set(tmp_path / "u.csv", labelled), (raw - 1) / 2)
+    with pytest.raises(DataError, match="does not exist"):
+        load_transfer_set(tmp_path / "missing.npz", labelled)
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 5)))
+    with pytest.raises(DataError, match=r"samples of shape \[4\].*got shape \[3, 5\]"):
+        load_transfer_set(tmp_path / "wide.npz", labelled)
+    bad = raw.copy()
+    bad[1, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad)
+    with pytest.raises(DataError, match=r"must be finite, but 1 sample"):
+        load_transfer_set(tmp_path / "nan.npz", labelled)
+    (tmp_path / "u.txt").write_text("1,2")
+    with pytest.raises(DataError, match="must be one of"):
+        load_transfer_set(tmp_path / "u.txt", labelled)

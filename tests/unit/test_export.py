@@ -176,3 +176,90 @@ def test_hamnet_checkpoint_exports_with_parity(tmp_path: Path) -> None:
     x = np.random.default_rng(1).normal(size=(20, INPUT_SIZE)).astype(np.float32)
     for ref, runtime in ((onnx_ref, "onnxruntime"), (ir_ref, "openvino")):
         assert check_parity(reference, load_session(ref, runtime, profile), x, atol=1e-4) < 1e-4
+
+
+class BatchDependent(nn.Module):
+    """Python control flow on the batch size: traced as a constant, so it cannot export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * float(x.shape[0])
+
+
+class Keywords(nn.Module):
+    """Keyword inputs of different dtypes, a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 3)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(
+        self, tokens: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.dropout(self.embed(tokens)) * scale.unsqueeze(-1)
+        return h, h.sum()
+
+
+def test_export_module_dict_tuple_and_dynamic_axes(tmp_path: Path) -> None:
+    import onnx
+
+    from hamnet.export import export_module
+
+    torch.manual_seed(0)
+    model = Keywords().train()
+    examples = {"tokens": torch.randint(0, 10, (2, 5)), "scale": torch.rand(2, 5)}
+    path = export_module(model, examples, tmp_path / "kw.onnx")
+    assert model.training and model.dropout.training  # modes restored
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["tokens", "scale"]
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in graph.input}  # fmt: skip
+    assert dims == {"tokens": ["batch", "sequence"], "scale": ["batch", 5]}
+    assert [d.dim_param for d in graph.output[0].type.tensor_type.shape.dim][:2] == [
+        "batch", "sequence"
+    ]  # fmt: skip
+    tuple_path = export_module(
+        TinyAttention().eval(), (torch.randn(1, INPUT_SIZE),), tmp_path / "t.onnx",
+        input_names=["features"],
+    )  # fmt: skip
+    assert [i.name for i in onnx.load(str(tuple_path)).graph.input] == ["features"]
+
+
+def test_export_module_errors(tmp_path: Path) -> None:
+    from hamnet.export import export_module
+
+    with pytest.raises(ExportError, match=r"must match the module within atol=0.0001, but differ"):
+        export_module(BatchDependent(), torch.randn(1, 4), tmp_path / "b.onnx")
+    with pytest.raises(ExportError, match="input_names must name each of the 1 example inputs"):
+        export_module(BatchDependent(), torch.randn(1, 4), tmp_path / "n.onnx",
+                      input_names=["a", "b"])  # fmt: skip
+    with pytest.raises(ExportError, match="every example input must have a batch axis"):
+        export_module(BatchDependent(), torch.tensor(1.0), tmp_path / "s.onnx")
+    with pytest.raises(ExportError, match=r"ONNX export of Keywords \(inputs \['input'\]"):
+        export_module(Keywords(), torch.randint(0, 10, (1, 3)), tmp_path / "k.onnx")
+
+
+def test_export_module_hf_encoder_records_fusion_shape(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    import onnx
+
+    from hamnet.export import export_module
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.BertModel(cfg).eval()
+    examples = {
+        "input_ids": torch.randint(1, 50, (2, 8)),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+    }
+    path = export_module(model, examples, tmp_path / "bert.onnx")
+    assert model.config._attn_implementation == "eager"
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props == {"hamnet.num_heads": "4", "hamnet.hidden_size": "32"}

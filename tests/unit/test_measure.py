@@ -218,3 +218,55 @@ def test_measure_hamnet_checkpoint_in_torch(tmp_path: Path, cpu: HardwareProfile
     assert metrics.runtime == "torch" and metrics.accuracy == 1.0
     assert 0 < metrics.latency_p50_ms <= metrics.latency_p90_ms
     assert metrics.size_mb == pytest.approx(ref.size_bytes / 1e6)
+
+
+class NamedSum(InferenceSession):
+    """Takes named inputs ``a`` [B, 2, 3] (float) and ``ids`` [B, 4] (int64);
+    returns [B, 2, 3] outputs and records the dtypes it was given."""
+
+    runtime = "named"
+
+    def __init__(self) -> None:
+        self.dtypes: set[str] = set()
+
+    def run(self, x: object) -> np.ndarray:
+        assert isinstance(x, dict)
+        self.dtypes |= {f"{k}:{v.dtype}" for k, v in x.items()}
+        return (x["a"] + x["ids"].sum(axis=1)[:, None, None]).astype(np.float32)
+
+
+def test_measure_session_on_named_nd_inputs_scores_cosine() -> None:
+    from hamnet.measure import cosine_similarity, fidelity, predict
+
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(10, 2, 3)), "ids": rng.integers(0, 5, size=(10, 4))}
+    session = NamedSum()
+    outputs = predict(session, x, 3)
+    assert outputs.shape == (10, 2, 3)
+    assert session.dtypes == {"a:float32", "ids:int64"}
+    found = measure_session(
+        session, x, outputs, FAST, latency_batch_size=1, throughput_batch_size=4
+    )
+    assert found.accuracy == pytest.approx(1.0) and found.accuracy_kind == "mean_cosine_similarity"
+    none = measure_session(
+        session, x, None, FAST, latency_batch_size=2, throughput_batch_size=4, require_score=False
+    )
+    assert none.accuracy is None and none.accuracy_kind == "none" and none.eval_samples == 10
+    assert cosine_similarity(-outputs, outputs) == pytest.approx(-1.0)
+    assert fidelity(np.eye(3)[[0, 1, 2, 1]], np.eye(3)[[0, 1, 2, 0]]) == (0.75, "top1_agreement")
+    with pytest.raises(DataError, match="same shape"):
+        cosine_similarity(outputs[:, :1], outputs)
+
+
+def test_measure_artifact_without_labels_reports_no_accuracy(
+    refs: dict[str, ArtifactRef], cpu: HardwareProfile, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import math
+
+    x, _ = data
+    metrics = measure_artifact(
+        refs["onnxruntime"], "onnxruntime", cpu, x, None, FAST,
+        params=0, flops=0, require_score=False,
+    )  # fmt: skip
+    assert math.isnan(metrics.accuracy) and metrics.accuracy_kind == "none"
+    assert metrics.latency_p50_ms > 0

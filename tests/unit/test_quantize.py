@@ -207,7 +207,7 @@ def test_supported_reasons() -> None:
 
 
 def test_registry_matches_config_and_declares_itself() -> None:
-    assert set(QUANTIZERS) == set(get_args(QuantizeMethod))
+    assert set(get_args(QuantizeMethod)) == set(QUANTIZERS)
     for name, cls in QUANTIZERS.items():
         method = get_quantizer(name)
         assert isinstance(method, QuantizationMethod) and isinstance(method, cls)
@@ -296,3 +296,93 @@ def test_calibration_is_required_and_read_in_batches(
 def test_attention_detection(cases: dict[str, Case]) -> None:
     assert has_attention(Path(cases["attention"].onnx.path))
     assert not has_attention(Path(cases["mlp"].onnx.path))
+
+
+class TwoInputNet(nn.Module):
+    """Float features and a float side input (two named graph inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(INPUT_SIZE, 64), nn.Linear(4, 64)
+        self.head = nn.Linear(64, CLASSES)
+
+    def forward(self, features: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.a(features) + self.b(side)))
+
+
+def test_static_and_nncf_calibrate_named_inputs(tmp_path: Path) -> None:
+    from hamnet.export import export_module
+    from hamnet.runtimes import pack_inputs
+
+    torch.manual_seed(0)
+    model = TwoInputNet().eval()
+    src = export_module(
+        model, (torch.randn(1, INPUT_SIZE), torch.randn(1, 4)), tmp_path / "two.onnx",
+        input_names=["features", "side"],
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    data = pack_inputs(
+        {"features": rng.normal(size=(40, INPUT_SIZE)), "side": rng.normal(size=(40, 4))}
+    )
+    profile = load_profile("x86-avx2")
+    store = ArtifactStore(tmp_path / "store")
+    reference = load_session(store.put(src, "onnx"), "onnxruntime", profile)
+    expected = reference.run(data[:8]).argmax(axis=1)
+    for name in ("ort_static_int8", "nncf_int8"):
+        method = get_quantizer(name)
+        out = method.quantize(
+            src, tmp_path / name, calibration=data, cfg=QuantizeStageConfig(), profile=profile
+        )
+        ref = store.put(out, method.output_format)  # type: ignore[arg-type]
+        got = load_session(ref, method.runtime, profile).run(data[:8])
+        assert got.shape == (8, CLASSES)
+        assert np.mean(got.argmax(axis=1) == expected) >= 0.75
+    reader = make_calibration_reader(data, batch_size=16)
+    first = reader.get_next()
+    assert set(first) == {"features", "side"} and first["side"].shape == (16, 4)
+
+
+def test_fused_dynamic_int8_on_bert_and_its_limits(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from hamnet.export import export_module
+    from hamnet.measure import cosine_similarity, predict
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=100, max_position_embeddings=64,
+    )  # fmt: skip
+    bert = transformers.BertModel(cfg).eval()
+    examples = {
+        "input_ids": torch.randint(1, 100, (2, 16)),
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+    }
+    src = export_module(bert, examples, tmp_path / "bert.onnx")
+    method = get_quantizer("ort_fused_dynamic_int8")
+    assert method.applicable(src) is None and method.needs_calibration is False
+    profile = load_profile("x86-avx2")
+    out = method.quantize(
+        src, tmp_path / "fused", calibration=None, cfg=QuantizeStageConfig(), profile=profile
+    )
+    assert any("Attention" in n for n in method.extra_notes)
+    store = ArtifactStore(tmp_path / "store")
+    fp32 = load_session(store.put(src, "onnx"), "onnxruntime", profile)
+    int8 = load_session(store.put(out, "onnx"), "onnxruntime", profile)
+    rng = np.random.default_rng(1)
+    x = {
+        "input_ids": rng.integers(1, 100, size=(12, 16)),
+        "attention_mask": np.ones((12, 16), dtype=np.int64),
+    }
+    assert cosine_similarity(predict(int8, x, 4), predict(fp32, x, 4)) > 0.95
+    assert out.stat().st_size < src.stat().st_size
+
+    mlp = export_onnx(MLP().eval(), INPUT_SIZE, tmp_path / "mlp.onnx")
+    reason = method.applicable(mlp)
+    assert reason is not None and "has no attention" in reason
+    # A graph with attention that the BERT fusion cannot match degrades to plain
+    # dynamic INT8, and says so.
+    tiny = export_onnx(TinyAttention().eval(), INPUT_SIZE, tmp_path / "tiny.onnx")
+    method.quantize(
+        tiny, tmp_path / "tiny", calibration=None, cfg=QuantizeStageConfig(), profile=profile
+    )
+    assert any("found no attention block" in n for n in method.extra_notes)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hamnet.artifacts import ArtifactRef, ArtifactStore
-from hamnet.errors import ConfigError, HardwareProfileError, ModelLoadError
+from hamnet.errors import ConfigError, DataError, HardwareProfileError, ModelLoadError
 from hamnet.export import convert_openvino, export_onnx
 from hamnet.hardware import HardwareProfile, RuntimeSpec, load_profile
 from hamnet.runtimes import (
@@ -217,3 +217,78 @@ def test_torch_runtime_loads_hamnet_checkpoint(
     np.testing.assert_allclose(session.run(x), expected, atol=1e-6)
     with pytest.raises(ModelLoadError):
         load_session(refs["torch"], "torch", cpu)  # not a hamnet checkpoint
+
+
+class _Tokens(nn.Module):
+    """int64 token ids + mask -> [batch, seq, 4] (two named integer inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids) * attention_mask.unsqueeze(-1).float()
+
+
+def test_named_integer_inputs_in_every_runtime(tmp_path: Path) -> None:
+    from hamnet.artifacts import ArtifactStore
+    from hamnet.export import convert_openvino, export_module
+    from hamnet.runtimes import pack_inputs, unpack_inputs
+
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    examples = {
+        "input_ids": torch.randint(0, 20, (2, 5)),
+        "attention_mask": torch.ones(2, 5, dtype=torch.long),
+    }
+    onnx_path = export_module(model, examples, tmp_path / "tokens.onnx")
+    store = ArtifactStore(tmp_path / "store")
+    refs = {
+        "onnxruntime": store.put(onnx_path, "onnx"),
+        "openvino": store.put(
+            convert_openvino(onnx_path, tmp_path / "ov" / "model.xml"), "openvino"
+        ),
+    }
+    rng = np.random.default_rng(0)
+    x = {
+        "input_ids": rng.integers(0, 20, size=(6, 7)),  # another batch and sequence length
+        "attention_mask": (rng.random((6, 7)) > 0.3).astype(np.int64),
+    }
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in x.items()}).numpy()
+    profile = load_profile("x86-avx2")
+    packed = pack_inputs(x)
+    assert packed.dtype["input_ids"].base == np.int64 and len(packed) == 6
+    unpacked = unpack_inputs(packed)
+    assert isinstance(unpacked, dict) and unpacked["input_ids"].dtype == np.int64
+    for runtime, ref in refs.items():
+        session = load_session(ref, runtime, profile)
+        np.testing.assert_allclose(session.run(x), expected, atol=1e-5)
+        np.testing.assert_allclose(session.run(packed), expected, atol=1e-5)
+        with pytest.raises(
+            DataError, match=r"inputs must be named \['input_ids', 'attention_mask'\]"
+        ):
+            session.run({"input_ids": x["input_ids"]})
+        with pytest.raises(DataError, match="mapping of the model's 2 named inputs"):
+            session.run(x["input_ids"])
+    torch_out = TorchSession(model).run(x)
+    np.testing.assert_allclose(torch_out, expected, atol=1e-6)
+    with pytest.raises(DataError, match="same batch size"):
+        pack_inputs({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
+
+
+def test_nd_float_input_runs_as_float32(tmp_path: Path) -> None:
+    from hamnet.artifacts import ArtifactStore
+    from hamnet.export import export_module
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    path = export_module(conv, torch.randn(1, 1, 8, 8), tmp_path / "conv.onnx")
+    session = load_session(ArtifactStore(tmp_path / "s").put(path, "onnx"), "onnxruntime",
+                           load_profile("x86-avx2"))  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8))  # float64 on purpose
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(x.astype(np.float32))).numpy()
+    np.testing.assert_allclose(session.run(x), expected, atol=1e-5)
+    with pytest.raises(DataError, match=r"'input' must be a 4-D array"):
+        session.run(x.reshape(4, 64))

@@ -34,6 +34,7 @@ from hamnet.distill.capture import block_layers, check_layers
 from hamnet.distill.mapping import LayerKind, LayerPair, LayerSpec, map_layers
 from hamnet.distill.outputs import CaptureSpec, DistillOutputs
 from hamnet.errors import ConfigError
+from hamnet.training import labelled_cross_entropy
 
 _LOG_EPS = 1e-12
 
@@ -399,7 +400,8 @@ class MultiTeacherLoss(DistillLoss):
       omitted).
     * ``"confidence"``: per sample, each teacher's weight is proportional to the
       probability it gives the true label (``softmax_k log p_k(y|x)``, at ``T = 1``), so a
-      teacher that is right on a sample dominates it.
+      teacher that is right on a sample dominates it; unlabelled samples (label ``-1``)
+      fall back to ``"entropy"``.
     * ``"entropy"``: per sample, ``softmax_k(-H(p_k(x)))`` (at ``T = 1``): sharper teachers
       weigh more, without reading the label.
 
@@ -449,11 +451,14 @@ class MultiTeacherLoss(DistillLoss):
             w = logits.new_tensor(self.weights) if self.weights is not None else logits.new_ones(k)
             return (w / w.sum()).unsqueeze(1).expand(k, b)
         log_p = F.log_softmax(logits, dim=-1)
+        neg_entropy = (log_p.exp() * log_p).sum(dim=-1)
         if self.weighting == "confidence":
-            index = batch_y.long().view(1, b, 1).expand(k, b, 1)
-            score = log_p.gather(2, index).squeeze(2)
+            labelled = batch_y >= 0
+            index = batch_y.long().clamp_min(0).view(1, b, 1).expand(k, b, 1)
+            # Unlabelled samples (a transfer set) have no true label: entropy weighting.
+            score = torch.where(labelled, log_p.gather(2, index).squeeze(2), neg_entropy)
         else:
-            score = (log_p.exp() * log_p).sum(dim=-1)
+            score = neg_entropy
         return torch.softmax(score, dim=0)
 
     def forward(
@@ -679,7 +684,7 @@ class CombinedDistillLoss(nn.Module):
         last: dict[str, torch.Tensor] = {}
         total = student.logits.new_zeros(())
         if self.ce_weight:
-            ce = F.cross_entropy(student.logits, batch_y)
+            ce = labelled_cross_entropy(student.logits, batch_y)
             last["ce"] = ce.detach()
             total = total + self.ce_weight * ce
         for name, loss, weight in zip(self.names, self._losses(), self.weights, strict=True):

@@ -14,6 +14,7 @@ would describe the wrong inputs: the teachers then run on each mixed batch inste
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,8 +32,8 @@ from hamnet.distill.capture import model_outputs
 from hamnet.distill.losses import DistillPlan, build_distill_loss
 from hamnet.distill.outputs import DistillOutputs
 from hamnet.distill.teacher_cache import TeacherOutputs, cache_key, compute_teacher_outputs
-from hamnet.errors import ConfigError
-from hamnet.training import Batch, TrainResult, train_model
+from hamnet.errors import ConfigError, DataError
+from hamnet.training import UNLABELLED, Batch, TrainResult, train_model
 
 logger = logging.getLogger("hamnet.distill")
 
@@ -88,6 +89,7 @@ def distill_model(
     device: str = "cpu",
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
+    unlabelled_x: np.ndarray | None = None,
 ) -> DistillResult:
     """Train ``student`` in place on ``dataset`` with a distillation loss.
 
@@ -110,6 +112,10 @@ def distill_model(
         device: Torch device.
         checkpoint_path: Where the trainer writes the student's best weights.
         progress: Show the trainer's progress bar.
+        unlabelled_x: A transfer set: inputs without labels (preprocessed like
+            ``dataset``), added to the training split. The teacher terms use them; the
+            cross-entropy skips them. This is where distillation pays most: the teacher
+            labels inputs nobody has labelled.
 
     Returns:
         The run's :class:`DistillResult`.
@@ -124,6 +130,8 @@ def distill_model(
         )
     dev = torch.device(device)
     student.to(dev)
+    if unlabelled_x is not None:
+        dataset = with_transfer_set(dataset, unlabelled_x)
     methods = [str(term.get("method")) for term in ([spec] if isinstance(spec, Mapping) else spec)]
     live = cfg.augment != "none"
     with _in_eval_mode(teachers, dev):
@@ -169,6 +177,34 @@ def distill_model(
         teacher_cache_files=files,
         teacher_cache_hits=hits,
         last_terms=dict(plan.loss.last_terms),
+    )
+
+
+def with_transfer_set(dataset: Dataset, unlabelled_x: np.ndarray) -> Dataset:
+    """``dataset`` with ``unlabelled_x`` appended to its training split as unlabelled.
+
+    Args:
+        dataset: The labelled data.
+        unlabelled_x: Inputs of the same per-sample shape and dtype as ``x_train``.
+
+    Returns:
+        A copy whose ``y_train`` is :data:`~hamnet.training.UNLABELLED` for the new rows.
+
+    Raises:
+        DataError: If the shapes do not match or the set is empty.
+    """
+    x = np.asarray(unlabelled_x)
+    if x.ndim < 1 or len(x) == 0 or x.shape[1:] != dataset.x_train.shape[1:]:
+        raise DataError(
+            f"the unlabelled transfer set must hold at least one sample of shape "
+            f"{list(dataset.x_train.shape[1:])}, but got shape {list(x.shape)}"
+        )
+    x = x.astype(dataset.x_train.dtype, copy=False)
+    y = np.full(len(x), UNLABELLED, dtype=dataset.y_train.dtype)
+    return dataclasses.replace(
+        dataset,
+        x_train=np.concatenate([dataset.x_train, x]),
+        y_train=np.concatenate([dataset.y_train, y]),
     )
 
 
@@ -227,4 +263,11 @@ def _cached_teacher_outputs(
     return outputs, files, hits
 
 
-__all__ = ["DistillOutputs", "DistillResult", "array_digest", "distill_model", "model_digest"]
+__all__ = [
+    "DistillOutputs",
+    "DistillResult",
+    "array_digest",
+    "distill_model",
+    "model_digest",
+    "with_transfer_set",
+]
