@@ -15,44 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from importlib import metadata
 from pathlib import Path
 
 from hamnet._env import apply_defaults
-
-LIBRARIES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "prefect", "mlflow")
-
-
-def machine_info() -> dict[str, object]:
-    """CPU model, relevant flags, core count and library versions."""
-    import os
-
-    from hamnet.hardware import cpu_flags
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
-    versions = {}
-    for lib in LIBRARIES:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            versions[lib] = None
-    return {
-        "cpu": model,
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "flags": sorted(f for f in wanted if f in cpu_flags()),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def main() -> None:
@@ -88,6 +53,8 @@ def main() -> None:
     ]  # fmt: skip
     table = df[columns]
     table.to_csv(out / "pipeline.csv", index=False)
+    from hamnet.hardware import machine_info
+
     info = machine_info()
     header = (
         f"# Pipeline benchmark\n\nConfig `{args.config}`, machine: {info['cpu']} "

@@ -13,7 +13,7 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -181,3 +181,64 @@ def load_profile(name_or_path: str, *, require_present: bool = True) -> Hardware
     if require_present:
         profile.ensure_present()
     return profile
+
+
+BENCHMARK_LIBRARIES = (
+    "torch", "onnx", "onnxruntime", "openvino", "nncf", "olive-ai", "neural-compressor-pt",
+    "torchao", "prefect", "mlflow", "numpy",
+)  # fmt: skip
+"""Library versions recorded with every benchmark."""
+
+
+def machine_info(profile: HardwareProfile | None = None) -> dict[str, Any]:
+    """CPU model, ISA flags (AVX2/AVX-512/VNNI/AMX), cores, threads and library versions:
+    what every benchmark records beside its figures.
+
+    Args:
+        profile: The hardware profile in use; adds its name, threads and batch sizes.
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    from importlib import metadata
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    wanted = (
+        "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+        "amx_int8", "amx_bf16",
+    )  # fmt: skip
+    versions: dict[str, str | None] = {}
+    for lib in BENCHMARK_LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    info: dict[str, Any] = {
+        "cpu": model or platform.processor(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "flags": sorted(f for f in wanted if f in cpu_flags()),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+    if profile is not None:
+        from hamnet.measure import resolved_threads
+
+        info["profile"] = profile.name
+        info["threads"] = resolved_threads(profile)
+        info["latency_batch_size"] = profile.latency_batch_size
+        info["throughput_batch_size"] = profile.throughput_batch_size
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
