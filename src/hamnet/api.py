@@ -1164,15 +1164,11 @@ class Optimizer:
                 )
             except HamnetError:
                 session = None
-            parent = next((c for c in result.candidates if c.id == rec.parent_id), None)
-            faster = True
-            if parent is not None and parent.metrics is not None:
-                limit = parent.metrics.latency_p50_ms * (1.0 + config.measure.slower_margin)
-                faster = rec.metrics.latency_p50_ms <= limit
             gates = {
                 "loads_in_runtime": session is not None,
                 "parity_max_abs_diff": rec.parity_max_abs_diff,
-                "faster_than_parent": faster and rec.rejected is None,
+                # The pipeline rejects a candidate slower than its parent (timed side by side).
+                "faster_than_parent": rec.rejected is None,
             }
             if validation_fn is not None:
                 if session is None:

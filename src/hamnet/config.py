@@ -135,6 +135,14 @@ class SelectionSection(_Section):
         description="Relative margin by which a new model must beat the champion on the "
         "objective before the champion alias moves (guards against latency noise).",
     )
+    latency_tie: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Selecting by latency: candidates within this fraction of the fastest "
+        "feasible one count as equally fast, and the tie goes to higher accuracy, then "
+        "smaller size.",
+    )
 
 
 class TrainStageConfig(_Section):
@@ -429,6 +437,14 @@ class MeasureSection(_Section):
         description="A candidate whose p50 latency exceeds its parent's by more than this "
         "fraction is marked slower than its parent and never recommended. Sub-millisecond "
         "latencies on a busy CPU vary by several percent between runs.",
+    )
+    paired_rounds: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="Before a candidate is marked slower than its parent, both are timed "
+        "again side by side in this many interleaved rounds (medians compared), so machine "
+        "noise hits both alike; 0 decides on the first measurement alone.",
     )
 
 

@@ -22,7 +22,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -83,6 +83,42 @@ def latency_ms(
         times[i] = time.perf_counter_ns() - start
     p50, p90 = np.percentile(times, [50, 90]) / 1e6
     return float(p50), float(p90)
+
+
+def paired_latency_ms(
+    sessions: Sequence[InferenceSession],
+    x_one: Inputs,
+    *,
+    warmup: int,
+    repeats: int,
+    rounds: int,
+) -> list[float]:
+    """Time several models side by side: ``rounds`` interleaved rounds, one
+    :func:`latency_ms` per model per round, so drifts of the machine hit all alike;
+    every other round runs the models in reverse order, so going first or last (warm
+    caches, frequency steps) favours none of them.
+
+    Args:
+        sessions: The models, all fed ``x_one``.
+        x_one: The latency batch.
+        warmup: Untimed calls before each timing.
+        repeats: Timed calls per model per round.
+        rounds: Interleaved rounds (at least 1).
+
+    Returns:
+        Each model's median over the rounds of its p50 latency, in milliseconds.
+
+    Raises:
+        DataError: If ``rounds`` or ``repeats`` is not positive.
+    """
+    if rounds < 1:
+        raise DataError(f"rounds must be positive, but got {rounds}")
+    per_model: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for round_index in range(rounds):
+        for i in order if round_index % 2 == 0 else order[::-1]:
+            per_model[i].append(latency_ms(sessions[i], x_one, warmup=warmup, repeats=repeats)[0])
+    return [float(np.median(t)) for t in per_model]
 
 
 def throughput_sps(

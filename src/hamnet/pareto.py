@@ -242,7 +242,8 @@ def select(
     """Pick the recommended candidate.
 
     Among the measured, non-rejected candidates that meet the constraints, the best by
-    ``selection_cfg.objective`` wins (ties: higher accuracy, then smaller size). When
+    ``selection_cfg.objective`` wins (ties: higher accuracy, then smaller size; by
+    latency, every candidate within ``selection_cfg.latency_tie`` of the fastest ties). When
     none meets them, the one with the lowest violation score is recommended with
     ``constraints_satisfied=False`` (a rejected one only when every candidate is).
 
@@ -271,6 +272,11 @@ def select(
     recommended: Candidate | None
     if feasible:
         recommended = min(feasible, key=lambda c: rank(_metrics(c)))
+        if selection_cfg.objective == "latency_p50_ms" and selection_cfg.latency_tie > 0:
+            # Latencies within the measurement noise are a tie: accuracy, then size decide.
+            limit = _metrics(recommended).latency_p50_ms * (1.0 + selection_cfg.latency_tie)
+            tied = [c for c in feasible if _metrics(c).latency_p50_ms <= limit]
+            recommended = min(tied, key=lambda c: rank(_metrics(c))[1:])
         meets = True
     else:
         eligible = [c for c in measured if not c.rejected] or measured

@@ -217,19 +217,52 @@ def measure_candidate(
     )
     rejected = candidate.rejected
     parent = known.get(candidate.parent_id or "")
+    settings = ctx.config.measure
+    margin = settings.slower_margin
     if (
         rejected is None
         and parent is not None
         and parent.metrics is not None
-        and metrics.latency_p50_ms
-        > parent.metrics.latency_p50_ms * (1.0 + ctx.config.measure.slower_margin)
+        and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * (1.0 + margin)
     ):
-        margin = ctx.config.measure.slower_margin
-        rejected = (
-            f"slower than its parent {parent.name}: p50 {metrics.latency_p50_ms:.3f} ms "
-            f"vs {parent.metrics.latency_p50_ms:.3f} ms (more than {margin:.0%} slower)"
-        )
+        child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
+        how = "measured one after the other"
+        if settings.paired_rounds:
+            child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
+            how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
+        if child_ms > parent_ms * (1.0 + margin):
+            rejected = (
+                f"slower than its parent {parent.name}: p50 {child_ms:.3f} ms vs "
+                f"{parent_ms:.3f} ms, more than {margin:.0%} slower ({how})"
+            )
+        else:
+            logger.info(
+                "%s looked slower than its parent %s, but not when timed side by side "
+                "(%.4f vs %.4f ms): kept",
+                candidate.name, parent.name, child_ms, parent_ms,
+            )  # fmt: skip
     return candidate.model_copy(update={"metrics": metrics, "rejected": rejected})
+
+
+def _paired_latency(
+    candidate: Candidate, parent: Candidate, ctx: StageContext
+) -> tuple[float, float]:
+    """p50 latency of ``candidate`` and ``parent``, timed in interleaved rounds."""
+    from hamnet.measure import paired_latency_ms
+    from hamnet.runtimes import load_session, pack_inputs
+
+    trust = ctx.config.model.trust_checkpoint
+    sessions = [
+        load_session(c.artifact, c.runtime, ctx.profile, trust_checkpoint=trust)
+        for c in (candidate, parent)
+    ]
+    x_one = pack_inputs(ctx.dataset.x_test)[: ctx.profile.latency_batch_size]
+    settings = ctx.config.measure
+    child_ms, parent_ms = paired_latency_ms(
+        sessions, x_one, warmup=settings.warmup, repeats=settings.repeats,
+        rounds=settings.paired_rounds,
+    )  # fmt: skip
+    return child_ms, parent_ms
 
 
 def _model_size(

@@ -166,6 +166,21 @@ def test_select_breaks_ties_by_accuracy_then_size(pool: list[Candidate]) -> None
     assert sel.recommended is not None and sel.recommended.name == "c"
 
 
+def test_latencies_within_the_tie_margin_go_to_accuracy_then_size(
+    pool: list[Candidate],
+) -> None:
+    base = pool[0]
+    fp32 = candidate("fp32", metrics(0.97, 0.050, 0.30), parent=base)
+    int8 = candidate("int8", metrics(0.97, 0.051, 0.11), parent=base)  # 2% slower: a tie
+    slow = candidate("slow", metrics(0.98, 0.060, 0.05), parent=base)  # 20%: not a tie
+    cands = [base, fp32, int8, slow]
+    limits = ConstraintsSection(max_accuracy_drop=0.05)
+    sel = select(cands, base, limits, SelectionSection())
+    assert sel.recommended is not None and sel.recommended.name == "int8"
+    strict = select(cands, base, limits, SelectionSection(latency_tie=0.0))
+    assert strict.recommended is not None and strict.recommended.name == "fp32"
+
+
 def test_constraints_filter_before_the_objective(pool: list[Candidate]) -> None:
     # fast drops 1 point: excluded by a 0.5-point limit; only the baseline remains.
     sel = select(pool, pool[0], ConstraintsSection(max_accuracy_drop=0.005), SelectionSection())
