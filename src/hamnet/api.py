@@ -49,6 +49,7 @@ through the API).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 import uuid
@@ -913,6 +914,8 @@ class Optimizer:
         plan = self.plan(constraints) if goal is Goal.AUTO else None
         rounds: list[str] = []
         result: PipelineResult | None = None
+        kept_config: OptimizeConfig | None = None
+        kept_round = 1
         config: OptimizeConfig | None = None
         n_rounds = max_rounds if goal is Goal.AUTO else 1
         for index in range(n_rounds):
@@ -927,12 +930,21 @@ class Optimizer:
                 escalate=index > 0,
                 overrides=overrides,
             )
-            result = _run(config, root / f"round-{index + 1}", verbose, use_prefect)
-            stages = " -> ".join(s.name for s in result.stages)
-            rounds.append(f"round {index + 1}: {stages}: {result.selection.message}")
-            if result.selection.constraints_satisfied:
+            outcome = _run(config, root / f"round-{index + 1}", verbose, use_prefect)
+            stages = " -> ".join(s.name for s in outcome.stages)
+            rounds.append(f"round {index + 1}: {stages}: {outcome.selection.message}")
+            # A later round only replaces an earlier one when its pick is nearer to
+            # meeting the constraints (an escalation can also land further away).
+            if result is None or _nearness(outcome) < _nearness(result):
+                result, kept_config, kept_round = outcome, config, index + 1
+            if outcome.selection.constraints_satisfied:
                 break
-        assert result is not None and config is not None
+        assert result is not None and kept_config is not None
+        config = kept_config
+        if len(rounds) > 1:
+            rounds.append(
+                f"result: round {kept_round}'s recommendation (nearest to the constraints)"
+            )
         report = self._report(
             result,
             accuracy_kind,
@@ -1325,6 +1337,17 @@ def _method_backend(method: str) -> str:
 
     runtime = get_quantizer(method).runtime
     return next(b for b, rt in _BACKEND_RUNTIME.items() if rt == runtime)
+
+
+def _nearness(result: PipelineResult) -> tuple[bool, float]:
+    """Sort key of a round's pick: meeting the constraints first, then violation score."""
+    selection = result.selection
+    rec = selection.recommended
+    if rec is None:
+        return (True, math.inf)
+    assessment = selection.assessments.get(rec.id)
+    score = assessment.violation_score if assessment is not None else math.inf
+    return (not selection.constraints_satisfied, score)
 
 
 def _goal(goal: Goal | str) -> Goal:

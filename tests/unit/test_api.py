@@ -173,6 +173,23 @@ def test_impossible_constraints_give_nearest_candidate(generic_result: Any, digi
     assert result.report.constraint_violations
 
 
+def test_auto_keeps_the_round_nearest_to_the_constraints(generic_result: Any, digits: Any) -> None:
+    opt, _, _, work = generic_result
+    result = opt.optimize(
+        "auto",
+        Constraints(target_size_mb=1e-6),
+        validation_data=digits,
+        preferred_backends=["onnx"],
+        work_dir=work / "auto-rounds",
+        max_rounds=2,
+        _overrides=FAST,
+    )
+    assert result.constraints_satisfied is False and result.recommended is not None
+    assert [r.split(":")[0] for r in result.rounds] == ["round 1", "round 2", "result"]
+    kept = int(result.rounds[-1].split()[2].rstrip("'s"))
+    assert result.recommended.name in result.rounds[kept - 1]
+
+
 def test_prune_hamnet_checkpoint(hamnet_ckpt: Path, tmp_path: Path) -> None:
     opt = Optimizer.from_pytorch(hamnet_ckpt, work_dir=tmp_path)
     assert opt.kind == "hamnet"
