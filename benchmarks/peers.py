@@ -111,7 +111,6 @@ def main() -> None:
     from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
     from hamnet.peers import (
         Baseline,
-        BenchData,
         get_recipes,
         log_to_mlflow,
         run_benchmark,
@@ -143,15 +142,14 @@ def main() -> None:
 
     set_seed(config.seed)
     if args.baseline == "large" and not args.smoke:
-        dataset, section = _large_data(work, config.seed)
+        data, section = _large_data(work, config.seed)
         hamnet_section = config.model.hamnet.model_copy(
             update={"hidden_size": 256, "num_layers": 4, "num_heads": 8, "token_size": 32}
         )
     else:
         section = config.data
-        dataset = load_dataset(section)
+        data = load_dataset(section)
         hamnet_section = config.model.hamnet
-    data = BenchData.from_dataset(dataset)
     train_cfg = config.stages.train
     assert train_cfg is not None, "configs/peers.yaml must have stages.train"
     print(f"[peers] training the {name} baseline on profile {profile.name} ({work})")
@@ -159,19 +157,19 @@ def main() -> None:
     checkpoint = None
     if args.baseline == "conv" and not args.smoke:
         model = _conv_net()
-        train_model(model, dataset, train_cfg, seed=config.seed, progress=False)
+        train_model(model, data, train_cfg, seed=config.seed, progress=False)
     else:
         model = HAMNet(
-            HAMNetConfig.from_section(hamnet_section, dataset.num_features, dataset.num_classes)
+            HAMNetConfig.from_section(hamnet_section, data.num_features, data.num_classes)
         )
-        train_model(model, dataset, train_cfg, seed=config.seed, progress=False)
+        train_model(model, data, train_cfg, seed=config.seed, progress=False)
         checkpoint = save_checkpoint(model, work / "baseline" / "model.pt")
     model.eval()
-    baseline = Baseline(name, model, dataset.num_features, work / "baseline", checkpoint)
+    baseline = Baseline(name, model, data.num_features, work / "baseline", checkpoint)
 
     def hamnet_side() -> list[Any]:
         if checkpoint is None:
-            return run_hamnet_api(model, dataset.num_features, data, work / "hamnet-api")
+            return run_hamnet_api(model, data.num_features, data, work / "hamnet-api")
         pipeline_config = load_config(
             args.config,
             {

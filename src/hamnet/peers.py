@@ -60,43 +60,10 @@ SIDES = ("baseline", "peer", "hamnet")
 # --- inputs ---------------------------------------------------------------------------
 
 
-@dataclass
-class BenchData:
-    """The one data split every point is calibrated, validated and tested on.
-
-    Attributes:
-        x_train: Training inputs (calibration rows come from here).
-        y_train: Training labels.
-        x_val: Validation inputs (accuracy-aware tuning uses these).
-        y_val: Validation labels.
-        x_test: Held-out test inputs (every reported accuracy).
-        y_test: Held-out test labels.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset) -> BenchData:
-        """Take the splits of a :class:`hamnet.data.Dataset`."""
-        return cls(
-            *(
-                np.ascontiguousarray(a, dtype=np.float32 if name.startswith("x") else np.int64)
-                for name, a in (
-                    ("x", dataset.x_train), ("y", dataset.y_train), ("x", dataset.x_val),
-                    ("y", dataset.y_val), ("x", dataset.x_test), ("y", dataset.y_test),
-                )
-            )
-        )  # fmt: skip
-
-    @property
-    def calibration(self) -> np.ndarray:
-        """Up to :data:`CALIBRATION_SAMPLES` training rows, ``float32 [N, features]``."""
-        return self.x_train[:CALIBRATION_SAMPLES]
+def calibration_rows(data: Dataset) -> np.ndarray:
+    """Up to :data:`CALIBRATION_SAMPLES` training rows, ``float32 [N, features]``: the
+    calibration set every quantizing recipe gets."""
+    return np.ascontiguousarray(data.x_train[:CALIBRATION_SAMPLES], dtype=np.float32)
 
 
 @dataclass
@@ -258,7 +225,7 @@ class PeerRecipe(ABC):
         return f"{self.tool} is not installed (missing {missing}); install it with {where}"
 
     @abstractmethod
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         """Make the recipe's model from ``baseline``.
 
         Args:
@@ -279,7 +246,7 @@ class TorchEagerFp32(PeerRecipe):
     side = "baseline"
     requires = ("torch",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         return module_model(baseline.model, work_dir / "model.pt", "fp32")
 
 
@@ -291,7 +258,7 @@ class OnnxRuntimeFp32(PeerRecipe):
     side = "baseline"
     requires = ("onnxruntime",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         return artifact_model(baseline.onnx(), "onnx", "onnxruntime", "fp32")
 
 
@@ -303,7 +270,7 @@ class OpenVINOFp32(PeerRecipe):
     side = "baseline"
     requires = ("openvino",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         return artifact_model(baseline.openvino(), "openvino", "openvino", "fp32")
 
 
@@ -314,7 +281,7 @@ class OrtDynamicInt8Recipe(PeerRecipe):
     tool = "ONNX Runtime"
     requires = ("onnxruntime",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         quantization = require("onnxruntime.quantization", "onnxruntime")
         prepared = _ort_preprocess(baseline.onnx(), work_dir)
         target = work_dir / "model.onnx"
@@ -329,14 +296,14 @@ class OrtStaticInt8Recipe(PeerRecipe):
     tool = "ONNX Runtime"
     requires = ("onnxruntime",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         from hamnet.export import INPUT_NAME
         from hamnet.quantize import make_calibration_reader
 
         quantization = require("onnxruntime.quantization", "onnxruntime")
         prepared = _ort_preprocess(baseline.onnx(), work_dir)
         target = work_dir / "model.onnx"
-        reader = make_calibration_reader(data.calibration, INPUT_NAME)
+        reader = make_calibration_reader(calibration_rows(data), INPUT_NAME)
         quantization.quantize_static(
             str(prepared), str(target), reader, per_channel=True, reduce_range=True
         )
@@ -352,7 +319,7 @@ class OpenVINOFp16Recipe(PeerRecipe):
     tool = "OpenVINO"
     requires = ("openvino",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         ov = require("openvino")
         target = work_dir / "model.xml"
         ov.save_model(ov.convert_model(str(baseline.onnx())), str(target))
@@ -366,10 +333,10 @@ class NncfPtqRecipe(PeerRecipe):
     tool = "NNCF"
     requires = ("nncf", "openvino")
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         ov = require("openvino")
         nncf = require("nncf")
-        dataset = nncf.Dataset([row[None, :] for row in data.calibration])
+        dataset = nncf.Dataset([row[None, :] for row in calibration_rows(data)])
         quantized = nncf.quantize(ov.convert_model(str(baseline.onnx())), dataset)
         target = work_dir / "model.xml"
         ov.save_model(quantized, str(target), compress_to_fp16=False)
@@ -386,10 +353,10 @@ class NncfAccuracyControlRecipe(PeerRecipe):
     requires = ("nncf", "openvino")
     max_drop: ClassVar[float] = 0.01
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         ov = require("openvino")
         nncf = require("nncf")
-        calibration = nncf.Dataset([row[None, :] for row in data.calibration])
+        calibration = nncf.Dataset([row[None, :] for row in calibration_rows(data)])
         pairs = [(x[None, :], int(y)) for x, y in zip(data.x_val, data.y_val, strict=True)]
         validation = nncf.Dataset(pairs, lambda item: item[0])
 
@@ -425,7 +392,7 @@ class TorchDynamicInt8Recipe(PeerRecipe):
     tool = "PyTorch"
     requires = ("torch",)
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         import torch
 
         with warnings.catch_warnings():
@@ -456,7 +423,7 @@ class OliveAutoRecipe(PeerRecipe):
     max_samples: ClassVar[int] = 20
     eval_samples: ClassVar[int] = 200
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         olive = require("olive", "olive-ai")
         config = self.workflow(baseline.onnx(), data, work_dir)
         with warnings.catch_warnings():
@@ -470,7 +437,7 @@ class OliveAutoRecipe(PeerRecipe):
             f"Olive TPE search, max_time {self.max_time_s} s",
         )  # fmt: skip
 
-    def workflow(self, source: Path, data: BenchData, work_dir: Path) -> dict[str, Any]:
+    def workflow(self, source: Path, data: Dataset, work_dir: Path) -> dict[str, Any]:
         """The Olive workflow configuration (a dict ``olive.run`` accepts)."""
         from hamnet.export import INPUT_NAME
 
@@ -549,14 +516,14 @@ class IncAutoRecipe(PeerRecipe):
     requires = ("neural_compressor.torch",)
     extra = BENCH_EXTRA
 
-    def run(self, baseline: Baseline, data: BenchData, work_dir: Path) -> PeerModel:
+    def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         import torch
 
         tq = require("neural_compressor.torch.quantization", "neural-compressor-pt")
         inc_export = require("neural_compressor.torch.export", "neural-compressor-pt")
         x_val = torch.from_numpy(data.x_val)
         y_val = torch.from_numpy(data.y_val)
-        x_cal = torch.from_numpy(data.calibration)
+        x_cal = torch.from_numpy(calibration_rows(data))
         example = (x_cal[:2],)  # batch 2: a batch of 1 would be specialized by torch.export
 
         def eval_fn(model: Any) -> float:
@@ -679,9 +646,7 @@ class BenchPoint:
             raise ConfigError(f"side must be one of {list(SIDES)}, but got {self.side!r}")
 
 
-def run_recipe(
-    recipe: PeerRecipe, baseline: Baseline, data: BenchData, work_dir: Path
-) -> BenchPoint:
+def run_recipe(recipe: PeerRecipe, baseline: Baseline, data: Dataset, work_dir: Path) -> BenchPoint:
     """Run one recipe; a missing tool or a tool failure becomes a skipped row with the reason."""
     reason = recipe.unavailable()
     doc = (recipe.__doc__ or "").strip().splitlines()[0].replace("``", "`")
@@ -766,7 +731,7 @@ def run_hamnet_pipeline(
 
 
 def run_hamnet_api(
-    model: nn.Module, input_size: int, data: BenchData, work_dir: Path
+    model: nn.Module, input_size: int, data: Dataset, work_dir: Path
 ) -> list[BenchPoint]:
     """hamnet's side for any other torch module: ``Optimizer.from_pytorch(...).optimize("auto")``.
 
@@ -825,7 +790,7 @@ def select_profile(name: str = "auto") -> HardwareProfile:
 
 def run_benchmark(
     baseline: Baseline,
-    data: BenchData,
+    data: Dataset,
     recipes: Sequence[PeerRecipe],
     hamnet: Callable[[], list[BenchPoint]] | None,
     profile: HardwareProfile,
@@ -869,7 +834,7 @@ def run_benchmark(
 
 def measure_points(
     points: Sequence[BenchPoint],
-    data: BenchData,
+    data: Dataset,
     profile: HardwareProfile,
     settings: MeasureSection,
     *,

@@ -78,7 +78,8 @@ def test_bad_inputs_raise_project_errors() -> None:
 
 
 def test_missing_tool_becomes_a_skipped_row(tmp_path: Path) -> None:
-    from hamnet.peers import BenchData, PeerRecipe, run_recipe
+    from hamnet.data import Dataset
+    from hamnet.peers import PeerRecipe, run_recipe
 
     class Absent(PeerRecipe):
         """A tool that is not installed."""
@@ -93,7 +94,10 @@ def test_missing_tool_becomes_a_skipped_row(tmp_path: Path) -> None:
 
     empty = np.zeros((1, 4), dtype=np.float32)
     labels = np.zeros(1, dtype=np.int64)
-    data = BenchData(empty, labels, empty, labels, empty, labels)
+    data = Dataset(
+        x_train=empty, y_train=labels, x_val=empty, y_val=labels, x_test=empty, y_test=labels,
+        num_features=4, num_classes=1, class_names=["0"], source="empty",
+    )  # fmt: skip
     point = run_recipe(Absent(), None, data, tmp_path)  # type: ignore[arg-type]
     assert point.model is None
     assert point.skipped is not None and "hamnet[bench]" in point.skipped
