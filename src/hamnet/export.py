@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,14 @@ OUTPUT_NAME = "logits"
 """Name of the single output of every exported graph ([batch, classes], float32)."""
 
 
-def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: int = 17) -> Path:
+def export_onnx(
+    model: nn.Module,
+    input_size: int,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    ort_fused_attention: bool = False,
+) -> Path:
     """Export a torch model to ONNX with a dynamic batch axis.
 
     The TorchScript exporter (``dynamo=False``) is used; the model is exported in eval
@@ -52,6 +60,11 @@ def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: i
         input_size: Number of input features.
         path: Where to write the ``.onnx`` file (parent folders are created).
         opset: ONNX opset version.
+        ort_fused_attention: Write each HAMNet attention as one ONNX Runtime
+            ``com.microsoft.Attention`` node (see
+            :func:`~hamnet.models.hamnet.ort_attention_export`): fewer operators, which
+            is what batch-1 latency of small models is made of, but a graph only ONNX
+            Runtime runs. The model must contain HAMNet attention modules.
 
     Returns:
         The path of the written file.
@@ -72,10 +85,11 @@ def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: i
     except StopIteration:
         device = torch.device("cpu")
     dummy = torch.randn(2, input_size, device=device)
+    fused = _fused_attention_context(model, ort_fused_attention)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), fused:
             # The legacy exporter warns that it is deprecated; it is chosen on purpose.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
@@ -89,16 +103,50 @@ def export_onnx(model: nn.Module, input_size: int, path: str | Path, *, opset: i
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=opset,
                 do_constant_folding=True,
+                custom_opsets={ORT_DOMAIN: 1} if ort_fused_attention else None,
             )
         onnx.checker.check_model(str(path))
     except Exception as err:
         raise ExportError(
-            f"ONNX export of {type(model).__name__} (input_size={input_size}, opset={opset}) "
+            f"ONNX export of {type(model).__name__} (input_size={input_size}, opset={opset}"
+            f"{', ort_fused_attention' if ort_fused_attention else ''}) "
             f"to {str(path)!r} failed: {type(err).__name__}: {err}"
         ) from err
     finally:
         model.train(was_training)
     return path
+
+
+ORT_DOMAIN = "com.microsoft"
+"""ONNX domain of ONNX Runtime's contrib operators (graphs using it run in ORT only)."""
+
+
+def _fused_attention_context(
+    model: nn.Module, enabled: bool
+) -> contextlib.AbstractContextManager[None]:
+    if not enabled:
+        return contextlib.nullcontext()
+    from hamnet.models.hamnet import MultiHeadSelfAttention, ort_attention_export
+
+    if not any(isinstance(m, MultiHeadSelfAttention) for m in model.modules()):
+        raise ExportError(
+            "ort_fused_attention needs a model with HAMNet attention (MultiHeadSelfAttention "
+            f"modules), but {type(model).__name__} has none"
+        )
+    return ort_attention_export(model)
+
+
+def uses_ort_contrib_ops(path: str | Path) -> bool:
+    """Whether an ONNX file uses ONNX Runtime contrib operators (``com.microsoft``).
+
+    Such graphs run in ONNX Runtime only: OpenVINO, NNCF and plain ONNX tools cannot
+    load them.
+    """
+    onnx = require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    return any(op.domain == ORT_DOMAIN for op in model.opset_import) or any(
+        node.domain == ORT_DOMAIN for node in model.graph.node
+    )
 
 
 GENERIC_OUTPUT_NAME = "output"

@@ -59,6 +59,9 @@ class QuantizationMethod(ABC):
         precision: Precision of the output's weights.
         needs_calibration: Whether :meth:`quantize` needs calibration inputs.
         notes: Honest caveats, copied onto every candidate it makes.
+        reads_ort_contrib_ops: Whether it can quantize a graph that uses ONNX Runtime
+            contrib operators (e.g. the fused attention of
+            ``export.ort_fused_attention``); the others skip such graphs.
     """
 
     name: ClassVar[str]
@@ -71,12 +74,21 @@ class QuantizationMethod(ABC):
     precision: ClassVar[str]
     needs_calibration: ClassVar[bool]
     notes: ClassVar[list[str]] = []
+    reads_ort_contrib_ops: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.extra_notes = []
 
     def applicable(self, source: Path) -> str | None:
         """Return None if the method applies to the model ``source``, else the reason."""
+        from hamnet.export import uses_ort_contrib_ops
+
+        if not self.reads_ort_contrib_ops and uses_ort_contrib_ops(source):
+            return (
+                f"{self.name} needs a standard ONNX graph, but {str(source)!r} uses ONNX "
+                "Runtime contrib operators (com.microsoft); it is quantized by "
+                "ort_dynamic_int8 only"
+            )
         return None
 
     def supported(self, profile: HardwareProfile) -> str | None:
@@ -262,6 +274,7 @@ class OrtDynamicInt8(QuantizationMethod):
     runtime = "onnxruntime"
     precision = "int8"
     needs_calibration = False
+    reads_ort_contrib_ops = True
     notes: ClassVar[list[str]] = [
         "Activation ranges are computed at every call: cheap to make, no calibration data, "
         "but MatMul-heavy models gain most; on convolutions it can be slower than FP32.",
@@ -458,6 +471,9 @@ class OrtFusedDynamicInt8(QuantizationMethod):
     ]
 
     def applicable(self, source: Path) -> str | None:
+        reason = super().applicable(source)
+        if reason:
+            return reason
         if not has_attention(Path(source)):
             return (
                 f"{self.name} fuses transformer attention, but {str(source)!r} has no "

@@ -846,6 +846,12 @@ class DistillStage(Stage):
         )
 
 
+FUSED_NOTE = (
+    "Attention exported as ONNX Runtime's com.microsoft.Attention (one node per block instead "
+    "of ~17): runs in ONNX Runtime only."
+)
+
+
 class ExportStage(Stage):
     """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
 
@@ -880,19 +886,35 @@ class ExportStage(Stage):
             if "openvino" in cfg.formats and "openvino" in runtimes:
                 xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
                 targets.append(("openvino", ctx.store.put(xml, "openvino")))
-            for runtime, ref in targets:
+            fused = "onnx" in cfg.formats and "onnxruntime" in runtimes
+            if fused and cfg.ort_fused_attention and model.config.num_layers > 0:
+                fused_path = export_onnx(
+                    model,
+                    model.config.input_size,
+                    ctx.store.staging_dir() / "model.onnx",
+                    opset=cfg.opset,
+                    ort_fused_attention=True,
+                )
+                targets.append(("onnxruntime-fused", ctx.store.put(fused_path, "onnx")))
+            for target, ref in targets:
+                runtime = target.removesuffix("-fused")
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
                     Candidate.create(
-                        name=_child_name(parent, f"{runtime}-fp32"),
+                        name=_child_name(parent, f"{target}-fp32"),
                         stage=self.name,
-                        method=f"export_{ref.format}",
+                        method=f"export_{ref.format}" + ("_ort_fused" if target != runtime else ""),
                         artifact=ref,
                         runtime=runtime,  # type: ignore[arg-type]
                         parent=parent,
-                        params={"opset": cfg.opset, "parity_atol": cfg.parity_atol},
+                        params={
+                            "opset": cfg.opset,
+                            "parity_atol": cfg.parity_atol,
+                            "ort_fused_attention": target != runtime,
+                        },
                         parity_max_abs_diff=diff,
+                        notes=[FUSED_NOTE] if target != runtime else [],
                     )
                 )
         skipped = [f for f in cfg.formats if {"onnx": "onnxruntime"}.get(f, f) not in runtimes]

@@ -31,7 +31,9 @@ def test_flow_tracks_candidates_and_reruns_from_cache(project: Path) -> None:
     assert first["cached_stages"] == []
     assert [s["name"] for s in first["stages"]] == ["train", "export", "quantize"]
     assert first["recommended"] is not None
-    assert first["candidates"] == 5  # baseline, ORT + OV FP32, ORT dynamic + static INT8
+    # baseline; ORT, ORT fused-attention and OV FP32; ORT dynamic + static INT8 of the plain
+    # ONNX; ORT dynamic INT8 of the fused one (static INT8 skips contrib operators)
+    assert first["candidates"] == 7
 
     client = _client(uri)
     exp = client.get_experiment_by_name("tests")
@@ -39,7 +41,9 @@ def test_flow_tracks_candidates_and_reruns_from_cache(project: Path) -> None:
     parent = client.get_run(first["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 5
+    assert len(children) == 7
+    fused = [r for r in children if r.data.tags["hamnet.method"] == "export_onnx_ort_fused"]
+    assert len(fused) == 1
     by_stage = {r.data.tags["hamnet.stage"] for r in children}
     assert by_stage == {"train", "export", "quantize"}
     for child in children:

@@ -96,7 +96,8 @@ def test_server_lost_mid_run_fails_clearly_and_the_rerun_uses_what_was_made(
     (index_path,) = (workdir / "runs").glob("*.json")
     index = json.loads(index_path.read_text())
     assert index["status"] == "failed" and "StageError" in index["error"]
-    assert [c["stage"] for c in index["candidates"]] == ["train", "export"]
+    # the baseline and its two ONNX exports (plain and ORT fused attention)
+    assert [c["stage"] for c in index["candidates"]] == ["train", "export", "export"]
     for entry in index["candidates"]:
         ArtifactRef.model_validate(entry["artifact"]).verify()  # still on disk, intact
 

@@ -178,6 +178,51 @@ def test_hamnet_checkpoint_exports_with_parity(tmp_path: Path) -> None:
         assert check_parity(reference, load_session(ref, runtime, profile), x, atol=1e-4) < 1e-4
 
 
+def test_ort_fused_attention_is_one_node_per_block_with_parity(tmp_path: Path) -> None:
+    """Pruned per-layer heads included; plain ONNX stays plain; eager PyTorch unchanged."""
+    import onnx
+
+    from hamnet.config import QuantizeStageConfig
+    from hamnet.export import uses_ort_contrib_ops
+    from hamnet.models import HAMNet, HAMNetConfig
+    from hamnet.quantize import get_quantizer
+
+    torch.manual_seed(0)
+    config = HAMNetConfig(
+        input_size=INPUT_SIZE, num_classes=3, hidden_size=16, num_heads=4, token_size=4,
+        num_layers=2, layer_heads=[3, 1], layer_ffn=[20, 8],
+    )  # fmt: skip
+    model = HAMNet(config).eval()
+    x = np.random.default_rng(2).normal(size=(7, INPUT_SIZE)).astype(np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    fused = export_onnx(model, INPUT_SIZE, tmp_path / "fused.onnx", ort_fused_attention=True)
+    plain = export_onnx(model, INPUT_SIZE, tmp_path / "plain.onnx")
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert ops.count("Attention") == 2 and "Softmax" not in ops
+    assert uses_ort_contrib_ops(fused) and not uses_ort_contrib_ops(plain)
+    assert len(ops) < len(onnx.load(str(plain)).graph.node) / 2
+    profile = load_profile("x86-avx2")
+    store = ArtifactStore(tmp_path / "store")
+    session = load_session(store.put(fused, "onnx"), "onnxruntime", profile)
+    np.testing.assert_allclose(session.run(x), expected, atol=1e-5)
+    np.testing.assert_allclose(model(torch.from_numpy(x)).detach().numpy(), expected)
+    assert not any(m.ort_fused_export for m in model.modules() if hasattr(m, "ort_fused_export"))
+    # Only ORT dynamic INT8 quantizes a graph with contrib ops; the others say why not.
+    assert get_quantizer("ort_dynamic_int8").applicable(fused) is None
+    for name in ("ort_static_int8", "nncf_int8", "openvino_fp16", "ort_fused_dynamic_int8"):
+        assert "contrib operators" in (get_quantizer(name).applicable(fused) or "")
+    int8 = get_quantizer("ort_dynamic_int8").quantize(
+        fused, tmp_path / "int8", calibration=None, cfg=QuantizeStageConfig(), profile=profile
+    )
+    quantized = load_session(store.put(int8, "onnx"), "onnxruntime", profile).run(x)
+    assert (quantized.argmax(1) == expected.argmax(1)).mean() >= 6 / 7
+
+
+def test_ort_fused_attention_needs_hamnet_attention(tmp_path: Path, model: nn.Module) -> None:
+    with pytest.raises(ExportError, match="needs a model with HAMNet attention"):
+        export_onnx(model, INPUT_SIZE, tmp_path / "m.onnx", ort_fused_attention=True)
+
+
 class BatchDependent(nn.Module):
     """Python control flow on the batch size: traced as a constant, so it cannot export."""
 

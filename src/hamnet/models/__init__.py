@@ -12,6 +12,7 @@ from hamnet.models.hamnet import (
     count_flops,
     count_parameters,
     load_checkpoint,
+    ort_attention_export,
     save_checkpoint,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "load_checkpoint",
+    "ort_attention_export",
     "save_checkpoint",
 ]

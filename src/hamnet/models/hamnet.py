@@ -51,13 +51,14 @@ block's activations in the backward pass instead of storing them (training only)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -288,6 +289,69 @@ class HAMNetConfig(BaseModel):
             raise ConfigError(f"model.hamnet does not fit the data: {problems}") from None
 
 
+class _OrtAttention(torch.autograd.Function):
+    """Packed-QKV self-attention that exports as ONNX Runtime's ``com.microsoft.Attention``.
+
+    ``forward`` computes what :meth:`MultiHeadSelfAttention.forward` computes in eval
+    mode (it is what the exporter traces for shapes); ``symbolic`` writes the single
+    contrib node that replaces ~17 ONNX nodes (three projections, reshapes, transposes,
+    two matmuls and the softmax) per block. Only :func:`ort_attention_export` uses it.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int, inner: int
+    ) -> torch.Tensor:
+        del ctx
+        batch, tokens, _ = x.shape
+        q, k, v = (x @ weight + bias).split(inner, dim=-1)
+        head_dim = inner // heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+
+        scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(head_dim)
+        mixed = torch.softmax(scores, dim=-1) @ split(v)
+        return mixed.transpose(1, 2).reshape(batch, tokens, inner)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, heads: int, inner: int) -> Any:
+        sizes = x.type().varyingSizes()
+        attrs: dict[str, Any] = {"num_heads_i": heads}
+        if sizes[-1] != inner:  # pruned heads; left out otherwise so INT8 gets QAttention
+            attrs["qkv_hidden_sizes_i"] = [inner, inner, inner]
+        out = g.op("com.microsoft::Attention", x, weight, bias, **attrs)
+        # Tell the exporter's shape inference what comes out: [batch, tokens, inner].
+        out.setType(x.type().with_sizes([*sizes[:-1], inner]))
+        return out
+
+
+@contextlib.contextmanager
+def ort_attention_export(model: nn.Module) -> Iterator[None]:
+    """While active, ONNX export writes each HAMNet attention as one ORT contrib node.
+
+    It also folds the embedding bias into the position embedding (one Add less). The
+    graph then runs in ONNX Runtime only (the ``com.microsoft`` domain; OpenVINO and
+    other runtimes do not know it), with the same outputs. Eager PyTorch is not
+    affected: the switch applies inside ``torch.onnx.export`` only.
+
+    Args:
+        model: The model whose HAMNet modules are switched (and switched back on exit).
+
+    Example:
+        >>> with ort_attention_export(model):
+        ...     torch.onnx.export(model, ..., custom_opsets={"com.microsoft": 1})
+    """
+    switched = [m for m in model.modules() if isinstance(m, (MultiHeadSelfAttention, HAMNet))]
+    for module in switched:
+        module.ort_fused_export = True
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.ort_fused_export = False
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with separate, head-sliceable projections.
 
@@ -320,12 +384,15 @@ class MultiHeadSelfAttention(nn.Module):
         # (distillation's attention transfer reads it with a forward hook).
         self.attn_probe = nn.Identity()
         self.scale = 1.0 / math.sqrt(head_dim)
+        self.ort_fused_export = False  # set by ort_attention_export
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = t.shape
         return t.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ort_fused_export and torch.onnx.is_in_onnx_export():
+            return self.out_proj(self._ort_fused(x))
         batch, tokens, _ = x.shape
         q = self._split(self.q_proj(x))
         k = self._split(self.k_proj(x))
@@ -336,6 +403,14 @@ class MultiHeadSelfAttention(nn.Module):
         mixed = torch.matmul(self.dropout(weights), v)
         mixed = mixed.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.out_proj(mixed)
+
+    def _ort_fused(self, x: torch.Tensor) -> torch.Tensor:
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections], dim=0).t()
+        bias = torch.cat([p.bias for p in projections])
+        inner = self.num_heads * self.head_dim
+        out: torch.Tensor = _OrtAttention.apply(x, weight, bias, self.num_heads, inner)
+        return out
 
 
 class FeedForward(nn.Module):
@@ -408,6 +483,7 @@ class HAMNet(nn.Module):
         self.head = nn.Linear(hidden, config.num_classes)
         nn.init.normal_(self.pos, std=_POS_STD)
         self.gradient_checkpointing = False
+        self.ort_fused_export = False  # set by ort_attention_export
 
     def reset_parameters(self) -> None:
         """Re-initialise every weight: torch's defaults, and N(0, 0.2²) for ``pos``.
@@ -431,7 +507,11 @@ class HAMNet(nn.Module):
                 f"HAMNet expects input of shape [batch, {cfg.input_size}], but got {list(x.shape)}"
             )
         tokens = x.reshape(-1, cfg.num_tokens, cfg.token_size)
-        h = self.embed_dropout(self.embed(tokens) + self.pos)
+        if self.ort_fused_export and torch.onnx.is_in_onnx_export():
+            # One Add instead of two: the embedding bias folded into the positions.
+            h = torch.matmul(tokens, self.embed.weight.t()) + (self.embed.bias + self.pos)
+        else:
+            h = self.embed_dropout(self.embed(tokens) + self.pos)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
