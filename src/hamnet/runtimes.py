@@ -437,6 +437,14 @@ class OnnxRuntimeSession(InferenceSession):
         self.output_name: str = session.get_outputs()[0].name
         self._ranks = {i.name: len(i.shape) if i.shape is not None else None for i in inputs}
         self._dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in inputs}
+        self._outputs = [self.output_name]
+        # The common case, one C-contiguous array of the declared rank and dtype, skips
+        # the general checks: at batch 1 they cost ~3 us, a fifth of a small model's call.
+        self._fast: tuple[int | None, Any] | None = (
+            (self._ranks[self.input_name], self._dtypes[self.input_name])
+            if len(inputs) == 1 and self._dtypes[self.input_name] is not None
+            else None
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -444,9 +452,19 @@ class OnnxRuntimeSession(InferenceSession):
         return list(self.session.get_providers())
 
     def run(self, x: Inputs) -> np.ndarray:
-        feed = _feed(x, self.input_names, self._ranks, self._dtypes)
-        (out,) = self.session.run([self.output_name], feed)
-        return np.asarray(out, dtype=np.float32)
+        fast = self._fast
+        if (
+            fast is not None
+            and type(x) is np.ndarray
+            and x.dtype == fast[1]
+            and x.ndim == fast[0]
+            and x.flags.c_contiguous
+        ):
+            out = self.session.run(self._outputs, {self.input_name: x})[0]
+        else:
+            feed = _feed(x, self.input_names, self._ranks, self._dtypes)
+            (out,) = self.session.run(self._outputs, feed)
+        return out if out.dtype == np.float32 else np.asarray(out, dtype=np.float32)
 
 
 class OnnxRuntime(Runtime):
