@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from hamnet._env import apply_defaults
 
@@ -94,12 +95,18 @@ def main() -> None:
     parser.add_argument("--config", default="configs/peers.yaml", help="hamnet's pipeline")
     parser.add_argument("--profile", default="auto", help="hardware profile (auto: detect)")
     parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="intra-op threads for every point, hamnet's included (default: the profile's)",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny model, two peers")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--mlflow", default="sqlite:///mlflow.db", help="tracking URI")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be positive, but got {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, but got {args.threads}")
     apply_defaults()
     started = time.perf_counter()
 
@@ -122,11 +129,17 @@ def main() -> None:
     from hamnet.training import set_seed, train_model
 
     profile = select_profile(args.profile)
-    torch.set_num_threads(profile.threads or torch.get_num_threads())
     work = Path(args.work or tempfile.mkdtemp(prefix="hamnet-peers-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    profile_ref = profile.name
+    if args.threads is not None:  # the same thread count for every point, hamnet's too
+        profile = profile.model_copy(update={"threads": args.threads})
+        profile_file = work / f"{profile.name}-{args.threads}t.yaml"
+        profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False))
+        profile_ref = str(profile_file)
+    torch.set_num_threads(profile.threads or torch.get_num_threads())
     name = "smoke" if args.smoke else args.baseline
-    overrides: dict[str, Any] = {"hardware_profile": profile.name, "workdir": str(work / "hamnet")}
+    overrides: dict[str, Any] = {"hardware_profile": profile_ref, "workdir": str(work / "hamnet")}
     if args.smoke:
         overrides["model"] = {"hamnet": {"hidden_size": 16, "num_layers": 1, "num_heads": 2}}
         overrides["stages"] = {

@@ -835,6 +835,7 @@ class DistillStage(Stage):
                 "methods": cfg.methods,
                 "ce_weight": cfg.ce_weight,
                 "epochs": train_cfg.epochs,
+                "augment": train_cfg.augment,
                 "epochs_run": result.train.epochs_run,
                 "best_val_accuracy": round(result.train.best_val_accuracy, 6),
                 "teacher_cache_files": [str(p) for p in result.teacher_cache_files],
