@@ -55,7 +55,7 @@ def test_students_config_holds_the_function_matching_recipe() -> None:
     assert config.model.hamnet.num_layers == 2 and config.model.hamnet.hidden_size == 64
     distill = config.stages.distill
     assert distill is not None
-    assert [s.name for s in distill.students] == ["shallow", "shallow-t16", "narrow-t16"]
+    assert [s.name for s in distill.students] == ["shallow", "shallow-t16", "narrow-t16", "tiny-t16"]
     assert all(s.hamnet.num_layers == 1 for s in distill.students)
     assert [term["method"] for term in distill.methods] == ["soft"]
     assert distill.ce_weight == 0.0 and not distill.recover_pruned
