@@ -101,6 +101,21 @@ def export_tiny_onnx(path: Path, *, hidden: int = 8, seed: int = 0) -> Path:
     return path
 
 
+def digits_subset(n_train: int = 256, n_eval: int = 128) -> Any:
+    """The digits split cut to ``n_train`` training and ``n_eval`` val/test samples."""
+    from hamnet.config import DataSection
+    from hamnet.data import Dataset, load_dataset
+
+    full = load_dataset(DataSection(seed=0))
+    return Dataset(
+        x_train=full.x_train[:n_train], y_train=full.y_train[:n_train],
+        x_val=full.x_val[:n_eval], y_val=full.y_val[:n_eval],
+        x_test=full.x_test[:n_eval], y_test=full.y_test[:n_eval],
+        num_features=full.num_features, num_classes=full.num_classes,
+        class_names=full.class_names, source="digits subset",
+    )  # fmt: skip
+
+
 def small_hamnet(dataset: Any, *, epochs: int = 2) -> Any:
     """A small HAMNet (hidden 32, 2 layers, 4 heads, 8-feature tokens) trained briefly."""
     import torch

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import digits_subset
 
-from hamnet.config import DataSection, TrainStageConfig
-from hamnet.data import Dataset, load_dataset
+from hamnet.config import TrainStageConfig
+from hamnet.data import Dataset
 from hamnet.distill.train import array_digest, distill_model, model_digest
 from hamnet.errors import ConfigError, DataError
 from hamnet.models import HAMNet, HAMNetConfig
@@ -21,14 +22,8 @@ CFG = TrainStageConfig(epochs=2, patience=2, warmup_epochs=0, batch_size=64)
 
 @pytest.fixture(scope="module")
 def data() -> Dataset:
-    full = load_dataset(DataSection(seed=0))
-    return Dataset(
-        x_train=full.x_train[:256], y_train=full.y_train[:256],
-        x_val=full.x_val[:128], y_val=full.y_val[:128],
-        x_test=full.x_test[:128], y_test=full.y_test[:128],
-        num_features=full.num_features, num_classes=full.num_classes,
-        class_names=full.class_names, source="digits subset",
-    )  # fmt: skip
+    subset: Dataset = digits_subset()
+    return subset
 
 
 def _hamnet(data: Dataset, hidden: int, seed: int) -> HAMNet:

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import digits_subset
 
-from hamnet.config import DataSection, TrainStageConfig, load_config
-from hamnet.data import Dataset, load_dataset
+from hamnet.config import TrainStageConfig, load_config
+from hamnet.data import Dataset
 from hamnet.distill.train import distill_model
 from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
 from hamnet.training import train_model
@@ -27,14 +28,8 @@ STUDENTS = Path(__file__).resolve().parents[2] / "configs" / "peers.yaml"
 
 @pytest.fixture(scope="module")
 def data() -> Dataset:
-    full = load_dataset(DataSection(seed=0))
-    return Dataset(
-        x_train=full.x_train[:256], y_train=full.y_train[:256],
-        x_val=full.x_val[:128], y_val=full.y_val[:128],
-        x_test=full.x_test[:128], y_test=full.y_test[:128],
-        num_features=full.num_features, num_classes=full.num_classes,
-        class_names=full.class_names, source="digits subset",
-    )  # fmt: skip
+    subset: Dataset = digits_subset()
+    return subset
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,12 @@ def test_students_config_holds_the_function_matching_recipe() -> None:
     assert config.model.hamnet.num_layers == 2 and config.model.hamnet.hidden_size == 64
     distill = config.stages.distill
     assert distill is not None
-    assert [s.name for s in distill.students] == ["shallow", "shallow-t16", "narrow-t16", "tiny-t16"]
+    assert [s.name for s in distill.students] == [
+        "shallow",
+        "shallow-t16",
+        "narrow-t16",
+        "tiny-t16",
+    ]
     assert all(s.hamnet.num_layers == 1 for s in distill.students)
     assert [term["method"] for term in distill.methods] == ["soft"]
     assert distill.ce_weight == 0.0 and not distill.recover_pruned
@@ -120,6 +120,7 @@ def test_the_distill_stage_trains_students_by_function_matching(
         "student-narrow-t16+kd-soft",
         "student-shallow+kd-soft",
         "student-shallow-t16+kd-soft",
+        "student-tiny-t16+kd-soft",
     ]
     shallow = by_name["student-shallow+kd-soft"]
     assert shallow.params["architecture"]["num_layers"] == 1
