@@ -109,6 +109,11 @@ def test_onnxruntime_settings(refs: dict[str, ArtifactRef], x: np.ndarray) -> No
     assert options.intra_op_num_threads == 1
     with pytest.raises(ValueError, match=r"2-D array \[batch, features\], but got shape \(12,\)"):
         session.run(x[0])
+    # The direct path (contiguous float32 of the right rank) and the general one agree.
+    direct = session.run(np.ascontiguousarray(x, dtype=np.float32))
+    for other in (x.astype(np.float64), np.asfortranarray(x), x.tolist(), {"input": x}):
+        np.testing.assert_array_equal(session.run(other), direct)  # type: ignore[arg-type]
+    assert direct.dtype == np.float32
 
 
 def test_openvino_settings_and_throughput_hint(refs: dict[str, ArtifactRef], x: np.ndarray) -> None:
