@@ -85,9 +85,8 @@ class QuantizationMethod(ABC):
 
         if not self.reads_ort_contrib_ops and uses_ort_contrib_ops(source):
             return (
-                f"{self.name} needs a standard ONNX graph, but {str(source)!r} uses ONNX "
-                "Runtime contrib operators (com.microsoft); it is quantized by "
-                "ort_dynamic_int8 only"
+                f"{self.name} needs a standard ONNX graph, but {Path(source).name} uses ONNX "
+                "Runtime contrib operators (com.microsoft); only ort_dynamic_int8 quantizes it"
             )
         return None
 

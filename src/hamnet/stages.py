@@ -955,7 +955,7 @@ class QuantizeStage(Stage):
                     Path(source.artifact.path)
                 )
                 if reason:
-                    ctx.notes.append(f"quantize: {method_name} skipped: {reason}")
+                    ctx.notes.append(f"quantize: {method_name} skipped for {source.name}: {reason}")
                     continue
                 main = method.quantize(
                     Path(source.artifact.path),
