@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,8 +143,16 @@ def uses_ort_contrib_ops(path: str | Path) -> bool:
     Such graphs run in ONNX Runtime only: OpenVINO, NNCF and plain ONNX tools cannot
     load them.
     """
+    stat = Path(path).stat()
+    return _uses_ort_contrib_ops(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _uses_ort_contrib_ops(path: str, size: int, mtime_ns: int) -> bool:
+    """Cached on the file's identity: each quantizer asks about the same source file."""
+    del size, mtime_ns  # part of the cache key only
     onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(path, load_external_data=False)
     return any(op.domain == ORT_DOMAIN for op in model.opset_import) or any(
         node.domain == ORT_DOMAIN for node in model.graph.node
     )

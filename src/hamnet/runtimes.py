@@ -439,7 +439,7 @@ class OnnxRuntimeSession(InferenceSession):
         self._dtypes = {i.name: _ONNX_DTYPES.get(i.type) for i in inputs}
         self._outputs = [self.output_name]
         # The common case, one C-contiguous array of the declared rank and dtype, skips
-        # the general checks: at batch 1 they cost ~3 us, a fifth of a small model's call.
+        # the general checks: at batch 1 they cost ~2.3 us, ~15% of a 15 us model's call.
         self._fast: tuple[int | None, Any] | None = (
             (self._ranks[self.input_name], self._dtypes[self.input_name])
             if len(inputs) == 1 and self._dtypes[self.input_name] is not None

@@ -881,14 +881,15 @@ class ExportStage(Stage):
                 model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
             )
             onnx_ref = ctx.store.put(onnx_path, "onnx")
-            targets: list[tuple[str, ArtifactRef]] = []
-            if "onnx" in cfg.formats and "onnxruntime" in runtimes:
-                targets.append(("onnxruntime", onnx_ref))
+            # (runtime, model, attention fused into ORT contrib ops)
+            targets: list[tuple[str, ArtifactRef, bool]] = []
+            ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
+            if ort:
+                targets.append(("onnxruntime", onnx_ref, False))
             if "openvino" in cfg.formats and "openvino" in runtimes:
                 xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
-                targets.append(("openvino", ctx.store.put(xml, "openvino")))
-            fused = "onnx" in cfg.formats and "onnxruntime" in runtimes
-            if fused and cfg.ort_fused_attention and model.config.num_layers > 0:
+                targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
+            if ort and cfg.ort_fused_attention:
                 fused_path = export_onnx(
                     model,
                     model.config.input_size,
@@ -896,26 +897,25 @@ class ExportStage(Stage):
                     opset=cfg.opset,
                     ort_fused_attention=True,
                 )
-                targets.append(("onnxruntime-fused", ctx.store.put(fused_path, "onnx")))
-            for target, ref in targets:
-                runtime = target.removesuffix("-fused")
+                targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
+            for runtime, ref, fused in targets:
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
                     Candidate.create(
-                        name=_child_name(parent, f"{target}-fp32"),
+                        name=_child_name(parent, f"{runtime}{'-fused' if fused else ''}-fp32"),
                         stage=self.name,
-                        method=f"export_{ref.format}" + ("_ort_fused" if target != runtime else ""),
+                        method=f"export_{ref.format}{'_ort_fused' if fused else ''}",
                         artifact=ref,
                         runtime=runtime,  # type: ignore[arg-type]
                         parent=parent,
                         params={
                             "opset": cfg.opset,
                             "parity_atol": cfg.parity_atol,
-                            "ort_fused_attention": target != runtime,
+                            "ort_fused_attention": fused,
                         },
                         parity_max_abs_diff=diff,
-                        notes=[FUSED_NOTE] if target != runtime else [],
+                        notes=[FUSED_NOTE] if fused else [],
                     )
                 )
         skipped = [f for f in cfg.formats if {"onnx": "onnxruntime"}.get(f, f) not in runtimes]
