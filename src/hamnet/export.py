@@ -86,11 +86,13 @@ def export_onnx(
     except StopIteration:
         device = torch.device("cpu")
     dummy = torch.randn(2, input_size, device=device)
+    from hamnet.models.hamnet import folded_one_token_attention
+
     fused = _fused_attention_context(model, ort_fused_attention)
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), fused:
+        with warnings.catch_warnings(), fused, folded_one_token_attention(model):
             # The legacy exporter warns that it is deprecated; it is chosen on purpose.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)

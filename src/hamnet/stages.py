@@ -889,7 +889,8 @@ class ExportStage(Stage):
             if "openvino" in cfg.formats and "openvino" in runtimes:
                 xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
                 targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
-            if ort and cfg.ort_fused_attention:
+            # One token: attention is already one linear map, there is nothing to fuse.
+            if ort and cfg.ort_fused_attention and model.config.num_tokens > 1:
                 fused_path = export_onnx(
                     model,
                     model.config.input_size,

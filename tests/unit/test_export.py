@@ -308,3 +308,34 @@ def test_export_module_hf_encoder_records_fusion_shape(tmp_path: Path) -> None:
     assert model.config._attn_implementation == "eager"
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props == {"hamnet.num_heads": "4", "hamnet.hidden_size": "32"}
+
+
+def test_export_stage_adds_a_fused_twin_only_where_attention_spans_tokens(
+    tmp_path: Path,
+) -> None:
+    """A one-token model's attention is already one linear map: no fused twin of it."""
+    from conftest import tiny_config
+
+    from hamnet.candidate import Candidate
+    from hamnet.config import config_from_dict
+    from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
+    from hamnet.pipeline import make_context
+    from hamnet.stages import ExportStage
+
+    export = {"formats": ["onnx"], "ort_fused_attention": True}
+    ctx = make_context(config_from_dict(tiny_config(stages={"export": export})), tmp_path)
+    names = {}
+    for token_size in (8, 64):
+        torch.manual_seed(0)
+        config = HAMNetConfig(
+            input_size=64, num_classes=10, hidden_size=8, num_heads=2, token_size=token_size
+        )
+        path = save_checkpoint(HAMNet(config), tmp_path / f"t{token_size}.pt")
+        parent = Candidate.create(
+            name=f"t{token_size}", stage="train", method="train",
+            artifact=ctx.store.put(path, "torch"), runtime="torch",
+        )  # fmt: skip
+        out = ExportStage().run([parent], ctx)
+        names[token_size] = sorted(c.name for c in out)
+        assert all(c.parity_max_abs_diff is not None and c.parity_max_abs_diff < 1e-4 for c in out)
+    assert names == {8: ["onnxruntime-fp32", "onnxruntime-fused-fp32"], 64: ["onnxruntime-fp32"]}

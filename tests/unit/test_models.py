@@ -263,3 +263,60 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path: Path) -> None
     torch.testing.assert_close(checkpointed, plain)
     path = save_checkpoint(model, tmp_path / "model.pt")
     assert load_checkpoint(path).gradient_checkpointing is False, "a runtime switch only"
+
+
+def _attention_by_hand(model: HAMNet, x: torch.Tensor) -> torch.Tensor:
+    """The general token path written out (softmax over the tokens), for any token count."""
+    h = model.embed(x.reshape(len(x), model.config.num_tokens, -1)) + model.pos
+    for block in model.blocks:
+        a, attn = block.norm1(h), block.attn
+        q, k, v = (attn._split(p(a)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        weights = torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)
+        h = h + attn.out_proj((weights @ v).transpose(1, 2).flatten(2))
+        h = h + block.ffn(block.norm2(h))
+    out: torch.Tensor = model.head(model.norm(h).mean(dim=1))
+    return out
+
+
+def test_one_token_model_is_the_general_path_without_query_and_key() -> None:
+    """With one token the softmax is 1: the shortcut gives the general path's outputs
+    and gradients, and the query/key projections are never run."""
+    model = _model(token_size=64, hidden_size=16, num_heads=2, num_layers=2, dropout_rate=0.0)
+    assert model.config.num_tokens == 1 and model.one_token_fast_path
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(model(x), _attention_by_hand(model, x))
+    model.one_token_fast_path = False
+    torch.testing.assert_close(model(x), _attention_by_hand(model, x))
+    model.one_token_fast_path = True
+    model.train()
+    model(x).sum().backward()
+    unused = {n for n, p in model.named_parameters() if p.grad is None}
+    assert unused == {f"blocks.{i}.attn.{p}_proj.{w}" for i in (0, 1) for p in "qk" for w in
+                      ("weight", "bias")}  # fmt: skip
+    # Dropout on the (all-ones) attention weights still acts in training, per head.
+    drop = _model(token_size=64, hidden_size=16, num_heads=2, dropout_rate=0.5).train()
+    torch.manual_seed(1)
+    assert not torch.equal(drop(x), drop(x))
+    assert torch.equal(drop.eval()(x), drop(x))
+
+
+def test_one_token_onnx_export_is_a_chain_of_gemms(tmp_path: Path) -> None:
+    """No token axis in the graph (no Reshape, no ReduceMean), value and output
+    projections folded into one matrix, same outputs as eager PyTorch."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from hamnet.export import export_onnx
+
+    model = _model(token_size=64, hidden_size=16, num_heads=2, num_layers=2)
+    path = export_onnx(model, 64, tmp_path / "one.onnx")
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    assert not {"Reshape", "ReduceMean", "Softmax", "MatMul"} & set(ops)
+    # embed + one folded attention matrix and fc1 + fc2 per block + head
+    assert ops.count("Gemm") == 1 + 3 * 2 + 1
+    assert all(m.folded_value_path is None for m in model.modules() if hasattr(m, "q_proj"))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 6):
+        x = torch.randn(batch, 64)
+        (got,) = session.run(None, {"input": x.numpy()})
+        np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)

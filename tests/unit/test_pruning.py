@@ -217,3 +217,20 @@ def test_apply_plan_rejects_other_model(
     other = HAMNet(HAMNetConfig(input_size=64, num_classes=10, hidden_size=16, token_size=8))
     with pytest.raises(ConfigError, match="plan was made for"):
         apply_plan(other, results["l1", "uniform"].plan)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+def test_one_token_model_prunes_whole_heads(dataset: Dataset, criterion: str) -> None:
+    """One token skips q/k in the forward pass; pruning traces the full path on its copy,
+    removes whole heads, and hands back a model on the fast path with a replayable plan."""
+    torch.manual_seed(0)
+    config = HAMNetConfig(
+        input_size=64, num_classes=10, hidden_size=16, num_layers=2, num_heads=4, token_size=64
+    )
+    model = HAMNet(config).eval()
+    result = prune_hamnet(model, dataset, ratio=0.5, criterion=criterion)
+    pruned = result.model
+    assert pruned.config.layer_heads == [2, 2] and pruned.one_token_fast_path
+    assert model.one_token_fast_path, "the input model is not touched"
+    x = torch.from_numpy(dataset.x_test[:4])
+    torch.testing.assert_close(apply_plan(model, result.plan)(x), pruned(x))

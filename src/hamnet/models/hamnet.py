@@ -42,6 +42,14 @@ slicing the rows of ``q_proj``/``k_proj``/``v_proj`` and the columns of ``out_pr
 head ``h`` owns rows ``h*head_dim:(h+1)*head_dim``. Per-layer head counts and FFN widths
 (``layer_heads``/``layer_ffn``) describe such pruned models.
 
+With one token (``token_size == input_size``) the softmax over a single key is 1, so
+attention is exactly ``out_proj(v_proj(x))``: the model then runs on ``[B, hidden]``
+without the token axis, skips ``q_proj``/``k_proj`` (they stay in the state dict so
+checkpoints and pruning plans keep one layout) and, in ONNX export, writes the two
+projections as one folded matrix. That is a residual MLP whose every linear layer is
+one ``Gemm`` node in ONNX Runtime, the fastest shape at batch 1 where per-operator
+overhead dominates.
+
 Every dropout site (embedding, attention weights, both residual branches, inside the FFN)
 is built by :func:`make_dropout`, so ``dropout_type`` picks standard, Gaussian or alpha
 dropout for all of them; each is the identity in eval mode and adds no parameters.
@@ -352,6 +360,33 @@ def ort_attention_export(model: nn.Module) -> Iterator[None]:
             module.ort_fused_export = False
 
 
+@contextlib.contextmanager
+def folded_one_token_attention(model: nn.Module) -> Iterator[None]:
+    """While active, one-token attentions run ``out_proj(v_proj(x))`` as one linear map.
+
+    The product of the two projections is computed once, outside any trace, so an ONNX
+    export writes one weight matrix and one ``Gemm`` instead of two (and a smaller
+    file). Attentions over several tokens are not affected. The weights must not change
+    while the context is active.
+
+    Args:
+        model: The model whose attention modules are switched (and switched back on exit).
+    """
+    switched = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+    with torch.no_grad():
+        for m in switched:
+            out, value = m.out_proj, m.v_proj
+            m.folded_value_path = (
+                (out.weight @ value.weight).detach().clone(),
+                (out.weight @ value.bias + out.bias).detach().clone(),
+            )
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.folded_value_path = None
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with separate, head-sliceable projections.
 
@@ -385,12 +420,15 @@ class MultiHeadSelfAttention(nn.Module):
         self.attn_probe = nn.Identity()
         self.scale = 1.0 / math.sqrt(head_dim)
         self.ort_fused_export = False  # set by ort_attention_export
+        self.folded_value_path: tuple[torch.Tensor, torch.Tensor] | None = None  # see below
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = t.shape
         return t.view(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return self._one_token(x)
         if self.ort_fused_export and torch.onnx.is_in_onnx_export():
             return self.out_proj(self._ort_fused(x))
         batch, tokens, _ = x.shape
@@ -402,6 +440,20 @@ class MultiHeadSelfAttention(nn.Module):
         )
         mixed = torch.matmul(self.dropout(weights), v)
         mixed = mixed.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        return self.out_proj(mixed)
+
+    def _one_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over one token, ``x`` of shape [batch, hidden]: the value path only.
+
+        The attention weights are all 1; in training their dropout still applies, one
+        draw per head, as in the general path.
+        """
+        if self.folded_value_path is not None:
+            return nn.functional.linear(x, *self.folded_value_path)
+        mixed = self.v_proj(x)
+        if self.training:
+            keep = self.dropout(mixed.new_ones(x.shape[0], self.num_heads, 1))
+            mixed = (mixed.view(-1, self.num_heads, self.head_dim) * keep).flatten(1)
         return self.out_proj(mixed)
 
     def _ort_fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -464,6 +516,10 @@ class HAMNet(nn.Module):
         gradient_checkpointing: Recompute each block's activations in the backward pass
             instead of storing them (trades compute for memory; training mode only). A
             runtime switch, not part of the config or the checkpoint; off by default.
+        one_token_fast_path: With one token, run on ``[batch, hidden]`` and skip the
+            query/key projections (see the module docstring). Same outputs either way;
+            pruning turns it off on its working copy so that torch-pruning traces every
+            projection. A runtime switch; on by default.
 
     Example:
         >>> model = HAMNet(HAMNetConfig(input_size=64, num_classes=10, token_size=8))
@@ -483,6 +539,7 @@ class HAMNet(nn.Module):
         self.head = nn.Linear(hidden, config.num_classes)
         nn.init.normal_(self.pos, std=_POS_STD)
         self.gradient_checkpointing = False
+        self.one_token_fast_path = True
         self.ort_fused_export = False  # set by ort_attention_export
 
     def reset_parameters(self) -> None:
@@ -506,19 +563,26 @@ class HAMNet(nn.Module):
             raise DataError(
                 f"HAMNet expects input of shape [batch, {cfg.input_size}], but got {list(x.shape)}"
             )
+        if cfg.num_tokens == 1 and self.one_token_fast_path:
+            # One token: no token axis, the embedding bias and position in one bias.
+            h = nn.functional.linear(x, self.embed.weight, self.embed.bias + self.pos.view(-1))
+            return self.head(self.norm(self._blocks(self.embed_dropout(h))))
         tokens = x.reshape(-1, cfg.num_tokens, cfg.token_size)
         if self.ort_fused_export and torch.onnx.is_in_onnx_export():
             # One Add instead of two: the embedding bias folded into the positions.
             h = torch.matmul(tokens, self.embed.weight.t()) + (self.embed.bias + self.pos)
         else:
             h = self.embed_dropout(self.embed(tokens) + self.pos)
+        return self.head(self.norm(self._blocks(h)).mean(dim=1))
+
+    def _blocks(self, h: torch.Tensor) -> torch.Tensor:
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
                 h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
             else:
                 h = block(h)
-        return self.head(self.norm(h).mean(dim=1))
+        return h
 
 
 def save_checkpoint(model: HAMNet, path: str | Path) -> Path:

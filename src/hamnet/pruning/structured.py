@@ -291,7 +291,7 @@ def prune_hamnet(
     layer_ratios: list[float] | None = None
     if is_layer_allocation(allocation) and ratio > 0:
         layer_ratios = LAYER_ALLOCATORS[allocation](
-            copy.deepcopy(model).cpu().eval(),
+            _traceable_copy(model),
             dataset,
             ratio,
             seed=seed,
@@ -304,7 +304,7 @@ def prune_hamnet(
             )
 
     base = model.config
-    work = copy.deepcopy(model).cpu().eval()
+    work = _traceable_copy(model)
     kept_heads = [list(range(base.heads_of(i))) for i in range(base.num_layers)]
     kept_ffn = [list(range(base.ffn_of(i))) for i in range(base.num_layers)]
     params_before = count_parameters(model)
@@ -349,6 +349,7 @@ def prune_hamnet(
         allocation=allocation,
         ratio=ratio,
     )
+    work.one_token_fast_path = True
     return PruneResult(
         model=work,
         plan=plan,
@@ -483,6 +484,14 @@ def _accumulate_gradients(model: HAMNet, dataset: Dataset, batches: int, seed: i
         x = torch.from_numpy(np.ascontiguousarray(dataset.x_train[idx], dtype=np.float32))
         y = torch.from_numpy(np.asarray(dataset.y_train[idx])).long()
         F.cross_entropy(model(x), y).backward()
+
+
+def _traceable_copy(model: HAMNet) -> HAMNet:
+    """A CPU eval-mode copy that runs every projection (no one-token shortcut), so
+    torch-pruning's trace and gradient criteria see the query and key rows of each head."""
+    work = copy.deepcopy(model).cpu().eval()
+    work.one_token_fast_path = False
+    return work
 
 
 def _blocks(model: HAMNet) -> list[HAMNetBlock]:
