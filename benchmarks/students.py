@@ -82,6 +82,11 @@ def _shallow(**changes: Any) -> dict[str, Any]:
     return {**SHALLOW, **changes}
 
 
+def _one(hidden: int, **changes: Any) -> dict[str, Any]:
+    """A one-token student: all 64 features in one token, so attention is a linear map."""
+    return _shallow(hidden_size=hidden, num_heads=1, token_size=64, dropout_rate=0.0, **changes)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -120,6 +125,20 @@ RECIPES: dict[str, Recipe] = {
                0.0, _fm(300), "as fm300-t1 with hidden 28 (>= 8x fewer parameters)"),
         Recipe("shallow24-fm300-t1", _shallow(hidden_size=24, dropout_rate=0.0), _soft(1.0),
                0.0, _fm(300), "as fm300-t1 with hidden 24"),
+        Recipe("one24-fm300-t1", _one(24), _soft(1.0), 0.0, _fm(300),
+               "as fm300-t1 over ONE token of 64 features (a residual MLP), hidden 24"),
+        Recipe("one32-fm300-t1", _one(32), _soft(1.0), 0.0, _fm(300),
+               "as fm300-t1 over one token, hidden 32"),
+        Recipe("one24x2-fm300-t1", _one(24, num_layers=2), _soft(1.0), 0.0, _fm(300),
+               "as fm300-t1 over one token, hidden 24, two blocks"),
+        Recipe("one32-fm300-t2", _one(32), _soft(2.0), 0.0, _fm(300),
+               "as one32-fm300-t1 with T2"),
+        Recipe("one32-fm1000-t1", _one(32), _soft(1.0), 0.0, _fm(1000),
+               "as one32-fm300-t1 for 1000 epochs"),
+        Recipe("one40-ffn1-fm300-t1", _one(40, ffn_ratio=1.0), _soft(1.0), 0.0, _fm(300),
+               "as one32-fm300-t1 with hidden 40 and an FFN as wide (ffn_ratio 1)"),
+        Recipe("one32-relu-fm300-t1", _one(32, activation="relu"), _soft(1.0), 0.0, _fm(300),
+               "as one32-fm300-t1 with ReLU"),
         Recipe("quarter-peers", QUARTER, SOFT_REL, 0.5, PEERS_TRAIN,
                "the earlier configs/peers.yaml recipe, quarter student"),
         Recipe("quarter-fm300-t2", {**QUARTER, "dropout_rate": 0.0}, _soft(2.0), 0.0, _fm(300),

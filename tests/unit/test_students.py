@@ -55,6 +55,8 @@ def test_students_config_holds_the_function_matching_recipe() -> None:
         "shallow-t16",
         "narrow-t16",
         "tiny-t16",
+        "one-token",
+        "one-token-h24",
     ]
     assert all(s.hamnet.num_layers == 1 for s in distill.students)
     assert [term["method"] for term in distill.methods] == ["soft"]
@@ -118,6 +120,8 @@ def test_the_distill_stage_trains_students_by_function_matching(
     by_name = {c.name: c for c in out}
     assert sorted(by_name) == [
         "student-narrow-t16+kd-soft",
+        "student-one-token+kd-soft",
+        "student-one-token-h24+kd-soft",
         "student-shallow+kd-soft",
         "student-shallow-t16+kd-soft",
         "student-tiny-t16+kd-soft",
