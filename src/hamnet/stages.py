@@ -23,6 +23,7 @@ from hamnet.hardware import HardwareProfile
 
 if TYPE_CHECKING:
     import numpy as np
+    from torch import nn
 
     from hamnet.data import Dataset
     from hamnet.models import HAMNet
@@ -685,7 +686,7 @@ class DistillStage(Stage):
         the unlabelled transfer set."""
         cfg = config.stages.distill
         assert cfg is not None
-        files = [t for t in cfg.teachers if t.endswith((".pt", ".pth")) or "/" in t]
+        files = [t for t in cfg.teachers if t.endswith((".pt", ".pth", ".onnx")) or "/" in t]
         return files + ([cfg.unlabelled_data] if cfg.unlabelled_data else [])
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
@@ -759,7 +760,11 @@ class DistillStage(Stage):
 
     def _teacher(
         self, ref: str, inputs: list[Candidate], ctx: StageContext
-    ) -> tuple[Candidate, HAMNet]:
+    ) -> tuple[Candidate, nn.Module]:
+        """A teacher by candidate name or file: a HAMNet checkpoint is loaded as a torch
+        model; any other model (e.g. the ONNX baseline of a conv net) teaches through its
+        logits, run in its runtime (see :class:`~hamnet.distill.session_teacher.SessionTeacher`).
+        """
         from hamnet.models import load_checkpoint
 
         trust = ctx.config.model.trust_checkpoint
@@ -767,18 +772,22 @@ class DistillStage(Stage):
         if named:
             candidate = named[0]
             if candidate.artifact.format != "torch":
-                raise ConfigError(
-                    f"distill teacher {ref!r} must be a PyTorch HAMNet candidate, but it is a "
-                    f"{candidate.artifact.format} model"
-                )
+                return candidate, self._session_teacher(candidate, ctx)
             return candidate, load_checkpoint(candidate.artifact.path, trust=trust)
         path = ctx.resolve(ref)
         if not path.is_file():
-            known = sorted({c.name for c in inputs if c.artifact.format == "torch"})
             raise ConfigError(
-                f"distill teacher {ref!r} is neither a candidate of this run (torch candidates: "
-                f"{known}) nor an existing hamnet checkpoint file"
+                f"distill teacher {ref!r} is neither a candidate of this run (candidates: "
+                f"{sorted({c.name for c in inputs})}) nor an existing hamnet checkpoint or "
+                f"ONNX file"
             )
+        if path.suffix == ".onnx":
+            candidate = Candidate.create(
+                name=f"teacher-{path.stem}", stage="load", method="onnx",
+                artifact=ctx.store.put(path, "onnx"), runtime="onnxruntime",
+                params={"source_file": str(path)},
+            )  # fmt: skip
+            return candidate, self._session_teacher(candidate, ctx)
         model = load_checkpoint(path, trust=trust)
         ctx.dataset.check_input_size(model.config.input_size)
         ref_file = ctx.store.put(path, "torch")
@@ -790,12 +799,29 @@ class DistillStage(Stage):
             model,
         )  # fmt: skip
 
+    @staticmethod
+    def _session_teacher(candidate: Candidate, ctx: StageContext) -> nn.Module:
+        from hamnet.distill.session_teacher import LAYER_METHODS, SessionTeacher
+        from hamnet.runtimes import load_session
+
+        cfg = ctx.config.stages.distill
+        assert cfg is not None
+        layered = sorted({str(t["method"]) for t in cfg.methods} & LAYER_METHODS)
+        if layered:
+            raise ConfigError(
+                f"distill methods {layered} read the teacher's hidden layers, but teacher "
+                f"{candidate.name!r} is a {candidate.artifact.format} model that gives logits "
+                f"only; use logit-based methods (soft, relational, multi_teacher)"
+            )
+        session = load_session(candidate.artifact, candidate.runtime, ctx.profile)
+        return SessionTeacher(session, candidate.artifact.sha256)
+
     def _distill(
         self,
         student: HAMNet,
         parent: Candidate,
         name: str,
-        teachers: list[tuple[Candidate, HAMNet]],
+        teachers: list[tuple[Candidate, nn.Module]],
         train_cfg: TrainStageConfig,
         ctx: StageContext,
         extra: dict[str, Any],

@@ -134,3 +134,70 @@ def test_the_distill_stage_trains_students_by_function_matching(
     assert shallow.params["epochs_run"] == 2
     assert shallow.params["teacher_cache_files"] == []
     assert Path(shallow.artifact.path).is_file()
+
+
+class _ConvNet(torch.nn.Module):
+    """A small conv classifier on the 8x8 digit (the reshape is inside, input [N, 64])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x.reshape(-1, 1, 8, 8)))
+        out: torch.Tensor = self.head(h.mean(dim=(2, 3)))
+        return out
+
+
+def test_an_onnx_model_teaches_hamnet_students_through_its_logits(
+    tmp_path: Path, data: Dataset
+) -> None:
+    """A non-HAMNet teacher (a conv net's ONNX file, as the API's from_pytorch makes it)
+    teaches through its logits: as a candidate of the run or as a file; layer-reading
+    methods are refused with the reason."""
+    from hamnet.candidate import Candidate
+    from hamnet.distill.session_teacher import SessionTeacher
+    from hamnet.errors import ConfigError
+    from hamnet.export import export_module
+    from hamnet.pipeline import make_context
+    from hamnet.runtimes import load_session
+    from hamnet.stages import DistillStage
+
+    torch.manual_seed(0)
+    conv = _ConvNet().eval()
+    onnx_file = export_module(conv, torch.zeros(2, 64), tmp_path / "conv.onnx")
+    one_token = {"hidden_size": 16, "num_layers": 1, "num_heads": 1, "token_size": 64}
+    overrides: dict[str, Any] = {
+        "workdir": "work",
+        "stages": {
+            "distill": {
+                "teachers": ["baseline"],
+                "students": [{"name": "one", "hamnet": one_token}],
+                "student_train": {"epochs": 2, "patience": 2, "warmup_epochs": 1},
+            }
+        },
+    }
+    ctx = make_context(load_config(STUDENTS, overrides=overrides), base_dir=tmp_path)
+    ctx.__dict__["dataset"] = data
+    baseline = Candidate.create(
+        name="baseline", stage="load", method="onnx", artifact=ctx.store.put(onnx_file, "onnx"),
+        runtime="onnxruntime",
+    )  # fmt: skip
+    teacher = SessionTeacher(load_session(baseline.artifact, "onnxruntime", ctx.profile), "ab12")
+    x = torch.from_numpy(data.x_val[:5])
+    torch.testing.assert_close(teacher(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert teacher.source_sha256.tolist() == [0xAB, 0x12]
+    (student,) = DistillStage().run([baseline], ctx)
+    assert student.name == "student-one+kd-soft" and student.parent_id == baseline.id
+    assert student.params["teachers"] == ["baseline"] and student.artifact.format == "torch"
+    # The same teacher given as a file.
+    overrides["stages"]["distill"]["teachers"] = [str(onnx_file)]
+    ctx = make_context(load_config(STUDENTS, overrides=overrides), base_dir=tmp_path)
+    ctx.__dict__["dataset"] = data
+    (from_file,) = DistillStage().run([], ctx)
+    assert from_file.params["teachers"] == ["teacher-conv"]
+    overrides["stages"]["distill"]["methods"] = [{"method": "feature"}]
+    ctx = make_context(load_config(STUDENTS, overrides=overrides), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"\['feature'\] read the teacher's hidden layers"):
+        DistillStage().run([], ctx)
