@@ -134,8 +134,8 @@ def execute_stage(
     """Run one stage and measure what it made.
 
     Every new candidate is measured by the same code path; one that is slower than its
-    parent (by more than ``measure.slower_margin``) is kept but marked ``rejected`` so
-    it is never recommended.
+    parent (by more than ``measure.slower_margin``, timed side by side with it unless it
+    is clearly faster) is kept but marked ``rejected`` so it is never recommended.
 
     Args:
         config: The run configuration.
@@ -219,15 +219,21 @@ def measure_candidate(
     parent = known.get(candidate.parent_id or "")
     settings = ctx.config.measure
     margin = settings.slower_margin
+    # The parent was timed earlier, maybe on a busier or an idler machine. A child that
+    # is not clearly faster (within the margin either way, or slower) is therefore timed
+    # again side by side with it before it is judged: a parent figure inflated by noise
+    # must not let a slower child through, nor a lucky one reject an equal child.
+    paired = bool(settings.paired_rounds)
+    suspect = 1.0 - margin if paired else 1.0 + margin
     if (
         rejected is None
         and parent is not None
         and parent.metrics is not None
-        and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * (1.0 + margin)
+        and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * suspect
     ):
         child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
         how = "measured one after the other"
-        if settings.paired_rounds:
+        if paired:
             child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
             how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
         if child_ms > parent_ms * (1.0 + margin):
@@ -237,7 +243,7 @@ def measure_candidate(
             )
         else:
             logger.info(
-                "%s looked slower than its parent %s, but not when timed side by side "
+                "%s is not slower than its parent %s when timed side by side "
                 "(%.4f vs %.4f ms): kept",
                 candidate.name, parent.name, child_ms, parent_ms,
             )  # fmt: skip

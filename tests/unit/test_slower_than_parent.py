@@ -105,3 +105,26 @@ def test_a_child_that_only_looked_slower_is_kept(tmp_path: Path, ctx: StageConte
     )
     twin = _candidate(ctx, _mlp_onnx(tmp_path / "t.onnx", [256, 256]), "twin", lucky)
     assert measure_candidate(twin, {lucky.id: lucky}, ctx).rejected is None
+
+
+def test_a_slower_child_is_caught_even_when_the_parent_figure_is_inflated(
+    tmp_path: Path, ctx: StageContext
+) -> None:
+    """A parent timed on a busy machine looks as slow as its slower child; timing them
+    side by side (the child is not clearly faster) still rejects the child."""
+    parent = _candidate(ctx, _mlp_onnx(tmp_path / "p.onnx", [16]), "parent", None)
+    child = _candidate(ctx, _mlp_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent)
+    child_alone = measure_candidate(child, {}, ctx)
+    assert child_alone.metrics is not None
+    parent = measure_candidate(parent, {}, ctx)
+    assert parent.metrics is not None
+    busy = parent.model_copy(
+        update={"metrics": parent.metrics.model_copy(
+            update={"latency_p50_ms": child_alone.metrics.latency_p50_ms * 1.02}
+        )}
+    )  # fmt: skip
+    judged = measure_candidate(child, {busy.id: busy}, ctx)
+    assert judged.rejected is not None and "timed side by side" in judged.rejected
+    # A child clearly faster than its parent's figure is not timed again.
+    fast = _candidate(ctx, _mlp_onnx(tmp_path / "f.onnx", [8]), "fast", child_alone)
+    assert measure_candidate(fast, {child_alone.id: child_alone}, ctx).rejected is None
