@@ -15,10 +15,11 @@ trains the FP32 baseline once and produces a point for:
   quantization with accuracy control (1 point), PyTorch dynamic quantization;
 - with the ``bench`` extra installed: Olive's auto-tuned ``OnnxQuantization`` and Intel
   Neural Compressor's ``autotune`` (skipped with a message naming the extra otherwise);
-- hamnet: for HAMNet baselines the ``hamnet-optimize`` pipeline run in process with
+- hamnet: the ``hamnet-optimize`` pipeline run in process with
   ``hamnet.pipeline.run_pipeline`` (same plan and stages as the Prefect flow
-  ``flows/hamnet_optimize.py``) on ``configs/peers.yaml``; for the conv net the Python
-  API ``Optimizer.from_pytorch(...).optimize("auto")``.
+  ``flows/hamnet_optimize.py``) on ``configs/peers.yaml``; the conv net enters it as its
+  ONNX export, which is not pruned (structured pruning is for HAMNets) but teaches the
+  HAMNet students through its logits.
 
 Baselines: ``digits`` (the default digits HAMNet of configs/default.yaml), ``large``
 (seed 002's hidden 256, 4 layers, 8 heads on digits upsampled to 512 features),
@@ -112,8 +113,9 @@ def main() -> None:
 
     import torch
 
-    from hamnet.config import MeasureSection, load_config
+    from hamnet.config import MeasureSection, deep_merge, load_config
     from hamnet.data import load_dataset
+    from hamnet.export import export_module
     from hamnet.hardware import machine_info
     from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
     from hamnet.peers import (
@@ -121,7 +123,6 @@ def main() -> None:
         get_recipes,
         log_to_mlflow,
         run_benchmark,
-        run_hamnet_api,
         run_hamnet_pipeline,
         select_profile,
         write_outputs,
@@ -181,16 +182,19 @@ def main() -> None:
     baseline = Baseline(name, model, data.num_features, work / "baseline", checkpoint)
 
     def hamnet_side() -> list[Any]:
-        if checkpoint is None:
-            return run_hamnet_api(model, data.num_features, data, work / "hamnet-api")
-        pipeline_config = load_config(
-            args.config,
-            {
-                **overrides,
-                "model": {"source": "file", "path": str(checkpoint)},
-                "data": section.model_dump(mode="json"),
-            },
-        )
+        source, extra = checkpoint, {}
+        if source is None:
+            # Not a HAMNet: its ONNX export is the pipeline's baseline and the teacher of
+            # the students (through its logits); structured pruning is for HAMNets only.
+            example = torch.zeros(2, data.num_features)
+            source = export_module(model, example, work / "baseline" / f"{name}.onnx")
+            extra = {"stages": {"prune": None}}
+        pipeline_overrides = {
+            **overrides,
+            "model": {"source": "file", "path": str(source)},
+            "data": section.model_dump(mode="json"),
+        }
+        pipeline_config = load_config(args.config, deep_merge(pipeline_overrides, extra))
         return run_hamnet_pipeline(pipeline_config, base_dir=work, run_name=f"peers-{name}")
 
     recipes = get_recipes(SMOKE_RECIPES if args.smoke else None)

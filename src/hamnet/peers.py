@@ -730,41 +730,6 @@ def run_hamnet_pipeline(
     )
 
 
-def run_hamnet_api(
-    model: nn.Module, input_size: int, data: Dataset, work_dir: Path
-) -> list[BenchPoint]:
-    """hamnet's side for any other torch module: ``Optimizer.from_pytorch(...).optimize("auto")``.
-
-    The API gets the validation split only (never the test split). When it cannot
-    handle the model, one skipped row says why instead of a number.
-    """
-    from hamnet.api import Constraints, Optimizer
-
-    started = time.perf_counter()
-    try:
-        optimizer = Optimizer.from_pytorch(model, input_shape=[1, input_size], work_dir=work_dir)
-        result = optimizer.optimize(
-            "auto",
-            Constraints(max_accuracy_drop=0.01),
-            validation_data=(data.x_val, data.y_val),
-            work_dir=work_dir / "auto",
-        )
-    except Exception as err:  # an unsupported model is a finding of the benchmark
-        return [
-            BenchPoint(
-                "hamnet", "hamnet", "hamnet", None, time.perf_counter() - started,
-                skipped=f"not supported for this model yet: {type(err).__name__}: {err}",
-            )
-        ]  # fmt: skip
-    recommended = result.recommended
-    return hamnet_points(
-        result.candidates,
-        recommended.id if recommended else None,
-        wall_s=time.perf_counter() - started,
-        plan="Optimizer.optimize('auto'): " + " | ".join(result.rounds),
-    )
-
-
 def select_profile(name: str = "auto") -> HardwareProfile:
     """Load a hardware profile; ``auto`` takes the first CPU profile this machine has.
 
