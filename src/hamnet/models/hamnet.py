@@ -366,13 +366,20 @@ def folded_one_token_attention(model: nn.Module) -> Iterator[None]:
 
     The product of the two projections is computed once, outside any trace, so an ONNX
     export writes one weight matrix and one ``Gemm`` instead of two (and a smaller
-    file). Attentions over several tokens are not affected. The weights must not change
-    while the context is active.
+    file). Only HAMNets on the one-token fast path are switched; attentions over several
+    tokens never take the value-only path, so nothing is computed for them. The weights
+    must not change while the context is active.
 
     Args:
         model: The model whose attention modules are switched (and switched back on exit).
     """
-    switched = [m for m in model.modules() if isinstance(m, MultiHeadSelfAttention)]
+    switched = [
+        m
+        for net in model.modules()
+        if isinstance(net, HAMNet) and net.config.num_tokens == 1 and net.one_token_fast_path
+        for m in net.modules()
+        if isinstance(m, MultiHeadSelfAttention)
+    ]
     with torch.no_grad():
         for m in switched:
             out, value = m.out_proj, m.v_proj
