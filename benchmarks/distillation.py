@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 SINGLE: dict[str, list[dict[str, Any]]] = {
     "plain": [],
@@ -66,7 +66,7 @@ COMBINATIONS: dict[str, list[dict[str, Any]]] = {
 
 
 def _train_cfg(epochs: int, lr: float) -> Any:
-    from hamnet.config import TrainStageConfig
+    from hamnet.core.config import TrainStageConfig
 
     return TrainStageConfig(
         epochs=epochs, patience=epochs, learning_rate=lr, warmup_epochs=0, label_smoothing=0.1
@@ -74,9 +74,9 @@ def _train_cfg(epochs: int, lr: float) -> Any:
 
 
 def _teachers(data: Any, seed: int, epochs: int) -> tuple[Any, Any]:
-    from hamnet.config import TrainStageConfig
+    from hamnet.core.config import TrainStageConfig
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.training import set_seed, train_model
+    from hamnet.training.trainer import set_seed, train_model
 
     made = []
     for hidden, offset in ((64, 0), (96, 1000)):
@@ -96,9 +96,9 @@ def _teachers(data: Any, seed: int, epochs: int) -> tuple[Any, Any]:
 
 
 def _student(scenario: str, teacher: Any, data: Any, seed: int) -> Any:
+    from hamnet.compress.pruning import prune_hamnet
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.pruning import prune_hamnet
-    from hamnet.training import set_seed
+    from hamnet.training.trainer import set_seed
 
     if scenario.startswith("pruned70"):
         return prune_hamnet(teacher, data, ratio=0.7, criterion="l1", finetune=None).model
@@ -133,11 +133,11 @@ def _hide_labels(data: Any, fraction: float, seed: int) -> tuple[Any, np.ndarray
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from hamnet.config import DataSection
-    from hamnet.data import load_dataset
-    from hamnet.distill.train import distill_model
+    from hamnet.compress.distill.train import distill_model
+    from hamnet.core.config import DataSection
     from hamnet.models import count_parameters
-    from hamnet.training import evaluate_accuracy, train_model
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import evaluate_accuracy, train_model
 
     torch.set_num_threads(1)
     methods = {
@@ -282,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_defaults()
 
-    from hamnet.report import to_markdown
+    from hamnet.evaluate.report import to_markdown
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +303,7 @@ def main() -> None:
     )
     figure = plot(summary, out)
     print((out / "distillation.md").read_text())
-    from hamnet.tracking import log_benchmark_files
+    from hamnet.tracking.tracker import log_benchmark_files
 
     tables = ("distillation.csv", "distillation.md", "distillation_runs.csv")
     log_benchmark_files(args.mlflow, "distillation", [*(out / name for name in tables), figure])

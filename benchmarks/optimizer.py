@@ -37,16 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 SEQ_LEN = 32
 MODELS = ("digits-hamnet", "conv", "bert")
 
 
 def _hamnet(data: Any) -> Any:
-    from hamnet.config import TrainStageConfig
+    from hamnet.core.config import TrainStageConfig
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.training import set_seed, train_model
+    from hamnet.training.trainer import set_seed, train_model
 
     set_seed(0)
     hamnet = HAMNet(
@@ -61,8 +61,8 @@ def _conv(data: Any) -> Any:
     """Three Conv2d layers on [N, 1, 8, 8]; trained through a [N, 64] -> image view."""
     from torch import nn
 
-    from hamnet.config import TrainStageConfig
-    from hamnet.training import set_seed, train_model
+    from hamnet.core.config import TrainStageConfig
+    from hamnet.training.trainer import set_seed, train_model
 
     set_seed(0)
     conv = nn.Sequential(
@@ -105,7 +105,7 @@ def _subjects(names: list[str], data: Any) -> dict[str, tuple[Any, Any]]:
     import numpy as np
     import torch
 
-    from hamnet.api import Optimizer
+    from hamnet.api.optimizer import Optimizer
 
     x = np.concatenate([data.x_train, data.x_val, data.x_test])
     y = np.concatenate([data.y_train, data.y_val, data.y_test])
@@ -139,9 +139,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     apply_defaults()
-    from hamnet.api import Constraints
-    from hamnet.config import DataSection
-    from hamnet.data import load_dataset
+    from hamnet.api.optimizer import Constraints
+    from hamnet.core.config import DataSection
+    from hamnet.training.data import load_dataset
 
     data = load_dataset(DataSection())
     rows = []

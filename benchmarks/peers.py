@@ -6,7 +6,7 @@ Usage::
         [--out benchmarks/results/peers] [--profile auto] [--smoke] [--no-mlflow]
 
 In one run, on one machine, with one data split and one measurement code path
-(``hamnet.measure.measure_session``, timed in ``--repeats`` interleaved rounds), it
+(``hamnet.evaluate.measure.measure_session``, timed in ``--repeats`` interleaved rounds), it
 trains the FP32 baseline once and produces a point for:
 
 - the FP32 baseline in PyTorch eager, ONNX Runtime and OpenVINO;
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 SMOKE_RECIPES = ["fp32-torch", "fp32-onnxruntime", "ort-dynamic-int8", "torch-dynamic-int8"]
 
@@ -52,8 +52,8 @@ def _large_data(work: Path, seed: int) -> Any:
     """Digits upsampled to 16x32 = 512 features with pixel noise (seed 002's input size)."""
     from sklearn.datasets import load_digits
 
-    from hamnet.config import DataSection
-    from hamnet.data import load_dataset
+    from hamnet.core.config import DataSection
+    from hamnet.training.data import load_dataset
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -112,13 +112,8 @@ def main() -> None:
     started = time.perf_counter()
 
     import torch
-
-    from hamnet.config import MeasureSection, deep_merge, load_config
-    from hamnet.data import load_dataset
-    from hamnet.export import export_module
-    from hamnet.hardware import machine_info
-    from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
-    from hamnet.peers import (
+    from machine import machine_info
+    from peer_recipes import (
         Baseline,
         get_recipes,
         log_to_mlflow,
@@ -127,7 +122,12 @@ def main() -> None:
         select_profile,
         write_outputs,
     )
-    from hamnet.training import set_seed, train_model
+
+    from hamnet.backends.export import export_module
+    from hamnet.core.config import MeasureSection, deep_merge, load_config
+    from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import set_seed, train_model
 
     profile = select_profile(args.profile)
     work = Path(args.work or tempfile.mkdtemp(prefix="hamnet-peers-")).resolve()

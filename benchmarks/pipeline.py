@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hamnet.config import load_config
-    from hamnet.pipeline import run_pipeline
-    from hamnet.report import to_markdown
+    from hamnet.core.config import load_config
+    from hamnet.evaluate.report import to_markdown
+    from hamnet.pipeline.run import run_pipeline
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def main() -> None:
     ]  # fmt: skip
     table = df[columns]
     table.to_csv(out / "pipeline.csv", index=False)
-    from hamnet.hardware import machine_info
+    from machine import machine_info
 
     info = machine_info()
     header = (

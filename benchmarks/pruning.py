@@ -30,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 
 def _large_dataset(seed: int) -> Any:
     """Digits upsampled to 16x32 = 512 features (seed 002's input_size) with pixel noise."""
     from sklearn.datasets import load_digits
 
-    from hamnet.config import DataSection
-    from hamnet.data import load_dataset
+    from hamnet.core.config import DataSection
+    from hamnet.training.data import load_dataset
 
     digits = load_digits()
     rng = np.random.default_rng(seed)
@@ -56,7 +56,7 @@ MODELS: dict[str, dict[str, Any]] = {
 
 
 def _session(model: Any, profile: Any, store: Any) -> tuple[Any, float]:
-    from hamnet.export import onnx_session
+    from hamnet.backends.export import onnx_session
 
     session, ref = onnx_session(model, store, profile)
     return session, ref.size_mb
@@ -69,7 +69,7 @@ def _round_robin_latency(sessions: list[Any], x_one: np.ndarray, rounds: int) ->
     (other processes, frequency changes) over all of them instead of charging it to
     whichever model happened to be timed during a busy moment.
     """
-    from hamnet.measure import latency_ms
+    from hamnet.evaluate.measure import latency_ms
 
     samples: list[list[float]] = [[] for _ in sessions]
     for _ in range(rounds):
@@ -81,13 +81,13 @@ def _round_robin_latency(sessions: list[Any], x_one: np.ndarray, rounds: int) ->
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from hamnet.artifacts import ArtifactStore
-    from hamnet.config import DataSection, HAMNetSection, TrainStageConfig
-    from hamnet.data import load_dataset
-    from hamnet.hardware import load_profile
+    from hamnet.compress.pruning import prune_hamnet
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.config import DataSection, HAMNetSection, TrainStageConfig
+    from hamnet.core.hardware import load_profile
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.pruning import prune_hamnet
-    from hamnet.training import evaluate_accuracy, set_seed, train_model
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import evaluate_accuracy, set_seed, train_model
 
     torch.set_num_threads(1)
     profile = load_profile("x86-avx2")
@@ -271,15 +271,15 @@ def plots(df: Any, summary: Any, out: Path, args: argparse.Namespace) -> list[Pa
 def _sensitivity_heatmap(out: Path) -> Path | None:
     """Per-head K-FAC/OBS saliency of the digits HAMNet (layers x heads)."""
     try:
-        from hamnet.pruning.hessian import HOBSSensitivityAnalyzer
+        from hamnet.compress.pruning.hessian import HOBSSensitivityAnalyzer
     except ImportError:
         return None
     import matplotlib.pyplot as plt
 
-    from hamnet.config import DataSection, HAMNetSection, TrainStageConfig
-    from hamnet.data import load_dataset
+    from hamnet.core.config import DataSection, HAMNetSection, TrainStageConfig
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.training import set_seed, train_model
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import set_seed, train_model
 
     data = load_dataset(DataSection())
     set_seed(0)
@@ -324,7 +324,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_defaults()
 
-    from hamnet.report import to_markdown
+    from hamnet.evaluate.report import to_markdown
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def main() -> None:
     )
     files = plots(df, summary, out, args)
     print((out / "pruning.md").read_text())
-    from hamnet.tracking import log_benchmark_files
+    from hamnet.tracking.tracker import log_benchmark_files
 
     tables = ["pruning.csv", "pruning.md", "pruning_runs.csv", "latency_matched.csv"]
     log_benchmark_files(args.mlflow, "pruning", [*(out / name for name in tables), *files])

@@ -9,7 +9,7 @@ Usage::
 Builds a randomly initialised ``BertForSequenceClassification`` (nothing is
 downloaded, so accuracy is not measured here: see ``benchmarks/pruning.py`` for
 accuracy on trained HAMNets), prunes ``ratio`` of the heads and FFN neurons of every
-layer with ``hamnet.pruning.prune_bert`` (l1, uniform), exports each model to ONNX
+layer with ``hamnet.compress.pruning.prune_bert`` (l1, uniform), exports each model to ONNX
 (TorchScript exporter, eager attention) and times them in ONNX Runtime at batch 1, all
 models interleaved over ``--rounds`` rounds, FP32 and ORT dynamic INT8. Writes
 ``pruning_bert.md`` / ``.csv``.
@@ -69,8 +69,8 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import BertConfig, BertForSequenceClassification
 
-    from hamnet.pruning import prune_bert
-    from hamnet.report import to_markdown
+    from hamnet.compress.pruning import prune_bert
+    from hamnet.evaluate.report import to_markdown
 
     torch.manual_seed(0)
     config = BertConfig(
@@ -136,7 +136,7 @@ def main() -> None:
         "of 100 calls.\n\n" + to_markdown(table) + "\n"
     )
     print((out / "pruning_bert.md").read_text())
-    from hamnet.tracking import log_benchmark_files
+    from hamnet.tracking.tracker import log_benchmark_files
 
     files = [out / "pruning_bert.csv", out / "pruning_bert.md"]
     log_benchmark_files(args.mlflow, "pruning-bert", files)

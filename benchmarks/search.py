@@ -7,8 +7,8 @@ Usage::
         [--out benchmarks/results/search]
 
 Three measurements, each with the pipeline's own objective (a digits HAMNet trained and
-measured per trial, :class:`hamnet.search.objective.HAMNetObjective`) and executor
-(:func:`hamnet.search.executor.run_search`), one local Ray with 2 CPUs:
+measured per trial, :class:`hamnet.compress.search.objective.HAMNetObjective`) and executor
+(:func:`hamnet.compress.search.executor.run_search`), one local Ray with 2 CPUs:
 
 * ``parallel``: the same 16-trial study (random sampler, fixed seed, so the same
   architectures) with 1 and with 2 trials in flight; wall-time ratio. Each trial
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 SPACE = "search_spaces/hamnet_digits.yaml"
 
@@ -50,8 +50,8 @@ EXAMPLE = "configs/search.yaml"
 
 def _objective(out_dir: str, objectives: tuple[str, ...], training: Any = None) -> Any:
     """The pipeline's trial objective; ``training`` defaults to a short 8-epoch run."""
-    from hamnet.config import DataSection, HAMNetSection, TrainStageConfig
-    from hamnet.search.objective import HAMNetObjective
+    from hamnet.compress.search.objective import HAMNetObjective
+    from hamnet.core.config import DataSection, HAMNetSection, TrainStageConfig
 
     return HAMNetObjective(
         data=DataSection(),
@@ -67,8 +67,8 @@ def _objective(out_dir: str, objectives: tuple[str, ...], training: Any = None) 
 
 
 def _study(storage: str, name: str, strategy: str, objectives: tuple[str, ...], seed: int) -> Any:
-    from hamnet.search.executor import open_study
-    from hamnet.search.strategies import directions, make_pruner, make_sampler
+    from hamnet.compress.search.executor import open_study
+    from hamnet.compress.search.strategies import directions, make_pruner, make_sampler
 
     space = _space()
     multi = len(objectives) > 1
@@ -87,15 +87,15 @@ def _study(storage: str, name: str, strategy: str, objectives: tuple[str, ...], 
 
 
 def _space() -> Any:
-    from hamnet.search.space import load_search_space
+    from hamnet.compress.search.space import load_search_space
 
     full = load_search_space(SPACE)
     return full.model_copy(update={"training": {}})
 
 
 def _run(study: Any, objective: Any, n_trials: int, ray: Any, **kwargs: Any) -> Any:
-    from hamnet.search.executor import SearchBudget, run_search
-    from hamnet.search.space import suggest
+    from hamnet.compress.search.executor import SearchBudget, run_search
+    from hamnet.compress.search.space import suggest
 
     space = _space()
     return run_search(
@@ -105,8 +105,8 @@ def _run(study: Any, objective: Any, n_trials: int, ray: Any, **kwargs: Any) -> 
 
 
 def parallel(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from hamnet.config import load_config
-    from hamnet.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.executor import RaySettings, connect_ray
+    from hamnet.core.config import load_config
 
     training = load_config(EXAMPLE).stages.train
     objective = _objective(str(tmp / "trials"), ("accuracy",), training)
@@ -128,8 +128,8 @@ def parallel(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def quality(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from hamnet.search.executor import RaySettings, connect_ray
-    from hamnet.search.strategies import directions, hypervolume
+    from hamnet.compress.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.strategies import directions, hypervolume
 
     objectives = ("accuracy", "size_mb")
     objective = _objective(str(tmp / "trials-q"), objectives)
@@ -161,11 +161,11 @@ def quality(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 _CHILD = """
 import sys
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 apply_defaults()
 sys.path.insert(0, {bench!r})
 import search as bench
-from hamnet.search.executor import RaySettings, connect_ray
+from hamnet.compress.search.executor import RaySettings, connect_ray
 objective = bench._objective({trials!r}, ("accuracy",))
 with connect_ray(RaySettings(num_cpus=2, max_concurrent=2)) as ray:
     study = bench._study({storage!r}, "resume", "random", ("accuracy",), 0)
@@ -176,7 +176,7 @@ with connect_ray(RaySettings(num_cpus=2, max_concurrent=2)) as ray:
 def resume(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import optuna
 
-    from hamnet.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.executor import RaySettings, connect_ray
 
     storage = f"sqlite:///{tmp}/resume.db"
     n = args.trials
@@ -261,7 +261,7 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(out / "hypervolume.png", dpi=120)
     print((out / "search.md").read_text())
-    from hamnet.tracking import log_benchmark_files
+    from hamnet.tracking.tracker import log_benchmark_files
 
     log_benchmark_files(args.mlflow, "search", sorted(out.iterdir()))
 

@@ -14,7 +14,7 @@ its direct (in-process) latency are reported beside the FP32 one so the choice c
 checked. Both run in ONNX Runtime (``--runtime onnxruntime``).
 
 For each model and for batching on (``--window-ms``, up to the profile's 32 rows) and
-off (``--batch-window-ms 0``), one real server is started (``python -m hamnet.cli
+off (``--batch-window-ms 0``), one real server is started (``python -m hamnet
 serve FILE --port P``) with ``--threads`` intra-op threads. Clients are
 ``httpx.AsyncClient`` tasks in this process, each sending one-sample ``/predict``
 requests (digits test rows) back to back; a level stops after ``--requests`` requests
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 LEVELS = (1, 10, 50)
 WARMUP = 30
@@ -54,15 +54,15 @@ def _models(work: Path, epochs: int, threads: int) -> tuple[dict[str, Path], lis
     """Train, export and quantize; return the model files and their direct measurements."""
     import torch
 
-    from hamnet.artifacts import ArtifactRef
-    from hamnet.config import DataSection, QuantizeStageConfig, TrainStageConfig
-    from hamnet.data import load_dataset
-    from hamnet.export import export_onnx
-    from hamnet.hardware import load_profile
+    from hamnet.backends.export import export_onnx
+    from hamnet.backends.session import load_session
+    from hamnet.compress.quantize.base import get_quantizer
+    from hamnet.core.artifacts import ArtifactRef
+    from hamnet.core.config import DataSection, QuantizeStageConfig, TrainStageConfig
+    from hamnet.core.hardware import load_profile
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.quantize import get_quantizer
-    from hamnet.runtimes import load_session
-    from hamnet.training import set_seed, train_model
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import set_seed, train_model
 
     torch.set_num_threads(2)
     data = load_dataset(DataSection())
@@ -111,7 +111,7 @@ class ServerProcess:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
-            sys.executable, "-m", "hamnet.cli", "serve", str(model), "--port", str(self.port),
+            sys.executable, "-m", "hamnet", "serve", str(model), "--port", str(self.port),
             "--runtime", "onnxruntime", "--threads", str(threads), "--poll-seconds", "0",
             "--batch-window-ms", str(window_ms),
         ]  # fmt: skip
@@ -211,8 +211,8 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=2.0, help="Batching window.")
     args = parser.parse_args()
     apply_defaults()
-    from hamnet.config import DataSection
-    from hamnet.data import load_dataset
+    from hamnet.core.config import DataSection
+    from hamnet.training.data import load_dataset
 
     rows = load_dataset(DataSection()).x_test
     work = Path(tempfile.mkdtemp(prefix="hamnet-serving-bench-"))

@@ -10,7 +10,7 @@ The teacher is the baseline of ``--config`` (``model.hamnet`` trained with
 ``stages.train`` and the config's seed on its data split), trained once and cached in
 ``--work``. Every recipe (a student shape + the distill settings the pipeline's
 ``stages.distill`` takes: loss terms, ``ce_weight``, ``student_train``) is then trained
-once per seed, through :func:`hamnet.distill.train.distill_model`, the function the
+once per seed, through :func:`hamnet.compress.distill.train.distill_model`, the function the
 pipeline's distill stage calls. Runs use one thread.
 
 Results are merged into ``students.csv`` (one row per recipe x seed; rerunning a recipe
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet._env import apply_defaults
+from hamnet.core.env import apply_defaults
 
 SOFT_REL = [
     {"method": "soft", "weight": 1.0, "temperature": 4.0},
@@ -158,7 +158,7 @@ FIELDS = [
 def _teacher(config: Any, dataset: Any, work: Path) -> Any:
     """The config's baseline, trained once and cached under ``work``."""
     from hamnet.models import HAMNet, HAMNetConfig, load_checkpoint
-    from hamnet.training import set_seed, train_model
+    from hamnet.training.trainer import set_seed, train_model
 
     path = work / f"teacher-{config.name}-seed{config.seed}.pt"
     if path.is_file():
@@ -185,10 +185,10 @@ def _size_kb(model: Any) -> float:
 
 def run_recipe(recipe: Recipe, seed: int, teacher: Any, dataset: Any) -> dict[str, Any]:
     """Train one student with ``recipe`` and ``seed``; its accuracies, size and time."""
-    from hamnet.config import HAMNetSection, TrainStageConfig
-    from hamnet.distill.train import distill_model
+    from hamnet.compress.distill.train import distill_model
+    from hamnet.core.config import HAMNetSection, TrainStageConfig
     from hamnet.models import HAMNet, HAMNetConfig, count_parameters
-    from hamnet.training import evaluate_accuracy, set_seed
+    from hamnet.training.trainer import evaluate_accuracy, set_seed
 
     model_cfg = HAMNetConfig.from_section(
         HAMNetSection(**recipe.student),
@@ -320,10 +320,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from hamnet.config import load_config
-    from hamnet.data import load_dataset
+    from hamnet.core.config import load_config
     from hamnet.models import count_parameters
-    from hamnet.training import evaluate_accuracy
+    from hamnet.training.data import load_dataset
+    from hamnet.training.trainer import evaluate_accuracy
 
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:

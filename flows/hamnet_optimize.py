@@ -18,10 +18,10 @@ from typing import Any
 from prefect import State, flow
 from prefect.runtime import deployment, flow_run
 
-from hamnet.candidate import Candidate
-from hamnet.config import load_config
-from hamnet.pipeline import PipelineRun
-from hamnet.stages import Stage
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import load_config
+from hamnet.pipeline.plan import Stage
+from hamnet.pipeline.run import PipelineRun
 from tasks.stages import stage_task
 
 

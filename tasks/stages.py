@@ -1,6 +1,6 @@
 """One Prefect task per pipeline stage.
 
-The task body is a single call into ``hamnet.pipeline``; names, retries, caching and
+The task body is a single call into ``hamnet.pipeline.run``; names, retries, caching and
 time limits are set here from the run's ``execution`` section. The cache key hashes
 the stage's config scope and its input candidates (artifact paths + sha256), never
 tensors, plus this file's source (``INPUTS + TASK_SOURCE``), and results persist
@@ -15,9 +15,9 @@ from typing import Any
 from prefect import Task, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-from hamnet.candidate import Candidate
-from hamnet.config import ExecutionSection, OptimizeConfig
-from hamnet.pipeline import execute_stage, record_attempt
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import ExecutionSection, OptimizeConfig
+from hamnet.pipeline.run import execute_stage, record_attempt
 
 STAGE_CACHE_POLICY = (INPUTS - "config" - "base_dir" - "parent_run_id") + TASK_SOURCE
 """``config`` is excluded: the stage's ``scope`` argument carries the parts that matter;

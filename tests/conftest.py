@@ -37,7 +37,7 @@ for key, value in {
 
 def tiny_config(**overrides: object) -> dict[str, object]:
     """A config small enough for a flow run in well under a minute on 2 cores."""
-    from hamnet.config import deep_merge
+    from hamnet.core.config import deep_merge
 
     base: dict[str, object] = {
         "name": "tiny",
@@ -103,8 +103,8 @@ def export_tiny_onnx(path: Path, *, hidden: int = 8, seed: int = 0) -> Path:
 
 def digits_subset(n_train: int = 256, n_eval: int = 128) -> Any:
     """The digits split cut to ``n_train`` training and ``n_eval`` val/test samples."""
-    from hamnet.config import DataSection
-    from hamnet.data import Dataset, load_dataset
+    from hamnet.core.config import DataSection
+    from hamnet.training.data import Dataset, load_dataset
 
     full = load_dataset(DataSection(seed=0))
     return Dataset(
@@ -120,9 +120,9 @@ def small_hamnet(dataset: Any, *, epochs: int = 2) -> Any:
     """A small HAMNet (hidden 32, 2 layers, 4 heads, 8-feature tokens) trained briefly."""
     import torch
 
-    from hamnet.config import TrainStageConfig
+    from hamnet.core.config import TrainStageConfig
     from hamnet.models import HAMNet, HAMNetConfig
-    from hamnet.training import train_model
+    from hamnet.training.trainer import train_model
 
     config = HAMNetConfig(
         input_size=dataset.num_features,
@@ -166,15 +166,15 @@ def prefect_harness() -> Iterator[None]:
 def ray_local() -> Iterator[Any]:
     """One local Ray (2 CPUs, no dashboard) for the whole session (~7 s to start).
 
-    Yields the :class:`hamnet.search.executor.RayHandle` that reuses it. Ray's socket
+    Yields the :class:`hamnet.compress.search.executor.RayHandle` that reuses it. Ray's socket
     paths must stay under 107 characters, hence a short temp dir directly in /tmp.
     """
-    from hamnet._env import apply_defaults
+    from hamnet.core.env import apply_defaults
 
     apply_defaults()
     import ray
 
-    from hamnet.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.executor import RaySettings, connect_ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ray.init(

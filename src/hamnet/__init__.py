@@ -6,9 +6,7 @@ functions that need them, so ``import hamnet`` and ``hamnet --help`` stay fast.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from hamnet.errors import (
+from hamnet.core.errors import (
     ConfigError,
     DataError,
     ExportError,
@@ -18,6 +16,7 @@ from hamnet.errors import (
     ModelLoadError,
     StageError,
 )
+from hamnet.core.version import __version__
 
 _API_NAMES = frozenset(
     {
@@ -36,9 +35,9 @@ _API_NAMES = frozenset(
 def __getattr__(name: str) -> object:
     """Load the Python API (``hamnet.api``) on first use, keeping ``import hamnet`` light."""
     if name in _API_NAMES:
-        from hamnet import api
+        from hamnet.api import optimizer
 
-        return getattr(api, name)
+        return getattr(optimizer, name)
     raise AttributeError(f"module 'hamnet' has no attribute {name!r}")
 
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness"
 
 
 def test_optimize_as_prefect_flow_run(tmp_path: Path) -> None:
-    from hamnet.api import Constraints, Goal, OptimizationResult, Optimizer
+    from hamnet.api.optimizer import Constraints, Goal, OptimizationResult, Optimizer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from hamnet.config import config_from_dict
-from hamnet.errors import ConfigError
-from hamnet.pipeline import run_pipeline
+from hamnet.core.config import config_from_dict
+from hamnet.core.errors import ConfigError
+from hamnet.pipeline.run import run_pipeline
 
 
 def _config(project: Path, **distill: object) -> dict[str, object]:

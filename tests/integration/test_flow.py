@@ -84,7 +84,7 @@ def test_stage_is_retried_after_one_injected_failure(
 def test_failed_stage_fails_the_flow_and_rerun_resumes_from_cache(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hamnet.errors import StageError
+    from hamnet.core.errors import StageError
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     cfg = tiny_config(seed=12, tracking={"mlflow_uri": uri}, execution={"retries": 1})

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import tiny_config
 
-from hamnet.config import config_from_dict
-from hamnet.pipeline import run_pipeline
+from hamnet.core.config import config_from_dict
+from hamnet.pipeline.run import run_pipeline
 
 
 def test_pruned_candidates_flow_through_export_and_quantize(project: Path) -> None:

@@ -30,8 +30,7 @@ import optuna
 import psutil
 import pytest
 
-from hamnet.errors import ConfigError
-from hamnet.search.executor import (
+from hamnet.compress.search.executor import (
     ERROR_ATTR,
     INTERRUPTED_ATTR,
     PRUNE_REASON_ATTR,
@@ -46,7 +45,8 @@ from hamnet.search.executor import (
     open_study,
     run_search,
 )
-from hamnet.search.space import InfeasibleParams
+from hamnet.compress.search.space import InfeasibleParams
+from hamnet.core.errors import ConfigError
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,9 @@ _DRIVER_PRELUDE = """
 import functools, json, sys
 import optuna, ray
 import test_search_ray as m
-from hamnet.search.executor import RaySettings, SearchBudget, connect_ray, open_study, run_search
+from hamnet.compress.search.executor import (
+    RaySettings, SearchBudget, connect_ray, open_study, run_search,
+)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ray.cloudpickle.register_pickle_by_value(m)
 """

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import tiny_config
 
-from hamnet.config import config_from_dict
-from hamnet.errors import ConfigError
-from hamnet.pipeline import run_pipeline
+from hamnet.core.config import config_from_dict
+from hamnet.core.errors import ConfigError
+from hamnet.pipeline.run import run_pipeline
 
 SPACE = {
     "architecture": {
@@ -67,7 +67,7 @@ def test_nas_trials_become_candidates_and_a_rerun_resumes_the_study(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from hamnet.stages import NASStage
+    from hamnet.pipeline.plan import NASStage
 
     cfg = config_from_dict(_config(project))
     result = run_pipeline(cfg, base_dir=project)

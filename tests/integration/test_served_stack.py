@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_deployment_runs_through_the_cli_and_lands_in_mlflow(project: Path) -> None:
-    from hamnet import stack
+    from hamnet.ops import stack
 
     (project / "configs" / "default.yaml").write_text(yaml.safe_dump(tiny_config(seed=21)))
     deployments = yaml.safe_load((project / "prefect.yaml").read_text())["deployments"]

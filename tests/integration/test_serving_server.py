@@ -88,7 +88,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     log = folder / "ab.jsonl"
     command = [
-        sys.executable, "-m", "hamnet.cli", "serve", f"models:/{MODEL}@champion",
+        sys.executable, "-m", "hamnet", "serve", f"models:/{MODEL}@champion",
         "--port", str(port), "--tracking-uri", uri, "--ab", "champion=0.7,challenger=0.3",
         "--ab-log", str(log), "--poll-seconds", "0.5", "--threads", "1", "--seed", "0",
         "--batch-window-ms", "2",
@@ -219,7 +219,7 @@ def _arm(server: Server, key: str) -> str:
 def test_ab_report_reads_the_servers_log(server: Server) -> None:
     from typer.testing import CliRunner
 
-    from hamnet.cli import app
+    from hamnet.ops.cli import app
 
     result = CliRunner().invoke(app, ["ab-report", str(server.log), "--json"])
     assert result.exit_code == 0, result.output

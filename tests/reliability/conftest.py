@@ -84,7 +84,7 @@ def flow_config(project: Path, seed: int, **overrides: Any) -> dict[str, Any]:
     """Train + ONNX export only, tracked in the project's SQLite MLflow (unless overridden)."""
     from conftest import tiny_config
 
-    from hamnet.config import deep_merge
+    from hamnet.core.config import deep_merge
 
     base = {
         "seed": seed,

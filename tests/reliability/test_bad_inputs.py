@@ -1,7 +1,7 @@
 """Bad inputs: each one is a clear hamnet error before any work starts, and leaves nothing.
 
 Each case builds a project folder with one defect and calls what a user calls (the
-pipeline's preflight through :class:`hamnet.pipeline.PipelineRun`, the config and
+pipeline's preflight through :class:`hamnet.pipeline.run.PipelineRun`, the config and
 search-space loaders, the checkpoint loader). The error must be the project's, name
 what must hold and what was got, and no file may be left in the workdir.
 """
@@ -19,15 +19,21 @@ import numpy as np
 import pytest
 from conftest import tiny_config, tiny_hamnet
 
-from hamnet.errors import ConfigError, DataError, HamnetError, HardwareProfileError, ModelLoadError
+from hamnet.core.errors import (
+    ConfigError,
+    DataError,
+    HamnetError,
+    HardwareProfileError,
+    ModelLoadError,
+)
 
 from .conftest import FaultTable, Stopwatch, files_under
 
 
 def _start(project: Path, **overrides: Any) -> None:
     """What ``hamnet run`` does first: validate the config and preflight it."""
-    from hamnet.config import config_from_dict
-    from hamnet.pipeline import PipelineRun
+    from hamnet.core.config import config_from_dict
+    from hamnet.pipeline.run import PipelineRun
 
     cfg = tiny_config(tracking={"mlflow_uri": f"sqlite:///{project / 'mlflow.db'}"}, **overrides)
     PipelineRun(config_from_dict(cfg), base_dir=project)
@@ -101,7 +107,7 @@ def label_of_wrong_type(project: Path) -> None:
 
 
 def search_space_empty_range(project: Path) -> None:
-    from hamnet.search.space import search_space_from_dict
+    from hamnet.compress.search.space import search_space_from_dict
 
     space = {"training": {"learning_rate": {"type": "float", "low": 0.01, "high": 0.001}}}
     search_space_from_dict(space, source="space.yaml")

@@ -3,7 +3,7 @@ two runs at once.
 
 Flows that must die or run beside another one run in subprocesses pointed at this
 session's Prefect API (no second ephemeral server); the ``HAMNET_INJECT_*`` variables of
-:mod:`hamnet.pipeline` make a stage raise or hang where the test wants it.
+:mod:`hamnet.pipeline.run` make a stage raise or hang where the test wants it.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ def test_sigkill_mid_stage_then_rerun_reuses_finished_stages_and_fails_the_old_r
 def test_two_flows_at_once_with_different_configs_clobber_nothing(
     project: Path, fault_table: FaultTable, request: pytest.FixtureRequest
 ) -> None:
-    from hamnet.artifacts import ArtifactRef
-    from hamnet.config import TrackingSection
-    from hamnet.tracking import Tracker
+    from hamnet.core.artifacts import ArtifactRef
+    from hamnet.core.config import TrackingSection
+    from hamnet.tracking.tracker import Tracker
 
     Tracker(TrackingSection(mlflow_uri=f"sqlite:///{project / 'mlflow.db'}", experiment="tests"))
     procs = [_spawn(project, flow_config(project, seed), f"c{seed}.yaml") for seed in (31, 32)]

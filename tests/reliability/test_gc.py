@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hamnet.artifacts import ArtifactRef, ArtifactStore, atomic_write_bytes, atomic_write_text
-from hamnet.gc import collect
+from hamnet.core.artifacts import ArtifactRef, ArtifactStore, atomic_write_bytes, atomic_write_text
+from hamnet.pipeline.gc import collect
 
 from .conftest import FaultTable, files_under
 
@@ -117,7 +117,7 @@ def test_gc_max_age_zero_collects_everything_off_the_front(nightly: Path) -> Non
 
 
 def test_gc_command_is_a_dry_run_unless_told_yes(nightly: Path) -> None:
-    from hamnet.cli import app
+    from hamnet.ops.cli import app
 
     runner = CliRunner()
     before = files_under(nightly)

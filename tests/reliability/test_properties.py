@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hamnet.artifacts import ArtifactRef
-from hamnet.candidate import Candidate, Metrics
-from hamnet.config import OptimizeConfig, config_from_dict
-from hamnet.errors import ConfigError
-from hamnet.pareto import dominates, pareto_front
-from hamnet.search.space import search_space_from_dict
+from hamnet.compress.search.space import search_space_from_dict
+from hamnet.core.artifacts import ArtifactRef
+from hamnet.core.candidate import Candidate, Metrics
+from hamnet.core.config import OptimizeConfig, config_from_dict
+from hamnet.core.errors import ConfigError
+from hamnet.evaluate.pareto import dominates, pareto_front
 
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

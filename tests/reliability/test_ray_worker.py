@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import pytest
 
-from hamnet.search.executor import (
+from hamnet.compress.search.executor import (
     ERROR_ATTR,
     RayHandle,
     SearchBudget,

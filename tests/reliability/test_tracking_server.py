@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import write_config
 
-from hamnet.stack import free_port, stop_process_group, wait_http
+from hamnet.ops.stack import free_port, stop_process_group, wait_http
 
 from .conftest import FaultTable, Stopwatch, files_under, flow_config, run_flow
 
@@ -23,7 +23,7 @@ def test_unreachable_server_at_start_is_a_clear_error_before_any_training(
 ) -> None:
     from typer.testing import CliRunner
 
-    from hamnet.cli import app
+    from hamnet.ops.cli import app
 
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     path = write_config(project, flow_config(project, 41, tracking={"mlflow_uri": url}))
@@ -52,8 +52,8 @@ def test_server_lost_mid_run_fails_clearly_and_the_rerun_uses_what_was_made(
     fault_table: FaultTable,
     request: pytest.FixtureRequest,
 ) -> None:
-    from hamnet.artifacts import ArtifactRef
-    from hamnet.errors import StageError
+    from hamnet.core.artifacts import ArtifactRef
+    from hamnet.core.errors import StageError
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

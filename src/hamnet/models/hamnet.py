@@ -84,8 +84,8 @@ from pydantic import (
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hamnet.config import HAMNetSection
-from hamnet.errors import ConfigError, DataError, ModelLoadError
+from hamnet.core.config import HAMNetSection
+from hamnet.core.errors import ConfigError, DataError, ModelLoadError
 
 CHECKPOINT_FORMAT = "hamnet-checkpoint/1"
 

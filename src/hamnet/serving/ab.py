@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet.errors import ConfigError, DataError
+from hamnet.core.errors import ConfigError, DataError
 
 
 def parse_split(text: str) -> dict[str, float]:

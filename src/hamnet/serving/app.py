@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hamnet.errors import ConfigError
+from hamnet.core.errors import ConfigError
 from hamnet.serving.ab import ABLog, ABRecord, ABRouter
 from hamnet.serving.batching import DynamicBatcher
 from hamnet.serving.models import ModelInfo, ModelRef, ModelSlot
@@ -223,7 +223,7 @@ class ServingState:
             ModelLoadError: If a model cannot be loaded.
             HardwareProfileError: If the profile's hardware is absent.
         """
-        from hamnet.hardware import load_profile
+        from hamnet.core.hardware import load_profile
 
         if not settings.arms:
             raise ConfigError("at least one model must be served, but got none")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hamnet.errors import ConfigError
+from hamnet.core.errors import ConfigError
 
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, Any]]
 """Runs a ``[batch, features]`` array; returns the outputs and a tag (e.g. model info)."""

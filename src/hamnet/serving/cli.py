@@ -1,4 +1,4 @@
-"""The ``hamnet serve`` and ``hamnet ab-report`` commands (registered in :mod:`hamnet.cli`).
+"""The ``hamnet serve`` and ``hamnet ab-report`` commands (registered in :mod:`hamnet.ops.cli`).
 
 Imports nothing heavy at import time: FastAPI, uvicorn, MLflow and the runtimes are
 imported when a command runs.
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hamnet.errors import ConfigError, HamnetError
+from hamnet.core.errors import ConfigError, HamnetError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -105,7 +105,7 @@ def serve(
 
     Exit codes: 0 stopped, 2 bad input (model, profile, split).
     """
-    from hamnet._env import apply_defaults
+    from hamnet.core.env import apply_defaults
 
     apply_defaults()
     try:

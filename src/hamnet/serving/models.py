@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.errors import ConfigError, ModelLoadError
+from hamnet.core.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from hamnet.hardware import HardwareProfile
-    from hamnet.runtimes import InferenceSession
+    from hamnet.backends.session import InferenceSession
+    from hamnet.core.hardware import HardwareProfile
 
 logger = logging.getLogger("hamnet.serving")
 
@@ -168,8 +168,8 @@ def registry_client(tracking_uri: str | None) -> MlflowClient:
     """An ``MlflowClient`` on ``tracking_uri`` (else ``$MLFLOW_TRACKING_URI``, else SQLite)."""
     from mlflow.tracking import MlflowClient
 
-    from hamnet.config import DEFAULT_MLFLOW_URI
-    from hamnet.tracking import resolve_tracking_uri
+    from hamnet.core.config import DEFAULT_MLFLOW_URI
+    from hamnet.tracking.tracker import resolve_tracking_uri
 
     uri = resolve_tracking_uri(
         tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
@@ -227,7 +227,7 @@ def feature_count(path: Path, fmt: str) -> int:
                 inputs[0].type.tensor_type.shape.dim]  # fmt: skip
         features = dims[1] if len(dims) == 2 else None
     elif fmt == "openvino":
-        from hamnet.runtimes import openvino_core
+        from hamnet.backends.session import openvino_core
 
         shape = openvino_core().read_model(str(path)).inputs[0].partial_shape
         dims = [None if d.is_dynamic else d.get_length() for d in shape]
@@ -261,7 +261,7 @@ def choose_runtime(fmt: str, profile: HardwareProfile, preferred: str | None = N
     Raises:
         ConfigError: If no runtime of the profile reads the format.
     """
-    from hamnet.runtimes import RUNTIMES
+    from hamnet.backends.session import RUNTIMES
 
     fitting = [r for r in profile.runtime_names if fmt in RUNTIMES[r].formats]
     if preferred in fitting:
@@ -303,8 +303,8 @@ def load_model(
         ConfigError: If no runtime fits.
         HardwareProfileError: If the runtime's provider or device is absent.
     """
-    from hamnet.artifacts import ArtifactRef, artifact_files, hash_files
-    from hamnet.runtimes import get_runtime, runtime_spec
+    from hamnet.backends.session import get_runtime, runtime_spec
+    from hamnet.core.artifacts import ArtifactRef, artifact_files, hash_files
 
     tags: dict[str, str] = {}
     metrics: dict[str, float] = {}

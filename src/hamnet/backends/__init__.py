@@ -1,0 +1,1 @@
+"""Runtimes (PyTorch, ONNX Runtime, OpenVINO) and the exporters that produce their files."""

@@ -1,0 +1,555 @@
+"""Export torch models to deployable formats, and check that the outputs still match.
+
+:func:`export_onnx` writes an ONNX file with the TorchScript exporter (fast, and its
+graphs fuse well in ONNX Runtime), :func:`export_module` does the same for any
+traceable module with example inputs (a tensor, a tuple or a dict of named inputs;
+Hugging Face models whose forward returns a ``ModelOutput`` export its first tensor)
+and checks parity with ONNX Runtime, :func:`convert_openvino` turns an ONNX file into
+OpenVINO IR (``model.xml`` + ``model.bin``), and :func:`check_parity` compares two
+:class:`~hamnet.backends.session.InferenceSession` objects on the same inputs.
+
+Example:
+    >>> onnx_path = export_onnx(model, input_size=64, path="out/model.onnx")
+    >>> xml_path = convert_openvino(onnx_path, "out/model.xml")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hamnet.backends.session import require
+from hamnet.core.errors import ExportError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hamnet.backends.session import InferenceSession, Inputs
+    from hamnet.core.artifacts import ArtifactRef, ArtifactStore
+    from hamnet.core.hardware import HardwareProfile
+    from hamnet.models import HAMNet
+
+INPUT_NAME = "input"
+"""Name of the single input of every exported graph ([batch, features], float32)."""
+
+OUTPUT_NAME = "logits"
+"""Name of the single output of every exported graph ([batch, classes], float32)."""
+
+
+def export_onnx(
+    model: nn.Module,
+    input_size: int,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    ort_fused_attention: bool = False,
+) -> Path:
+    """Export a torch model to ONNX with a dynamic batch axis.
+
+    The TorchScript exporter (``dynamo=False``) is used; the model is exported in eval
+    mode and its previous mode is restored afterwards. The result is checked with
+    ``onnx.checker.check_model``.
+
+    Args:
+        model: A module mapping float32 ``[batch, input_size]`` to ``[batch, classes]``.
+        input_size: Number of input features.
+        path: Where to write the ``.onnx`` file (parent folders are created).
+        opset: ONNX opset version.
+        ort_fused_attention: Write each HAMNet attention as one ONNX Runtime
+            ``com.microsoft.Attention`` node (see
+            :func:`~hamnet.models.hamnet.ort_attention_export`): fewer operators, which
+            is what batch-1 latency of small models is made of, but a graph only ONNX
+            Runtime runs. The model must contain HAMNet attention modules.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ExportError: If the exporter or the ONNX checker fails.
+        MissingDependencyError: If ``onnx`` is not installed.
+    """
+    import torch
+
+    onnx = require("onnx")
+    if input_size < 1:
+        raise ExportError(f"input_size must be positive, but got {input_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    dummy = torch.randn(2, input_size, device=device)
+    from hamnet.models.hamnet import folded_one_token_attention
+
+    fused = _fused_attention_context(model, ort_fused_attention)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings(), fused, folded_one_token_attention(model):
+            # The legacy exporter warns that it is deprecated; it is chosen on purpose.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                custom_opsets={ORT_DOMAIN: 1} if ort_fused_attention else None,
+            )
+        onnx.checker.check_model(str(path))
+    except Exception as err:
+        raise ExportError(
+            f"ONNX export of {type(model).__name__} (input_size={input_size}, opset={opset}"
+            f"{', ort_fused_attention' if ort_fused_attention else ''}) "
+            f"to {str(path)!r} failed: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        model.train(was_training)
+    return path
+
+
+ORT_DOMAIN = "com.microsoft"
+"""ONNX domain of ONNX Runtime's contrib operators (graphs using it run in ORT only)."""
+
+
+def _fused_attention_context(
+    model: nn.Module, enabled: bool
+) -> contextlib.AbstractContextManager[None]:
+    if not enabled:
+        return contextlib.nullcontext()
+    from hamnet.models.hamnet import MultiHeadSelfAttention, ort_attention_export
+
+    if not any(isinstance(m, MultiHeadSelfAttention) for m in model.modules()):
+        raise ExportError(
+            "ort_fused_attention needs a model with HAMNet attention (MultiHeadSelfAttention "
+            f"modules), but {type(model).__name__} has none"
+        )
+    return ort_attention_export(model)
+
+
+def uses_ort_contrib_ops(path: str | Path) -> bool:
+    """Whether an ONNX file uses ONNX Runtime contrib operators (``com.microsoft``).
+
+    Such graphs run in ONNX Runtime only: OpenVINO, NNCF and plain ONNX tools cannot
+    load them.
+    """
+    stat = Path(path).stat()
+    return _uses_ort_contrib_ops(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _uses_ort_contrib_ops(path: str, size: int, mtime_ns: int) -> bool:
+    """Cached on the file's identity: each quantizer asks about the same source file."""
+    del size, mtime_ns  # part of the cache key only
+    onnx = require("onnx")
+    model = onnx.load(path, load_external_data=False)
+    return any(op.domain == ORT_DOMAIN for op in model.opset_import) or any(
+        node.domain == ORT_DOMAIN for node in model.graph.node
+    )
+
+
+GENERIC_OUTPUT_NAME = "output"
+"""Name of the output of a graph exported by :func:`export_module`."""
+
+
+def _named_examples(
+    example_inputs: Any, input_names: Sequence[str] | None
+) -> tuple[list[str], list[Any], bool]:
+    """Return (names, tensors, as_keywords) for any accepted form of example inputs."""
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        tensors, keywords = [example_inputs], False
+        names = list(input_names) if input_names is not None else ["input"]
+    elif isinstance(example_inputs, Mapping):
+        names = [str(k) for k in example_inputs]
+        tensors, keywords = list(example_inputs.values()), True
+        if input_names is not None and list(input_names) != names:
+            raise ExportError(
+                f"input_names must match the keys of example_inputs {names}, but got "
+                f"{list(input_names)}"
+            )
+    elif isinstance(example_inputs, (tuple, list)):
+        tensors, keywords = list(example_inputs), False
+        default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
+        names = list(input_names) if input_names is not None else default
+    else:
+        raise ExportError(
+            f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors, "
+            f"but got {type(example_inputs).__name__}"
+        )
+    bad = [n for n, t in zip(names, tensors, strict=False) if not isinstance(t, torch.Tensor)]
+    if not tensors or bad:
+        raise ExportError(
+            f"example_inputs must hold at least one tensor and only tensors, but got "
+            f"non-tensors for {bad or 'nothing'}"
+        )
+    if len(names) != len(tensors) or len(set(names)) != len(names):
+        raise ExportError(
+            f"input_names must name each of the {len(tensors)} example inputs once, but got {names}"
+        )
+    bad_rank = [n for n, t in zip(names, tensors, strict=True) if t.ndim < 1]
+    if bad_rank:
+        raise ExportError(f"every example input must have a batch axis, but {bad_rank} are 0-D")
+    return names, tensors, keywords
+
+
+def _first_output_module(model: nn.Module, names: list[str], keywords: bool) -> nn.Module:
+    """Wrap ``model`` so that it takes positional tensors and returns its first tensor."""
+    from torch import nn
+
+    from hamnet.backends.session import first_tensor
+
+    class FirstOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args: Any) -> Any:
+            out = (
+                self.inner(**dict(zip(names, args, strict=True))) if keywords else self.inner(*args)
+            )
+            return first_tensor(out)
+
+    return FirstOutput()
+
+
+def default_dynamic_axes(
+    names: Sequence[str], tensors: Sequence[Any], output_rank: int
+) -> dict[str, dict[int, str]]:
+    """Axis 0 of every input and of the output is ``batch``; integer inputs with two or
+    more axes (token ids, attention masks) get a ``sequence`` axis 1, and so does an
+    output with three or more axes (``[batch, sequence, hidden]``)."""
+    import torch
+
+    axes: dict[str, dict[int, str]] = {}
+    tokens = False
+    for name, tensor in zip(names, tensors, strict=True):
+        axes[name] = {0: "batch"}
+        if tensor.ndim >= 2 and not torch.is_floating_point(tensor):
+            axes[name][1] = "sequence"
+            tokens = True
+    axes[GENERIC_OUTPUT_NAME] = {0: "batch"}
+    if tokens and output_rank >= 3:
+        axes[GENERIC_OUTPUT_NAME][1] = "sequence"
+    return axes
+
+
+def use_eager_attention(model: nn.Module) -> bool:
+    """Switch a Hugging Face model to eager attention (plain MatMul + Softmax).
+
+    SDPA attention exports to a graph ONNX Runtime's transformer fusion does not
+    match. Returns whether the model is a Hugging Face model now on eager attention.
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None:
+        return False
+    if current != "eager":
+        setter = getattr(model, "set_attn_implementation", None)
+        if not callable(setter):
+            return False
+        setter("eager")
+    return getattr(config, "_attn_implementation", None) == "eager"
+
+
+def _transformer_shape(model: nn.Module) -> tuple[int, int] | None:
+    """``(num_heads, hidden_size)`` from a Hugging Face config, or None."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and isinstance(hidden, int):
+        return heads, hidden
+    return None
+
+
+TRANSFORMER_METADATA = ("hamnet.num_heads", "hamnet.hidden_size")
+"""ONNX ``metadata_props`` keys :func:`hamnet.api.Optimizer.from_pytorch` writes for
+Hugging Face encoders; the transformer fusion reads them (0 = let ORT detect)."""
+
+
+def _write_transformer_metadata(path: Path, num_heads: int, hidden_size: int) -> None:
+    """Record the head count and hidden size for ONNX Runtime's transformer fusion."""
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key not in TRANSFORMER_METADATA]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in zip(TRANSFORMER_METADATA, (num_heads, hidden_size), strict=True):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def export_module(
+    model: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    input_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = 17,
+    parity_atol: float | None = 1e-4,
+) -> Path:
+    """Export any traceable module to ONNX, with dynamic axes, and check it in ONNX Runtime.
+
+    The TorchScript exporter (``dynamo=False``) traces the module in eval mode (the
+    mode of every submodule is restored afterwards). A module whose forward returns a
+    tuple, a dict or a Hugging Face ``ModelOutput`` is exported with its first tensor
+    (``last_hidden_state`` of a ``BertModel``, ``logits`` of a
+    ``*ForSequenceClassification``) as the one output :data:`GENERIC_OUTPUT_NAME`.
+    Hugging Face models are switched to eager attention first (see
+    :func:`use_eager_attention`) so ONNX Runtime's transformer fusion matches the graph,
+    and their head count and hidden size are written to the ONNX metadata
+    (:data:`TRANSFORMER_METADATA`) for that fusion.
+
+    Args:
+        model: The module.
+        example_inputs: One tensor, a tuple of tensors (positional arguments), or a
+            dict ``{argument name: tensor}`` (keyword arguments, e.g. ``input_ids`` and
+            ``attention_mask``); their dtypes become the graph's input types.
+        path: Where to write the ``.onnx`` file (parent folders are created).
+        input_names: Graph input names for a tensor or tuple (default ``"input"`` or
+            ``"input_0"``, ``"input_1"``...); a dict's keys are its names.
+        dynamic_axes: ``{name: {axis: axis name}}``; default: see
+            :func:`default_dynamic_axes` (batch everywhere, sequence for token inputs).
+        opset: ONNX opset version.
+        parity_atol: Largest absolute difference allowed between the module and ONNX
+            Runtime on the example inputs repeated to twice their batch (which also
+            checks the dynamic batch axis); None skips the check.
+
+    Returns:
+        The path of the written file.
+
+    Raises:
+        ExportError: If the inputs are malformed, the exporter or the ONNX checker
+            fails, or ONNX Runtime's outputs differ by more than ``parity_atol``.
+        MissingDependencyError: If ``onnx`` (or ``onnxruntime`` for the check) is not
+            installed.
+    """
+    import torch
+
+    onnx = require("onnx")
+    names, tensors, keywords = _named_examples(example_inputs, input_names)
+    hf_shape = _transformer_shape(model) if use_eager_attention(model) else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = {m: m.training for m in model.modules()}
+    wrapper = _first_output_module(model, names, keywords).eval()
+    try:
+        with torch.no_grad():
+            reference = wrapper(*tensors)
+        axes = (
+            {k: dict(v) for k, v in dynamic_axes.items()}
+            if dynamic_axes is not None
+            else default_dynamic_axes(names, tensors, reference.ndim)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                wrapper,
+                tuple(tensors),
+                str(path),
+                dynamo=False,
+                input_names=names,
+                output_names=[GENERIC_OUTPUT_NAME],
+                dynamic_axes=axes,  # type: ignore[arg-type]
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        onnx.checker.check_model(str(path))
+        if hf_shape is not None:
+            _write_transformer_metadata(path, *hf_shape)
+    except ExportError:
+        raise
+    except Exception as err:
+        raise ExportError(
+            f"ONNX export of {type(model).__name__} (inputs {names}, opset={opset}) to "
+            f"{str(path)!r} failed: {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if parity_atol is not None:
+        _check_export_parity(wrapper, names, tensors, path, parity_atol)
+    return path
+
+
+def _check_export_parity(
+    wrapper: nn.Module, names: list[str], tensors: list[Any], path: Path, atol: float
+) -> float:
+    import torch
+
+    from hamnet.backends.session import InferenceSession, OnnxRuntimeSession
+
+    ort = require("onnxruntime")
+    doubled = {
+        n: torch.cat([t, t], dim=0).cpu().numpy() for n, t in zip(names, tensors, strict=True)
+    }
+
+    class Positional(InferenceSession):
+        runtime = "torch"
+
+        def run(self, x: Inputs) -> np.ndarray:
+            assert isinstance(x, Mapping)
+            with torch.inference_mode():
+                out = wrapper(*(torch.from_numpy(np.asarray(x[n])) for n in names))
+            return np.array(out.float().cpu().numpy(), dtype=np.float32)
+
+    modes = {m: m.training for m in wrapper.modules()}
+    wrapper.eval()
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = max_abs_diff(Positional(), OnnxRuntimeSession(session), doubled)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if not diff <= atol:
+        raise ExportError(
+            f"ONNX Runtime's outputs of {str(path)!r} must match the module within "
+            f"atol={atol:g}, but differ by up to {diff:.3g}"
+        )
+    return diff
+
+
+def onnx_session(
+    model: HAMNet, store: ArtifactStore, profile: HardwareProfile
+) -> tuple[InferenceSession, ArtifactRef]:
+    """Export a HAMNet to ONNX into ``store`` and open it in ONNX Runtime on ``profile``.
+
+    The one path the searches (R-SPAR episodes, NAS trials) and the pruning benchmark
+    use to time a model the way the pipeline measures its ONNX Runtime candidates.
+
+    Returns:
+        The session and the stored ONNX file.
+    """
+    from hamnet.backends.session import load_session
+
+    path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
+    ref = store.put(path, "onnx")
+    return load_session(ref, "onnxruntime", profile), ref
+
+
+def convert_openvino(
+    onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool = False
+) -> Path:
+    """Convert an ONNX file to OpenVINO IR.
+
+    ``openvino.save_model`` compresses weights to FP16 unless told otherwise; here FP32
+    is the default so an exported model keeps its precision.
+
+    Args:
+        onnx_path: The source ONNX file.
+        xml_path: Where to write ``model.xml`` (``model.bin`` is written beside it).
+        compress_to_fp16: Store the weights as FP16 (halves the file).
+
+    Returns:
+        The path of the ``.xml`` file.
+
+    Raises:
+        ExportError: If conversion or saving fails.
+        MissingDependencyError: If ``openvino`` is not installed.
+    """
+    ov = require("openvino")
+    onnx_path, xml_path = Path(onnx_path), Path(xml_path)
+    if xml_path.suffix != ".xml":
+        raise ExportError(f"OpenVINO IR path must end with .xml, but got {str(xml_path)!r}")
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ov_model = ov.convert_model(str(onnx_path))
+        ov.save_model(ov_model, str(xml_path), compress_to_fp16=compress_to_fp16)
+    except Exception as err:
+        raise ExportError(
+            f"OpenVINO conversion of {str(onnx_path)!r} to {str(xml_path)!r} failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return xml_path
+
+
+def max_abs_diff(
+    reference: InferenceSession,
+    candidate: InferenceSession,
+    x: Inputs,
+    batch_size: int = 64,
+) -> float:
+    """Return the largest absolute difference between two sessions' outputs on ``x``.
+
+    Args:
+        reference: The session whose outputs are trusted.
+        candidate: The session being checked.
+        x: Inputs ``[N, ...]``: one array of any rank, or named inputs (a mapping or
+            a packed structured array); batches slice axis 0 of every input.
+        batch_size: Rows per call.
+
+    Returns:
+        The maximum over every output element; ``inf`` if either output is not finite.
+
+    Raises:
+        ExportError: If ``x`` is empty or the output shapes differ.
+    """
+    from hamnet.backends.session import pack_inputs, unpack_inputs
+
+    x = pack_inputs(x)
+    if len(x) == 0:
+        raise ExportError("parity needs at least one input row, but got an empty array")
+    if batch_size < 1:
+        raise ExportError(f"batch_size must be positive, but got {batch_size}")
+    worst = 0.0
+    for start in range(0, len(x), batch_size):
+        chunk: Any = unpack_inputs(x[start : start + batch_size])
+        ref = np.asarray(reference.run(chunk), dtype=np.float64)
+        got = np.asarray(candidate.run(chunk), dtype=np.float64)
+        if ref.shape != got.shape:
+            raise ExportError(
+                f"output shapes differ: {reference.runtime} gives {ref.shape}, "
+                f"{candidate.runtime} gives {got.shape}"
+            )
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            return float("inf")
+        worst = max(worst, float(np.max(np.abs(ref - got), initial=0.0)))
+    return worst
+
+
+def check_parity(
+    reference: InferenceSession, candidate: InferenceSession, x: Inputs, atol: float
+) -> float:
+    """Check that ``candidate`` reproduces ``reference`` within ``atol`` on ``x``.
+
+    Args:
+        reference: The session whose outputs are trusted.
+        candidate: The session being checked.
+        x: Inputs ``[N, ...]`` (one array or named inputs).
+        atol: The largest absolute difference allowed.
+
+    Returns:
+        The largest absolute difference found.
+
+    Raises:
+        ExportError: If the difference exceeds ``atol`` (or an output is not finite).
+    """
+    diff = max_abs_diff(reference, candidate, x)
+    if not diff <= atol:
+        raise ExportError(
+            f"outputs differ by up to {diff:.3g}, more than the tolerance atol={atol:g} "
+            f"({candidate.runtime} vs {reference.runtime} on {_count(x)} samples)"
+        )
+    return diff
+
+
+def _count(x: Inputs) -> int:
+    from hamnet.backends.session import batch_size_of
+
+    return batch_size_of(x)

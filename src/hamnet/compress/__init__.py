@@ -1,0 +1,1 @@
+"""The compression algorithms: quantization, structured pruning, distillation and search."""

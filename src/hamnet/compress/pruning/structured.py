@@ -1,0 +1,601 @@
+"""Structured pruning of HAMNet: whole attention heads and FFN channels.
+
+torch-pruning's :class:`~torch_pruning.pruner.BasePruner` removes the heads (rows of
+``q_proj``/``k_proj``/``v_proj`` and the matching columns of ``out_proj``) and the FFN
+channels (rows of ``fc1`` and columns of ``fc2``); the hidden width is never touched, so
+the pruned model has the same interface as its parent. Every removal is tracked back to
+indices of the ORIGINAL model and stored in a :class:`PruningPlan`, which rebuilds the
+pruned model from its parent by slicing weights (:func:`apply_plan`) — no pickled
+modules needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from hamnet.compress.pruning.allocation import LAYER_ALLOCATORS, get_allocation, is_layer_allocation
+from hamnet.compress.pruning.importance import get_importance, needs_gradients
+from hamnet.core.config import TrainStageConfig
+from hamnet.core.errors import ConfigError, ModelLoadError, StageError
+from hamnet.models.hamnet import HAMNet, HAMNetBlock, HAMNetConfig, MultiHeadSelfAttention
+from hamnet.training.data import Dataset
+from hamnet.training.trainer import evaluate_accuracy, train_model
+
+PLAN_FORMAT = "hamnet-pruning-plan/1"
+
+_CALIBRATION_BATCH_SIZE = 64
+
+
+def _one_shot(ratio: float, steps: int) -> list[float]:
+    return [ratio]
+
+
+def _linear(ratio: float, steps: int) -> list[float]:
+    return [ratio * t / steps for t in range(1, steps + 1)]
+
+
+def _cubic(ratio: float, steps: int) -> list[float]:
+    return [ratio * (1.0 - (1.0 - t / steps) ** 3) for t in range(1, steps + 1)]
+
+
+SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
+    "one-shot": _one_shot,
+    "linear": _linear,
+    "cubic": _cubic,
+}
+"""Schedule name → ``f(ratio, steps)`` giving the cumulative sparsity after each step."""
+
+
+class LayerPlan(BaseModel):
+    """What one block keeps, as indices into the ORIGINAL model's heads and channels.
+
+    Attributes:
+        heads_kept: Kept attention heads, ascending.
+        ffn_kept: Kept FFN channels (``fc1`` rows), ascending.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    heads_kept: list[int]
+    ffn_kept: list[int]
+
+
+class JsonPlan(BaseModel):
+    """A plan saved as a small JSON file tagged with its format (``FORMAT``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    FORMAT: ClassVar[str]
+    """The value of the file's ``format`` key."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON.
+
+        Args:
+            path: Destination file; missing parent folders are created.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": self.FORMAT, **self.model_dump(mode="json")}
+        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a plan written by :meth:`save`.
+
+        Raises:
+            ModelLoadError: If the file is missing or unreadable.
+            ConfigError: If the file is not JSON, or not a plan of this format.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ModelLoadError(
+                f"expected a pruning plan JSON file at {path}, but could not read it: {err}"
+            ) from None
+        try:
+            payload = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"expected JSON in pruning plan {path}, but got: {err}") from None
+        found = payload.pop("format", None) if isinstance(payload, dict) else None
+        if found != cls.FORMAT:
+            raise ConfigError(
+                f"expected a {cls.FORMAT!r} JSON object in {path}, but got format {found!r}"
+            )
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as err:
+            raise ConfigError(f"{path} is not a valid {cls.__name__}: {err}") from None
+
+
+class PruningPlan(JsonPlan):
+    """A replayable description of a structurally pruned HAMNet.
+
+    Attributes:
+        base_config: ``HAMNetConfig.model_dump()`` of the model that was pruned.
+        layers: What each block keeps.
+        criterion: The importance criterion used.
+        allocation: How the budget was spread over the layers.
+        ratio: The fraction of heads and FFN channels that was to be removed.
+    """
+
+    FORMAT = PLAN_FORMAT
+
+    base_config: dict[str, Any]
+    layers: list[LayerPlan]
+    criterion: str
+    allocation: str
+    ratio: float
+
+
+@dataclass
+class PruneResult:
+    """The outcome of :func:`prune_hamnet`.
+
+    Attributes:
+        model: The pruned (and fine-tuned, if asked) model; its config states the
+            heads and FFN width left in each layer.
+        plan: Indices kept, replayable on the original model with :func:`apply_plan`.
+        layer_ratios: Per-layer removal fractions a layer allocation chose (None for
+            ``uniform``/``global``).
+        params_before: Parameters of the original model.
+        params_after: Parameters of the pruned model.
+        steps: One record per pruning step: ``step``, ``ratio`` (cumulative sparsity
+            targeted), ``params``, ``layer_heads``, ``layer_ffn`` and
+            ``val_accuracy`` (after fine-tuning, when fine-tuning is on).
+    """
+
+    model: HAMNet
+    plan: PruningPlan
+    layer_ratios: list[float] | None
+    params_before: int
+    params_after: int
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def apply_plan(model: HAMNet, plan: PruningPlan) -> HAMNet:
+    """Rebuild a pruned model from its original by slicing weights.
+
+    Args:
+        model: The model the plan was made from (same config).
+        plan: The plan.
+
+    Returns:
+        A new :class:`HAMNet` whose config has ``layer_heads``/``layer_ffn`` set; the
+        original is left unchanged.
+
+    Raises:
+        ConfigError: If the plan was made for another architecture or its indices do
+            not fit the model.
+    """
+    base = model.config
+    if base.model_dump() != plan.base_config:
+        raise ConfigError(
+            f"the pruning plan was made for a model with config {plan.base_config}, but got "
+            f"a model with config {base.model_dump()}"
+        )
+    if len(plan.layers) != base.num_layers:
+        raise ConfigError(
+            f"the pruning plan must have one entry per layer ({base.num_layers}), but got "
+            f"{len(plan.layers)}"
+        )
+    for i, layer in enumerate(plan.layers):
+        _check_indices(f"layer {i} heads_kept", layer.heads_kept, base.heads_of(i))
+        _check_indices(f"layer {i} ffn_kept", layer.ffn_kept, base.ffn_of(i))
+    config = _pruned_config(
+        base, [layer.heads_kept for layer in plan.layers], [layer.ffn_kept for layer in plan.layers]
+    )
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    head_dim = base.head_dim
+    for i, layer in enumerate(plan.layers):
+        rows = torch.tensor(
+            [h * head_dim + j for h in layer.heads_kept for j in range(head_dim)], dtype=torch.long
+        )
+        channels = torch.tensor(layer.ffn_kept, dtype=torch.long)
+        prefix = f"blocks.{i}."
+        for name in ("q_proj", "k_proj", "v_proj"):
+            for kind in ("weight", "bias"):
+                key = f"{prefix}attn.{name}.{kind}"
+                state[key] = state[key][rows].clone()
+        key = f"{prefix}attn.out_proj.weight"
+        state[key] = state[key][:, rows].clone()
+        for kind in ("weight", "bias"):
+            key = f"{prefix}ffn.fc1.{kind}"
+            state[key] = state[key][channels].clone()
+        key = f"{prefix}ffn.fc2.weight"
+        state[key] = state[key][:, channels].clone()
+    pruned = HAMNet(config)
+    pruned.load_state_dict(state)
+    device = next(model.parameters()).device
+    pruned.to(device)
+    pruned.train(model.training)
+    return pruned
+
+
+def prune_hamnet(
+    model: HAMNet,
+    dataset: Dataset,
+    *,
+    ratio: float,
+    criterion: str = "l1",
+    allocation: str = "uniform",
+    schedule: str = "one-shot",
+    steps: int = 1,
+    finetune: TrainStageConfig | None = None,
+    seed: int = 0,
+    calibration_batches: int = 4,
+    allocation_options: dict[str, Any] | None = None,
+) -> PruneResult:
+    """Remove a fraction of the attention heads and FFN channels of a HAMNet.
+
+    The input model is not modified; pruning runs on a CPU copy. The hidden width,
+    embedding, norms and classifier are never pruned.
+
+    Args:
+        model: The trained model.
+        dataset: Supplies calibration batches (for gradient criteria), fine-tuning
+            data and the validation split scored after each step.
+        ratio: Fraction of heads and of FFN channels to remove, in ``[0, 1)``. At
+            least one head and one FFN channel stay in every layer.
+        criterion: A key of :data:`hamnet.compress.pruning.IMPORTANCES`.
+        allocation: A key of :data:`hamnet.compress.pruning.ALLOCATORS`.
+        schedule: A key of :data:`SCHEDULES`; ``"one-shot"`` prunes once.
+        steps: Pruning steps of an iterative schedule.
+        finetune: Training settings for fine-tuning after each step; ``None`` skips it.
+        seed: Seeds calibration sampling, random importance and fine-tuning.
+        calibration_batches: Batches whose gradients a gradient criterion reads.
+        allocation_options: Keyword arguments for a per-layer allocation (e.g. R-SPAR's
+            ``target``, ``profile``, ``episodes``).
+
+    Returns:
+        The pruned model, its plan, parameter counts and per-step records.
+
+    Raises:
+        ConfigError: If a setting is out of range or unknown.
+        DataError: If the data does not fit the model.
+        StageError: If torch-pruning removed something other than whole heads.
+    """
+    _check_ratio(ratio)
+    if steps < 1:
+        raise ConfigError(f"pruning steps must be at least 1, but got {steps}")
+    if calibration_batches < 1:
+        raise ConfigError(f"calibration_batches must be at least 1, but got {calibration_batches}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(
+            f"pruning schedule must be one of {sorted(SCHEDULES)}, but got {schedule!r}"
+        )
+    needs_gradients(criterion)
+    pruner_kwargs = get_allocation(allocation)
+    dataset.check_input_size(model.config.input_size)
+    layer_ratios: list[float] | None = None
+    if is_layer_allocation(allocation) and ratio > 0:
+        layer_ratios = LAYER_ALLOCATORS[allocation](
+            _traceable_copy(model),
+            dataset,
+            ratio,
+            seed=seed,
+            **(allocation_options or {}),
+        )
+        if len(layer_ratios) != model.config.num_layers:
+            raise StageError(
+                f"allocation {allocation!r} must give one ratio per layer "
+                f"({model.config.num_layers}), but gave {len(layer_ratios)}"
+            )
+
+    base = model.config
+    work = _traceable_copy(model)
+    kept_heads = [list(range(base.heads_of(i))) for i in range(base.num_layers)]
+    kept_ffn = [list(range(base.ffn_of(i))) for i in range(base.num_layers)]
+    params_before = count_parameters(model)
+    records: list[dict[str, Any]] = []
+    for step, sparsity in enumerate(SCHEDULES[schedule](ratio, steps), start=1):
+        torch.manual_seed(seed + step)
+        _prune_step(
+            work,
+            dataset,
+            base,
+            kept_heads,
+            kept_ffn,
+            sparsity=sparsity,
+            criterion=criterion,
+            pruner_kwargs=pruner_kwargs,
+            seed=seed + step,
+            calibration_batches=calibration_batches,
+            layer_sparsity=(
+                [r * sparsity / ratio for r in layer_ratios] if layer_ratios is not None else None
+            ),
+        )
+        if finetune is not None:
+            train_model(work, dataset, finetune, seed=seed + step, progress=False)
+            work.cpu().eval()
+        records.append(
+            {
+                "step": step,
+                "ratio": sparsity,
+                "params": count_parameters(work),
+                "layer_heads": [len(h) for h in kept_heads],
+                "layer_ffn": [len(c) for c in kept_ffn],
+                "val_accuracy": evaluate_accuracy(work, dataset.x_val, dataset.y_val),
+            }
+        )
+    plan = PruningPlan(
+        base_config=base.model_dump(mode="json"),
+        layers=[
+            LayerPlan(heads_kept=list(h), ffn_kept=list(c))
+            for h, c in zip(kept_heads, kept_ffn, strict=True)
+        ],
+        criterion=criterion,
+        allocation=allocation,
+        ratio=ratio,
+    )
+    work.one_token_fast_path = True
+    return PruneResult(
+        model=work,
+        plan=plan,
+        layer_ratios=layer_ratios,
+        params_before=params_before,
+        params_after=count_parameters(work),
+        steps=records,
+    )
+
+
+def _prune_step(
+    model: HAMNet,
+    dataset: Dataset,
+    base: HAMNetConfig,
+    kept_heads: list[list[int]],
+    kept_ffn: list[list[int]],
+    *,
+    sparsity: float,
+    criterion: str,
+    pruner_kwargs: dict[str, Any],
+    seed: int,
+    calibration_batches: int,
+    layer_sparsity: list[float] | None = None,
+) -> None:
+    """Prune ``model`` in place to ``sparsity`` and update the kept-index lists.
+
+    ``layer_sparsity`` (one fraction per layer) overrides ``sparsity`` layer by layer.
+    """
+    import torch_pruning as tp
+
+    blocks = [(block.attn, block.ffn) for block in _blocks(model)]
+    if pruner_kwargs.get("global_pruning"):
+        ratios = _global_ratios(model, base, kept_heads, kept_ffn, sparsity)
+    else:
+        per_layer = layer_sparsity or [sparsity] * base.num_layers
+        ratios = _uniform_ratios(model, base, kept_heads, kept_ffn, per_layer)
+    if ratios is None:
+        return
+    if needs_gradients(criterion):
+        _accumulate_gradients(model, dataset, calibration_batches, seed)
+    ignored: list[nn.Module | nn.Parameter] = [model.embed, model.norm, model.head, model.pos]
+    for block in _blocks(model):
+        ignored += [block.norm1, block.norm2, block.attn.out_proj, block.ffn.fc2]
+    num_heads = {
+        proj: attn.num_heads
+        for attn, _ in blocks
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+    }
+    example = torch.from_numpy(np.ascontiguousarray(dataset.x_train[:2], dtype=np.float32))
+    pruner = tp.pruner.BasePruner(
+        model,
+        example,
+        get_importance(criterion, model=model, dataset=dataset, seed=seed),
+        ignored_layers=ignored,
+        unwrapped_parameters=[(model.pos, 2)],
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
+        **ratios,
+        **pruner_kwargs,
+    )
+    owners: dict[nn.Module, tuple[int, str]] = {}
+    for i, (attn, ffn) in enumerate(blocks):
+        owners.update({attn.q_proj: (i, "heads"), ffn.fc1: (i, "ffn")})
+    for group in pruner.step(interactive=True):
+        _prune_group(pruner, group, owners, base.head_dim, kept_heads, kept_ffn)
+    model.zero_grad(set_to_none=True)
+    for i, (attn, ffn) in enumerate(blocks):
+        heads, rest = divmod(attn.q_proj.out_features, base.head_dim)
+        if rest or heads != len(kept_heads[i]) or ffn.fc1.out_features != len(kept_ffn[i]):
+            raise StageError(
+                f"layer {i} should keep {len(kept_heads[i])} heads of width {base.head_dim} and "
+                f"{len(kept_ffn[i])} FFN channels, but torch-pruning left q_proj with "
+                f"{attn.q_proj.out_features} rows and fc1 with {ffn.fc1.out_features}"
+            )
+        attn.num_heads = heads
+    model.config = _pruned_config(base, kept_heads, kept_ffn)
+
+
+def _prune_group(
+    pruner: Any,
+    group: Any,
+    owners: dict[nn.Module, tuple[int, str]],
+    head_dim: int,
+    kept_heads: list[list[int]],
+    kept_ffn: list[list[int]],
+) -> None:
+    """Prune one torch-pruning group, keeping one head/channel per layer at least."""
+    owner: tuple[int, str] | None = None
+    removed: list[int] = []
+    for item in group:
+        module = item.dep.target.module
+        if module in owners and pruner.DG.is_out_channel_pruning_fn(item.dep.handler):
+            owner, removed = owners[module], sorted(int(i) for i in item.idxs)
+            break
+    if owner is None:
+        raise StageError(
+            f"expected torch-pruning to prune only attention heads and FFN channels, but got "
+            f"a group rooted at {group[0].dep.target.module}"
+        )
+    layer, kind = owner
+    kept = kept_heads[layer] if kind == "heads" else kept_ffn[layer]
+    unit = head_dim if kind == "heads" else 1
+    units = sorted({r // unit for r in removed})
+    if len(removed) != len(units) * unit:
+        raise StageError(
+            f"expected whole heads of {head_dim} rows to be removed from layer {layer}, but "
+            f"torch-pruning removed rows {removed}"
+        )
+    if len(units) >= len(kept):
+        importance = pruner.estimate_importance(group)
+        spared = int(importance.view(len(kept), -1).mean(dim=1).argmax())
+        units = [u for u in units if u != spared]
+        root_idxs = [int(i) for i in group[0].idxs if int(i) // unit != spared]
+        if units:
+            group.prune(idxs=root_idxs)
+    else:
+        group.prune()
+    gone = set(units)
+    kept[:] = [k for j, k in enumerate(kept) if j not in gone]
+
+
+def _accumulate_gradients(model: HAMNet, dataset: Dataset, batches: int, seed: int) -> None:
+    """Sum cross-entropy gradients over a few training batches into ``param.grad``."""
+    order = np.random.default_rng(seed).permutation(len(dataset.x_train))
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    for b in range(batches):
+        idx = order[b * _CALIBRATION_BATCH_SIZE : (b + 1) * _CALIBRATION_BATCH_SIZE]
+        if len(idx) == 0:
+            break
+        x = torch.from_numpy(np.ascontiguousarray(dataset.x_train[idx], dtype=np.float32))
+        y = torch.from_numpy(np.asarray(dataset.y_train[idx])).long()
+        F.cross_entropy(model(x), y).backward()
+
+
+def _traceable_copy(model: HAMNet) -> HAMNet:
+    """A CPU eval-mode copy that runs every projection (no one-token shortcut), so
+    torch-pruning's trace and gradient criteria see the query and key rows of each head."""
+    work = copy.deepcopy(model).cpu().eval()
+    work.one_token_fast_path = False
+    return work
+
+
+def _blocks(model: HAMNet) -> list[HAMNetBlock]:
+    return [cast(HAMNetBlock, block) for block in model.blocks]
+
+
+def _qkv(attn: MultiHeadSelfAttention) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    return attn.q_proj, attn.k_proj, attn.v_proj
+
+
+def _uniform_ratios(
+    model: HAMNet,
+    base: HAMNetConfig,
+    kept_heads: list[list[int]],
+    kept_ffn: list[list[int]],
+    sparsity: list[float],
+) -> dict[str, Any] | None:
+    """Per-layer torch-pruning ratios that leave layer i at ``1 - sparsity[i]``.
+
+    Each projection gets its own scope; attention groups need a positive channel ratio
+    for torch-pruning to consider them, but with ``prune_head_dims=False`` only whole
+    heads go.
+    """
+    channel: dict[nn.Module, float] = {}
+    heads: dict[nn.Module, float] = {}
+    for i, block in enumerate(_blocks(model)):
+        r_heads = _exact_ratio(len(kept_heads[i]), _target(base.heads_of(i), sparsity[i]))
+        r_ffn = _exact_ratio(len(kept_ffn[i]), _target(base.ffn_of(i), sparsity[i]))
+        for proj in _qkv(block.attn):
+            channel[proj] = heads[proj] = r_heads
+        channel[block.ffn.fc1] = r_ffn
+    if not any(channel.values()):
+        return None
+    return {
+        "pruning_ratio": 0.0,
+        "head_pruning_ratio": 0.0,
+        "pruning_ratio_dict": channel,
+        "head_pruning_ratio_dict": heads,
+    }
+
+
+def _global_ratios(
+    model: HAMNet,
+    base: HAMNetConfig,
+    kept_heads: list[list[int]],
+    kept_ffn: list[list[int]],
+    sparsity: float,
+) -> dict[str, Any] | None:
+    """torch-pruning ratios that rank heads, and FFN channels, across all layers.
+
+    Heads and FFN channels are two separate global scopes, so each loses
+    ``sparsity`` of its initial total.
+    """
+    layers = range(base.num_layers)
+    r_heads = _exact_ratio(
+        sum(len(h) for h in kept_heads),
+        max(base.num_layers, _target(sum(base.heads_of(i) for i in layers), sparsity)),
+    )
+    r_ffn = _exact_ratio(
+        sum(len(c) for c in kept_ffn),
+        max(base.num_layers, _target(sum(base.ffn_of(i) for i in layers), sparsity)),
+    )
+    if r_heads == 0.0 and r_ffn == 0.0:
+        return None
+    qkv = tuple(proj for block in _blocks(model) for proj in _qkv(block.attn))
+    fc1 = tuple(block.ffn.fc1 for block in _blocks(model))
+    return {
+        "pruning_ratio": 0.0,
+        "head_pruning_ratio": r_heads,
+        "pruning_ratio_dict": {qkv: r_heads, fc1: r_ffn},
+    }
+
+
+def _target(initial: int, sparsity: float) -> int:
+    """Units left of ``initial`` at ``sparsity`` (at least one)."""
+    return max(1, initial - round(sparsity * initial))
+
+
+def _exact_ratio(current: int, target: int) -> float:
+    """Ratio making torch-pruning remove exactly ``current - target`` units.
+
+    torch-pruning removes ``ceil(r * current)`` heads and ``current - int(current * (1
+    - r))`` channels; ``(n - 0.5) / current`` gives exactly ``n`` for both.
+    """
+    n = current - target
+    return (n - 0.5) / current if n > 0 else 0.0
+
+
+def _pruned_config(
+    base: HAMNetConfig, kept_heads: list[list[int]], kept_ffn: list[list[int]]
+) -> HAMNetConfig:
+    values = base.model_dump()
+    values["layer_heads"] = [len(h) for h in kept_heads]
+    values["layer_ffn"] = [len(c) for c in kept_ffn]
+    return HAMNetConfig.model_validate(values)
+
+
+def _check_indices(name: str, indices: list[int], size: int) -> None:
+    if not indices or indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= size:
+        raise ConfigError(
+            f"{name} must be ascending, unique, non-empty indices in [0, {size}), but got {indices}"
+        )
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"pruning ratio must be in [0, 1), but got {ratio}")

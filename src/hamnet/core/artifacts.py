@@ -1,0 +1,172 @@
+"""A content-addressed store for model files.
+
+Models travel through the pipeline as :class:`ArtifactRef` records (path + sha256 +
+format), never as tensors: Prefect cache keys and MLflow params hash the reference.
+An artifact is one folder ``<root>/<sha256>/`` holding the model's file(s); the ref
+points at the main file (e.g. ``model.onnx`` or ``model.xml`` beside ``model.bin``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from hamnet.core.errors import ModelLoadError
+
+ArtifactFormat = Literal["torch", "onnx", "openvino"]
+
+_CHUNK = 1 << 20
+
+
+class ArtifactRef(BaseModel):
+    """A reference to a stored model: where it is, what it hashes to, what it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    sha256: str
+    format: ArtifactFormat
+    size_bytes: int
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file that belongs to the artifact (the main file and its siblings)."""
+        return artifact_files(Path(self.path), self.format)
+
+    @property
+    def size_mb(self) -> float:
+        """Size on disk in MB (10^6 bytes)."""
+        return self.size_bytes / 1e6
+
+    def is_present(self) -> bool:
+        """True when every file of the artifact exists (no hashing)."""
+        return all(p.is_file() for p in self.files)
+
+    def verify(self) -> None:
+        """Check the files are present and still hash to :attr:`sha256`.
+
+        Raises:
+            ModelLoadError: If a file is missing or its content changed.
+        """
+        missing = [str(p) for p in self.files if not p.is_file()]
+        if missing:
+            raise ModelLoadError(f"artifact files missing: {missing} (ref sha256 {self.sha256})")
+        actual = hash_files(self.files)
+        if actual != self.sha256:
+            raise ModelLoadError(
+                f"artifact {self.path} changed on disk: expected sha256 {self.sha256}, got {actual}"
+            )
+
+
+def artifact_files(main: Path, fmt: str) -> list[Path]:
+    """Return the files of an artifact whose main file is ``main``."""
+    if fmt == "openvino":
+        return [main, main.with_suffix(".bin")]
+    return [main]
+
+
+def hash_files(paths: list[Path]) -> str:
+    """Return the sha256 over the names and contents of ``paths`` (in the given order)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+
+    The bytes go to a temp file in the same folder, are flushed to disk, and replace
+    ``path`` with :func:`os.replace` (atomic on POSIX and Windows). A crash leaves at most
+    a ``.tmp-*`` file behind (``hamnet gc`` removes old ones).
+
+    Args:
+        path: The file to (over)write; its folder is created when missing.
+        data: The content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class ArtifactStore:
+    """Stores model files under ``root`` by content hash.
+
+    Args:
+        root: Folder of the store; created when missing.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def staging_dir(self) -> Path:
+        """Return a fresh folder inside the store to write a model into before :meth:`put`."""
+        staging = self.root / "_staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=staging))
+
+    def put(self, main_file: str | Path, fmt: ArtifactFormat) -> ArtifactRef:
+        """Move a model (its main file and siblings) into the store.
+
+        Args:
+            main_file: The model's main file, e.g. ``model.onnx`` or ``model.xml``.
+            fmt: The model's format.
+
+        Returns:
+            A reference to the stored copy. Storing identical content twice returns the
+            same reference.
+        """
+        main = Path(main_file)
+        files = artifact_files(main, fmt)
+        for f in files:
+            if not f.is_file():
+                raise ModelLoadError(f"cannot store {fmt} model: file {str(f)!r} does not exist")
+        sha = hash_files(files)
+        target_dir = self.root / sha[:2] / sha
+        if not target_dir.is_dir():
+            # Copy into a private temp folder, flush, then rename it into place in one
+            # step: a reader (or a concurrent run) never sees a half-written artifact.
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".put-"))
+            try:
+                for f in files:
+                    shutil.copy2(f, tmp / f.name)
+                    with (tmp / f.name).open("rb") as fh:
+                        os.fsync(fh.fileno())
+                target_dir.parent.mkdir(parents=True, exist_ok=True)
+                tmp.rename(target_dir)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not target_dir.is_dir():
+                    raise
+                # else another writer stored the same content first
+        stored = target_dir / main.name
+        size = sum(p.stat().st_size for p in artifact_files(stored, fmt))
+        return ArtifactRef(path=str(stored), sha256=sha, format=fmt, size_bytes=size)

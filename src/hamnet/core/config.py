@@ -1,0 +1,638 @@
+"""Configuration of one optimization run.
+
+A run is described by one YAML file validated into :class:`OptimizeConfig`. Every model
+is frozen and rejects unknown keys, so a typo is an error instead of a silently ignored
+setting. Each pipeline stage owns one section under ``stages``; a stage whose section is
+absent (or ``null``) does not run.
+
+Example:
+    >>> from hamnet.core.config import load_config
+    >>> cfg = load_config("configs/default.yaml")
+    >>> cfg.stages.train.epochs
+    60
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hamnet.core.errors import ConfigError
+
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
+
+
+class _Section(BaseModel):
+    """Base of every config section: frozen and strict about unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HAMNetSection(_Section):
+    """Architecture of a HAMNet trained from scratch.
+
+    ``input_size`` and ``num_classes`` are taken from the data when left out.
+    """
+
+    hidden_size: int = Field(64, ge=4, le=8192)
+    num_layers: int = Field(2, ge=1, le=64)
+    num_heads: int = Field(4, ge=1, le=128)
+    ffn_ratio: float = Field(2.0, gt=0.0, le=16.0)
+    token_size: int | None = Field(
+        None, ge=1, description="Features per token; None puts every feature in its own token."
+    )
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout_type: Literal["standard", "gaussian", "alpha"] = Field(
+        "standard",
+        description="Kind of every dropout in the model: standard (Bernoulli), gaussian "
+        "(multiplicative N(1, p/(1-p)) noise) or alpha (keeps SELU-style mean and variance).",
+    )
+    activation: Literal["gelu", "relu", "silu"] = "gelu"
+    input_size: int | None = Field(None, ge=1)
+    num_classes: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> HAMNetSection:
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"hidden_size must be divisible by num_heads, but got hidden_size="
+                f"{self.hidden_size} and num_heads={self.num_heads}"
+            )
+        return self
+
+
+class ModelSection(_Section):
+    """Where the baseline model comes from.
+
+    ``source: train`` trains a HAMNet described by ``hamnet`` on the configured data.
+    ``source: file`` loads ``path``: a hamnet checkpoint (``.pt``) or an ONNX file.
+    """
+
+    source: Literal["train", "file"] = "train"
+    path: str | None = None
+    hamnet: HAMNetSection = HAMNetSection()
+    trust_checkpoint: bool = Field(
+        False,
+        description="Load .pt files with weights_only=False (executes pickled code). "
+        "Only for checkpoints you made yourself.",
+    )
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> ModelSection:
+        if self.source == "file" and not self.path:
+            raise ValueError("model.path is required when model.source is 'file', but got none")
+        if self.source == "train" and self.path:
+            raise ValueError(
+                f"model.path is only read when model.source is 'file', but got source='train' "
+                f"and path={self.path!r}"
+            )
+        return self
+
+
+class DataSection(_Section):
+    """The labelled data set and its deterministic split."""
+
+    source: Literal["digits", "file"] = "digits"
+    path: str | None = None
+    format: Literal["auto", "npz", "csv", "parquet"] = "auto"
+    label_column: str = "label"
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 0
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataSection:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.path is required when data.source is 'file', but got none")
+        return self
+
+
+class ConstraintsSection(_Section):
+    """What the recommended model must satisfy. ``None`` means unconstrained."""
+
+    max_accuracy_drop: float | None = Field(
+        0.01, ge=0.0, le=1.0, description="Absolute drop from the baseline (0.01 = 1 point)."
+    )
+    max_latency_ms: float | None = Field(None, gt=0.0)
+    target_size_mb: float | None = Field(None, gt=0.0)
+
+
+class SelectionSection(_Section):
+    """How the recommended candidate is chosen among those that meet the constraints."""
+
+    objective: Literal["latency_p50_ms", "size_mb", "accuracy", "throughput_sps"] = "latency_p50_ms"
+    champion_min_improvement: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Relative margin by which a new model must beat the champion on the "
+        "objective before the champion alias moves (guards against latency noise).",
+    )
+    latency_tie: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Selecting by latency: candidates within this fraction of the fastest "
+        "feasible one count as equally fast, and the tie goes to higher accuracy, then "
+        "smaller size.",
+    )
+
+
+class TrainStageConfig(_Section):
+    """Training of the baseline (and the trainer settings later stages reuse).
+
+    ``augment`` mixes each training batch with a shuffled copy of itself: ``mixup``
+    blends whole samples, ``cutmix`` pastes one contiguous span of the partner's features
+    (whole tokens for a HAMNet). Validation is never augmented.
+    """
+
+    epochs: int = Field(60, ge=1, le=10000)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0, lt=10.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay_type: Literal["decoupled", "l2", "l1", "elastic"] = Field(
+        "decoupled",
+        description="decoupled: AdamW's decay of the weights; l2, l1, elastic: a penalty "
+        "added to the loss (weight_decay/2 * ||w||², weight_decay * ||w||₁, or their mix "
+        "by l1_ratio). Biases, norms and no_weight_decay() tensors are never penalised.",
+    )
+    l1_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the L1 term in the elastic-net penalty."
+    )
+    scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    warmup_epochs: int = Field(2, ge=0)
+    patience: int = Field(10, ge=1, description="Early stopping on validation accuracy.")
+    grad_accum_steps: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    amp: Literal["auto", "on", "off"] = "auto"
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    augment: Literal["none", "mixup", "cutmix"] = "none"
+    mixup_alpha: float = Field(
+        0.2,
+        gt=0.0,
+        description="Mixing weights are drawn from Beta(mixup_alpha, mixup_alpha) (mixup "
+        "and cutmix).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass to save memory (HAMNet, "
+        "or models with a gradient_checkpointing_enable() method).",
+    )
+
+
+PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian", "movement"]
+PruneAllocation = Literal["uniform", "global", "sensitivity", "rspar"]
+
+
+class RsparSection(_Section):
+    """Settings of the R-SPAR (PPO) per-layer budget allocation."""
+
+    target: Literal["flops", "latency"] = Field(
+        "latency",
+        description="Cost the agent must not exceed: FLOPs, or latency measured "
+        "in ONNX Runtime on the hardware profile.",
+    )
+    episodes: int = Field(12, ge=1, le=1000)
+    recovery_epochs: int = Field(
+        1, ge=1, le=100, description="Fine-tuning epochs before each episode's reward."
+    )
+    tolerance: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Relative cost overrun over the uniform allocation that is not "
+        "penalized; default 0.03 for latency (timing noise after paired timing), 0 for FLOPs.",
+    )
+
+
+class PruneStageConfig(_Section):
+    """Structured pruning of attention heads and FFN channels, with fine-tuning.
+
+    One pruned candidate per (criterion, allocation, ratio) from the baseline.
+    """
+
+    ratios: list[float] = Field([0.5], min_length=1)
+    criteria: list[PruneCriterion] = Field(["l1"], min_length=1)
+    allocations: list[PruneAllocation] = Field(["uniform"], min_length=1)
+    rspar: RsparSection = RsparSection()
+    unstructured_sparsity: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Also emit a magnitude-sparsified (unstructured) candidate. Honest "
+        "caveat, repeated on the candidate: dense CPU kernels do not get faster from it.",
+    )
+    schedule: Literal["one-shot", "linear", "cubic"] = "one-shot"
+    steps: int = Field(1, ge=1, le=100)
+    finetune: TrainStageConfig | None = TrainStageConfig(
+        epochs=15, patience=5, learning_rate=1e-3, warmup_epochs=0
+    )
+
+    @model_validator(mode="after")
+    def _ratios_in_range(self) -> PruneStageConfig:
+        bad = [r for r in self.ratios if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"every pruning ratio must be in (0, 1), but got {bad}")
+        return self
+
+
+class RaySection(_Section):
+    """Where and how search trials run on Ray."""
+
+    address: str | None = Field(
+        None,
+        description="None starts a local Ray for the run; 'auto' or 'host:port' joins a "
+        "running cluster (e.g. after `ray start --head`).",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None: all).")
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Trials in flight at once (None: as the resources allow)."
+    )
+
+
+SearchObjective = Literal["accuracy", "latency_ms", "size_mb", "params", "flops"]
+
+
+class SearchStageConfig(_Section):
+    """An Optuna study whose trials train HAMNets on Ray workers (``nas`` or ``hpo``).
+
+    ``nas`` samples the ``architecture`` group of the space (training as in
+    ``stages.train``); ``hpo`` samples the ``training`` group for ``model.hamnet``.
+    The study lives in an RDB (``storage``), so a killed run restarted with the same
+    config resumes it; the ``top_k`` best trials become candidates.
+    """
+
+    space: str = "search_spaces/hamnet_digits.yaml"
+    strategy: Literal["random", "grid", "tpe", "gp", "nsga2"] = "tpe"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    objectives: list[SearchObjective] = Field(["accuracy", "latency_ms"], min_length=1)
+    n_trials: int | None = Field(16, ge=1)
+    timeout_seconds: float | None = Field(None, gt=0.0)
+    storage: str | None = Field(
+        None, description="SQLAlchemy URL of the Optuna study; default sqlite in the workdir."
+    )
+    study_name: str | None = Field(None, description="Default: '<run name>-<stage>'.")
+    top_k: int = Field(2, ge=1, le=100)
+    max_params: int | None = Field(None, ge=1, description="Prune bigger architectures.")
+    max_flops: int | None = Field(None, ge=1, description="Prune costlier architectures.")
+    ray: RaySection = RaySection()
+
+    @model_validator(mode="after")
+    def _budget(self) -> SearchStageConfig:
+        if self.n_trials is None and self.timeout_seconds is None:
+            raise ValueError("a search needs a budget: set n_trials, timeout_seconds or both")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives must be distinct, but got {self.objectives}")
+        return self
+
+
+DistillMethod = Literal["soft", "feature", "attention", "relational", "multi_teacher", "self"]
+DISTILL_METHODS: tuple[str, ...] = (
+    "soft",
+    "feature",
+    "attention",
+    "relational",
+    "multi_teacher",
+    "self",
+)
+
+
+class DistillStudentSection(_Section):
+    """A fresh, smaller HAMNet trained from scratch by distillation."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    hamnet: HAMNetSection
+
+
+class DistillStageConfig(_Section):
+    """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
+
+    ``methods`` is one combined loss: a list of terms ``{method, weight, **options}``
+    (see ``hamnet.compress.distill.DISTILL_LOSSES`` for each method's options), plus
+    ``ce_weight`` times cross-entropy on the labels. Options are plain data; nothing in
+    them is executed.
+    """
+
+    teachers: list[str] = Field(
+        ["baseline"],
+        min_length=1,
+        description="Candidate names of this run (usually 'baseline') or paths to hamnet "
+        ".pt checkpoints; the first one's layers are matched by feature/attention terms.",
+    )
+    methods: list[dict[str, Any]] = Field(
+        [{"method": "soft", "weight": 1.0, "temperature": 4.0}], min_length=1
+    )
+    ce_weight: float = Field(0.5, ge=0.0)
+    recover_pruned: bool = Field(
+        True,
+        description="Re-fine-tune every pruned candidate with KD instead of cross-entropy: "
+        "its pruning plan is replayed on the baseline and recovered for the same epochs.",
+    )
+    students: list[DistillStudentSection] = []
+    nas_students: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Also train the architectures of the best N nas candidates from "
+        "scratch as KD students (needs stages.nas).",
+    )
+    train: TrainStageConfig = Field(
+        TrainStageConfig(epochs=15, patience=5, learning_rate=1e-3, warmup_epochs=0),
+        description="Training of KD recovery; fresh students use student_train.",
+    )
+    student_train: TrainStageConfig = TrainStageConfig()
+    cache_teacher_outputs: bool = Field(
+        True,
+        description="Compute teacher outputs on the training set once and keep them as a "
+        "file (not per epoch); with mixup/cutmix the teacher runs on every mixed batch.",
+    )
+    unlabelled_data: str | None = Field(
+        None,
+        description="A transfer set: a .npz (array 'x'), CSV or Parquet file of inputs "
+        "without labels, preprocessed like the labelled data and added to the training "
+        "split for the distillation terms only (the cross-entropy skips them).",
+    )
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> DistillStageConfig:
+        for i, term in enumerate(self.methods):
+            method = term.get("method")
+            if method not in DISTILL_METHODS:
+                raise ValueError(
+                    f"methods[{i}].method must be one of {list(DISTILL_METHODS)}, but got "
+                    f"{method!r}"
+                )
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"student names must be unique, but got {names}")
+        return self
+
+
+class ExportStageConfig(_Section):
+    """Export of torch candidates to deployable formats, each checked for parity."""
+
+    formats: list[Literal["onnx", "openvino"]] = ["onnx", "openvino"]
+    opset: int = Field(17, ge=13, le=23)
+    parity_atol: float = Field(1e-3, gt=0.0)
+    parity_samples: int = Field(64, ge=1)
+    ort_fused_attention: bool = Field(
+        True,
+        description="Also export each HAMNet for ONNX Runtime with every attention as one "
+        "com.microsoft.Attention node (an extra candidate that runs in ORT only): at batch 1 "
+        "the latency of small transformers is per-operator overhead, and this removes ~17 "
+        "operators per block.",
+    )
+
+
+QuantizeMethod = Literal[
+    "ort_dynamic_int8",
+    "ort_fused_dynamic_int8",
+    "ort_static_int8",
+    "nncf_int8",
+    "openvino_fp16",
+    "onnx_fp16",
+]
+
+
+class QuantizeStageConfig(_Section):
+    """Post-training quantization methods; each produces one candidate."""
+
+    methods: list[QuantizeMethod] = [
+        "ort_dynamic_int8",
+        "ort_static_int8",
+        "nncf_int8",
+        "openvino_fp16",
+    ]
+    calibration_samples: int = Field(300, ge=1)
+    per_channel: bool = True
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="'auto' follows the hardware profile (True on CPUs without VNNI)."
+    )
+
+
+class StagesSection(_Section):
+    """The stages to run. Order is fixed by the pipeline; absent stages are skipped."""
+
+    train: TrainStageConfig | None = TrainStageConfig()
+    nas: SearchStageConfig | None = None
+    hpo: SearchStageConfig | None = None
+    prune: PruneStageConfig | None = None
+    distill: DistillStageConfig | None = None
+    export: ExportStageConfig | None = ExportStageConfig()
+    quantize: QuantizeStageConfig | None = QuantizeStageConfig()
+
+
+class MeasureSection(_Section):
+    """How every candidate is measured (one code path for all)."""
+
+    warmup: int = Field(20, ge=0)
+    repeats: int = Field(200, ge=5)
+    max_eval_samples: int | None = Field(None, ge=1)
+    slower_margin: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="A candidate whose p50 latency exceeds its parent's by more than this "
+        "fraction is marked slower than its parent and never recommended. Sub-millisecond "
+        "latencies on a busy CPU vary by several percent between runs.",
+    )
+    paired_rounds: int = Field(
+        5,
+        ge=0,
+        le=50,
+        description="Before a candidate is marked slower than its parent, both are timed "
+        "again side by side in this many interleaved rounds (medians compared), so machine "
+        "noise hits both alike; 0 decides on the first measurement alone.",
+    )
+
+
+class TrackingSection(_Section):
+    """MLflow tracking and model registry."""
+
+    enabled: bool = True
+    mlflow_uri: str | None = Field(
+        None,
+        description="Tracking URI; None uses $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "(relative to the project folder).",
+    )
+    experiment: str = "hamnet"
+    registered_model: str | None = "hamnet-digits"
+    champion_alias: str = "champion"
+    log_models: bool = True
+
+    def resolved_uri(self) -> str:
+        """The tracking URI in force: this section's, else the environment's, else SQLite."""
+        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+
+
+class ExecutionSection(_Section):
+    """Orchestration policies: retries, caching, time limits."""
+
+    retries: int = Field(1, ge=0, le=10)
+    retry_delay_seconds: float = Field(2.0, ge=0.0)
+    cache: bool = True
+    stage_timeout_seconds: float | None = Field(3600.0, gt=0.0)
+
+
+class RetentionSection(_Section):
+    """How much of the workdir survives nightly runs (``hamnet gc``, and after each run).
+
+    Artifacts of candidates on the Pareto front or recommended in the last ``keep_runs``
+    runs are kept; other artifacts, result-cache entries and reports unused for
+    ``max_age_days`` are deleted.
+    """
+
+    keep_runs: int = Field(5, ge=1)
+    max_age_days: float = Field(14.0, gt=0.0)
+    auto_gc: bool = Field(True, description="Collect garbage at the end of every run.")
+
+
+class OptimizeConfig(_Section):
+    """Everything one ``hamnet-optimize`` run needs."""
+
+    name: str = "hamnet"
+    seed: int = 0
+    workdir: str = ".hamnet"
+    hardware_profile: str = "x86-avx2"
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    constraints: ConstraintsSection = ConstraintsSection()
+    selection: SelectionSection = SelectionSection()
+    stages: StagesSection = StagesSection()
+    measure: MeasureSection = MeasureSection()
+    tracking: TrackingSection = TrackingSection()
+    execution: ExecutionSection = ExecutionSection()
+    retention: RetentionSection = RetentionSection()
+
+    @model_validator(mode="after")
+    def _train_needs_training_source(self) -> OptimizeConfig:
+        if self.model.source == "train" and self.stages.train is None:
+            raise ValueError(
+                "model.source is 'train' but stages.train is absent: either configure "
+                "stages.train or load a model with model.source 'file'"
+            )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """Return a short sha256 of the named top-level sections (all when none given)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config section class found by following ``loc`` from ``model`` (None if lost)."""
+    import typing
+
+    current: type[BaseModel] | None = model
+    for part in loc:
+        field = current.model_fields.get(str(part)) if current is not None else None
+        if field is None:
+            return None
+        candidates = typing.get_args(field.annotation) or (field.annotation,)
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return current
+
+
+def _unknown_key_hint(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'epochs'?"`` for the closest allowed key, else the allowed keys."""
+    import difflib
+
+    section = _section_at(model, loc[:-1])
+    if section is None:
+        return ""
+    allowed = sorted(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; allowed keys: {', '.join(allowed)}"
+
+
+def _format_validation_error(
+    err: ValidationError, source: str, model: type[BaseModel] | None = None
+) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            hint = _unknown_key_hint(model or OptimizeConfig, tuple(item["loc"]))
+            lines.append(f"  - {where}: unknown key (not one of the allowed settings){hint}")
+        elif "input" in item and kind not in ("missing",):
+            lines.append(f"  - {where}: {item['msg']}, but got {item['input']!r}")
+        else:
+            lines.append(f"  - {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> OptimizeConfig:
+    """Validate a mapping into an :class:`OptimizeConfig`.
+
+    Args:
+        data: The parsed configuration.
+        source: Where it came from, for error messages.
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: If a key is unknown, a value has the wrong type or is out of range.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source} must hold a mapping of settings, but got {type(data).__name__}"
+        )
+    try:
+        return OptimizeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    """Load and validate a YAML configuration file.
+
+    Args:
+        path: The YAML file.
+        overrides: Nested settings merged over the file's content (e.g. from a
+            deployment parameter or a CLI flag).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: If the file is missing, is not YAML, or does not validate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (expected a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if overrides:
+        data = deep_merge(data, overrides)
+    return config_from_dict(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in recursively (override wins)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

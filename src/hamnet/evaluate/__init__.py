@@ -1,0 +1,1 @@
+"""One measurement path for every candidate (accuracy, latency, size); selection; reports."""

@@ -1,0 +1,535 @@
+"""Measure a candidate: one code path for every model, runtime and stage.
+
+:func:`measure_artifact` loads a stored model in a runtime with the hardware
+profile's settings and returns :class:`~hamnet.core.candidate.Metrics`: top-1 accuracy
+or, without labels, fidelity to the original model's outputs (top-1 agreement for
+classifier logits, mean cosine similarity for other outputs), latency p50/p90 at
+the profile's latency batch size, throughput at its throughput batch size, file size,
+peak memory, and the thread count used. The building blocks (:func:`latency_ms`,
+:func:`throughput_sps`, :func:`accuracy`, :func:`agreement`, :func:`peak_memory_mb`)
+work on any :class:`~hamnet.backends.session.InferenceSession`, on inputs of any rank and on
+models with several named inputs (batches slice axis 0 of every input).
+
+Example:
+    >>> metrics = measure_artifact(ref, "openvino", profile, x_test, y_test,
+    ...                            config.measure, params=n_params, flops=n_flops)
+    >>> metrics.latency_p50_ms
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+from hamnet.backends.session import get_runtime, pack_inputs, runtime_spec, unpack_inputs
+from hamnet.core.candidate import Metrics
+from hamnet.core.errors import DataError
+from hamnet.core.hardware import resolved_threads
+
+if TYPE_CHECKING:
+    from hamnet.backends.session import InferenceSession, Inputs
+    from hamnet.core.artifacts import ArtifactRef
+    from hamnet.core.config import MeasureSection
+    from hamnet.core.hardware import HardwareProfile
+
+T = TypeVar("T")
+
+_MB = 1e6
+
+
+def _rows(x: Inputs, n: int) -> np.ndarray:
+    """Return exactly ``n`` rows of ``x`` (repeating rows when ``x`` has fewer), packed."""
+    x = pack_inputs(x)
+    if len(x) == 0:
+        raise DataError("measurement needs at least one input row, but got an empty array")
+    if len(x) < n:
+        x = np.concatenate([x] * (n // len(x) + 1), axis=0)
+    return np.ascontiguousarray(x[:n])
+
+
+def latency_ms(
+    session: InferenceSession, x_one: Inputs, *, warmup: int, repeats: int
+) -> tuple[float, float]:
+    """Time single calls of ``session.run(x_one)``.
+
+    Args:
+        session: The model.
+        x_one: The batch run in every call (its size is the latency batch size): one
+            array of any rank or named inputs (a mapping or a packed structured array).
+        warmup: Untimed calls first (caches, lazy allocations, JIT).
+        repeats: Timed calls.
+
+    Returns:
+        The median and 90th percentile latency in milliseconds.
+
+    Raises:
+        DataError: If ``repeats`` is not positive.
+    """
+    if repeats < 1:
+        raise DataError(f"repeats must be positive, but got {repeats}")
+    x_one = unpack_inputs(pack_inputs(x_one))  # type: ignore[assignment]
+    for _ in range(warmup):
+        session.run(x_one)
+    times = np.empty(repeats, dtype=np.float64)
+    for i in range(repeats):
+        start = time.perf_counter_ns()
+        session.run(x_one)
+        times[i] = time.perf_counter_ns() - start
+    p50, p90 = np.percentile(times, [50, 90]) / 1e6
+    return float(p50), float(p90)
+
+
+def paired_latency_ms(
+    sessions: Sequence[InferenceSession],
+    x_one: Inputs,
+    *,
+    warmup: int,
+    repeats: int,
+    rounds: int,
+) -> list[float]:
+    """Time several models side by side: ``rounds`` interleaved rounds, one
+    :func:`latency_ms` per model per round, so drifts of the machine hit all alike;
+    every other round runs the models in reverse order, so going first or last (warm
+    caches, frequency steps) favours none of them.
+
+    Args:
+        sessions: The models, all fed ``x_one``.
+        x_one: The latency batch.
+        warmup: Untimed calls before each timing.
+        repeats: Timed calls per model per round.
+        rounds: Interleaved rounds (at least 1).
+
+    Returns:
+        Each model's median over the rounds of its p50 latency, in milliseconds.
+
+    Raises:
+        DataError: If ``rounds`` or ``repeats`` is not positive.
+    """
+    if rounds < 1:
+        raise DataError(f"rounds must be positive, but got {rounds}")
+    per_model: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for round_index in range(rounds):
+        for i in order if round_index % 2 == 0 else order[::-1]:
+            per_model[i].append(latency_ms(sessions[i], x_one, warmup=warmup, repeats=repeats)[0])
+    return [float(np.median(t)) for t in per_model]
+
+
+def throughput_sps(
+    session: InferenceSession,
+    x_batch: Inputs,
+    *,
+    warmup: int,
+    min_seconds: float = 0.5,
+    max_iters: int = 1000,
+) -> float:
+    """Return samples per second when running ``x_batch`` back to back.
+
+    Calls repeat until ``min_seconds`` have passed or ``max_iters`` calls were made
+    (at least one call is always timed).
+
+    Args:
+        session: The model.
+        x_batch: The batch run in every call (its size is the throughput batch size).
+        warmup: Untimed calls first.
+        min_seconds: Time to keep running for a stable figure.
+        max_iters: Upper bound on timed calls.
+
+    Returns:
+        Samples per second.
+    """
+    packed = pack_inputs(x_batch)
+    x_batch = unpack_inputs(packed)  # type: ignore[assignment]
+    for _ in range(warmup):
+        session.run(x_batch)
+    iters = 0
+    start = time.perf_counter_ns()
+    elapsed = 0
+    while iters < max(1, max_iters):
+        session.run(x_batch)
+        iters += 1
+        elapsed = time.perf_counter_ns() - start
+        if elapsed >= min_seconds * 1e9:
+            break
+    return iters * len(packed) / (max(elapsed, 1) / 1e9)
+
+
+def predict(session: InferenceSession, x: Inputs, batch_size: int) -> np.ndarray:
+    """Return the outputs for every sample of ``x``, computed ``batch_size`` at a time.
+
+    ``x`` is one array of any rank or named inputs; batches are sliced along axis 0 of
+    every input.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be positive, but got {batch_size}")
+    x = pack_inputs(x)
+    if len(x) == 0:
+        raise DataError("prediction needs at least one input row, but got an empty array")
+    return np.concatenate(
+        [
+            session.run(unpack_inputs(x[i : i + batch_size]))  # type: ignore[arg-type]
+            for i in range(0, len(x), batch_size)
+        ],
+        axis=0,
+    )
+
+
+def cosine_similarity(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Return the mean cosine similarity of each sample's output to the reference's.
+
+    Each sample's output (all axes but the first, flattened) is compared with the
+    reference's; two all-zero vectors count as identical.
+
+    Raises:
+        DataError: If the shapes differ.
+    """
+    a = np.asarray(outputs, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise DataError(
+            f"outputs and reference must have the same shape, but got {list(a.shape)} and "
+            f"{list(b.shape)}"
+        )
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = norms == 0
+    cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+    return float(np.mean(cos))
+
+
+def fidelity(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
+    """Score outputs against the original model's outputs (no labels needed).
+
+    Classifier outputs (2-D ``[batch, classes]``) score top-1 agreement; any other
+    output (e.g. ``[batch, seq, hidden]`` hidden states) scores the mean cosine
+    similarity.
+
+    Returns:
+        The score and its kind: ``"top1_agreement"`` or ``"mean_cosine_similarity"``.
+
+    Raises:
+        DataError: If the lengths or shapes differ.
+    """
+    reference = np.asarray(reference)
+    if len(reference) != len(outputs):
+        raise DataError(
+            f"reference outputs and x_test must have the same length, but got "
+            f"{len(reference)} and {len(outputs)}"
+        )
+    if outputs.ndim == 2 and reference.ndim == 2:
+        if reference.shape != outputs.shape:
+            raise DataError(
+                f"outputs and reference must have the same shape, but got "
+                f"{list(outputs.shape)} and {list(reference.shape)}"
+            )
+        agree = outputs.argmax(axis=1) == reference.argmax(axis=1)
+        return float(np.mean(agree)), "top1_agreement"
+    return cosine_similarity(outputs, reference), "mean_cosine_similarity"
+
+
+def is_reference(y: np.ndarray | None) -> bool:
+    """Whether ``y`` holds reference outputs (float, 2-D or more) rather than labels."""
+    if y is None:
+        return False
+    y = np.asarray(y)
+    return bool(np.issubdtype(y.dtype, np.floating) and y.ndim >= 2)
+
+
+def accuracy(session: InferenceSession, x: Inputs, y: np.ndarray, batch_size: int) -> float:
+    """Return the top-1 accuracy of ``session`` on inputs ``x`` with labels ``y``.
+
+    Raises:
+        DataError: If ``x`` and ``y`` have different lengths or are empty.
+    """
+    x = pack_inputs(x)
+    if len(x) != len(y):
+        raise DataError(f"x and y must have the same length, but got {len(x)} and {len(y)}")
+    predictions = predict(session, x, batch_size).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(y)))
+
+
+def agreement(
+    session: InferenceSession, reference_logits: np.ndarray, x: Inputs, batch_size: int
+) -> float:
+    """Return how often ``session``'s top-1 class equals the reference's (no labels needed).
+
+    Raises:
+        DataError: If ``reference_logits`` and ``x`` have different lengths or are empty.
+    """
+    x = pack_inputs(x)
+    if len(reference_logits) != len(x):
+        raise DataError(
+            f"reference_logits and x must have the same length, but got "
+            f"{len(reference_logits)} and {len(x)}"
+        )
+    predictions = predict(session, x, batch_size).argmax(axis=1)
+    return float(np.mean(predictions == np.asarray(reference_logits).argmax(axis=1)))
+
+
+def _score(
+    logits: np.ndarray,
+    y: np.ndarray | None,
+    reference_logits: np.ndarray | None,
+    *,
+    required: bool = True,
+) -> tuple[float | None, str]:
+    if is_reference(y):
+        assert y is not None
+        return fidelity(logits, y)
+    if y is None and reference_logits is not None and np.asarray(reference_logits).ndim != 2:
+        return fidelity(logits, reference_logits)
+    predictions = logits.argmax(axis=1) if logits.ndim >= 2 else logits
+    if y is not None:
+        if len(y) != len(logits):
+            raise DataError(
+                f"x_test and y_test must have the same length, but got {len(logits)} and {len(y)}"
+            )
+        return float(np.mean(predictions == y)), "top1_accuracy"
+    if reference_logits is not None:
+        if len(reference_logits) != len(logits):
+            raise DataError(
+                f"reference_logits and x_test must have the same length, but got "
+                f"{len(reference_logits)} and {len(logits)}"
+            )
+        return float(np.mean(predictions == reference_logits.argmax(axis=1))), "top1_agreement"
+    if not required:
+        return None, "none"
+    raise DataError(
+        "measuring needs labels (y_test) or reference logits for agreement, but got neither"
+    )
+
+
+def peak_memory_mb(fn: Callable[[], T], *, interval_s: float = 0.001) -> tuple[T, float]:
+    """Run ``fn`` while a background thread samples this process's RSS.
+
+    The figure is the peak resident set size during ``fn`` minus the RSS just before
+    it: for a model load followed by inference, the memory that loading and running it
+    added. It is a process-level estimate: memory the allocator reuses from earlier
+    work is not counted again, and a library imported for the first time inside ``fn``
+    is charged to it.
+
+    Args:
+        fn: The work to measure.
+        interval_s: Seconds between samples.
+
+    Returns:
+        ``fn``'s result and the RSS increase in MB (10^6 bytes), never negative.
+    """
+    import psutil
+
+    process = psutil.Process()
+    gc.collect()
+    baseline = process.memory_info().rss
+    peak = baseline
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, process.memory_info().rss)
+            stop.wait(interval_s)
+
+    sampler = threading.Thread(target=sample, name="hamnet-rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        sampler.join()
+    peak = max(peak, process.memory_info().rss)
+    return result, max(0.0, (peak - baseline) / _MB)
+
+
+@dataclass(frozen=True)
+class SessionMeasurement:
+    """What :func:`measure_session` found (the runtime-independent part of Metrics).
+
+    ``accuracy`` is None (kind ``"none"``) when neither labels nor reference outputs
+    were given and the caller did not require a score.
+    """
+
+    accuracy: float | None
+    accuracy_kind: str
+    latency_p50_ms: float
+    latency_p90_ms: float
+    throughput_sps: float
+    eval_samples: int
+
+
+def measure_session(
+    session: InferenceSession,
+    x_test: Inputs,
+    y_test: np.ndarray | None,
+    settings: MeasureSection,
+    *,
+    latency_batch_size: int,
+    throughput_batch_size: int,
+    throughput_session: InferenceSession | None = None,
+    reference_logits: np.ndarray | None = None,
+    eval_logits: np.ndarray | None = None,
+    require_score: bool = True,
+) -> SessionMeasurement:
+    """Measure accuracy, latency and throughput of a loaded model.
+
+    The score is, in this order: top-1 accuracy for integer labels ``y_test``;
+    fidelity (see :func:`fidelity`) when ``y_test`` holds float reference outputs
+    (2-D or more) or ``reference_logits`` is given: top-1 agreement for 2-D
+    classifier outputs, mean cosine similarity for any other output.
+
+    Args:
+        session: The model.
+        x_test: Test inputs ``[N, ...]``: one array of any rank, or named inputs (a
+            mapping or a packed structured array); batches slice axis 0 of each.
+        y_test: Integer labels ``[N]``, or the original model's float outputs
+            ``[N, ...]``; None to score ``reference_logits`` instead (or nothing).
+        settings: Warm-up, repeats and the optional cap on evaluated samples.
+        latency_batch_size: Rows per call when timing latency.
+        throughput_batch_size: Rows per call for throughput and accuracy.
+        throughput_session: The session timed for throughput (default: ``session``).
+        reference_logits: Logits ``[N, classes]`` of the reference model on ``x_test``,
+            required when ``y_test`` is None.
+        eval_logits: ``session``'s logits on ``x_test`` when already computed (skips a
+            second pass over the test set).
+        require_score: Raise when there is nothing to score against; False gives an
+            ``accuracy`` of None instead.
+
+    Returns:
+        The measurement.
+
+    Raises:
+        DataError: If there is nothing to measure or the inputs do not line up.
+    """
+    packed = pack_inputs(x_test)
+    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(packed[:n])
+    logits = (
+        eval_logits if eval_logits is not None else predict(session, x_eval, throughput_batch_size)
+    )
+    score, kind = _score(
+        logits[:n],
+        None if y_test is None else np.asarray(y_test)[:n],
+        None if reference_logits is None else np.asarray(reference_logits)[:n],
+        required=require_score,
+    )
+    p50, p90 = latency_ms(
+        session,
+        _rows(x_eval, latency_batch_size),
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+    )
+    sps = throughput_sps(
+        throughput_session or session,
+        _rows(x_eval, throughput_batch_size),
+        warmup=max(1, settings.warmup // 4),
+        max_iters=settings.repeats,
+    )
+    return SessionMeasurement(
+        accuracy=score,
+        accuracy_kind=kind,
+        latency_p50_ms=p50,
+        latency_p90_ms=p90,
+        throughput_sps=sps,
+        eval_samples=len(x_eval),
+    )
+
+
+def measure_artifact(
+    artifact: ArtifactRef,
+    runtime: str,
+    profile: HardwareProfile,
+    x_test: Inputs,
+    y_test: np.ndarray | None,
+    settings: MeasureSection,
+    *,
+    params: int,
+    flops: int,
+    trust_checkpoint: bool = False,
+    reference_logits: np.ndarray | None = None,
+    require_score: bool = True,
+) -> Metrics:
+    """Load a stored model in ``runtime`` and measure it on the profile's settings.
+
+    Peak memory covers loading the model and the accuracy pass over the test set
+    (see :func:`peak_memory_mb`); the runtime's library is imported before sampling.
+    Runtimes that compile differently for throughput (OpenVINO's ``THROUGHPUT``
+    hint) get a second session for the throughput figure.
+
+    Args:
+        artifact: The model.
+        runtime: A runtime the profile lists.
+        profile: Threads, batch sizes and runtime settings.
+        x_test: Test inputs ``[N, ...]`` (one array of any rank) or named inputs.
+        y_test: Integer labels ``[N]``, the original model's float outputs (scored
+            by fidelity, see :func:`measure_session`), or None to score agreement with
+            ``reference_logits``.
+        settings: Warm-up, repeats and the optional cap on evaluated samples.
+        params: Parameter count of the torch model the candidate descends from.
+        flops: FLOPs per sample of that model.
+        trust_checkpoint: Allow pickled code in torch checkpoints.
+        reference_logits: Reference outputs on ``x_test`` (needed when ``y_test`` is
+            None and ``require_score`` is True).
+        require_score: With False and nothing to score against, ``accuracy`` is NaN
+            and ``accuracy_kind`` is ``"none"`` (the benchmarker's unlabelled case).
+
+    Returns:
+        The candidate's metrics.
+
+    Raises:
+        ConfigError: If the runtime is unknown.
+        HardwareProfileError: If the profile does not list it or the machine lacks it.
+        ModelLoadError: If the model cannot be loaded.
+        DataError: If the test data is empty or does not line up.
+    """
+    spec = runtime_spec(profile, runtime)
+    engine = get_runtime(runtime)
+    engine.prepare(spec)
+    packed = pack_inputs(x_test)
+    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
+    x_eval = np.ascontiguousarray(packed[:n])
+    if len(x_eval) == 0:
+        raise DataError("measuring needs at least one test sample, but got an empty array")
+    batch = profile.throughput_batch_size
+
+    def load_and_run() -> tuple[InferenceSession, np.ndarray]:
+        session = engine.load(artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint)
+        return session, predict(session, x_eval, batch)
+
+    (session, logits), memory = peak_memory_mb(load_and_run)
+    throughput = engine.throughput_session(
+        artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint
+    )
+    found = measure_session(
+        session,
+        x_eval,
+        None if y_test is None else np.asarray(y_test)[:n],
+        settings,
+        latency_batch_size=profile.latency_batch_size,
+        throughput_batch_size=batch,
+        throughput_session=throughput,
+        reference_logits=None if reference_logits is None else reference_logits[:n],
+        eval_logits=logits,
+        require_score=require_score,
+    )
+    return Metrics(
+        accuracy=float("nan") if found.accuracy is None else found.accuracy,
+        accuracy_kind=found.accuracy_kind,
+        latency_p50_ms=found.latency_p50_ms,
+        latency_p90_ms=found.latency_p90_ms,
+        latency_batch_size=profile.latency_batch_size,
+        throughput_sps=found.throughput_sps,
+        throughput_batch_size=batch,
+        size_mb=artifact.size_mb,
+        params=params,
+        flops=flops,
+        peak_memory_mb=memory,
+        runtime=runtime,  # type: ignore[arg-type]
+        threads=resolved_threads(profile),
+        eval_samples=found.eval_samples,
+    )

@@ -1,0 +1,1 @@
+"""Operator commands: the hamnet CLI, the local tracking/orchestration stack."""

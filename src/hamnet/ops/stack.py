@@ -1,0 +1,256 @@
+"""Start and stop the served stack a team runs: Prefect server + worker, MLflow server.
+
+``hamnet stack up`` does, from the project folder:
+
+1. ``prefect server start --host 127.0.0.1 --port <free>`` and waits for ``/api/health``;
+2. ``prefect work-pool create hamnet-pool --type process`` (kept if it exists);
+3. ``prefect deploy --all`` from ``prefect.yaml`` (deployment ``hamnet-optimize/default``
+   with its nightly schedule);
+4. ``prefect worker start --pool hamnet-pool`` in the project folder;
+5. optionally ``mlflow server`` on 127.0.0.1 with a SQLite store, whose URL the worker
+   gets as ``MLFLOW_TRACKING_URI``.
+
+Everything binds to 127.0.0.1 unless a host is given. Process ids, URLs and logs go
+under ``.stack/`` so ``hamnet stack down`` can stop them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hamnet.core.errors import HamnetError
+
+WORK_POOL = "hamnet-pool"
+STATE_FILE = "state.json"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, *, what: str, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200 or ``timeout`` seconds pass.
+
+    Raises:
+        HamnetError: On time-out, with the tail of the process log when given.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    tail = ""
+    if log is not None and log.is_file():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise HamnetError(f"{what} did not answer at {url} within {timeout:.0f} s{tail}")
+
+
+def _bin(name: str) -> str:
+    """The console script ``name`` from this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class Stack:
+    """The processes of a served stack and how to reach them."""
+
+    project_dir: str
+    prefect_api_url: str
+    mlflow_uri: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for clients of this stack (prefect CLI, worker, flows)."""
+        env = dict(os.environ)
+        env["PREFECT_API_URL"] = self.prefect_api_url
+        env["HAMNET_PROJECT_DIR"] = self.project_dir
+        env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
+        if self.mlflow_uri:
+            env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        return env
+
+    def save(self, state_dir: Path) -> Path:
+        """Write the stack's state to ``state_dir/state.json``."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / STATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Stack:
+        """Read a saved stack.
+
+        Raises:
+            HamnetError: If no stack was started from ``state_dir``.
+        """
+        path = state_dir / STATE_FILE
+        if not path.is_file():
+            raise HamnetError(f"no stack state at {path}: start one with `hamnet stack up`")
+        return cls(**json.loads(path.read_text()))
+
+
+def _spawn(
+    args: list[str], *, cwd: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("ab")
+    return subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _run(args: list[str], *, cwd: Path, env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise HamnetError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(args)}\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+    return proc.stdout
+
+
+def up(
+    project_dir: str | Path = ".",
+    *,
+    host: str = "127.0.0.1",
+    prefect_port: int | None = None,
+    mlflow: bool = True,
+    mlflow_port: int | None = None,
+    state_dir: str | Path = ".stack",
+    echo: bool = True,
+) -> Stack:
+    """Start Prefect server, work pool, deployments, worker and (optionally) MLflow.
+
+    Args:
+        project_dir: Folder with ``prefect.yaml`` (the worker runs flows from here).
+        host: Address servers bind to. Keep the default 127.0.0.1 unless you mean it.
+        prefect_port: Prefect server port (a free one when None).
+        mlflow: Also start ``mlflow server``.
+        mlflow_port: MLflow server port (a free one when None).
+        state_dir: Where pids, URLs and logs go.
+        echo: Print progress.
+
+    Returns:
+        The started stack.
+    """
+    project = Path(project_dir).resolve()
+    state = (project / state_dir).resolve()
+    logs = state / "logs"
+    say = print if echo else (lambda *_a, **_k: None)
+    prefect_port = prefect_port or free_port(host)
+    stack = Stack(project_dir=str(project), prefect_api_url=f"http://{host}:{prefect_port}/api")
+    env = stack.env
+    env["PREFECT_HOME"] = str(state / "prefect-home")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["DO_NOT_TRACK"] = "1"
+
+    if mlflow:
+        mlflow_port = mlflow_port or free_port(host)
+        stack.mlflow_uri = f"http://{host}:{mlflow_port}"
+        env["MLFLOW_TRACKING_URI"] = stack.mlflow_uri
+        db = project / "mlflow.db"
+        log = logs / "mlflow.log"
+        proc = _spawn(
+            [
+                _bin("mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{db}",
+                "--default-artifact-root", str(project / "mlartifacts"),
+                "--host", host, "--port", str(mlflow_port), "--workers", "1",
+            ],
+            cwd=project, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log=log,
+        )  # fmt: skip
+        stack.pids["mlflow"] = proc.pid
+        stack.logs["mlflow"] = str(log)
+        say(f"mlflow server starting on {stack.mlflow_uri} (log {log})")
+
+    log = logs / "prefect-server.log"
+    proc = _spawn(
+        [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+        cwd=project, env=env, log=log,
+    )  # fmt: skip
+    stack.pids["prefect-server"] = proc.pid
+    stack.logs["prefect-server"] = str(log)
+    stack.save(state)
+    say(f"prefect server starting on {stack.prefect_api_url} (log {log})")
+    wait_http(f"{stack.prefect_api_url}/health", 120, what="prefect server", log=log)
+    say("prefect server ready")
+
+    pools = _run([_bin("prefect"), "work-pool", "ls"], cwd=project, env=env, what="list pools")
+    if WORK_POOL not in pools:
+        _run(
+            [_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process"],
+            cwd=project, env=env, what="create work pool",
+        )  # fmt: skip
+    _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], cwd=project, env=env, what="deploy")
+    say(f"deployed prefect.yaml to work pool {WORK_POOL!r}")
+
+    log = logs / "prefect-worker.log"
+    proc = _spawn(
+        [_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
+        cwd=project, env=env, log=log,
+    )  # fmt: skip
+    stack.pids["prefect-worker"] = proc.pid
+    stack.logs["prefect-worker"] = str(log)
+    stack.save(state)
+    if stack.mlflow_uri:
+        wait_http(
+            f"{stack.mlflow_uri}/health", 120, what="mlflow server", log=Path(stack.logs["mlflow"])
+        )
+        say("mlflow server ready")
+    say(f"worker started (log {log}); stack state in {state / STATE_FILE}")
+    return stack
+
+
+def down(
+    project_dir: str | Path = ".", *, state_dir: str | Path = ".stack", echo: bool = True
+) -> None:
+    """Stop every process of the stack started from ``project_dir``."""
+    state = Path(project_dir).resolve() / state_dir
+    stack = Stack.load(state)
+    for name, pid in reversed(list(stack.pids.items())):
+        stop_process_group(pid)
+        if echo:
+            print(f"stopped {name} (pid {pid})")
+    (state / STATE_FILE).unlink(missing_ok=True)
+
+
+def stop_process_group(pid: int, timeout: float = 15.0) -> None:
+    """Send SIGTERM to a process group, then SIGKILL if it is still alive after ``timeout``."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, now reaped
+                return
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

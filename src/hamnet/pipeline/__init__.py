@@ -1,0 +1,1 @@
+"""The hamnet-optimize plan: stages, their execution and the run's state."""

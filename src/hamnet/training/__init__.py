@@ -1,0 +1,1 @@
+"""Datasets and the trainer every stage that trains (prune, distill, search) builds on."""
