@@ -9,13 +9,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: demo test env lint clean
+.PHONY: demo test test-fast env lint clean
 
 demo: $(STAMP)  ## run hamnet-optimize on the built-in digits default
 	$(BIN)/hamnet run configs/default.yaml
 
 test: $(STAMP)  ## run the whole test suite (lint, types, unit, integration)
 	$(BIN)/python -m pytest -ra
+
+test-fast: $(STAMP)  ## the unit tier only (no Prefect/MLflow/Ray processes, no mypy): < 3 min
+	$(BIN)/python -m pytest -q -m "not integration and not slow" tests/unit
 
 env: $(STAMP)
 

@@ -35,6 +35,22 @@ for key, value in {
     os.environ[key] = value
 
 
+UNIT_TIMEOUT_S = 180
+"""Per-test limit of the unit tier (the integration tier keeps pyproject's 900 s)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tiers by folder: tests/integration and tests/reliability start real Prefect, MLflow
+    and Ray processes and are marked ``integration``; unit tests get a shorter timeout."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts[0] in ("integration", "reliability"):
+            if item.get_closest_marker("integration") is None:
+                item.add_marker(pytest.mark.integration)
+        elif item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
+
+
 def tiny_config(**overrides: object) -> dict[str, object]:
     """A config small enough for a flow run in well under a minute on 2 cores."""
     from hamnet.core.config import deep_merge

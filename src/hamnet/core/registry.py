@@ -37,14 +37,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from hamnet.core.errors import ConfigError
 
 KIND_PACKAGES: dict[str, str] = {
-    "quantizer": "hamnet.compress.quantize.base",
+    "quantizer": "hamnet.compress.quantize.methods",
     "criterion": "hamnet.compress.pruning.criteria",
     "allocation": "hamnet.compress.pruning.allocations",
-    "kd_loss": "hamnet.compress.distill.kd",
-    "runtime": "hamnet.backends.session",
+    "kd_loss": "hamnet.compress.distill.losses",
+    "runtime": "hamnet.backends.runtimes",
     "sampler": "hamnet.compress.search.samplers",
     "pruner": "hamnet.compress.search.pruners",
-    "stage": "hamnet.pipeline.plan",
+    "stage": "hamnet.pipeline.stages",
     "family": "hamnet.families",
 }
 """Kind -> the package whose modules are that kind's built-in plugins."""

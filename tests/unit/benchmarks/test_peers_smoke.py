@@ -106,6 +106,7 @@ def test_missing_tool_becomes_a_skipped_row(tmp_path: Path) -> None:
     assert point.skipped is not None and "hamnet[bench]" in point.skipped
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_writes_filled_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {
