@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from hamnet.core.errors import ConfigError
 
 KIND_PACKAGES: dict[str, str] = {
-    "quantizer": "hamnet.compress.quantize.base",
+    "quantizer": "hamnet.compress.quantize.methods",
     "criterion": "hamnet.compress.pruning.criteria",
     "allocation": "hamnet.compress.pruning.allocations",
     "kd_loss": "hamnet.compress.distill.kd",
