@@ -40,6 +40,8 @@ __all__ = [
     "get_quantizer",
     "has_attention",
     "make_calibration_reader",
+    "quantizer_class",
+    "quantizers_where",
     "resolve_reduce_range",
     "transformer_shape",
 ]
@@ -204,6 +206,32 @@ def quantizer_class(name: str) -> type[QuantizationMethod]:
             f"quantizer {name!r} must be a QuantizationMethod subclass, but got {cls!r}"
         )
     return cls
+
+
+def quantizers_where(**capabilities: object) -> list[str]:
+    """Return the sorted names of the methods whose capability attributes equal ``capabilities``.
+
+    Example:
+        >>> quantizers_where(backend="onnx", precision="int8", needs_attention=False)
+        ['ort_dynamic_int8', 'ort_static_int8']
+
+    Raises:
+        ConfigError: A key is no capability attribute of :class:`QuantizationMethod`.
+    """
+    unknown = sorted(
+        k
+        for k in capabilities
+        if not hasattr(QuantizationMethod, k) and k not in QuantizationMethod.__annotations__
+    )
+    if unknown:
+        raise ConfigError(
+            f"capabilities must be attributes of QuantizationMethod, but got {unknown}"
+        )
+    return [
+        name
+        for name in registry.names(KIND)
+        if all(getattr(quantizer_class(name), k) == v for k, v in capabilities.items())
+    ]
 
 
 def get_quantizer(name: str) -> QuantizationMethod:

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from conftest import REPO, export_tiny_onnx
 
-from hamnet.compress.quantize.base import QuantizationMethod, get_quantizer, quantizer_class
+from hamnet.compress.quantize.base import (
+    QuantizationMethod,
+    get_quantizer,
+    quantizer_class,
+    quantizers_where,
+)
 from hamnet.core import registry
 from hamnet.core.artifacts import ArtifactStore
 from hamnet.core.config import QuantizeStageConfig, config_from_dict
@@ -192,3 +197,18 @@ print(json.dumps(sorted(m for m in sys.argv[1:] if m in sys.modules)))
         [sys.executable, "-c", script, *HEAVY], capture_output=True, text=True, check=True, env=env
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_methods_are_found_by_capability() -> None:
+    general = {"needs_attention": False}
+    assert quantizers_where(backend="onnx", precision="int8", **general) == [
+        "ort_dynamic_int8",
+        "ort_static_int8",
+    ]
+    assert quantizers_where(backend="onnx", precision="fp16", **general) == ["onnx_fp16"]
+    assert quantizers_where(backend="openvino", precision="int8", **general) == ["nncf_int8"]
+    assert quantizers_where(backend="openvino", precision="fp16", **general) == ["openvino_fp16"]
+    assert quantizers_where(needs_attention=True) == ["ort_fused_dynamic_int8"]
+    assert quantizers_where(reads_ort_contrib_ops=True) == ["ort_dynamic_int8"]
+    with pytest.raises(ConfigError, match=r"capabilities must be .* but got \['colour'\]"):
+        quantizers_where(colour="red")
