@@ -14,15 +14,17 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
@@ -393,14 +395,18 @@ class ExportStageConfig(_Section):
     )
 
 
-QuantizeMethod = Literal[
-    "ort_dynamic_int8",
-    "ort_fused_dynamic_int8",
-    "ort_static_int8",
-    "nncf_int8",
-    "openvino_fp16",
-    "onnx_fp16",
-]
+def _quantize_method(name: str) -> str:
+    """Return ``name`` if it is a quantizer plugin, without importing the plugin."""
+    known = registry.names("quantizer")
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"quantize method must be one of {list(known)}{hint}")
+
+
+QuantizeMethod = Annotated[str, AfterValidator(_quantize_method)]
+"""A name of :mod:`hamnet.compress.quantize.methods` (``registry.names("quantizer")``)."""
 
 
 class QuantizeStageConfig(_Section):

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,15 +16,15 @@ from torch import nn
 from hamnet.backends.export import convert_openvino, export_onnx
 from hamnet.backends.session import load_session
 from hamnet.compress.quantize.base import (
-    QUANTIZERS,
     QuantizationMethod,
     get_quantizer,
     has_attention,
     make_calibration_reader,
     resolve_reduce_range,
 )
+from hamnet.core import registry
 from hamnet.core.artifacts import ArtifactRef, ArtifactStore
-from hamnet.core.config import QuantizeMethod, QuantizeStageConfig
+from hamnet.core.config import QuantizeStageConfig
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.core.hardware import HardwareProfile, load_profile
 
@@ -203,12 +203,20 @@ def test_supported_reasons() -> None:
     fp16_reason = get_quantizer("openvino_fp16").supported(gpu)
     assert fp16_reason is not None and "needs runtime 'openvino'" in fp16_reason
     edge = load_profile("arm64-edge", require_present=False)
-    assert all(get_quantizer(n).supported(edge) is None for n in QUANTIZERS if n != "onnx_fp16")
+    assert all(
+        get_quantizer(n).supported(edge) is None
+        for n in registry.names("quantizer")
+        if n != "onnx_fp16"
+    )
 
 
 def test_registry_matches_config_and_declares_itself() -> None:
-    assert set(get_args(QuantizeMethod)) == set(QUANTIZERS)
-    for name, cls in QUANTIZERS.items():
+    assert set(registry.names("quantizer")) == {
+        "ort_dynamic_int8", "ort_fused_dynamic_int8", "ort_static_int8", "nncf_int8",
+        "openvino_fp16", "onnx_fp16",
+    }  # fmt: skip
+    for name in registry.names("quantizer"):
+        cls = registry.load("quantizer", name)
         method = get_quantizer(name)
         assert isinstance(method, QuantizationMethod) and isinstance(method, cls)
         assert method.name == name and method.source_format == "onnx"
