@@ -18,11 +18,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
@@ -187,8 +196,35 @@ class TrainStageConfig(_Section):
     )
 
 
-PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian", "movement"]
-PruneAllocation = Literal["uniform", "global", "sensitivity", "rspar"]
+def _prune_plugin(kind: str) -> AfterValidator:
+    """Validator of a pruning plugin name, checked against the registry without importing
+    the plugin; the error names the accepted ones and the closest (the formatter adds the
+    value given)."""
+
+    def check(value: str) -> str:
+        import difflib
+
+        known = registry.names(kind)
+        if value in known:
+            return value
+        close = difflib.get_close_matches(value, known, n=1)
+        raise PydanticCustomError(
+            "plugin_name",
+            "{kind} must be one of {known}{hint}",
+            {
+                "kind": kind,
+                "known": str(list(known)),
+                "hint": f" (did you mean {close[0]!r}?)" if close else "",
+            },
+        )
+
+    return AfterValidator(check)
+
+
+PruneCriterion = Annotated[str, _prune_plugin("criterion")]
+"""A pruning criterion: a name of ``registry.names("criterion")``."""
+PruneAllocation = Annotated[str, _prune_plugin("allocation")]
+"""A pruning allocation: a name of ``registry.names("allocation")``."""
 
 
 class RsparSection(_Section):

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.distributions import Beta
 
-from hamnet.compress.pruning.structured import LayerPlan, PruningPlan, apply_plan
+from hamnet.compress.pruning.plans import LayerPlan, PruningPlan, apply_plan
 from hamnet.core.config import TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.core.hardware import HardwareProfile
