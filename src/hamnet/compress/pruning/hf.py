@@ -156,15 +156,7 @@ def prune_bert(
         StageError: If torch-pruning would remove something other than heads or FFN
             neurons.
     """
-    _require_transformers()
-    _check_ratio(ratio)
-    scorer = _hf_criterion(criterion)
-    global_ranking = _hf_allocation(allocation).global_ranking
-    if scorer.needs_gradients and calibration is None:
-        raise ConfigError(
-            f"the {criterion} criterion needs gradients: pass calibration=(input_ids, "
-            "attention_mask, labels) or a callable returning a loss, but got calibration=None"
-        )
+    scorer, global_ranking = _check_settings(ratio, criterion, allocation, calibration)
     _check_unpruned(model, _encoder_layers(model))
     work = model if inplace else copy.deepcopy(model)
     layers = _encoder_layers(work)
@@ -298,6 +290,22 @@ def _require_transformers() -> None:
 def _check_ratio(ratio: float) -> None:
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"pruning ratio must be in (0, 1), but got {ratio}")
+
+
+def _check_settings(
+    ratio: float, criterion: str, allocation: str, calibration: Calibration | None
+) -> tuple[Criterion, bool]:
+    """Check ``prune_bert``'s settings; return the criterion and whether ranking is global."""
+    _require_transformers()
+    _check_ratio(ratio)
+    scorer = _hf_criterion(criterion)
+    global_ranking = _hf_allocation(allocation).global_ranking
+    if scorer.needs_gradients and calibration is None:
+        raise ConfigError(
+            f"the {criterion} criterion needs gradients: pass calibration=(input_ids, "
+            "attention_mask, labels) or a callable returning a loss, but got calibration=None"
+        )
+    return scorer, global_ranking
 
 
 def hf_criteria() -> list[str]:

@@ -150,20 +150,16 @@ def prune_hamnet(
     allocator = get_allocator(allocation, allocation_options)
     dataset.check_input_size(model.config.input_size)
     layer_ratios = _layer_ratios(allocator, model, dataset, ratio, seed)
-    base = model.config
-    work = _traceable_copy(model)
-    kept_heads = [list(range(base.heads_of(i))) for i in range(base.num_layers)]
-    kept_ffn = [list(range(base.ffn_of(i))) for i in range(base.num_layers)]
-    params_before = count_parameters(model)
+    work = _Work.of(model)
     records: list[dict[str, Any]] = []
     for step, sparsity in enumerate(SCHEDULES[schedule](ratio, steps), start=1):
         torch.manual_seed(seed + step)
         _prune_step(
-            work,
+            work.model,
             dataset,
-            base,
-            kept_heads,
-            kept_ffn,
+            work.base,
+            work.kept_heads,
+            work.kept_ffn,
             sparsity=sparsity,
             criterion=scorer,
             pruner_kwargs=allocator.pruner_kwargs(),
@@ -174,37 +170,61 @@ def prune_hamnet(
             ),
         )
         if finetune is not None:
-            train_model(work, dataset, finetune, seed=seed + step, progress=False)
-            work.cpu().eval()
-        records.append(
-            {
-                "step": step,
-                "ratio": sparsity,
-                "params": count_parameters(work),
-                "layer_heads": [len(h) for h in kept_heads],
-                "layer_ffn": [len(c) for c in kept_ffn],
-                "val_accuracy": evaluate_accuracy(work, dataset.x_val, dataset.y_val),
-            }
-        )
-    plan = PruningPlan(
-        base_config=base.model_dump(mode="json"),
-        layers=[
-            LayerPlan(heads_kept=list(h), ffn_kept=list(c))
-            for h, c in zip(kept_heads, kept_ffn, strict=True)
-        ],
-        criterion=criterion,
-        allocation=allocation,
-        ratio=ratio,
-    )
-    work.one_token_fast_path = True
+            train_model(work.model, dataset, finetune, seed=seed + step, progress=False)
+            work.model.cpu().eval()
+        records.append(work.record(step, sparsity, dataset))
+    work.model.one_token_fast_path = True
     return PruneResult(
-        model=work,
-        plan=plan,
+        model=work.model,
+        plan=work.plan(criterion, allocation, ratio),
         layer_ratios=layer_ratios,
-        params_before=params_before,
-        params_after=count_parameters(work),
+        params_before=count_parameters(model),
+        params_after=count_parameters(work.model),
         steps=records,
     )
+
+
+@dataclass
+class _Work:
+    """The copy being pruned, and what it keeps as indices of the original's units."""
+
+    model: HAMNet
+    base: HAMNetConfig
+    kept_heads: list[list[int]]
+    kept_ffn: list[list[int]]
+
+    @classmethod
+    def of(cls, model: HAMNet) -> _Work:
+        base = model.config
+        layers = range(base.num_layers)
+        return cls(
+            model=_traceable_copy(model),
+            base=base,
+            kept_heads=[list(range(base.heads_of(i))) for i in layers],
+            kept_ffn=[list(range(base.ffn_of(i))) for i in layers],
+        )
+
+    def record(self, step: int, sparsity: float, dataset: Dataset) -> dict[str, Any]:
+        return {
+            "step": step,
+            "ratio": sparsity,
+            "params": count_parameters(self.model),
+            "layer_heads": [len(h) for h in self.kept_heads],
+            "layer_ffn": [len(c) for c in self.kept_ffn],
+            "val_accuracy": evaluate_accuracy(self.model, dataset.x_val, dataset.y_val),
+        }
+
+    def plan(self, criterion: str, allocation: str, ratio: float) -> PruningPlan:
+        return PruningPlan(
+            base_config=self.base.model_dump(mode="json"),
+            layers=[
+                LayerPlan(heads_kept=list(h), ffn_kept=list(c))
+                for h, c in zip(self.kept_heads, self.kept_ffn, strict=True)
+            ],
+            criterion=criterion,
+            allocation=allocation,
+            ratio=ratio,
+        )
 
 
 def _check_settings(ratio: float, steps: int, calibration_batches: int, schedule: str) -> None:
