@@ -77,19 +77,7 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     return found
 
 
-KNOWN_CYCLES: list[list[str]] = [
-    # Being removed by the plugin registry for pruning criteria and allocations.
-    [
-        "hamnet.compress.pruning.hessian",
-        "hamnet.compress.pruning.importance",
-        "hamnet.compress.pruning.movement",
-    ],
-    [
-        "hamnet.compress.pruning.allocation",
-        "hamnet.compress.pruning.rspar",
-        "hamnet.compress.pruning.structured",
-    ],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_no_import_cycles(graph: grimp.ImportGraph) -> None:

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError
@@ -189,8 +197,34 @@ class TrainStageConfig(_Section):
     )
 
 
-PruneCriterion = Literal["l1", "l2", "taylor", "random", "hessian", "movement"]
-PruneAllocation = Literal["uniform", "global", "sensitivity", "rspar"]
+def plugin_name(kind: str) -> AfterValidator:
+    """Validator of a plugin name of ``kind``, checked against the registry without importing
+    the plugin; the error names the accepted ones and the closest (the formatter adds the
+    value given)."""
+
+    def check(value: str) -> str:
+
+        known = registry.names(kind)
+        if value in known:
+            return value
+        close = difflib.get_close_matches(value, known, n=1)
+        raise PydanticCustomError(
+            "plugin_name",
+            "{kind} must be one of {known}{hint}",
+            {
+                "kind": kind,
+                "known": str(list(known)),
+                "hint": f" (did you mean {close[0]!r}?)" if close else "",
+            },
+        )
+
+    return AfterValidator(check)
+
+
+PruneCriterion = Annotated[str, plugin_name("criterion")]
+"""A pruning criterion: a name of ``registry.names("criterion")``."""
+PruneAllocation = Annotated[str, plugin_name("allocation")]
+"""A pruning allocation: a name of ``registry.names("allocation")``."""
 
 
 class RsparSection(_Section):
@@ -395,17 +429,7 @@ class ExportStageConfig(_Section):
     )
 
 
-def _quantize_method(name: str) -> str:
-    """Return ``name`` if it is a quantizer plugin, without importing the plugin."""
-    known = registry.names("quantizer")
-    if name in known:
-        return name
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"quantize method must be one of {list(known)}{hint}")
-
-
-QuantizeMethod = Annotated[str, AfterValidator(_quantize_method)]
+QuantizeMethod = Annotated[str, plugin_name("quantizer")]
 """A name of :mod:`hamnet.compress.quantize.methods` (``registry.names("quantizer")``)."""
 
 
@@ -555,7 +579,6 @@ def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]
 
 def _unknown_key_hint(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     """``"; did you mean 'epochs'?"`` for the closest allowed key, else the allowed keys."""
-    import difflib
 
     section = _section_at(model, loc[:-1])
     if section is None:

@@ -1,33 +1,48 @@
 """Structured pruning of HAMNet (attention heads and FFN channels) with torch-pruning.
 
-torch-pruning is imported only inside the functions that prune, so importing this
-package stays light.
+Criteria and allocations are registry plugins (kinds ``"criterion"`` and
+``"allocation"``; list them with ``hamnet.core.registry.names``). The names below are
+imported on first use, so importing this package (or validating a config against the
+registry) stays light: no torch, no torch-pruning.
 """
 
 from __future__ import annotations
 
-from hamnet.compress.pruning.allocation import (
-    ALLOCATORS,
-    LAYER_ALLOCATORS,
-    get_allocation,
-    is_layer_allocation,
-)
-from hamnet.compress.pruning.hf import HFPruningPlan, apply_hf_plan, prune_bert
-from hamnet.compress.pruning.importance import IMPORTANCES, get_importance, needs_gradients
-from hamnet.compress.pruning.structured import (
-    SCHEDULES,
-    LayerPlan,
-    PruneResult,
-    PruningPlan,
-    apply_plan,
-    count_parameters,
-    prune_hamnet,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hamnet.compress.pruning.allocation import get_allocation, is_layer_allocation
+    from hamnet.compress.pruning.hf import HFPruningPlan, apply_hf_plan, prune_bert
+    from hamnet.compress.pruning.importance import get_importance, needs_gradients
+    from hamnet.compress.pruning.structured import (
+        SCHEDULES,
+        LayerPlan,
+        PruneResult,
+        PruningPlan,
+        apply_plan,
+        count_parameters,
+        prune_hamnet,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "get_allocation": "allocation",
+    "is_layer_allocation": "allocation",
+    "HFPruningPlan": "hf",
+    "apply_hf_plan": "hf",
+    "prune_bert": "hf",
+    "get_importance": "importance",
+    "needs_gradients": "importance",
+    "SCHEDULES": "structured",
+    "LayerPlan": "structured",
+    "PruneResult": "structured",
+    "PruningPlan": "structured",
+    "apply_plan": "structured",
+    "count_parameters": "structured",
+    "prune_hamnet": "structured",
+}
 
 __all__ = [
-    "ALLOCATORS",
-    "IMPORTANCES",
-    "LAYER_ALLOCATORS",
     "SCHEDULES",
     "HFPruningPlan",
     "LayerPlan",
@@ -43,3 +58,12 @@ __all__ = [
     "prune_bert",
     "prune_hamnet",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

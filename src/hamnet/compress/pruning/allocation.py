@@ -1,76 +1,63 @@
-"""How a pruning budget is spread over the layers.
+"""How a pruning budget is spread over the layers, looked up in the plugin registry.
 
-Each allocation is a small mapping of torch-pruning pruner keyword arguments.
+The allocations are the plugins of kind ``"allocation"``
+(:mod:`hamnet.compress.pruning.allocations`, one module each); this module keeps the
+name-based helpers the pruning code and older callers use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
+from hamnet.compress.pruning.allocations.base import Allocation
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
-ALLOCATORS: dict[str, dict[str, Any]] = {
-    "uniform": {"global_pruning": False},
-    "global": {"global_pruning": True},
-}
-"""Allocation name → keyword arguments for ``torch_pruning.pruner.BasePruner``.
-
-``uniform``: every layer loses the same fraction of its heads and FFN channels.
-``global``: heads (and channels) are ranked across all layers together, so less
-important layers lose more.
-"""
+__all__ = ["allocation_class", "get_allocation", "get_allocator", "is_layer_allocation"]
 
 
-def _sensitivity(model: Any, dataset: Any, ratio: float, *, seed: int = 0, **_: Any) -> list[float]:
-    from hamnet.compress.pruning.hessian import sensitivity_layer_ratios
+def allocation_class(name: str) -> type[Allocation]:
+    """The plugin class of an allocation.
 
-    return sensitivity_layer_ratios(model, dataset, ratio, seed=seed)
+    Raises:
+        ConfigError: If ``name`` is not a known allocation (with a did-you-mean hint).
+    """
+    try:
+        return cast(type[Allocation], registry.load("allocation", name))
+    except ConfigError as err:
+        raise ConfigError(f"pruning {err}") from None
 
 
-def _rspar(model: Any, dataset: Any, ratio: float, *, seed: int = 0, **options: Any) -> list[float]:
-    from hamnet.compress.pruning.rspar import rspar_layer_ratios
+def get_allocator(name: str, options: Mapping[str, Any] | None = None) -> Allocation:
+    """Build an allocation with its options.
 
-    ratios, _history = rspar_layer_ratios(model, dataset, ratio, seed=seed, **options)
-    return ratios
+    Args:
+        name: A name of ``registry.names("allocation")``.
+        options: The allocation's options (e.g. R-SPAR's ``target``, ``episodes``).
 
-
-LAYER_ALLOCATORS: dict[str, Callable[..., list[float]]] = {
-    "sensitivity": _sensitivity,
-    "rspar": _rspar,
-}
-"""Allocation name → function returning one removal fraction per layer.
-
-``sensitivity``: layers with higher K-FAC/OBS saliency lose less (seed 003's H-OBS).
-``rspar``: a PPO agent chooses per-layer ratios for the same budget, rewarded by
-accuracy after a short recovery and penalized when FLOPs or measured latency exceed
-the uniform allocation's (seed 003's R-SPAR).
-Per-layer ratios are then applied like ``uniform``, layer by layer.
-"""
+    Raises:
+        ConfigError: If ``name`` is unknown or an option is invalid.
+    """
+    return allocation_class(name)(**dict(options or {}))
 
 
 def is_layer_allocation(name: str) -> bool:
-    """Whether ``name`` computes per-layer ratios (else it is a pruner-kwargs allocation)."""
-    return name in LAYER_ALLOCATORS
+    """Whether ``name`` computes per-layer ratios (False for pruner-kwargs allocations
+    and unknown names)."""
+    return name in registry.entries("allocation") and allocation_class(name).per_layer
 
 
 def get_allocation(name: str) -> dict[str, Any]:
-    """Pruner keyword arguments of an allocation.
+    """Pruner keyword arguments of an allocation (per-layer ones prune like ``uniform``).
 
     Args:
-        name: A key of :data:`ALLOCATORS`.
+        name: A name of ``registry.names("allocation")``.
 
     Returns:
-        A copy of the keyword arguments.
+        A fresh dict of ``torch_pruning.pruner.BasePruner`` keyword arguments.
 
     Raises:
         ConfigError: If ``name`` is not a known allocation.
     """
-    if name in LAYER_ALLOCATORS:
-        return dict(ALLOCATORS["uniform"])
-    if name not in ALLOCATORS:
-        raise ConfigError(
-            f"pruning allocation must be one of {sorted([*ALLOCATORS, *LAYER_ALLOCATORS])}, "
-            f"but got {name!r}"
-        )
-    return dict(ALLOCATORS[name])
+    return get_allocator(name).pruner_kwargs()

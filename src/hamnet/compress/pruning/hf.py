@@ -5,7 +5,7 @@ Works on any ``transformers`` model whose encoder layers look like BERT's
 ``.intermediate.dense``, ``.output.dense``): ``BertModel``,
 ``BertForSequenceClassification`` and their relatives. torch-pruning's
 :class:`~torch_pruning.DependencyGraph` traces the model once; each layer's heads and FFN
-neurons are scored with a criterion of :data:`hamnet.compress.pruning.IMPORTANCES` on their
+neurons are scored with a criterion (a ``supports_hf`` plugin of kind ``"criterion"``) on their
 dependency group, and the lowest-scoring ones are removed through
 ``DependencyGraph.get_pruning_group(...).prune()``. A head goes as whole rows of
 ``query``/``key``/``value`` and the matching columns of ``attention.output.dense``; an FFN
@@ -35,18 +35,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from hamnet.compress.pruning.importance import IMPORTANCES, get_importance
-from hamnet.compress.pruning.structured import JsonPlan, LayerPlan
+from hamnet.compress.pruning.allocation import allocation_class
+from hamnet.compress.pruning.allocations.base import Allocation
+from hamnet.compress.pruning.criteria.base import Criterion
+from hamnet.compress.pruning.importance import criterion_class
+from hamnet.compress.pruning.plans import JsonPlan, LayerPlan
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError, MissingDependencyError, StageError
 
 HF_PLAN_FORMAT = "hamnet-hf-pruning-plan/1"
-
-HF_CRITERIA = ("l1", "l2", "random", "taylor")
-"""Criteria of :data:`hamnet.compress.pruning.IMPORTANCES` usable on Hugging Face models."""
-
-HF_ALLOCATIONS = ("uniform", "global")
-"""``uniform``: every layer loses ``ratio`` of its heads and FFN neurons; ``global``:
-heads (and, separately, FFN neurons) are ranked across all layers."""
 
 Calibration = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Callable[[nn.Module], torch.Tensor]
 """A batch ``(input_ids, attention_mask, labels)`` or ``f(model) -> scalar loss``."""
@@ -134,8 +131,9 @@ def prune_bert(
     Args:
         model: An unpruned ``transformers`` BERT-style model (see the module docstring).
         ratio: Fraction of heads and of FFN neurons to remove, in ``(0, 1)``.
-        criterion: One of :data:`HF_CRITERIA`.
-        allocation: One of :data:`HF_ALLOCATIONS`.
+        criterion: One of :func:`hf_criteria` (l1, l2, random, taylor).
+        allocation: One of :func:`hf_allocations`: ``uniform`` (every layer loses
+            ``ratio``) or ``global`` (heads, and FFN neurons, ranked across layers).
         example_inputs: Inputs torch-pruning traces the model with: keyword arguments
             of ``model`` or an ``input_ids`` tensor; default a ``[2, 8]`` batch of token
             ids with a full attention mask.
@@ -158,19 +156,7 @@ def prune_bert(
         StageError: If torch-pruning would remove something other than heads or FFN
             neurons.
     """
-    _require_transformers()
-    _check_ratio(ratio)
-    _check_criterion(criterion)
-    if allocation not in HF_ALLOCATIONS:
-        raise ConfigError(
-            f"pruning allocation for Hugging Face models must be one of "
-            f"{list(HF_ALLOCATIONS)}, but got {allocation!r}"
-        )
-    if criterion == "taylor" and calibration is None:
-        raise ConfigError(
-            "the taylor criterion needs gradients: pass calibration=(input_ids, "
-            "attention_mask, labels) or a callable returning a loss, but got calibration=None"
-        )
+    scorer, global_ranking = _check_settings(ratio, criterion, allocation, calibration)
     _check_unpruned(model, _encoder_layers(model))
     work = model if inplace else copy.deepcopy(model)
     layers = _encoder_layers(work)
@@ -178,18 +164,18 @@ def prune_bert(
     work.eval()
     try:
         graph = _build_graph(work, example_inputs)
-        if criterion == "taylor" and calibration is not None:
+        if scorer.needs_gradients and calibration is not None:
             _accumulate_gradients(work, layers, calibration)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            importance = get_importance(criterion, model=work, seed=seed)
+            importance = scorer.build(work, None, seed)
             head_scores, ffn_scores = _score(graph, layers, importance)
-        if allocation == "uniform":
-            heads_kept = [_keep_uniform(s, ratio) for s in head_scores]
-            ffn_kept = [_keep_uniform(s, ratio) for s in ffn_scores]
-        else:
+        if global_ranking:
             heads_kept = _keep_global(head_scores, ratio)
             ffn_kept = _keep_global(ffn_scores, ratio)
+        else:
+            heads_kept = [_keep_uniform(s, ratio) for s in head_scores]
+            ffn_kept = [_keep_uniform(s, ratio) for s in ffn_scores]
         _prune_layers(graph, layers, heads_kept, ffn_kept)
     finally:
         work.zero_grad(set_to_none=True)
@@ -306,13 +292,50 @@ def _check_ratio(ratio: float) -> None:
         raise ConfigError(f"pruning ratio must be in (0, 1), but got {ratio}")
 
 
-def _check_criterion(criterion: str) -> None:
-    if criterion not in HF_CRITERIA:
-        extra = " (it needs a hamnet Dataset)" if criterion in IMPORTANCES else ""
+def _check_settings(
+    ratio: float, criterion: str, allocation: str, calibration: Calibration | None
+) -> tuple[Criterion, bool]:
+    """Check ``prune_bert``'s settings; return the criterion and whether ranking is global."""
+    _require_transformers()
+    _check_ratio(ratio)
+    scorer = _hf_criterion(criterion)
+    global_ranking = _hf_allocation(allocation).global_ranking
+    if scorer.needs_gradients and calibration is None:
         raise ConfigError(
-            f"pruning criterion for Hugging Face models must be one of {list(HF_CRITERIA)}, "
-            f"but got {criterion!r}{extra}"
+            f"the {criterion} criterion needs gradients: pass calibration=(input_ids, "
+            "attention_mask, labels) or a callable returning a loss, but got calibration=None"
         )
+    return scorer, global_ranking
+
+
+def hf_criteria() -> list[str]:
+    """Names of the criteria usable on Hugging Face models (``supports_hf``)."""
+    return [n for n in registry.names("criterion") if criterion_class(n).supports_hf]
+
+
+def hf_allocations() -> list[str]:
+    """Names of the allocations usable on Hugging Face models (``supports_hf``)."""
+    return [n for n in registry.names("allocation") if allocation_class(n).supports_hf]
+
+
+def _hf_criterion(name: str) -> Criterion:
+    known = registry.entries("criterion")
+    if name not in known or not criterion_class(name).supports_hf:
+        extra = " (it needs a hamnet Dataset)" if name in known else ""
+        raise ConfigError(
+            f"pruning criterion for Hugging Face models must be one of {hf_criteria()}, "
+            f"but got {name!r}{extra}"
+        )
+    return criterion_class(name)()
+
+
+def _hf_allocation(name: str) -> type[Allocation]:
+    if name not in registry.entries("allocation") or not allocation_class(name).supports_hf:
+        raise ConfigError(
+            f"pruning allocation for Hugging Face models must be one of {hf_allocations()}, "
+            f"but got {name!r}"
+        )
+    return allocation_class(name)
 
 
 def _encoder_layers(model: nn.Module) -> list[_Layer]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.pruning.importance import aggregate_linear_scores
+from hamnet.compress.pruning.scores import aggregate_linear_scores
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.training.data import Dataset
 

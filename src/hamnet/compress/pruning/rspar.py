@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.distributions import Beta
 
-from hamnet.compress.pruning.structured import LayerPlan, PruningPlan, apply_plan
+from hamnet.compress.pruning.plans import LayerPlan, PruningPlan, apply_plan
 from hamnet.core.config import TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.core.hardware import HardwareProfile
@@ -385,45 +385,25 @@ def rspar_layer_ratios(
     Raises:
         ConfigError: If a setting is out of range, or latency is asked without a profile.
     """
-    if not 0.0 < ratio < 1.0:
-        raise ConfigError(f"R-SPAR ratio must be in (0, 1), but got {ratio}")
-    if target not in ("flops", "latency"):
-        raise ConfigError(f"R-SPAR target must be 'flops' or 'latency', but got {target!r}")
-    if target == "latency" and profile is None:
-        raise ConfigError("R-SPAR target 'latency' needs a hardware profile, but got none")
-    if episodes < 1:
-        raise ConfigError(f"R-SPAR episodes must be at least 1, but got {episodes}")
-    if not ratio <= max_layer_ratio < 1.0:
-        raise ConfigError(
-            f"max_layer_ratio must be in [ratio={ratio}, 1), but got {max_layer_ratio}"
-        )
-    if penalty < 0:
-        raise ConfigError(f"penalty must be non-negative, but got {penalty}")
-    if tolerance is None:
-        tolerance = 0.03 if target == "latency" else 0.0
-    if not 0.0 <= tolerance < 1.0:
-        raise ConfigError(f"tolerance must be in [0, 1), but got {tolerance}")
     num_layers = model.config.num_layers
-    if sensitivity is not None and (
-        len(sensitivity) != num_layers or any(not np.isfinite(v) or v < 0 for v in sensitivity)
-    ):
-        raise ConfigError(
-            f"sensitivity must hold {num_layers} non-negative numbers, but got {sensitivity}"
-        )
+    tolerance = _check_settings(
+        ratio,
+        target,
+        profile,
+        episodes,
+        max_layer_ratio,
+        penalty,
+        tolerance,
+        sensitivity,
+        num_layers,
+    )
     dataset.check_input_size(model.config.input_size)
     recovery = recovery or TrainStageConfig(epochs=1, warmup_epochs=0)
     base = copy.deepcopy(model).cpu().eval()
     env = _Environment(base, dataset, recovery, target, profile, seed)
     sizes = env.sizes
     sens = np.asarray(sensitivity if sensitivity is not None else env.l1_sensitivity(ratio))
-    state = np.stack(
-        [
-            np.arange(num_layers) / max(1, num_layers - 1),
-            sizes / sizes.max(),
-            sens / sens.max() if sens.max() > 0 else np.zeros(num_layers),
-        ],
-        axis=1,
-    ).astype(np.float32)
+    state = _observation(sizes, sens)
     agent = RSPARAgent(num_layers, lr=1e-3, seed=seed, max_ratio=max_layer_ratio)
     uniform = np.full(num_layers, ratio)
     history: list[dict[str, Any]] = []
@@ -457,6 +437,58 @@ def rspar_layer_ratios(
         env.close()
     best = max(history, key=lambda h: (h["reward"], -h["cost"]))
     return list(best["ratios"]), history
+
+
+def _check_settings(
+    ratio: float,
+    target: str,
+    profile: HardwareProfile | None,
+    episodes: int,
+    max_layer_ratio: float,
+    penalty: float,
+    tolerance: float | None,
+    sensitivity: list[float] | None,
+    num_layers: int,
+) -> float:
+    """Check R-SPAR's settings; return the tolerance (its default depends on the target)."""
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"R-SPAR ratio must be in (0, 1), but got {ratio}")
+    if target not in ("flops", "latency"):
+        raise ConfigError(f"R-SPAR target must be 'flops' or 'latency', but got {target!r}")
+    if target == "latency" and profile is None:
+        raise ConfigError("R-SPAR target 'latency' needs a hardware profile, but got none")
+    if episodes < 1:
+        raise ConfigError(f"R-SPAR episodes must be at least 1, but got {episodes}")
+    if not ratio <= max_layer_ratio < 1.0:
+        raise ConfigError(
+            f"max_layer_ratio must be in [ratio={ratio}, 1), but got {max_layer_ratio}"
+        )
+    if penalty < 0:
+        raise ConfigError(f"penalty must be non-negative, but got {penalty}")
+    if tolerance is None:
+        tolerance = 0.03 if target == "latency" else 0.0
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"tolerance must be in [0, 1), but got {tolerance}")
+    if sensitivity is not None and (
+        len(sensitivity) != num_layers or any(not np.isfinite(v) or v < 0 for v in sensitivity)
+    ):
+        raise ConfigError(
+            f"sensitivity must hold {num_layers} non-negative numbers, but got {sensitivity}"
+        )
+    return tolerance
+
+
+def _observation(sizes: np.ndarray, sens: np.ndarray) -> np.ndarray:
+    """The agent's per-layer state: relative depth, relative size, relative sensitivity."""
+    num_layers = len(sizes)
+    return np.stack(
+        [
+            np.arange(num_layers) / max(1, num_layers - 1),
+            sizes / sizes.max(),
+            sens / sens.max() if sens.max() > 0 else np.zeros(num_layers),
+        ],
+        axis=1,
+    ).astype(np.float32)
 
 
 class _Environment:

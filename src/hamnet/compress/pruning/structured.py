@@ -12,27 +12,45 @@ modules needed.
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Self, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from hamnet.compress.pruning.allocation import LAYER_ALLOCATORS, get_allocation, is_layer_allocation
-from hamnet.compress.pruning.importance import get_importance, needs_gradients
+from hamnet.compress.pruning.allocation import get_allocator
+from hamnet.compress.pruning.allocations.base import Allocation
+from hamnet.compress.pruning.criteria.base import Criterion
+from hamnet.compress.pruning.importance import get_criterion
+from hamnet.compress.pruning.plans import (
+    PLAN_FORMAT,
+    JsonPlan,
+    LayerPlan,
+    PruningPlan,
+    apply_plan,
+    count_parameters,
+    pruned_config,
+)
 from hamnet.core.config import TrainStageConfig
-from hamnet.core.errors import ConfigError, ModelLoadError, StageError
+from hamnet.core.errors import ConfigError, StageError
 from hamnet.models.hamnet import HAMNet, HAMNetBlock, HAMNetConfig, MultiHeadSelfAttention
 from hamnet.training.data import Dataset
 from hamnet.training.trainer import evaluate_accuracy, train_model
 
-PLAN_FORMAT = "hamnet-pruning-plan/1"
+__all__ = [
+    "PLAN_FORMAT",
+    "SCHEDULES",
+    "JsonPlan",
+    "LayerPlan",
+    "PruneResult",
+    "PruningPlan",
+    "apply_plan",
+    "count_parameters",
+    "prune_hamnet",
+]
 
 _CALIBRATION_BATCH_SIZE = 64
 
@@ -55,93 +73,6 @@ SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
     "cubic": _cubic,
 }
 """Schedule name → ``f(ratio, steps)`` giving the cumulative sparsity after each step."""
-
-
-class LayerPlan(BaseModel):
-    """What one block keeps, as indices into the ORIGINAL model's heads and channels.
-
-    Attributes:
-        heads_kept: Kept attention heads, ascending.
-        ffn_kept: Kept FFN channels (``fc1`` rows), ascending.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    heads_kept: list[int]
-    ffn_kept: list[int]
-
-
-class JsonPlan(BaseModel):
-    """A plan saved as a small JSON file tagged with its format (``FORMAT``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    FORMAT: ClassVar[str]
-    """The value of the file's ``format`` key."""
-
-    def save(self, path: str | Path) -> Path:
-        """Write the plan as JSON.
-
-        Args:
-            path: Destination file; missing parent folders are created.
-
-        Returns:
-            The path written.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": self.FORMAT, **self.model_dump(mode="json")}
-        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read a plan written by :meth:`save`.
-
-        Raises:
-            ModelLoadError: If the file is missing or unreadable.
-            ConfigError: If the file is not JSON, or not a plan of this format.
-        """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ModelLoadError(
-                f"expected a pruning plan JSON file at {path}, but could not read it: {err}"
-            ) from None
-        try:
-            payload = json.loads(text)
-        except ValueError as err:
-            raise ConfigError(f"expected JSON in pruning plan {path}, but got: {err}") from None
-        found = payload.pop("format", None) if isinstance(payload, dict) else None
-        if found != cls.FORMAT:
-            raise ConfigError(
-                f"expected a {cls.FORMAT!r} JSON object in {path}, but got format {found!r}"
-            )
-        try:
-            return cls.model_validate(payload)
-        except ValidationError as err:
-            raise ConfigError(f"{path} is not a valid {cls.__name__}: {err}") from None
-
-
-class PruningPlan(JsonPlan):
-    """A replayable description of a structurally pruned HAMNet.
-
-    Attributes:
-        base_config: ``HAMNetConfig.model_dump()`` of the model that was pruned.
-        layers: What each block keeps.
-        criterion: The importance criterion used.
-        allocation: How the budget was spread over the layers.
-        ratio: The fraction of heads and FFN channels that was to be removed.
-    """
-
-    FORMAT = PLAN_FORMAT
-
-    base_config: dict[str, Any]
-    layers: list[LayerPlan]
-    criterion: str
-    allocation: str
-    ratio: float
 
 
 @dataclass
@@ -169,70 +100,6 @@ class PruneResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def apply_plan(model: HAMNet, plan: PruningPlan) -> HAMNet:
-    """Rebuild a pruned model from its original by slicing weights.
-
-    Args:
-        model: The model the plan was made from (same config).
-        plan: The plan.
-
-    Returns:
-        A new :class:`HAMNet` whose config has ``layer_heads``/``layer_ffn`` set; the
-        original is left unchanged.
-
-    Raises:
-        ConfigError: If the plan was made for another architecture or its indices do
-            not fit the model.
-    """
-    base = model.config
-    if base.model_dump() != plan.base_config:
-        raise ConfigError(
-            f"the pruning plan was made for a model with config {plan.base_config}, but got "
-            f"a model with config {base.model_dump()}"
-        )
-    if len(plan.layers) != base.num_layers:
-        raise ConfigError(
-            f"the pruning plan must have one entry per layer ({base.num_layers}), but got "
-            f"{len(plan.layers)}"
-        )
-    for i, layer in enumerate(plan.layers):
-        _check_indices(f"layer {i} heads_kept", layer.heads_kept, base.heads_of(i))
-        _check_indices(f"layer {i} ffn_kept", layer.ffn_kept, base.ffn_of(i))
-    config = _pruned_config(
-        base, [layer.heads_kept for layer in plan.layers], [layer.ffn_kept for layer in plan.layers]
-    )
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    head_dim = base.head_dim
-    for i, layer in enumerate(plan.layers):
-        rows = torch.tensor(
-            [h * head_dim + j for h in layer.heads_kept for j in range(head_dim)], dtype=torch.long
-        )
-        channels = torch.tensor(layer.ffn_kept, dtype=torch.long)
-        prefix = f"blocks.{i}."
-        for name in ("q_proj", "k_proj", "v_proj"):
-            for kind in ("weight", "bias"):
-                key = f"{prefix}attn.{name}.{kind}"
-                state[key] = state[key][rows].clone()
-        key = f"{prefix}attn.out_proj.weight"
-        state[key] = state[key][:, rows].clone()
-        for kind in ("weight", "bias"):
-            key = f"{prefix}ffn.fc1.{kind}"
-            state[key] = state[key][channels].clone()
-        key = f"{prefix}ffn.fc2.weight"
-        state[key] = state[key][:, channels].clone()
-    pruned = HAMNet(config)
-    pruned.load_state_dict(state)
-    device = next(model.parameters()).device
-    pruned.to(device)
-    pruned.train(model.training)
-    return pruned
-
-
 def prune_hamnet(
     model: HAMNet,
     dataset: Dataset,
@@ -245,7 +112,8 @@ def prune_hamnet(
     finetune: TrainStageConfig | None = None,
     seed: int = 0,
     calibration_batches: int = 4,
-    allocation_options: dict[str, Any] | None = None,
+    allocation_options: Mapping[str, Any] | None = None,
+    criterion_options: Mapping[str, Any] | None = None,
 ) -> PruneResult:
     """Remove a fraction of the attention heads and FFN channels of a HAMNet.
 
@@ -258,15 +126,16 @@ def prune_hamnet(
             data and the validation split scored after each step.
         ratio: Fraction of heads and of FFN channels to remove, in ``[0, 1)``. At
             least one head and one FFN channel stay in every layer.
-        criterion: A key of :data:`hamnet.compress.pruning.IMPORTANCES`.
-        allocation: A key of :data:`hamnet.compress.pruning.ALLOCATORS`.
+        criterion: A name of ``registry.names("criterion")``.
+        allocation: A name of ``registry.names("allocation")``.
         schedule: A key of :data:`SCHEDULES`; ``"one-shot"`` prunes once.
         steps: Pruning steps of an iterative schedule.
         finetune: Training settings for fine-tuning after each step; ``None`` skips it.
         seed: Seeds calibration sampling, random importance and fine-tuning.
         calibration_batches: Batches whose gradients a gradient criterion reads.
-        allocation_options: Keyword arguments for a per-layer allocation (e.g. R-SPAR's
-            ``target``, ``profile``, ``episodes``).
+        allocation_options: Options of the allocation (e.g. R-SPAR's ``target``,
+            ``profile``, ``episodes``).
+        criterion_options: Options of the criterion (e.g. movement's ``steps``).
 
     Returns:
         The pruned model, its plan, parameter counts and per-step records.
@@ -276,6 +145,89 @@ def prune_hamnet(
         DataError: If the data does not fit the model.
         StageError: If torch-pruning removed something other than whole heads.
     """
+    _check_settings(ratio, steps, calibration_batches, schedule)
+    scorer = get_criterion(criterion, criterion_options)
+    allocator = get_allocator(allocation, allocation_options)
+    dataset.check_input_size(model.config.input_size)
+    layer_ratios = _layer_ratios(allocator, model, dataset, ratio, seed)
+    work = _Work.of(model)
+    records: list[dict[str, Any]] = []
+    for step, sparsity in enumerate(SCHEDULES[schedule](ratio, steps), start=1):
+        torch.manual_seed(seed + step)
+        _prune_step(
+            work.model,
+            dataset,
+            work.base,
+            work.kept_heads,
+            work.kept_ffn,
+            sparsity=sparsity,
+            criterion=scorer,
+            pruner_kwargs=allocator.pruner_kwargs(),
+            seed=seed + step,
+            calibration_batches=calibration_batches,
+            layer_sparsity=(
+                [r * sparsity / ratio for r in layer_ratios] if layer_ratios is not None else None
+            ),
+        )
+        if finetune is not None:
+            train_model(work.model, dataset, finetune, seed=seed + step, progress=False)
+            work.model.cpu().eval()
+        records.append(work.record(step, sparsity, dataset))
+    work.model.one_token_fast_path = True
+    return PruneResult(
+        model=work.model,
+        plan=work.plan(criterion, allocation, ratio),
+        layer_ratios=layer_ratios,
+        params_before=count_parameters(model),
+        params_after=count_parameters(work.model),
+        steps=records,
+    )
+
+
+@dataclass
+class _Work:
+    """The copy being pruned, and what it keeps as indices of the original's units."""
+
+    model: HAMNet
+    base: HAMNetConfig
+    kept_heads: list[list[int]]
+    kept_ffn: list[list[int]]
+
+    @classmethod
+    def of(cls, model: HAMNet) -> _Work:
+        base = model.config
+        layers = range(base.num_layers)
+        return cls(
+            model=_traceable_copy(model),
+            base=base,
+            kept_heads=[list(range(base.heads_of(i))) for i in layers],
+            kept_ffn=[list(range(base.ffn_of(i))) for i in layers],
+        )
+
+    def record(self, step: int, sparsity: float, dataset: Dataset) -> dict[str, Any]:
+        return {
+            "step": step,
+            "ratio": sparsity,
+            "params": count_parameters(self.model),
+            "layer_heads": [len(h) for h in self.kept_heads],
+            "layer_ffn": [len(c) for c in self.kept_ffn],
+            "val_accuracy": evaluate_accuracy(self.model, dataset.x_val, dataset.y_val),
+        }
+
+    def plan(self, criterion: str, allocation: str, ratio: float) -> PruningPlan:
+        return PruningPlan(
+            base_config=self.base.model_dump(mode="json"),
+            layers=[
+                LayerPlan(heads_kept=list(h), ffn_kept=list(c))
+                for h, c in zip(self.kept_heads, self.kept_ffn, strict=True)
+            ],
+            criterion=criterion,
+            allocation=allocation,
+            ratio=ratio,
+        )
+
+
+def _check_settings(ratio: float, steps: int, calibration_batches: int, schedule: str) -> None:
     _check_ratio(ratio)
     if steps < 1:
         raise ConfigError(f"pruning steps must be at least 1, but got {steps}")
@@ -285,79 +237,21 @@ def prune_hamnet(
         raise ConfigError(
             f"pruning schedule must be one of {sorted(SCHEDULES)}, but got {schedule!r}"
         )
-    needs_gradients(criterion)
-    pruner_kwargs = get_allocation(allocation)
-    dataset.check_input_size(model.config.input_size)
-    layer_ratios: list[float] | None = None
-    if is_layer_allocation(allocation) and ratio > 0:
-        layer_ratios = LAYER_ALLOCATORS[allocation](
-            _traceable_copy(model),
-            dataset,
-            ratio,
-            seed=seed,
-            **(allocation_options or {}),
-        )
-        if len(layer_ratios) != model.config.num_layers:
-            raise StageError(
-                f"allocation {allocation!r} must give one ratio per layer "
-                f"({model.config.num_layers}), but gave {len(layer_ratios)}"
-            )
 
-    base = model.config
-    work = _traceable_copy(model)
-    kept_heads = [list(range(base.heads_of(i))) for i in range(base.num_layers)]
-    kept_ffn = [list(range(base.ffn_of(i))) for i in range(base.num_layers)]
-    params_before = count_parameters(model)
-    records: list[dict[str, Any]] = []
-    for step, sparsity in enumerate(SCHEDULES[schedule](ratio, steps), start=1):
-        torch.manual_seed(seed + step)
-        _prune_step(
-            work,
-            dataset,
-            base,
-            kept_heads,
-            kept_ffn,
-            sparsity=sparsity,
-            criterion=criterion,
-            pruner_kwargs=pruner_kwargs,
-            seed=seed + step,
-            calibration_batches=calibration_batches,
-            layer_sparsity=(
-                [r * sparsity / ratio for r in layer_ratios] if layer_ratios is not None else None
-            ),
+
+def _layer_ratios(
+    allocator: Allocation, model: HAMNet, dataset: Dataset, ratio: float, seed: int
+) -> list[float] | None:
+    """The per-layer removal fractions a per-layer allocation chooses (else None)."""
+    if not allocator.per_layer or ratio <= 0:
+        return None
+    ratios = allocator.layer_ratios(_traceable_copy(model), dataset, ratio, seed=seed)
+    if len(ratios) != model.config.num_layers:
+        raise StageError(
+            f"allocation {allocator.name!r} must give one ratio per layer "
+            f"({model.config.num_layers}), but gave {len(ratios)}"
         )
-        if finetune is not None:
-            train_model(work, dataset, finetune, seed=seed + step, progress=False)
-            work.cpu().eval()
-        records.append(
-            {
-                "step": step,
-                "ratio": sparsity,
-                "params": count_parameters(work),
-                "layer_heads": [len(h) for h in kept_heads],
-                "layer_ffn": [len(c) for c in kept_ffn],
-                "val_accuracy": evaluate_accuracy(work, dataset.x_val, dataset.y_val),
-            }
-        )
-    plan = PruningPlan(
-        base_config=base.model_dump(mode="json"),
-        layers=[
-            LayerPlan(heads_kept=list(h), ffn_kept=list(c))
-            for h, c in zip(kept_heads, kept_ffn, strict=True)
-        ],
-        criterion=criterion,
-        allocation=allocation,
-        ratio=ratio,
-    )
-    work.one_token_fast_path = True
-    return PruneResult(
-        model=work,
-        plan=plan,
-        layer_ratios=layer_ratios,
-        params_before=params_before,
-        params_after=count_parameters(work),
-        steps=records,
-    )
+    return ratios
 
 
 def _prune_step(
@@ -368,7 +262,7 @@ def _prune_step(
     kept_ffn: list[list[int]],
     *,
     sparsity: float,
-    criterion: str,
+    criterion: Criterion,
     pruner_kwargs: dict[str, Any],
     seed: int,
     calibration_batches: int,
@@ -388,7 +282,7 @@ def _prune_step(
         ratios = _uniform_ratios(model, base, kept_heads, kept_ffn, per_layer)
     if ratios is None:
         return
-    if needs_gradients(criterion):
+    if criterion.needs_gradients:
         _accumulate_gradients(model, dataset, calibration_batches, seed)
     ignored: list[nn.Module | nn.Parameter] = [model.embed, model.norm, model.head, model.pos]
     for block in _blocks(model):
@@ -402,7 +296,7 @@ def _prune_step(
     pruner = tp.pruner.BasePruner(
         model,
         example,
-        get_importance(criterion, model=model, dataset=dataset, seed=seed),
+        criterion.build(model, dataset, seed),
         ignored_layers=ignored,
         unwrapped_parameters=[(model.pos, 2)],
         num_heads=num_heads,
@@ -426,7 +320,7 @@ def _prune_step(
                 f"{attn.q_proj.out_features} rows and fc1 with {ffn.fc1.out_features}"
             )
         attn.num_heads = heads
-    model.config = _pruned_config(base, kept_heads, kept_ffn)
+    model.config = pruned_config(base, kept_heads, kept_ffn)
 
 
 def _prune_group(
@@ -578,22 +472,6 @@ def _exact_ratio(current: int, target: int) -> float:
     """
     n = current - target
     return (n - 0.5) / current if n > 0 else 0.0
-
-
-def _pruned_config(
-    base: HAMNetConfig, kept_heads: list[list[int]], kept_ffn: list[list[int]]
-) -> HAMNetConfig:
-    values = base.model_dump()
-    values["layer_heads"] = [len(h) for h in kept_heads]
-    values["layer_ffn"] = [len(c) for c in kept_ffn]
-    return HAMNetConfig.model_validate(values)
-
-
-def _check_indices(name: str, indices: list[int], size: int) -> None:
-    if not indices or indices != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= size:
-        raise ConfigError(
-            f"{name} must be ascending, unique, non-empty indices in [0, {size}), but got {indices}"
-        )
 
 
 def _check_ratio(ratio: float) -> None:

@@ -261,7 +261,7 @@ def test_unknown_criterion(model: BertForSequenceClassification, criterion: str)
 
 
 def test_unknown_allocation(model: BertForSequenceClassification) -> None:
-    with pytest.raises(ConfigError, match=r"\['uniform', 'global'\], but got 'rspar'"):
+    with pytest.raises(ConfigError, match=r"\['global', 'uniform'\], but got 'rspar'"):
         prune_bert(model, 0.5, allocation="rspar")
 
 

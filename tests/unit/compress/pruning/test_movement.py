@@ -11,7 +11,6 @@ import torch_pruning as tp
 from conftest import small_hamnet
 from torch import nn
 
-from hamnet.compress.pruning import importance as importance_module
 from hamnet.compress.pruning.movement import (
     MovementScores,
     make_movement_importance,
@@ -98,14 +97,10 @@ def test_movement_differs_from_magnitude() -> None:
     assert torch.argsort(mov).tolist() != torch.argsort(mag).tolist()
 
 
-def test_movement_with_prune_hamnet(
-    trained: HAMNet, dataset: Dataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def factory(*, model: nn.Module, dataset: Dataset, seed: int = 0, **_: object) -> object:
-        return make_movement_importance(model, dataset, steps=5, seed=seed)
-
-    monkeypatch.setitem(importance_module.IMPORTANCES, "movement", factory)
-    result = prune_hamnet(trained, dataset, ratio=0.5, criterion="movement")
+def test_movement_with_prune_hamnet(trained: HAMNet, dataset: Dataset) -> None:
+    result = prune_hamnet(
+        trained, dataset, ratio=0.5, criterion="movement", criterion_options={"steps": 5}
+    )
     assert result.model.config.layer_heads == [2, 2]
     assert result.params_after < result.params_before
 

@@ -11,9 +11,6 @@ import torch
 
 from hamnet.backends.export import export_onnx
 from hamnet.compress.pruning import (
-    ALLOCATORS,
-    IMPORTANCES,
-    LAYER_ALLOCATORS,
     PruneResult,
     PruningPlan,
     apply_plan,
@@ -21,6 +18,7 @@ from hamnet.compress.pruning import (
     needs_gradients,
     prune_hamnet,
 )
+from hamnet.core import registry
 from hamnet.core.config import DataSection, TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.models.hamnet import HAMNet, HAMNetConfig, load_checkpoint, save_checkpoint
@@ -29,7 +27,7 @@ from hamnet.training.trainer import train_model
 
 torch.set_num_threads(1)
 
-CASES = list(itertools.product(sorted(IMPORTANCES), sorted([*ALLOCATORS, *LAYER_ALLOCATORS])))
+CASES = list(itertools.product(registry.names("criterion"), registry.names("allocation")))
 FAST_OPTIONS = {"rspar": {"episodes": 2, "recovery": None, "target": "flops"}}
 
 
