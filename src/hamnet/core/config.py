@@ -18,11 +18,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
@@ -295,15 +303,27 @@ class SearchStageConfig(_Section):
         return self
 
 
-DistillMethod = Literal["soft", "feature", "attention", "relational", "multi_teacher", "self"]
-DISTILL_METHODS: tuple[str, ...] = (
-    "soft",
-    "feature",
-    "attention",
-    "relational",
-    "multi_teacher",
-    "self",
-)
+def _distill_term(term: dict[str, Any]) -> dict[str, Any]:
+    """Check a ``stages.distill.methods`` term against its ``kd_loss`` plugin, keeping it as is.
+
+    Only the plugin's module and ``Options`` are imported (no torch).
+    """
+    method = term.get("method")
+    if not isinstance(method, str):
+        raise ValueError(
+            f"method must be one of {list(registry.names('kd_loss'))}, but got {method!r}"
+        )
+    registry.check_name("kd_loss", method)
+    weight = term.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ValueError(f"weight must be non-negative, but got {weight!r}")
+    options = {key: value for key, value in term.items() if key not in ("method", "weight")}
+    registry.load("kd_loss", method).parse_options(options)
+    return term
+
+
+DistillTermConfig = Annotated[dict[str, Any], AfterValidator(_distill_term)]
+"""A term ``{method, weight, **options}`` of the combined distillation loss."""
 
 
 class DistillStudentSection(_Section):
@@ -317,7 +337,8 @@ class DistillStageConfig(_Section):
     """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
 
     ``methods`` is one combined loss: a list of terms ``{method, weight, **options}``
-    (see ``hamnet.compress.distill.DISTILL_LOSSES`` for each method's options), plus
+    (``method`` is a ``kd_loss`` plugin of ``hamnet.compress.distill.losses``, whose
+    ``Options`` are the term's other keys, checked when the config is loaded), plus
     ``ce_weight`` times cross-entropy on the labels. Options are plain data; nothing in
     them is executed.
     """
@@ -328,7 +349,7 @@ class DistillStageConfig(_Section):
         description="Candidate names of this run (usually 'baseline') or paths to hamnet "
         ".pt checkpoints; the first one's layers are matched by feature/attention terms.",
     )
-    methods: list[dict[str, Any]] = Field(
+    methods: list[DistillTermConfig] = Field(
         [{"method": "soft", "weight": 1.0, "temperature": 4.0}], min_length=1
     )
     ce_weight: float = Field(0.5, ge=0.0)
@@ -363,14 +384,7 @@ class DistillStageConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _known_methods(self) -> DistillStageConfig:
-        for i, term in enumerate(self.methods):
-            method = term.get("method")
-            if method not in DISTILL_METHODS:
-                raise ValueError(
-                    f"methods[{i}].method must be one of {list(DISTILL_METHODS)}, but got "
-                    f"{method!r}"
-                )
+    def _unique_students(self) -> DistillStageConfig:
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise ValueError(f"student names must be unique, but got {names}")

@@ -40,7 +40,7 @@ KIND_PACKAGES: dict[str, str] = {
     "quantizer": "hamnet.compress.quantize.base",
     "criterion": "hamnet.compress.pruning.criteria",
     "allocation": "hamnet.compress.pruning.allocations",
-    "kd_loss": "hamnet.compress.distill.kd",
+    "kd_loss": "hamnet.compress.distill.losses",
     "runtime": "hamnet.backends.session",
     "sampler": "hamnet.compress.search.samplers",
     "pruner": "hamnet.compress.search.pruners",
