@@ -81,7 +81,33 @@ _HOMES: dict[str, tuple[str, ...]] = {
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "AttentionTransferLoss",
+    "BuildContext",
+    "CaptureSpec",
+    "CombinedDistillLoss",
+    "DistillLoss",
+    "DistillOutputs",
+    "DistillPlan",
+    "DistillTerm",
+    "FeatureCapture",
+    "FeatureLoss",
+    "LayerPair",
+    "MultiTeacherLoss",
+    "RelationalLoss",
+    "SelfDistillLoss",
+    "SoftTargetLoss",
+    "TeacherOutputs",
+    "attention_layers",
+    "available_layers",
+    "block_layers",
+    "build_distill_loss",
+    "cache_key",
+    "compute_teacher_outputs",
+    "depth_pairs",
+    "map_layers",
+    "model_outputs",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -92,7 +92,6 @@ class DistillTerm(nn.Module, abc.ABC):
             A scalar tensor.
         """
 
-
     def _teacher(self, teachers: Sequence[DistillOutputs]) -> DistillOutputs:
         if not teachers:
             raise ConfigError(f"distillation method {self.name!r} needs a teacher, but got none")

@@ -52,9 +52,7 @@ def test_registry_holds_every_method() -> None:
         "multi_teacher",
         "self",
     }
-    assert all(
-        registry.load("kd_loss", name).name == name for name in registry.names("kd_loss")
-    )
+    assert all(registry.load("kd_loss", name).name == name for name in registry.names("kd_loss"))
 
 
 def test_soft_targets_two_classes() -> None:

@@ -48,10 +48,10 @@ class AttentionKD(DistillLoss[AttentionOptions]):
     @classmethod
     def build(cls, options: AttentionOptions, context: BuildContext) -> DistillTerm:
         from hamnet.compress.distill.kd import AttentionTransferLoss
-        from hamnet.compress.distill.mapping import map_layers
+        from hamnet.compress.distill.mapping import LayerKind, map_layers
 
         teacher = context.first_teacher(cls.name)
-        kind = "attention" if options.source == "attention" else "feature"
+        kind: LayerKind = "attention" if options.source == "attention" else "feature"
         pairs = map_layers(
             context.student, teacher, options.layers, kind, input_size=context.input_size
         )

@@ -79,10 +79,10 @@ class LossOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-O = TypeVar("O", bound=BaseModel)
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
-class DistillLoss(Plugin, Generic[O]):
+class DistillLoss(Plugin, Generic[OptionsT]):
     """A distillation method: the options of its terms and the torch loss it builds.
 
     Subclasses set ``name`` (through their module's name), ``Options`` and the
@@ -103,7 +103,7 @@ class DistillLoss(Plugin, Generic[O]):
     reads_every_teacher: ClassVar[bool] = False
 
     @classmethod
-    def build(cls, options: O, context: BuildContext) -> DistillTerm:
+    def build(cls, options: OptionsT, context: BuildContext) -> DistillTerm:
         """Make the torch loss of one term.
 
         Args:
@@ -190,7 +190,9 @@ def parse_term(term: object) -> Term:
             negative, or an option is unknown or invalid for its method.
     """
     if not isinstance(term, Mapping):
-        raise ConfigError(f"a distillation term must be a mapping with a 'method', but got {term!r}")
+        raise ConfigError(
+            f"a distillation term must be a mapping with a 'method', but got {term!r}"
+        )
     options = dict(term)
     method = options.pop("method", None)
     if not isinstance(method, str):
