@@ -18,17 +18,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError
@@ -303,27 +296,30 @@ class SearchStageConfig(_Section):
         return self
 
 
-def _distill_term(term: dict[str, Any]) -> dict[str, Any]:
-    """Check a ``stages.distill.methods`` term against its ``kd_loss`` plugin, keeping it as is.
+def _check_distill_term(index: int, term: dict[str, Any]) -> None:
+    """Check ``methods[index]`` against its ``kd_loss`` plugin (importing no torch).
 
-    Only the plugin's module and ``Options`` are imported (no torch).
+    Raises:
+        ValueError: Unknown method, negative weight, or an unknown or invalid option; the
+            message starts with ``methods[index]``.
     """
+    where = f"methods[{index}]"
     method = term.get("method")
+    known = list(registry.names("kd_loss"))
     if not isinstance(method, str):
-        raise ValueError(
-            f"method must be one of {list(registry.names('kd_loss'))}, but got {method!r}"
-        )
-    registry.check_name("kd_loss", method)
+        raise ValueError(f"{where}.method must be one of {known}, but got {method!r}")
+    try:
+        plugin = registry.load("kd_loss", method)
+    except ConfigError as exc:
+        raise ValueError(f"{where}.method {str(exc).removeprefix('kd_loss ')}") from None
     weight = term.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
-        raise ValueError(f"weight must be non-negative, but got {weight!r}")
+        raise ValueError(f"{where}.weight must be non-negative, but got {weight!r}")
     options = {key: value for key, value in term.items() if key not in ("method", "weight")}
-    registry.load("kd_loss", method).parse_options(options)
-    return term
-
-
-DistillTermConfig = Annotated[dict[str, Any], AfterValidator(_distill_term)]
-"""A term ``{method, weight, **options}`` of the combined distillation loss."""
+    try:
+        plugin.parse_options(options)
+    except ConfigError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class DistillStudentSection(_Section):
@@ -349,7 +345,7 @@ class DistillStageConfig(_Section):
         description="Candidate names of this run (usually 'baseline') or paths to hamnet "
         ".pt checkpoints; the first one's layers are matched by feature/attention terms.",
     )
-    methods: list[DistillTermConfig] = Field(
+    methods: list[dict[str, Any]] = Field(
         [{"method": "soft", "weight": 1.0, "temperature": 4.0}], min_length=1
     )
     ce_weight: float = Field(0.5, ge=0.0)
@@ -384,7 +380,9 @@ class DistillStageConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _unique_students(self) -> DistillStageConfig:
+    def _known_methods(self) -> DistillStageConfig:
+        for index, term in enumerate(self.methods):
+            _check_distill_term(index, term)
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise ValueError(f"student names must be unique, but got {names}")
