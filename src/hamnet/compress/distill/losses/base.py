@@ -153,7 +153,7 @@ def _problem(error: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Term:
+class TermSpec:
     """One validated term of a combined distillation loss.
 
     Attributes:
@@ -180,7 +180,7 @@ def load(name: str) -> type[DistillLoss[Any]]:
     return cast("type[DistillLoss[Any]]", registry.load(KIND, name))
 
 
-def parse_term(term: object) -> Term:
+def parse_term(term: object) -> TermSpec:
     """Validate a term ``{"method": name, "weight": w, **options}`` (``weight`` defaults to 1).
 
     Imports no torch: the plugin's module and its ``Options`` are all that is read.
@@ -201,4 +201,4 @@ def parse_term(term: object) -> Term:
     if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
         raise ConfigError(f"weight must be non-negative, but got {weight!r}")
     loss = load(method)
-    return Term(loss=loss, options=loss.parse_options(options), weight=float(weight))
+    return TermSpec(loss=loss, options=loss.parse_options(options), weight=float(weight))
