@@ -331,15 +331,30 @@ class SearchStageConfig(_Section):
         return self
 
 
-DistillMethod = Literal["soft", "feature", "attention", "relational", "multi_teacher", "self"]
-DISTILL_METHODS: tuple[str, ...] = (
-    "soft",
-    "feature",
-    "attention",
-    "relational",
-    "multi_teacher",
-    "self",
-)
+def _check_distill_term(index: int, term: dict[str, Any]) -> None:
+    """Check ``methods[index]`` against its ``kd_loss`` plugin (importing no torch).
+
+    Raises:
+        ValueError: Unknown method, negative weight, or an unknown or invalid option; the
+            message starts with ``methods[index]``.
+    """
+    where = f"methods[{index}]"
+    method = term.get("method")
+    known = list(registry.names("kd_loss"))
+    if not isinstance(method, str):
+        raise ValueError(f"{where}.method must be one of {known}, but got {method!r}")
+    try:
+        plugin = registry.load("kd_loss", method)
+    except ConfigError as exc:
+        raise ValueError(f"{where}.method {str(exc).removeprefix('kd_loss ')}") from None
+    weight = term.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ValueError(f"{where}.weight must be non-negative, but got {weight!r}")
+    options = {key: value for key, value in term.items() if key not in ("method", "weight")}
+    try:
+        plugin.parse_options(options)
+    except ConfigError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 class DistillStudentSection(_Section):
@@ -353,7 +368,8 @@ class DistillStageConfig(_Section):
     """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
 
     ``methods`` is one combined loss: a list of terms ``{method, weight, **options}``
-    (see ``hamnet.compress.distill.DISTILL_LOSSES`` for each method's options), plus
+    (``method`` is a ``kd_loss`` plugin of ``hamnet.compress.distill.losses``, whose
+    ``Options`` are the term's other keys, checked when the config is loaded), plus
     ``ce_weight`` times cross-entropy on the labels. Options are plain data; nothing in
     them is executed.
     """
@@ -400,13 +416,8 @@ class DistillStageConfig(_Section):
 
     @model_validator(mode="after")
     def _known_methods(self) -> DistillStageConfig:
-        for i, term in enumerate(self.methods):
-            method = term.get("method")
-            if method not in DISTILL_METHODS:
-                raise ValueError(
-                    f"methods[{i}].method must be one of {list(DISTILL_METHODS)}, but got "
-                    f"{method!r}"
-                )
+        for index, term in enumerate(self.methods):
+            _check_distill_term(index, term)
         names = [s.name for s in self.students]
         if len(set(names)) != len(names):
             raise ValueError(f"student names must be unique, but got {names}")

@@ -1,6 +1,8 @@
 """Knowledge distillation: losses, layer mapping, feature capture and teacher caches.
 
-Importing this package imports torch; ``import hamnet`` does not import it.
+The names below are imported on first use, so importing this package (or listing and
+validating the loss plugins of :mod:`hamnet.compress.distill.losses`) does not import
+torch; using any of them does.
 
 Typical use in a training stage::
 
@@ -16,33 +18,70 @@ Typical use in a training stage::
         loss = plan.loss(s, [cache.batch(index, xb.device)], yb)
 """
 
-from hamnet.compress.distill.capture import (
-    FeatureCapture,
-    attention_layers,
-    available_layers,
-    block_layers,
-    model_outputs,
-)
-from hamnet.compress.distill.kd import (
-    DISTILL_LOSSES,
-    AttentionTransferLoss,
-    BuildContext,
-    CombinedDistillLoss,
-    DistillLoss,
-    DistillPlan,
-    FeatureLoss,
-    MultiTeacherLoss,
-    RelationalLoss,
-    SelfDistillLoss,
-    SoftTargetLoss,
-    build_distill_loss,
-)
-from hamnet.compress.distill.mapping import LayerPair, depth_pairs, map_layers
-from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
-from hamnet.compress.distill.teacher_cache import TeacherOutputs, cache_key, compute_teacher_outputs
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hamnet.compress.distill.capture import (
+        FeatureCapture,
+        attention_layers,
+        available_layers,
+        block_layers,
+        model_outputs,
+    )
+    from hamnet.compress.distill.kd import (
+        AttentionTransferLoss,
+        BuildContext,
+        CombinedDistillLoss,
+        DistillPlan,
+        DistillTerm,
+        FeatureLoss,
+        MultiTeacherLoss,
+        RelationalLoss,
+        SelfDistillLoss,
+        SoftTargetLoss,
+        build_distill_loss,
+    )
+    from hamnet.compress.distill.losses.base import DistillLoss
+    from hamnet.compress.distill.mapping import LayerPair, depth_pairs, map_layers
+    from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
+    from hamnet.compress.distill.teacher_cache import (
+        TeacherOutputs,
+        cache_key,
+        compute_teacher_outputs,
+    )
+
+_HOMES: dict[str, tuple[str, ...]] = {
+    "capture": (
+        "FeatureCapture",
+        "attention_layers",
+        "available_layers",
+        "block_layers",
+        "model_outputs",
+    ),
+    "kd": (
+        "AttentionTransferLoss",
+        "BuildContext",
+        "CombinedDistillLoss",
+        "DistillPlan",
+        "DistillTerm",
+        "FeatureLoss",
+        "MultiTeacherLoss",
+        "RelationalLoss",
+        "SelfDistillLoss",
+        "SoftTargetLoss",
+        "build_distill_loss",
+    ),
+    "losses.base": ("DistillLoss",),
+    "mapping": ("LayerPair", "depth_pairs", "map_layers"),
+    "outputs": ("CaptureSpec", "DistillOutputs"),
+    "teacher_cache": ("TeacherOutputs", "cache_key", "compute_teacher_outputs"),
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "DISTILL_LOSSES",
     "AttentionTransferLoss",
     "BuildContext",
     "CaptureSpec",
@@ -50,6 +89,7 @@ __all__ = [
     "DistillLoss",
     "DistillOutputs",
     "DistillPlan",
+    "DistillTerm",
     "FeatureCapture",
     "FeatureLoss",
     "LayerPair",
@@ -68,3 +108,16 @@ __all__ = [
     "map_layers",
     "model_outputs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

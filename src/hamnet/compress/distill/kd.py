@@ -1,10 +1,14 @@
-"""Distillation losses, one class per method, chosen by name through :data:`DISTILL_LOSSES`.
+"""The torch side of distillation: one loss module per method, and the combined loss.
+
+The methods are plugins (registry kind ``"kd_loss"``, package
+:mod:`hamnet.compress.distill.losses`): a plugin validates a term's options without
+torch and builds the :class:`DistillTerm` defined here.
 
 Every loss reads the student's and the teachers' :class:`DistillOutputs` of one batch and
 returns a scalar. Teacher tensors are detached inside every loss, so gradients reach the
 student (and the loss's own parameters, e.g. feature projections) only. A loss says which
-layers it reads through :attr:`DistillLoss.student_capture` and
-:attr:`DistillLoss.teacher_capture`.
+layers it reads through :attr:`DistillTerm.student_capture` and
+:attr:`DistillTerm.teacher_capture`.
 
 :func:`build_distill_loss` turns a plain spec such as::
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import inspect
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.distill.capture import block_layers, check_layers
-from hamnet.compress.distill.mapping import LayerKind, LayerPair, LayerSpec, map_layers
+from hamnet.compress.distill.losses.base import parse_term
+from hamnet.compress.distill.mapping import LayerPair
 from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
 from hamnet.core.errors import ConfigError
 from hamnet.training.trainer import labelled_cross_entropy
@@ -62,11 +65,10 @@ class BuildContext:
         return self.teachers[0]
 
 
-class DistillLoss(nn.Module, abc.ABC):
+class DistillTerm(nn.Module, abc.ABC):
     """A distillation objective between a student and its teachers on one batch.
 
-    Subclasses set :attr:`name`, implement :meth:`forward` and :meth:`from_options` (whose
-    keyword arguments are the method's options in a spec), and set
+    Subclasses set :attr:`name`, implement :meth:`forward`, and set
     :attr:`student_capture`/:attr:`teacher_capture` to the layers they read.
     """
 
@@ -90,11 +92,6 @@ class DistillLoss(nn.Module, abc.ABC):
             A scalar tensor.
         """
 
-    @classmethod
-    @abc.abstractmethod
-    def from_options(cls, context: BuildContext, **options: Any) -> DistillLoss:
-        """Build the loss from a spec's options (the keyword arguments are the options)."""
-
     def _teacher(self, teachers: Sequence[DistillOutputs]) -> DistillOutputs:
         if not teachers:
             raise ConfigError(f"distillation method {self.name!r} needs a teacher, but got none")
@@ -116,7 +113,7 @@ def soft_target_kl(
     return kl * temperature**2
 
 
-class SoftTargetLoss(DistillLoss):
+class SoftTargetLoss(DistillTerm):
     """Soft targets (Hinton et al. 2015): ``KL(softmax(t/T) || softmax(s/T)) * T²``.
 
     With several teachers the target is built from the mean of their logits (use
@@ -141,15 +138,8 @@ class SoftTargetLoss(DistillLoss):
         target = F.log_softmax(logits / self.temperature, dim=-1)
         return soft_target_kl(student.logits, target, self.temperature)
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls, context: BuildContext, temperature: float = 4.0
-    ) -> SoftTargetLoss:
-        context.first_teacher(cls.name)
-        return cls(temperature)
 
-
-class FeatureLoss(DistillLoss):
+class FeatureLoss(DistillTerm):
     """Feature matching (FitNets-style hints): MSE between paired layer outputs.
 
     When a student width differs from its teacher's, a learned ``nn.Linear(student_width,
@@ -199,16 +189,6 @@ class FeatureLoss(DistillLoss):
             losses.append(F.mse_loss(s, t))
         return torch.stack(losses).mean()
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls, context: BuildContext, layers: LayerSpec = "depth", normalize: bool = False
-    ) -> FeatureLoss:
-        teacher = context.first_teacher(cls.name)
-        pairs = map_layers(
-            context.student, teacher, layers, "feature", input_size=context.input_size
-        )
-        return cls(pairs, normalize=bool(normalize))
-
 
 def activation_map(a: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """Zagoruyko & Komodakis' spatial attention of an activation, L2-normalised per sample.
@@ -228,7 +208,7 @@ def activation_map(a: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return F.normalize(energy, dim=1)
 
 
-class AttentionTransferLoss(DistillLoss):
+class AttentionTransferLoss(DistillTerm):
     """Attention transfer (Zagoruyko & Komodakis 2017), for attention maps and activations.
 
     What is compared depends on the pair's kind:
@@ -310,22 +290,6 @@ class AttentionTransferLoss(DistillLoss):
         log_s = s.clamp_min(_LOG_EPS).log()
         return F.kl_div(log_s, t, reduction="sum") / rows
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls,
-        context: BuildContext,
-        layers: LayerSpec = "depth",
-        source: str = "attention",
-        distance: str = "mse",
-        p: float = 2.0,
-        per_head: bool = False,
-    ) -> AttentionTransferLoss:
-        _choice("source", source, ("attention", "features"))
-        teacher = context.first_teacher(cls.name)
-        kind: LayerKind = "attention" if source == "attention" else "feature"
-        pairs = map_layers(context.student, teacher, layers, kind, input_size=context.input_size)
-        return cls(pairs, distance=distance, p=p, per_head=bool(per_head))
-
 
 def pairwise_distances(e: torch.Tensor) -> torch.Tensor:
     """Euclidean distances between the rows of ``e`` ``[B, D]``, zero on the diagonal."""
@@ -345,7 +309,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
-class RelationalLoss(DistillLoss):
+class RelationalLoss(DistillTerm):
     """Relational KD (Park et al. 2019): RKD-distance plus RKD-angle on the embeddings.
 
     Distance: pairwise distances normalised by their mean, compared by smooth-L1 (Huber).
@@ -382,15 +346,8 @@ class RelationalLoss(DistillLoss):
             loss = loss + self.angle_weight * F.smooth_l1_loss(_angles(s), _angles(t))
         return loss
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls, context: BuildContext, distance_weight: float = 1.0, angle_weight: float = 2.0
-    ) -> RelationalLoss:
-        context.first_teacher(cls.name)
-        return cls(distance_weight=distance_weight, angle_weight=angle_weight)
 
-
-class MultiTeacherLoss(DistillLoss):
+class MultiTeacherLoss(DistillTerm):
     """Soft targets from an ensemble: the student matches a weighted mixture of the
     teachers' softened probabilities, ``KL(Σ_k w_k softmax(t_k/T) || softmax(s/T)) * T²``.
 
@@ -473,22 +430,6 @@ class MultiTeacherLoss(DistillLoss):
         log_mix = torch.logsumexp(w.clamp_min(_LOG_EPS).log().unsqueeze(-1) + log_p, dim=0)
         return soft_target_kl(student.logits, log_mix, self.temperature)
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls,
-        context: BuildContext,
-        temperature: float = 4.0,
-        weighting: str = "fixed",
-        weights: Sequence[float] | None = None,
-    ) -> MultiTeacherLoss:
-        context.first_teacher(cls.name)
-        if weights is not None and len(weights) != len(context.teachers):
-            raise ConfigError(
-                f"multi_teacher needs one weight per teacher ({len(context.teachers)}), but "
-                f"got {list(weights)}"
-            )
-        return cls(temperature=temperature, weighting=weighting, weights=weights)
-
 
 def _key(layer: str) -> str:
     """A module name usable as an ``nn.ModuleDict`` key (no dots)."""
@@ -501,7 +442,7 @@ def _frozen_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(module, frozen, (x,))
 
 
-class SelfDistillLoss(DistillLoss):
+class SelfDistillLoss(DistillTerm):
     """Self-distillation: the student teaches itself.
 
     * ``"deep"`` (Be Your Own Teacher style): each shallow block's output goes through the
@@ -577,49 +518,6 @@ class SelfDistillLoss(DistillLoss):
             losses.append(soft_target_kl(logits, target, T))
         return torch.stack(losses).mean()
 
-    @classmethod
-    def from_options(  # type: ignore[override]
-        cls,
-        context: BuildContext,
-        mode: str = "deep",
-        temperature: float = 4.0,
-        layers: Sequence[str] | None = None,
-    ) -> SelfDistillLoss:
-        _choice("mode", mode, cls._MODES)
-        if mode == "snapshot":
-            context.first_teacher(f"{cls.name} (mode snapshot)")
-            return cls("snapshot", temperature=temperature)
-        student = context.student
-        norm, head = getattr(student, "norm", None), getattr(student, "head", None)
-        if not isinstance(norm, nn.Module) or not isinstance(head, nn.Module):
-            raise ConfigError(
-                f"deep self-distillation needs a student with 'norm' and 'head' modules (like "
-                f"HAMNet), but {type(student).__name__} lacks them"
-            )
-        if layers is None:
-            layers = block_layers(student)[:-1]
-            if not layers:
-                raise ConfigError(
-                    "deep self-distillation needs a student with at least 2 blocks, but it has 1"
-                )
-        check_layers(student, layers, side="student")
-        return cls("deep", temperature=temperature, norm=norm, head=head, layers=layers)
-
-
-DISTILL_LOSSES: dict[str, type[DistillLoss]] = {
-    cls.name: cls
-    for cls in (
-        SoftTargetLoss,
-        FeatureLoss,
-        AttentionTransferLoss,
-        RelationalLoss,
-        MultiTeacherLoss,
-        SelfDistillLoss,
-    )
-}
-"""Method name → loss class. A spec term ``{"method": name, **options}`` calls
-``DISTILL_LOSSES[name].from_options(context, **options)``."""
-
 
 class CombinedDistillLoss(nn.Module):
     """A weighted sum of distillation terms plus cross-entropy on the labels.
@@ -636,7 +534,7 @@ class CombinedDistillLoss(nn.Module):
         names: One name per term (the method's name, suffixed ``_2``, ``_3``... on repeats).
     """
 
-    def __init__(self, terms: Sequence[tuple[DistillLoss, float]], ce_weight: float = 1.0) -> None:
+    def __init__(self, terms: Sequence[tuple[DistillTerm, float]], ce_weight: float = 1.0) -> None:
         super().__init__()
         self.terms = nn.ModuleList(loss for loss, _ in terms)
         self.weights = [_non_negative("weight", w) for _, w in terms]
@@ -675,8 +573,8 @@ class CombinedDistillLoss(nn.Module):
         """How many teachers the terms need at least."""
         return max((loss.min_teachers for loss in self._losses()), default=0)
 
-    def _losses(self) -> list[DistillLoss]:
-        return [loss for loss in self.terms if isinstance(loss, DistillLoss)]
+    def _losses(self) -> list[DistillTerm]:
+        return [loss for loss in self.terms if isinstance(loss, DistillTerm)]
 
     def forward(
         self, student: DistillOutputs, teachers: Sequence[DistillOutputs], batch_y: torch.Tensor
@@ -730,7 +628,8 @@ def build_distill_loss(
 
     Args:
         spec: One term or a list of terms, each ``{"method": name, "weight": w, **options}``
-            with ``name`` a key of :data:`DISTILL_LOSSES` (``weight`` defaults to 1).
+            with ``name`` a ``kd_loss`` plugin (see :mod:`hamnet.compress.distill.losses`;
+            ``weight`` defaults to 1).
         student: The student model (its layers are mapped; deep self-distillation reads
             its ``norm`` and ``head``).
         teachers: The teacher models; ``teachers[0]`` is the one whose layers are mapped.
@@ -750,29 +649,10 @@ def build_distill_loss(
     if not terms_spec:
         raise ConfigError("distillation needs at least one term, but got an empty list")
     context = BuildContext(student=student, teachers=list(teachers), input_size=input_size)
-    terms: list[tuple[DistillLoss, float]] = []
-    for term in terms_spec:
-        if not isinstance(term, Mapping):
-            raise ConfigError(
-                f"a distillation term must be a mapping with a 'method', but got {term!r}"
-            )
-        options = dict(term)
-        method = options.pop("method", None)
-        if method not in DISTILL_LOSSES:
-            raise ConfigError(
-                f"distillation method must be one of {sorted(DISTILL_LOSSES)}, but got {method!r}"
-            )
-        weight = options.pop("weight", 1.0)
-        cls = DISTILL_LOSSES[method]
-        known = [n for n in inspect.signature(cls.from_options).parameters if n != "context"]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"distillation method {method!r} has no option {unknown[0]!r}; its options are "
-                f"{['weight', *known]}"
-            )
-        terms.append((cls.from_options(context, **options), _non_negative("weight", weight)))
-    loss = CombinedDistillLoss(terms, ce_weight=ce_weight)
+    parsed = [parse_term(term) for term in terms_spec]
+    loss = CombinedDistillLoss(
+        [(term.build(context), term.weight) for term in parsed], ce_weight=ce_weight
+    )
     device = next((p.device for p in student.parameters()), torch.device("cpu"))
     loss.to(device)
     return DistillPlan(

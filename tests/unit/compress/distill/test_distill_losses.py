@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from conftest import tiny_hamnet
 
 from hamnet.compress.distill import (
-    DISTILL_LOSSES,
     AttentionTransferLoss,
     CombinedDistillLoss,
     DistillOutputs,
@@ -26,6 +25,7 @@ from hamnet.compress.distill import (
     compute_teacher_outputs,
     model_outputs,
 )
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 from hamnet.models.hamnet import HAMNet, HAMNetConfig
 
@@ -44,7 +44,7 @@ def logits(*rows: list[float]) -> DistillOutputs:
 
 
 def test_registry_holds_every_method() -> None:
-    assert set(DISTILL_LOSSES) == {
+    assert set(registry.names("kd_loss")) == {
         "soft",
         "feature",
         "attention",
@@ -52,7 +52,7 @@ def test_registry_holds_every_method() -> None:
         "multi_teacher",
         "self",
     }
-    assert all(cls.name == name for name, cls in DISTILL_LOSSES.items())
+    assert all(registry.load("kd_loss", name).name == name for name in registry.names("kd_loss"))
 
 
 def test_soft_targets_two_classes() -> None:
