@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hamnet.core.errors import ConfigError
+from hamnet.core.hashing import hash_json
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
 
@@ -527,8 +526,7 @@ class OptimizeConfig(_Section):
         data = self.model_dump(mode="json")
         if sections:
             data = {name: data[name] for name in sections}
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return hash_json(data, length=16)
 
 
 def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

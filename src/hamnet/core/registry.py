@@ -41,7 +41,7 @@ KIND_PACKAGES: dict[str, str] = {
     "criterion": "hamnet.compress.pruning.criteria",
     "allocation": "hamnet.compress.pruning.allocations",
     "kd_loss": "hamnet.compress.distill.kd",
-    "runtime": "hamnet.backends.session",
+    "runtime": "hamnet.backends.runtimes",
     "sampler": "hamnet.compress.search.samplers",
     "pruner": "hamnet.compress.search.pruners",
     "stage": "hamnet.pipeline.plan",

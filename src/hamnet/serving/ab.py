@@ -11,7 +11,6 @@ a confidence interval for the difference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hamnet.core.errors import ConfigError, DataError
+from hamnet.core.hashing import sha256
 
 
 def parse_split(text: str) -> dict[str, float]:
@@ -56,7 +56,7 @@ def parse_split(text: str) -> dict[str, float]:
 
 def stable_unit(key: str) -> float:
     """Map a key to [0, 1) with SHA-256 (unlike ``hash``, the same in every process)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = sha256(key).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
