@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -96,7 +95,6 @@ def get_runtime(name: str) -> Runtime:
     return runtime_class(name)()
 
 
-@cache
 def format_suffixes() -> dict[str, tuple[str, ...]]:
     """Return every artifact format a runtime owns, with its files' suffixes (main first)."""
     suffixes: dict[str, tuple[str, ...]] = {}

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +22,6 @@ from hamnet.core.errors import ModelLoadError
 from hamnet.core.hashing import hash_named_files
 
 
-@cache
 def _format_suffixes() -> dict[str, tuple[str, ...]]:
     """Format -> its files' suffixes (main first), from every runtime; empty tuple = any."""
     suffixes: dict[str, tuple[str, ...]] = {}

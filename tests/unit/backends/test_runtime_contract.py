@@ -7,14 +7,15 @@ runtime that reads a new format also needs a writer in :data:`WRITERS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
-from hamnet.backends.session import InferenceSession, runtime_class
+from hamnet.backends.session import InferenceSession, Inputs, Runtime, runtime_class
 from hamnet.core import registry
 from hamnet.core.artifacts import ArtifactRef, ArtifactStore
 from hamnet.core.hardware import RuntimeSpec, load_profile
@@ -50,9 +51,7 @@ WRITERS: dict[str, Callable[[torch.nn.Module, Path], Path]] = {
 
 def _cases() -> list[tuple[str, str]]:
     return [
-        (name, fmt)
-        for name in registry.names("runtime")
-        for fmt in runtime_class(name).formats
+        (name, fmt) for name in registry.names("runtime") for fmt in runtime_class(name).formats
     ]
 
 
@@ -123,3 +122,57 @@ def test_listing_runtimes_imports_no_runtime_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+class _MatrixSession(InferenceSession):
+    runtime = "matrix"
+
+    def __init__(self, weights: np.ndarray) -> None:
+        self.weights = weights
+
+    def run(self, x: Inputs) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32) @ self.weights
+
+
+class MatrixRuntime(Runtime):
+    """A runtime from outside hamnet: ``.npy`` weights, logits = inputs @ weights."""
+
+    name: ClassVar[str] = "matrix"
+    formats: ClassVar[tuple[str, ...]] = ("npy",)
+    file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"npy": (".npy",)}
+    package: ClassVar[str] = "numpy"
+    module: ClassVar[str] = "numpy"
+
+    def load(
+        self,
+        artifact: ArtifactRef,
+        spec: RuntimeSpec,
+        threads: int | None,
+        *,
+        trust_checkpoint: bool = False,
+    ) -> InferenceSession:
+        return _MatrixSession(np.load(self._check(artifact)))
+
+
+@pytest.fixture
+def matrix_runtime() -> Iterator[str]:
+    registry.register("runtime", "matrix", f"{__name__}:MatrixRuntime")
+    try:
+        yield "matrix"
+    finally:
+        registry.unregister("runtime", "matrix")
+
+
+def test_an_added_runtime_brings_its_format(matrix_runtime: str, tmp_path: Path) -> None:
+    from hamnet.backends.session import format_of
+    from hamnet.core.artifacts import artifact_formats
+
+    assert matrix_runtime in registry.names("runtime")
+    assert "npy" in artifact_formats() and format_of("w.npy") == "npy"
+    weights = np.arange(8, dtype=np.float32).reshape(4, 2)
+    np.save(tmp_path / "w.npy", weights)
+    ref = ArtifactStore(tmp_path / "store").put(tmp_path / "w.npy", "npy")
+    spec = RuntimeSpec.model_construct(name=matrix_runtime)
+    session = runtime_class(matrix_runtime)().load(ref, spec, None)
+    x = np.ones((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(session.run(x), x @ weights)
