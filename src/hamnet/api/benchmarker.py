@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.backends.session import RUNTIMES, get_runtime
+from hamnet.backends.session import get_runtime, runtime_class
 from hamnet.core.artifacts import ArtifactFormat, ArtifactRef, artifact_files, hash_files
 from hamnet.core.errors import ConfigError, DataError, ModelLoadError
 from hamnet.core.hardware import HardwareProfile, load_profile
@@ -217,7 +217,7 @@ class Benchmarker:
     def _runtimes_for(self, ref: ArtifactRef) -> list[str]:
         if self.runtimes is not None:
             for name in self.runtimes:
-                formats = RUNTIMES[name].formats
+                formats = runtime_class(name).formats
                 if ref.format not in formats:
                     raise ConfigError(
                         f"runtime {name!r} loads formats {list(formats)}, but {ref.path!r} "
@@ -227,7 +227,7 @@ class Benchmarker:
         names = [
             name
             for name in self.profile.runtime_names
-            if ref.format in RUNTIMES[name].formats and RUNTIMES[name].is_available()
+            if ref.format in runtime_class(name).formats and runtime_class(name).is_available()
         ]
         if not names:
             raise ConfigError(

@@ -4,7 +4,8 @@
 graphs fuse well in ONNX Runtime), :func:`export_module` does the same for any
 traceable module with example inputs (a tensor, a tuple or a dict of named inputs;
 Hugging Face models whose forward returns a ``ModelOutput`` export its first tensor)
-and checks parity with ONNX Runtime, :func:`convert_openvino` turns an ONNX file into
+and checks parity with ONNX Runtime, :func:`convert_openvino` (owned by
+:mod:`hamnet.backends.runtimes.openvino`, importable from here) turns an ONNX file into
 OpenVINO IR (``model.xml`` + ``model.bin``), and :func:`check_parity` compares two
 :class:`~hamnet.backends.session.InferenceSession` objects on the same inputs.
 
@@ -24,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.backends.session import require
+from hamnet.backends.inputs import batch_size_of, pack_inputs, unpack_inputs
+from hamnet.backends.runtimes.base import require
+from hamnet.backends.runtimes.openvino import convert_openvino as convert_openvino
 from hamnet.core.errors import ExportError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from hamnet.backends.session import InferenceSession, Inputs
+    from hamnet.backends.inputs import Inputs
+    from hamnet.backends.runtimes.base import InferenceSession
     from hamnet.core.artifacts import ArtifactRef, ArtifactStore
     from hamnet.core.hardware import HardwareProfile
     from hamnet.models import HAMNet
@@ -210,7 +214,7 @@ def _first_output_module(model: nn.Module, names: list[str], keywords: bool) -> 
     """Wrap ``model`` so that it takes positional tensors and returns its first tensor."""
     from torch import nn
 
-    from hamnet.backends.session import first_tensor
+    from hamnet.backends.runtimes.torch import first_tensor
 
     class FirstOutput(nn.Module):
         def __init__(self) -> None:
@@ -393,7 +397,8 @@ def _check_export_parity(
 ) -> float:
     import torch
 
-    from hamnet.backends.session import InferenceSession, OnnxRuntimeSession
+    from hamnet.backends.runtimes.base import InferenceSession
+    from hamnet.backends.runtimes.onnxruntime import OnnxRuntimeSession
 
     ort = require("onnxruntime")
     doubled = {
@@ -443,42 +448,6 @@ def onnx_session(
     return load_session(ref, "onnxruntime", profile), ref
 
 
-def convert_openvino(
-    onnx_path: str | Path, xml_path: str | Path, *, compress_to_fp16: bool = False
-) -> Path:
-    """Convert an ONNX file to OpenVINO IR.
-
-    ``openvino.save_model`` compresses weights to FP16 unless told otherwise; here FP32
-    is the default so an exported model keeps its precision.
-
-    Args:
-        onnx_path: The source ONNX file.
-        xml_path: Where to write ``model.xml`` (``model.bin`` is written beside it).
-        compress_to_fp16: Store the weights as FP16 (halves the file).
-
-    Returns:
-        The path of the ``.xml`` file.
-
-    Raises:
-        ExportError: If conversion or saving fails.
-        MissingDependencyError: If ``openvino`` is not installed.
-    """
-    ov = require("openvino")
-    onnx_path, xml_path = Path(onnx_path), Path(xml_path)
-    if xml_path.suffix != ".xml":
-        raise ExportError(f"OpenVINO IR path must end with .xml, but got {str(xml_path)!r}")
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        ov_model = ov.convert_model(str(onnx_path))
-        ov.save_model(ov_model, str(xml_path), compress_to_fp16=compress_to_fp16)
-    except Exception as err:
-        raise ExportError(
-            f"OpenVINO conversion of {str(onnx_path)!r} to {str(xml_path)!r} failed: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    return xml_path
-
-
 def max_abs_diff(
     reference: InferenceSession,
     candidate: InferenceSession,
@@ -500,8 +469,6 @@ def max_abs_diff(
     Raises:
         ExportError: If ``x`` is empty or the output shapes differ.
     """
-    from hamnet.backends.session import pack_inputs, unpack_inputs
-
     x = pack_inputs(x)
     if len(x) == 0:
         raise ExportError("parity needs at least one input row, but got an empty array")
@@ -550,6 +517,4 @@ def check_parity(
 
 
 def _count(x: Inputs) -> int:
-    from hamnet.backends.session import batch_size_of
-
     return batch_size_of(x)

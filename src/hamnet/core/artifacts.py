@@ -8,20 +8,46 @@ points at the main file (e.g. ``model.onnx`` or ``model.xml`` beside ``model.bin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from hamnet.core import registry
 from hamnet.core.errors import ModelLoadError
+from hamnet.core.hashing import hash_named_files
 
-ArtifactFormat = Literal["torch", "onnx", "openvino"]
 
-_CHUNK = 1 << 20
+def _format_suffixes() -> dict[str, tuple[str, ...]]:
+    """Format -> its files' suffixes (main first), from every runtime; empty tuple = any."""
+    suffixes: dict[str, tuple[str, ...]] = {}
+    for name in registry.names("runtime"):
+        runtime = registry.load("runtime", name)
+        for fmt in getattr(runtime, "formats", ()):
+            suffixes.setdefault(fmt, ())
+        owned: Mapping[str, tuple[str, ...]] = getattr(runtime, "file_suffixes", {})
+        suffixes.update(owned)
+    return suffixes
+
+
+def artifact_formats() -> tuple[str, ...]:
+    """Return every artifact format some runtime loads or owns (``runtime`` plugins)."""
+    return tuple(sorted(_format_suffixes()))
+
+
+def _check_format(fmt: str) -> str:
+    known = artifact_formats()
+    if fmt not in known:
+        raise ValueError(f"artifact format must be one of {list(known)}, but got {fmt!r}")
+    return fmt
+
+
+ArtifactFormat = Annotated[str, AfterValidator(_check_format)]
+"""An artifact format: one a runtime plugin loads (``torch``, ``onnx``, ``openvino``)."""
 
 
 class ArtifactRef(BaseModel):
@@ -65,21 +91,18 @@ class ArtifactRef(BaseModel):
 
 
 def artifact_files(main: Path, fmt: str) -> list[Path]:
-    """Return the files of an artifact whose main file is ``main``."""
-    if fmt == "openvino":
-        return [main, main.with_suffix(".bin")]
-    return [main]
+    """Return the files of an artifact whose main file is ``main``.
+
+    The siblings are the format's further file suffixes, as its runtime declares them
+    (OpenVINO IR: ``model.bin`` beside ``model.xml``).
+    """
+    siblings = _format_suffixes().get(fmt, ())[1:]
+    return [main, *(main.with_suffix(suffix) for suffix in siblings)]
 
 
 def hash_files(paths: list[Path]) -> str:
     """Return the sha256 over the names and contents of ``paths`` (in the given order)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return hash_named_files(paths)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

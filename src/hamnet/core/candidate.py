@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hamnet.core.artifacts import ArtifactRef
+from hamnet.core.hashing import hash_json
 
 RuntimeName = Literal["torch", "onnxruntime", "openvino"]
 
@@ -85,8 +84,7 @@ class Candidate(BaseModel):
     @staticmethod
     def make_id(parent_id: str | None, stage: str, method: str, artifact_sha: str) -> str:
         """Return a deterministic id for a candidate (same lineage + content = same id)."""
-        blob = json.dumps([parent_id, stage, method, artifact_sha]).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return hash_json([parent_id, stage, method, artifact_sha], length=12)
 
     @classmethod
     def create(

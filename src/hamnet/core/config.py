@@ -15,8 +15,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError
+from hamnet.core.hashing import hash_json
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
 
@@ -568,8 +567,7 @@ class OptimizeConfig(_Section):
         data = self.model_dump(mode="json")
         if sections:
             data = {name: data[name] for name in sections}
-        blob = json.dumps(data, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return hash_json(data, length=16)
 
 
 def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -315,8 +315,7 @@ class SearchStage(Stage):
         The budget (``n_trials``, ``timeout_seconds``), ``top_k`` and Ray settings are
         left out of the hash, so raising the budget continues the same study.
         """
-        import hashlib
-        import json
+        from hamnet.core.hashing import hash_json
 
         cfg = self.settings(config)
         if cfg.study_name:
@@ -330,7 +329,7 @@ class SearchStage(Stage):
             config.stages.train.model_dump(mode="json") if config.stages.train else None
         )
         defining["seed"], defining["profile"] = config.seed, config.hardware_profile
-        digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+        digest = hash_json(defining, length=8)
         return f"{config.name}-{self.name}-{digest}"
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:

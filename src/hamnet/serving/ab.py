@@ -11,7 +11,6 @@ a confidence interval for the difference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hamnet.core.errors import ConfigError, DataError
+from hamnet.core.hashing import sha256
 
 
 def parse_split(text: str) -> dict[str, float]:
@@ -56,7 +56,7 @@ def parse_split(text: str) -> dict[str, float]:
 
 def stable_unit(key: str) -> float:
     """Map a key to [0, 1) with SHA-256 (unlike ``hash``, the same in every process)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = sha256(key).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -237,14 +237,11 @@ def welch_difference(a: np.ndarray, b: np.ndarray, confidence: float) -> Estimat
     diff = float(np.mean(a) - np.mean(b))
     if len(a) < 2 or len(b) < 2:
         return diff, math.nan, math.nan, math.nan
-    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if np.var(a, ddof=1) == 0 and np.var(b, ddof=1) == 0:
         return diff, diff, diff, 1.0 if diff == 0 else 0.0
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return diff, diff - half, diff + half, p
+    result = stats.ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(confidence_level=confidence)
+    return diff, float(interval.low), float(interval.high), float(result.pvalue)
 
 
 def proportion_difference(

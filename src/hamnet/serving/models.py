@@ -261,9 +261,9 @@ def choose_runtime(fmt: str, profile: HardwareProfile, preferred: str | None = N
     Raises:
         ConfigError: If no runtime of the profile reads the format.
     """
-    from hamnet.backends.session import RUNTIMES
+    from hamnet.backends.session import runtime_class
 
-    fitting = [r for r in profile.runtime_names if fmt in RUNTIMES[r].formats]
+    fitting = [r for r in profile.runtime_names if fmt in runtime_class(r).formats]
     if preferred in fitting:
         return str(preferred)
     if not fitting:

@@ -27,8 +27,6 @@ kept, as strings, in :attr:`Dataset.class_names`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +38,10 @@ from sklearn.model_selection import train_test_split
 from hamnet.backends.session import pack_inputs
 from hamnet.core.config import DataSection
 from hamnet.core.errors import DataError
+from hamnet.core.hashing import canonical_json, sha256, update_with_file
 
 _SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _MIN_PER_CLASS = 3
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -247,15 +245,13 @@ def data_fingerprint(section: DataSection, base_dir: str | Path = ".") -> str:
     Raises:
         DataError: If the configured file does not exist.
     """
-    digest = hashlib.sha256(json.dumps(section.model_dump(mode="json"), sort_keys=True).encode())
+    digest = sha256(canonical_json(section.model_dump(mode="json")))
     if section.source == "digits":
         import sklearn
 
         digest.update(f"sklearn=={sklearn.__version__}".encode())
     else:
-        with _resolve(section, base_dir).open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
+        update_with_file(digest, _resolve(section, base_dir))
     return digest.hexdigest()[:16]
 
 

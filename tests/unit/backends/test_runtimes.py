@@ -11,15 +11,18 @@ from torch import nn
 
 from hamnet.backends.export import convert_openvino, export_onnx
 from hamnet.backends.session import (
-    RUNTIMES,
     OnnxRuntimeSession,
     OpenVINOSession,
     TorchSession,
+    format_of,
+    format_suffixes,
     get_runtime,
     load_session,
     openvino_core,
+    runtime_class,
 )
-from hamnet.core.artifacts import ArtifactRef, ArtifactStore
+from hamnet.core import registry
+from hamnet.core.artifacts import ArtifactRef, ArtifactStore, artifact_files, artifact_formats
 from hamnet.core.errors import ConfigError, DataError, HardwareProfileError, ModelLoadError
 from hamnet.core.hardware import HardwareProfile, RuntimeSpec, load_profile
 
@@ -63,14 +66,34 @@ def x() -> np.ndarray:
 
 
 def test_registry_names_formats_and_availability() -> None:
-    assert set(RUNTIMES) == {"torch", "onnxruntime", "openvino"}
-    for name, cls in RUNTIMES.items():
-        assert cls.name == name
-        assert cls.is_available()
+    assert registry.names("runtime") == ("onnxruntime", "openvino", "torch")
+    for name in registry.names("runtime"):
+        cls = registry.load("runtime", name)
+        assert cls is runtime_class(name)
+        assert cls.kind == "runtime" and cls.name == name
+        assert runtime_class(name).is_available()
         assert get_runtime(name).name == name
-    assert RUNTIMES["onnxruntime"].formats == ("onnx",)
-    assert set(RUNTIMES["openvino"].formats) == {"openvino", "onnx"}
-    assert RUNTIMES["torch"].formats == ("torch",)
+    assert runtime_class("onnxruntime").formats == ("onnx",)
+    assert set(runtime_class("openvino").formats) == {"openvino", "onnx"}
+    assert runtime_class("torch").formats == ("torch",)
+
+
+def test_formats_and_files_come_from_the_runtimes(tmp_path: Path) -> None:
+    assert format_suffixes() == {
+        "onnx": (".onnx",),
+        "openvino": (".xml", ".bin"),
+        "torch": (".pt",),
+    }
+    assert artifact_formats() == ("onnx", "openvino", "torch")
+    assert format_of("a/model.XML") == "openvino" and format_of("m.onnx") == "onnx"
+    assert format_of("weights.bin") is None
+    assert artifact_files(tmp_path / "model.xml", "openvino") == [
+        tmp_path / "model.xml",
+        tmp_path / "model.bin",
+    ]
+    assert artifact_files(tmp_path / "m.onnx", "onnx") == [tmp_path / "m.onnx"]
+    with pytest.raises(ValueError, match=r"artifact format must be one of \['onnx', 'openvino'"):
+        ArtifactRef(path="m.trt", sha256="0", format="tensorrt", size_bytes=1)
 
 
 def test_unknown_runtime_lists_known_ones(
@@ -78,6 +101,8 @@ def test_unknown_runtime_lists_known_ones(
 ) -> None:
     with pytest.raises(ConfigError, match=r"unknown runtime 'tensorrt': expected one of \["):
         get_runtime("tensorrt")
+    with pytest.raises(ConfigError, match=r"did you mean 'openvino'\?"):
+        get_runtime("openvin")
     with pytest.raises(ConfigError, match="'onnxruntime', 'openvino', 'torch'"):
         load_session(refs["onnx"], "tensorrt", cpu)
 
@@ -155,7 +180,7 @@ def test_cuda_provider_is_refused_not_replaced(
 
 
 def test_prepare_warms_each_runtime_once(cpu: HardwareProfile, gpu: HardwareProfile) -> None:
-    for name in RUNTIMES:
+    for name in registry.names("runtime"):
         spec = cpu.runtime(name)
         assert spec is not None
         get_runtime(name).prepare(spec)

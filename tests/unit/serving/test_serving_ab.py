@@ -69,6 +69,33 @@ def test_welch_difference_matches_scipy() -> None:
     assert (low, high) == pytest.approx((ci.low, ci.high))
 
 
+def _hand_written_welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The interval the hand-written Welch code gave before scipy computed it."""
+    from scipy import stats
+
+    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * (va + vb) ** 0.5
+    diff = float(np.mean(a) - np.mean(b))
+    return diff - half, diff + half
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.95, 0.99])
+@pytest.mark.parametrize(("n_a", "n_b"), [(2, 3), (30, 7), (200, 300)])
+def test_welch_interval_is_the_hand_written_one(n_a: int, n_b: int, confidence: float) -> None:
+    rng = np.random.default_rng(n_a * n_b)
+    a, b = rng.normal(5.0, 1.0, n_a), rng.normal(4.0, 3.0, n_b)
+    _, low, high, _ = welch_difference(a, b, confidence)
+    old_low, old_high = _hand_written_welch(a, b, confidence)
+    assert abs(low - old_low) <= 1e-9 and abs(high - old_high) <= 1e-9
+
+
+def test_welch_edge_cases() -> None:
+    assert np.isnan(welch_difference(np.array([1.0]), np.array([1.0, 2.0]), 0.95)[1])
+    assert welch_difference(np.full(4, 2.0), np.full(5, 2.0), 0.95) == (0.0, 0.0, 0.0, 1.0)
+    assert welch_difference(np.full(4, 3.0), np.full(5, 2.0), 0.95) == (1.0, 1.0, 1.0, 0.0)
+
+
 def test_proportion_difference() -> None:
     diff, low, high, p = proportion_difference(60, 100, 40, 100, 0.95)
     assert diff == pytest.approx(0.2)

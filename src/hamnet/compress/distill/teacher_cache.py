@@ -9,8 +9,6 @@ layers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import zipfile
@@ -25,6 +23,7 @@ from torch import nn
 from hamnet.compress.distill.capture import model_outputs
 from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
 from hamnet.core.errors import ConfigError, DataError
+from hamnet.core.hashing import hash_json
 
 CACHE_FORMAT = "hamnet-teacher-outputs/1"
 
@@ -258,4 +257,4 @@ def cache_key(
         "embedding": bool(need_embedding),
         "dtype": str(np.dtype(dtype)),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hash_json(payload)

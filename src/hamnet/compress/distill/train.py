@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from hamnet.compress.distill.outputs import DistillOutputs
 from hamnet.compress.distill.teacher_cache import TeacherOutputs, cache_key, compute_teacher_outputs
 from hamnet.core.config import TrainStageConfig
 from hamnet.core.errors import ConfigError, DataError
+from hamnet.core.hashing import sha256
 from hamnet.training.data import Dataset
 from hamnet.training.trainer import UNLABELLED, Batch, TrainResult, train_model
 
@@ -61,7 +61,7 @@ class DistillResult:
 
 def model_digest(model: nn.Module) -> str:
     """A sha256 of a model's parameters and buffers (for cache keys of in-memory teachers)."""
-    digest = hashlib.sha256()
+    digest = sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -70,7 +70,7 @@ def model_digest(model: nn.Module) -> str:
 
 def array_digest(x: np.ndarray) -> str:
     """A sha256 of an array's shape, dtype and bytes."""
-    digest = hashlib.sha256(f"{x.shape}{x.dtype}".encode())
+    digest = sha256(f"{x.shape}{x.dtype}")
     digest.update(np.ascontiguousarray(x).tobytes())
     return digest.hexdigest()
 
