@@ -150,6 +150,8 @@ class ModelFamily(Plugin):
         prunable_groups: The structures structured pruning removes whole.
         distill_targets: What distillation reads from the teacher.
         extra_quantizers: Methods the QUANTIZE goal runs beside the backends' own.
+        pruner: Import path (``"module:function"``) of a pruner of the family's
+            modules outside the pipeline, resolved by the compress layer (None: none).
         prune_reason: The plan's sentence when a latency bound adds pruning.
         why_not_prunable: The plan's sentence when pruning would help but cannot run.
         detect_order: Detection tries families by increasing order (generic last).
@@ -163,6 +165,7 @@ class ModelFamily(Plugin):
     prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = ()
     distill_targets: ClassVar[tuple[str, ...]] = ("outputs",)
     extra_quantizers: ClassVar[tuple[str, ...]] = ()
+    pruner: ClassVar[str | None] = None
     prune_reason: ClassVar[str] = ""
     why_not_prunable: ClassVar[str] = (
         "only HAMNet checkpoints can be pruned (ONNX models and exported modules cannot)"

@@ -29,8 +29,7 @@ class TransformerFamily(ModelFamily):
         "the exported first output (last_hidden_state or logits)",
     )
     extra_quantizers: ClassVar[tuple[str, ...]] = (FUSED_METHOD,)
-    pruner: ClassVar[str] = "hamnet.compress.pruning.hf:prune_bert"
-    """Import path of the Hugging Face BERT pruner (resolved by the compress layer)."""
+    pruner: ClassVar[str | None] = "hamnet.compress.pruning.hf:prune_bert"
     detect_order = 10
 
     @classmethod
