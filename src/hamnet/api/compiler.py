@@ -380,7 +380,25 @@ def compile_config(
         methods = wanted + ([] if goal is Goal.AUTO and not escalate else methods)
     methods = list(dict.fromkeys(methods))
     quantize = {"methods": methods, "calibration_samples": constraints.calibration_samples}
-    cfg: dict[str, Any] = {
+    cfg = _config_dict(constraints, facts, data_path, seed, track)
+    cfg["stages"] = {
+        "train": None,
+        "prune": stages.prune,
+        "distill": stages.distill,
+        "export": {"formats": backends} if family.loads_checkpoint else None,
+        "quantize": quantize if methods else None,
+    }
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return config_from_dict(cfg, source="hamnet.api")
+
+
+def _config_dict(
+    constraints: Constraints, facts: ModelFacts, data_path: str | Path | None, seed: int,
+    track: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Every config section but ``stages``."""
+    return {
         "name": "hamnet-api",
         "seed": seed,
         "workdir": "run",
@@ -392,18 +410,9 @@ def compile_config(
         },
         "data": _data_section(data_path),
         "constraints": constraints.section(),
-        "stages": {
-            "train": None,
-            "prune": stages.prune,
-            "distill": stages.distill,
-            "export": {"formats": backends} if family.loads_checkpoint else None,
-            "quantize": quantize if methods else None,
-        },
+        "stages": {},
         "tracking": {"enabled": track},
     }
-    if overrides:
-        cfg = deep_merge(cfg, overrides)
-    return config_from_dict(cfg, source="hamnet.api")
 
 
 def _data_section(data_path: str | Path | None) -> dict[str, Any]:

@@ -19,12 +19,10 @@ from hamnet.api.compiler import ModelKind
 from hamnet.api.constraints import UnsupportedCombinationError
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError, MissingDependencyError, ModelLoadError
-from hamnet.families.base import ModelSource, detect_family, get_family
+from hamnet.families.base import CHECKPOINT_SUFFIXES, ModelSource, detect_family, get_family
 
 DEFAULT_WORK_ROOT = ".hamnet-api"
 """Folder (under the current directory) holding the default work directories."""
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
 @dataclass(frozen=True)

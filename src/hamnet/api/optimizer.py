@@ -243,12 +243,8 @@ class Optimizer:
 
     def facts(self) -> ModelFacts:
         """What the config compiler knows about this model."""
-        return ModelFacts(
-            path=self.model_path,
-            family=self.adapter,
-            size_mb=self.model_size_mb(),
-            trust_checkpoint=self.trust_checkpoint,
-        )
+        size = self.model_size_mb()
+        return ModelFacts(self.model_path, self.adapter, size, self.trust_checkpoint)
 
     def build_config(
         self,
@@ -380,16 +376,7 @@ class Optimizer:
             validation_fn=validation_fn,
             trust_checkpoint=self.trust_checkpoint,
         )
-        selection = kept.result.selection
-        return OptimizationResult(
-            candidates=list(kept.result.candidates),
-            recommended=selection.recommended,
-            constraints_satisfied=selection.constraints_satisfied,
-            report=report,
-            config=kept.config,
-            rounds=kept.rounds,
-            pipeline=kept.result,
-        )
+        return OptimizationResult.of_round(kept.result, kept.config, kept.rounds, report)
 
 
 def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Constraints:

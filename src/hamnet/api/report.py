@@ -141,6 +141,23 @@ class OptimizationResult:
     rounds: list[str]
     pipeline: PipelineResult
 
+    @classmethod
+    def of_round(
+        cls, pipeline: PipelineResult, config: OptimizeConfig, rounds: list[str],
+        report: CompressionReport,
+    ) -> OptimizationResult:  # fmt: skip
+        """The result of the kept round's pipeline run."""
+        selection = pipeline.selection
+        return cls(
+            candidates=list(pipeline.candidates),
+            recommended=selection.recommended,
+            constraints_satisfied=selection.constraints_satisfied,
+            report=report,
+            config=config,
+            rounds=rounds,
+            pipeline=pipeline,
+        )
+
     def save_model(self, path: str | Path) -> Path:
         """Copy the recommended model's files to ``path``.
 
