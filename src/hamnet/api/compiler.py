@@ -1,0 +1,421 @@
+"""A pure config compiler: goal + constraints + model facts -> an ``OptimizeConfig``.
+
+Nothing here runs a model or touches a file: :func:`plan_for` decides what
+:attr:`Goal.AUTO` runs (an :class:`AutoPlan` with one reason per decision) and
+:func:`compile_config` turns a goal into the pipeline configuration that
+``hamnet-optimize`` would run. What depends on the kind of network (can it be pruned,
+which quantizers suit it) is asked of its family adapter (:mod:`hamnet.families`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from hamnet.api.constraints import Constraints, Goal, UnsupportedCombinationError
+from hamnet.core.errors import ConfigError
+from hamnet.families.base import ModelFamily, get_family
+from hamnet.families.transformer import FUSED_METHOD
+
+if TYPE_CHECKING:
+    from hamnet.core.config import OptimizeConfig
+    from hamnet.core.hardware import HardwareProfile
+
+ModelKind = Literal["hamnet", "onnx"]
+"""How the pipeline loads the model: a hamnet checkpoint or an ONNX file."""
+
+PRUNE_RATIOS: list[float] = [0.3, 0.5, 0.7]
+DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
+ESCALATION_PRUNE_RATIOS: list[float] = [0.7, 0.8]
+BACKEND_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino"}
+"""The API's backend names and the runtime each one means."""
+
+__all__ = [
+    "FUSED_METHOD",
+    "AutoPlan",
+    "ModelFacts",
+    "QuantizerTarget",
+    "backend_of",
+    "choose_backends",
+    "compile_config",
+    "default_methods",
+    "plan_for",
+    "quantizer_targets",
+]
+
+
+@dataclass(frozen=True)
+class QuantizerTarget:
+    """Where a quantization method's output runs and at which precision.
+
+    Attributes:
+        runtime: The runtime that runs the method's output.
+        precision: The precision it produces ("int8", "fp16").
+        default: Whether every plan of its backend and precision runs it (False: only
+            when a family asks for it).
+    """
+
+    runtime: str
+    precision: str
+    default: bool = True
+
+
+def quantizer_targets() -> dict[str, QuantizerTarget]:
+    """Runtime and precision of each quantization method the API plans with.
+
+    This mirrors the quantizers' own ``runtime``/``output_format`` and ``precision``
+    capabilities (:mod:`hamnet.compress.quantize`), so that compiling a config
+    imports no quantizer. The order is the order of the methods in a config.
+    """
+    return {
+        "ort_dynamic_int8": QuantizerTarget("onnxruntime", "int8"),
+        "ort_static_int8": QuantizerTarget("onnxruntime", "int8"),
+        "onnx_fp16": QuantizerTarget("onnxruntime", "fp16"),
+        "nncf_int8": QuantizerTarget("openvino", "int8"),
+        "openvino_fp16": QuantizerTarget("openvino", "fp16"),
+        FUSED_METHOD: QuantizerTarget("onnxruntime", "int8", default=False),
+    }
+
+
+def backend_of(method: str) -> str:
+    """The API backend ("onnx" or "openvino") whose runtime runs ``method``'s output.
+
+    Raises:
+        ConfigError: ``method`` is not a quantization method the API plans with.
+    """
+    target = quantizer_targets().get(method)
+    if target is None:
+        raise ConfigError(
+            f"quantization method must be one of {sorted(quantizer_targets())}, but got {method!r}"
+        )
+    return next(b for b, rt in BACKEND_RUNTIMES.items() if rt == target.runtime)
+
+
+def default_methods(backends: Sequence[str], precisions: Sequence[str]) -> list[str]:
+    """Every default method of ``backends`` at ``precisions``, backend by backend."""
+    targets = quantizer_targets()
+    return [
+        name
+        for backend in backends
+        for precision in precisions
+        for name, t in targets.items()
+        if t.default and t.precision == precision and BACKEND_RUNTIMES[backend] == t.runtime
+    ]
+
+
+def choose_backends(preferred: Sequence[str] | str | None, profile: HardwareProfile) -> list[str]:
+    """The backends to run: ``preferred`` (validated), else those the profile lists.
+
+    Raises:
+        ConfigError: ``preferred`` is empty or names an unknown backend.
+    """
+    if preferred is None:
+        return [b for b, rt in BACKEND_RUNTIMES.items() if rt in profile.runtime_names]
+    if isinstance(preferred, str):
+        preferred = [preferred]
+    unknown = [b for b in preferred if b not in BACKEND_RUNTIMES]
+    if unknown or not preferred:
+        raise ConfigError(
+            f"preferred_backends must be a non-empty subset of {list(BACKEND_RUNTIMES)}, but "
+            f"got {list(preferred)}"
+        )
+    return list(dict.fromkeys(preferred))
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """What :attr:`Goal.AUTO` runs, and why.
+
+    Attributes:
+        goal_sequence: The techniques, in pipeline order.
+        reasons: One sentence per decision.
+        prune_ratios: Structured pruning ratios (empty: no pruning).
+        precisions: Quantization precisions ("int8", "fp16").
+        distill: Whether pruned candidates are recovered by distillation.
+        methods: Quantization methods chosen for the model family (empty: every
+            method of the chosen backends and precisions).
+        family: The model family the plan was made for.
+    """
+
+    goal_sequence: list[Goal]
+    reasons: list[str]
+    prune_ratios: list[float] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=list)
+    distill: bool = False
+    methods: list[str] = field(default_factory=list)
+    family: str = "generic"
+
+
+def quantize_precisions(profile: HardwareProfile) -> list[str]:
+    """INT8 on profiles with INT8, else FP16 (GPUs always get FP16), else none."""
+    if profile.device == "cuda" or "int8" not in profile.precisions:
+        return ["fp16"] if "fp16" in profile.precisions else []
+    return ["int8"]
+
+
+def _size_rule(
+    constraints: Constraints, size_mb: float | None, prec_text: str, family: type[ModelFamily],
+    can_prune: bool, reasons: list[str],
+) -> bool:  # fmt: skip
+    """Apply the size rule; return whether it adds pruning."""
+    target = constraints.target_size_mb
+    if target is None:
+        return False
+    if size_mb is None or target >= size_mb / 2:
+        reasons.append(f"size limit {target} MB is within reach of quantization ({prec_text})")
+        return False
+    needed = size_mb / target
+    reasons.append(
+        f"size-bound: {size_mb:.3f} MB must shrink {needed:.1f}x to {target} MB, "
+        f"so quantization ({prec_text}) comes first"
+    )
+    if needed <= 4.0:
+        return False
+    more = f"a {needed:.1f}x reduction is more than quantization gives (~4x),"
+    if can_prune:
+        reasons.append(f"{more} so structured pruning is added")
+        return True
+    reasons.append(f"{more} but {family.why_not_prunable}")
+    return False
+
+
+def plan_for(
+    constraints: Constraints,
+    model_kind: ModelKind,
+    profile: HardwareProfile,
+    *,
+    model_size_mb: float | None = None,
+    family: str | None = None,
+) -> AutoPlan:
+    """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
+
+    Rules, each recorded as one reason in the plan:
+        * size-bound (``target_size_mb`` below half the model's size): quantization
+          first, plus structured pruning when the needed ratio exceeds 4x (about what
+          INT8 gives) and the family can be pruned (HAMNet checkpoints);
+        * latency-bound (``max_latency_ms`` set): pruning (prunable families only)
+          plus quantization, INT8 on profiles with INT8, FP16 on GPU profiles;
+        * no bound: quantization only;
+        * the family's preferred quantizers
+          (:meth:`~hamnet.families.base.ModelFamily.preferred_quantizers`):
+          transformers get ONNX Runtime transformer fusion + dynamic INT8, convolutional
+          nets OpenVINO INT8 via NNCF (ONNX Runtime static INT8 without OpenVINO);
+        * ONNX models (files and exported modules) are never pruned.
+
+    Args:
+        constraints: The user's constraints.
+        model_kind: "hamnet" (a checkpoint) or "onnx".
+        profile: The target's hardware profile.
+        model_size_mb: Size of the model file (needed for the size rule).
+        family: The model family (default: "hamnet" for a HAMNet, else "generic").
+
+    Returns:
+        The plan with one reason per decision.
+
+    Raises:
+        ConfigError: ``family`` is not a model family.
+    """
+    adapter = get_family(family or ("hamnet" if model_kind == "hamnet" else "generic"))
+    can_prune = adapter.can_prune and model_kind != "onnx"
+    reasons: list[str] = []
+    precisions = quantize_precisions(profile)
+    prec_text = "/".join(precisions) or "none"
+    prune = _size_rule(constraints, model_size_mb, prec_text, adapter, can_prune, reasons)
+    if constraints.max_latency_ms is not None:
+        reasons.append(
+            f"latency-bound ({constraints.max_latency_ms} ms): quantization ({prec_text}) "
+            f"on profile {profile.name!r}"
+        )
+        if can_prune:
+            prune = True
+            reasons.append(adapter.prune_reason)
+        else:
+            reasons.append(f"no pruning: {adapter.why_not_prunable}")
+    if not reasons:
+        reasons.append(f"no size or latency bound: quantization ({prec_text}) only")
+    choice = adapter.preferred_quantizers(precisions, profile.runtime_names, profile.name)
+    if choice.reason:
+        reasons.append(choice.reason)
+    sequence = [Goal.PRUNE] if prune else []
+    if precisions:
+        sequence.append(Goal.QUANTIZE)
+    else:
+        reasons.append(f"profile {profile.name!r} supports no INT8/FP16 precision: no quantization")
+    return AutoPlan(
+        goal_sequence=sequence,
+        reasons=reasons,
+        prune_ratios=list(PRUNE_RATIOS) if prune else [],
+        precisions=precisions,
+        methods=list(choice.methods),
+        family=adapter.name,
+    )
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the compiler knows about the model.
+
+    Attributes:
+        path: The model file the pipeline loads.
+        family: The model's family adapter.
+        size_mb: Size of the model file (for the size rule).
+        trust_checkpoint: Load checkpoints with pickled code.
+    """
+
+    path: Path
+    family: type[ModelFamily]
+    size_mb: float | None = None
+    trust_checkpoint: bool = False
+
+    @property
+    def kind(self) -> ModelKind:
+        """How the pipeline loads the model."""
+        return "hamnet" if self.family.loads_checkpoint else "onnx"
+
+
+@dataclass
+class _Stages:
+    """The technique sections one goal compiles to."""
+
+    precisions: list[str] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)
+    prune: dict[str, Any] | None = None
+    distill: dict[str, Any] | None = None
+
+
+def _goal_stages(
+    goal: Goal, facts: ModelFacts, profile: HardwareProfile, backends: list[str],
+    plan: AutoPlan, escalate: bool,
+) -> _Stages:  # fmt: skip
+    """Precisions, family methods, pruning and distillation for ``goal``."""
+    family = facts.family
+    all_precisions: list[str] = [p for p in ("int8", "fp16") if p in profile.precisions]
+    if goal is Goal.QUANTIZE:
+        targets = quantizer_targets()
+        chosen = [
+            m
+            for m in family.extra_quantizers
+            if targets[m].precision in all_precisions and backend_of(m) in backends
+        ]
+        return _Stages(all_precisions, chosen)
+    if goal is Goal.PRUNE:
+        return _Stages(prune={"ratios": list(PRUNE_RATIOS), "criteria": ["l1"],
+                              "allocations": ["uniform"]})  # fmt: skip
+    if goal is Goal.DISTILL:
+        return _Stages(
+            prune={"ratios": list(DISTILL_PRUNE_RATIOS), "criteria": ["l1"]},
+            distill={"recover_pruned": True},
+        )
+    stages = _Stages(list(plan.precisions), list(plan.methods))
+    if plan.prune_ratios:
+        stages.prune = {"ratios": list(plan.prune_ratios), "criteria": ["l1"]}
+    if escalate:
+        if family.can_prune:
+            ratios = sorted(set(plan.prune_ratios) | set(ESCALATION_PRUNE_RATIOS))
+            stages.prune = {"ratios": ratios, "criteria": ["l1"]}
+        if family.can_distill:
+            stages.distill = {"recover_pruned": True}
+        stages.precisions = all_precisions
+    return stages
+
+
+def compile_config(
+    goal: Goal,
+    constraints: Constraints,
+    facts: ModelFacts,
+    profile: HardwareProfile,
+    *,
+    preferred_backends: Sequence[str] | str | None = None,
+    data_path: str | Path | None = None,
+    seed: int = 0,
+    track: bool = False,
+    plan: AutoPlan | None = None,
+    escalate: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> OptimizeConfig:
+    """Compile a goal into the pipeline configuration :meth:`Optimizer.optimize` runs.
+
+    Args:
+        goal: What to do.
+        constraints: The user's limits and target (``profile`` is its hardware).
+        facts: The model.
+        profile: The target's hardware profile.
+        preferred_backends: Subset of ``["onnx", "openvino"]`` (default: the profile's).
+        data_path: An ``.npz`` of validation data (default: the built-in digits).
+        seed: Seed of the data split and of every stage.
+        track: Log to MLflow.
+        plan: AUTO's plan (default: :func:`plan_for` the model).
+        escalate: AUTO's escalation round: every method of the chosen backends and,
+            for prunable families, stronger pruning recovered by distillation.
+        overrides: Config keys deep-merged over the result.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: For an unknown backend or invalid settings.
+        UnsupportedCombinationError: Pruning or distillation of an unprunable family.
+    """
+    from hamnet.core.config import config_from_dict, deep_merge
+
+    backends = choose_backends(preferred_backends, profile)
+    family = facts.family
+    if goal in (Goal.PRUNE, Goal.DISTILL) and not family.can_prune:
+        raise UnsupportedCombinationError(
+            f"structured pruning needs a HAMNet checkpoint, but got {family.description} "
+            f"(goal {goal.value!r}); use Goal.QUANTIZE or Goal.AUTO"
+        )
+    if goal is Goal.AUTO and plan is None:
+        plan = plan_for(
+            constraints, facts.kind, profile, model_size_mb=facts.size_mb, family=family.name
+        )
+    stages = _goal_stages(goal, facts, profile, backends, plan or AutoPlan([], []), escalate)
+    methods = default_methods(backends, stages.precisions)
+    if stages.chosen:
+        wanted = [m for m in stages.chosen if backend_of(m) in backends]
+        # AUTO's first round runs only the family's methods; an escalation round
+        # (and the QUANTIZE goal) adds every method of the chosen backends.
+        methods = wanted + ([] if goal is Goal.AUTO and not escalate else methods)
+    methods = list(dict.fromkeys(methods))
+    quantize = {"methods": methods, "calibration_samples": constraints.calibration_samples}
+    cfg = _config_dict(constraints, facts, data_path, seed, track)
+    cfg["stages"] = {
+        "train": None,
+        "prune": stages.prune,
+        "distill": stages.distill,
+        "export": {"formats": backends} if family.loads_checkpoint else None,
+        "quantize": quantize if methods else None,
+    }
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return config_from_dict(cfg, source="hamnet.api")
+
+
+def _config_dict(
+    constraints: Constraints, facts: ModelFacts, data_path: str | Path | None, seed: int,
+    track: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Every config section but ``stages``."""
+    return {
+        "name": "hamnet-api",
+        "seed": seed,
+        "workdir": "run",
+        "hardware_profile": constraints.target_hardware,
+        "model": {
+            "source": "file",
+            "path": str(facts.path),
+            "trust_checkpoint": facts.trust_checkpoint,
+        },
+        "data": _data_section(data_path),
+        "constraints": constraints.section(),
+        "stages": {},
+        "tracking": {"enabled": track},
+    }
+
+
+def _data_section(data_path: str | Path | None) -> dict[str, Any]:
+    if data_path is None:
+        return {"source": "digits"}
+    return {"source": "file", "path": str(data_path), "format": "npz", "standardize": False}

@@ -1,0 +1,213 @@
+"""Loading a user's model (torch, ONNX, TensorFlow) into what the pipeline needs.
+
+The pipeline loads one model file: a hamnet checkpoint (families that load from a
+checkpoint, see :attr:`~hamnet.families.base.ModelFamily.loads_checkpoint`) or an
+ONNX file. A module is saved as a checkpoint or exported to ONNX by its family
+adapter; a TensorFlow model is converted to ONNX with tf2onnx.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hamnet.api.compiler import ModelKind
+from hamnet.api.constraints import UnsupportedCombinationError
+from hamnet.core import registry
+from hamnet.core.errors import ConfigError, MissingDependencyError, ModelLoadError
+from hamnet.families.base import CHECKPOINT_SUFFIXES, ModelSource, detect_family, get_family
+
+DEFAULT_WORK_ROOT = ".hamnet-api"
+"""Folder (under the current directory) holding the default work directories."""
+
+
+@dataclass(frozen=True)
+class IngestedModel:
+    """A user model as the pipeline loads it.
+
+    Attributes:
+        path: The model file (a checkpoint or an ONNX file).
+        kind: How the pipeline loads it.
+        family: The family told from the user's module (None: tell it from the file).
+        work_dir: The work directory the file was written under.
+    """
+
+    path: Path
+    kind: ModelKind
+    family: str | None
+    work_dir: Path | None
+
+
+def work_directory(work_dir: str | Path | None) -> Path:
+    """``work_dir`` (created), or a new ``.hamnet-api/<timestamp>-<id>`` folder."""
+    if work_dir is not None:
+        path = Path(work_dir).expanduser().resolve()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = (Path.cwd() / DEFAULT_WORK_ROOT / f"{stamp}-{uuid.uuid4().hex[:6]}").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_shape(input_shape: Sequence[int], *, features_only: bool = False) -> int:
+    """Validate an input shape (batch first); return its second axis.
+
+    Raises:
+        ConfigError: Non-positive or non-integer dimensions, or no axis after the batch.
+        UnsupportedCombinationError: ``features_only`` and not ``[batch, features]``.
+    """
+    shape = list(input_shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ConfigError(f"input_shape must hold positive integers, but got {shape}")
+    if len(shape) < 2:
+        raise ConfigError(
+            f"input_shape must have a batch axis and at least one more (e.g. [1, features] "
+            f"or [1, 1, 8, 8]), but got {shape}"
+        )
+    if features_only and len(shape) != 2:
+        raise UnsupportedCombinationError(
+            f"input_shape must be 2-D [batch, features] for a HAMNet, but got {shape}"
+        )
+    return shape[1]
+
+
+def check_family(family: str | None, kind: ModelKind) -> None:
+    """Check that ``family`` is a family whose models load as ``kind``.
+
+    Raises:
+        ConfigError: An unknown family, or one that loads otherwise.
+    """
+    if family is None:
+        return
+    fitting = [
+        name
+        for name in registry.names("family")
+        if get_family(name).loads_checkpoint == (kind == "hamnet")
+    ]
+    if family not in fitting:
+        what = "a HAMNet checkpoint" if kind == "hamnet" else "an ONNX model"
+        raise ConfigError(f"family must be one of {fitting} for {what}, but got {family!r}")
+
+
+def ingest_checkpoint(path: str | Path, *, trust_checkpoint: bool = False) -> IngestedModel:
+    """Check a checkpoint file (it must load).
+
+    Raises:
+        ModelLoadError: The file is missing or not a hamnet checkpoint.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ModelLoadError(
+            f"model file {str(p)!r} does not exist (expected a hamnet .pt checkpoint)"
+        )
+    if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ModelLoadError(
+            f"from_pytorch needs a hamnet .pt/.pth checkpoint, but got {str(p)!r}"
+            + (" (use Optimizer.from_onnx)" if p.suffix.lower() == ".onnx" else "")
+        )
+    family = detect_family(ModelSource(path=p, checkpoint=True))
+    family.load(p, trust_checkpoint=trust_checkpoint)
+    return IngestedModel(p, "hamnet", family.name, None)
+
+
+def ingest_module(
+    model: Any,
+    root: Path,
+    *,
+    input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
+    input_names: Sequence[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> IngestedModel:
+    """Save a checkpoint-family module as a checkpoint, or export any other to ONNX.
+
+    Raises:
+        ConfigError: Not a module, or a missing/invalid ``input_shape``.
+        UnsupportedCombinationError: A HAMNet with a shape other than ``[batch, features]``.
+        ExportError: The module does not export, or ONNX Runtime's outputs differ.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(
+            f"model must be a checkpoint path or a torch.nn.Module, but got {type(model).__name__}"
+        )
+    family = detect_family(ModelSource(module=model))
+    if family.loads_checkpoint:
+        from hamnet.models import HAMNet, save_checkpoint
+
+        if not isinstance(model, HAMNet):
+            raise ConfigError(
+                f"family {family.name!r} loads from a HAMNet checkpoint, so the module must "
+                f"be a HAMNet, but got {type(model).__name__}"
+            )
+        if input_shape is not None:
+            features = check_shape(input_shape, features_only=True)
+            if features != model.config.input_size:
+                raise ConfigError(
+                    f"input_shape must match the HAMNet's input_size "
+                    f"{model.config.input_size}, but got {list(input_shape)}"
+                )
+        out = save_checkpoint(model, root / "source" / "model.pt")
+        return IngestedModel(out, "hamnet", family.name, root)
+    if example_inputs is None:
+        if input_shape is None:
+            raise ConfigError(
+                f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
+                f"{type(model).__name__}, but got None"
+            )
+        check_shape(input_shape)
+        example_inputs = torch.randn(*[int(d) for d in input_shape])
+    out = family.export_onnx(
+        model,
+        example_inputs,
+        root / "source" / "model.onnx",
+        input_names=input_names,
+        dynamic_axes=dynamic_axes,
+    )
+    detected = detect_family(ModelSource(module=model, path=out, checkpoint=False))
+    return IngestedModel(out, "onnx", detected.name, root)
+
+
+def ingest_tensorflow(
+    path: str | Path, work_dir: str | Path | None, input_shape: Sequence[int] | None
+) -> tuple[Path, Path]:
+    """Convert a Keras file or SavedModel to ``<work dir>/source/model.onnx`` with tf2onnx.
+
+    Returns:
+        The ONNX file and the work directory (see :func:`work_directory`).
+
+    Raises:
+        MissingDependencyError: If tensorflow or tf2onnx is not installed.
+        ModelLoadError: If the path does not exist.
+    """
+    import importlib.util
+
+    missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"from_tensorflow needs {' and '.join(missing)}, which are not installed: "
+            f"pip install 'hamnet[tensorflow]'"
+        )
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"TensorFlow model {str(p)!r} does not exist")
+    import tensorflow as tf
+    import tf2onnx
+
+    keras_model = tf.keras.models.load_model(str(p))
+    features = (
+        check_shape(input_shape, features_only=True)
+        if input_shape
+        else int(keras_model.input_shape[-1])
+    )
+    root = work_directory(work_dir)
+    out = root / "source" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = (tf.TensorSpec([None, features], tf.float32, name="input"),)
+    tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=17, output_path=str(out))
+    return out, root

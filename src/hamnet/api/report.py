@@ -1,0 +1,316 @@
+"""What :meth:`~hamnet.api.Optimizer.optimize` returns: the result and its report."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hamnet.core.errors import HamnetError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from hamnet.core.candidate import Candidate
+    from hamnet.core.config import OptimizeConfig
+    from hamnet.pipeline.run import PipelineResult
+
+ValidationFn = Callable[[Callable[[Any], "np.ndarray"]], float]
+"""``fn(predict) -> float``, called once on the recommended model."""
+
+
+@dataclass
+class CompressionReport:
+    """What the optimization achieved for the recommended model.
+
+    Attributes:
+        size_reduction_ratio: Baseline size / recommended size.
+        latency_improvement_ratio: Best FP32 baseline latency (over runtimes) /
+            recommended latency.
+        accuracy_drop: Baseline accuracy minus the recommended one (fraction).
+        accuracy_kind: What "accuracy" means (top-1 accuracy, or top-1 agreement with
+            the original model for unlabelled data).
+        constraints_satisfied: Whether the recommended model meets every constraint.
+        constraint_violations: One sentence per violated constraint.
+        execution_time: Seconds the optimization took.
+        backend_used: Runtime and precision of the recommended model.
+        candidates_table: One dict per candidate (the pipeline's table).
+        custom_metric: The value of the user's ``validation_fn``, if given.
+        plan_reasons: Why these techniques were chosen.
+        recommended: Name of the recommended candidate.
+        gates: Deployment checks of the recommended model.
+    """
+
+    size_reduction_ratio: float | None
+    latency_improvement_ratio: float | None
+    accuracy_drop: float | None
+    accuracy_kind: str
+    constraints_satisfied: bool
+    constraint_violations: list[str]
+    execution_time: float
+    backend_used: str | None
+    candidates_table: list[dict[str, Any]]
+    custom_metric: float | None = None
+    plan_reasons: list[str] = field(default_factory=list)
+    recommended: str | None = None
+    gates: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return json.loads(json.dumps(asdict(self), default=_json_default))
+
+    def to_markdown(self) -> str:
+        """A short Markdown report."""
+        lines = [
+            "# hamnet compression report",
+            "",
+            f"- recommended: {self.recommended or 'none'} ({self.backend_used or 'n/a'})",
+            f"- constraints satisfied: {self.constraints_satisfied}",
+            f"- size reduction: {_times(self.size_reduction_ratio)}",
+            f"- latency improvement: {_times(self.latency_improvement_ratio)}",
+            f"- accuracy drop: {_pct(self.accuracy_drop)} ({self.accuracy_kind})",
+            f"- custom metric: {self.custom_metric}",
+            f"- execution time: {self.execution_time:.1f} s",
+            f"- gates: {json.dumps(self.gates, default=_json_default)}",
+            "",
+            "## Constraint violations",
+            "",
+            *([f"- {v}" for v in self.constraint_violations] or ["- none"]),
+            "",
+            "## Plan",
+            "",
+            *([f"- {r}" for r in self.plan_reasons] or ["- none"]),
+            "",
+            "## Candidates",
+            "",
+        ]
+        columns = ["name", "runtime", "precision", "accuracy", "latency_p50_ms", "size_mb"]
+        columns += ["meets_constraints", "recommended"]
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for row in self.candidates_table:
+            lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "/")
+
+
+def _times(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f} points"
+
+
+@dataclass
+class OptimizationResult:
+    """The outcome of :meth:`~hamnet.api.Optimizer.optimize`.
+
+    Attributes:
+        candidates: Every candidate of the final round's pipeline run.
+        recommended: The recommended candidate (the nearest one when none meets the
+            constraints); None only when nothing was measured.
+        constraints_satisfied: Whether ``recommended`` meets every constraint.
+        report: The compression report.
+        config: The configuration of the final round (reusable with ``hamnet-optimize``).
+        rounds: One line per pipeline round.
+        pipeline: The final round's pipeline result.
+    """
+
+    candidates: list[Candidate]
+    recommended: Candidate | None
+    constraints_satisfied: bool
+    report: CompressionReport
+    config: OptimizeConfig
+    rounds: list[str]
+    pipeline: PipelineResult
+
+    @classmethod
+    def of_round(
+        cls, pipeline: PipelineResult, config: OptimizeConfig, rounds: list[str],
+        report: CompressionReport,
+    ) -> OptimizationResult:  # fmt: skip
+        """The result of the kept round's pipeline run."""
+        selection = pipeline.selection
+        return cls(
+            candidates=list(pipeline.candidates),
+            recommended=selection.recommended,
+            constraints_satisfied=selection.constraints_satisfied,
+            report=report,
+            config=config,
+            rounds=rounds,
+            pipeline=pipeline,
+        )
+
+    def save_model(self, path: str | Path) -> Path:
+        """Copy the recommended model's files to ``path``.
+
+        Args:
+            path: A file path (``.onnx``, ``.xml`` with its ``.bin`` beside it, ``.pt``)
+                or an existing directory (files keep their names).
+
+        Returns:
+            The path of the main model file.
+
+        Raises:
+            HamnetError: If there is no recommended model.
+        """
+        if self.recommended is None:
+            raise HamnetError("there is no recommended model to save")
+        files = self.recommended.artifact.files
+        main = files[0]
+        dest = Path(path)
+        if dest.is_dir():
+            out = dest / main.name
+        else:
+            out = dest if dest.suffix else dest.with_suffix(main.suffix)
+            out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(main, out)
+        for extra in files[1:]:
+            shutil.copyfile(extra, out.with_suffix(extra.suffix))
+        return out
+
+    def save_config(self, path: str | Path) -> Path:
+        """Write the configuration used as YAML (loadable by ``hamnet.core.config.load_config``)."""
+        import yaml
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        return out
+
+    def save_report(self, path: str | Path) -> tuple[Path, Path]:
+        """Write the report as JSON and Markdown.
+
+        Args:
+            path: An existing directory (gets ``report.json`` and ``report.md``), or a
+                path whose ``.json``/``.md`` variants are written.
+
+        Returns:
+            The JSON and Markdown paths.
+        """
+        base = Path(path)
+        if base.is_dir():
+            base = base / "report"
+        elif base.suffix in (".json", ".md"):
+            base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        json_path = base.parent / f"{base.name}.json"
+        md_path = base.parent / f"{base.name}.md"
+        json_path.write_text(json.dumps(self.report.to_dict(), indent=2))
+        md_path.write_text(self.report.to_markdown())
+        return json_path, md_path
+
+
+def build_report(
+    result: PipelineResult,
+    *,
+    accuracy_kind: str,
+    seconds: float,
+    reasons: list[str],
+    config: OptimizeConfig,
+    validation_fn: ValidationFn | None = None,
+    trust_checkpoint: bool = False,
+) -> CompressionReport:
+    """Build the compression report of a pipeline result's recommended candidate.
+
+    Args:
+        result: The kept round's pipeline result.
+        accuracy_kind: What accuracy means for the validation data.
+        seconds: How long the optimization took.
+        reasons: The plan's reasons.
+        config: The kept round's configuration.
+        validation_fn: The user's metric, called once on the recommended model.
+        trust_checkpoint: Load checkpoints with pickled code.
+
+    Raises:
+        HamnetError: ``validation_fn`` is given but the recommended model does not load.
+    """
+    table = result.table
+    selection = result.selection
+    rec = selection.recommended
+    report = CompressionReport(
+        size_reduction_ratio=None,
+        latency_improvement_ratio=None,
+        accuracy_drop=None,
+        accuracy_kind=accuracy_kind,
+        constraints_satisfied=selection.constraints_satisfied,
+        constraint_violations=[],
+        execution_time=seconds,
+        backend_used=None,
+        candidates_table=json.loads(table.to_json(orient="records")),
+        plan_reasons=list(reasons),
+        recommended=rec.name if rec else None,
+    )
+    if rec is None or rec.metrics is None:
+        return report
+    row = table[table["id"] == rec.id].iloc[0]
+    report.size_reduction_ratio = _finite(row["size_ratio"])
+    report.accuracy_drop = _finite(row["accuracy_drop"])
+    best = _best_baseline_latency(table)
+    report.latency_improvement_ratio = _finite(best / rec.metrics.latency_p50_ms)
+    assessment = selection.assessments.get(rec.id)
+    report.constraint_violations = list(assessment.violations) if assessment else []
+    report.backend_used = f"{rec.runtime} {rec.precision}"
+    session = _load_recommended(rec, config, trust_checkpoint)
+    report.gates = {
+        "loads_in_runtime": session is not None,
+        "parity_max_abs_diff": rec.parity_max_abs_diff,
+        # The pipeline rejects a candidate slower than its parent (timed side by side).
+        "faster_than_parent": rec.rejected is None,
+    }
+    if validation_fn is not None:
+        if session is None:
+            raise HamnetError(f"recommended model {rec.name} does not load in {rec.runtime}")
+        loaded = session
+
+        def predict(x: Any) -> np.ndarray:
+            return loaded.run(x)
+
+        report.custom_metric = float(validation_fn(predict))
+    return report
+
+
+def _best_baseline_latency(table: pd.DataFrame) -> float:
+    """The fastest FP32 baseline latency over runtimes (the baseline or its exports)."""
+    base = table[
+        (table["precision"] == "fp32")
+        & (table["is_baseline"] | ((table["stage"] == "export") & (table["parent"] == "baseline")))
+    ]
+    return float(base["latency_p50_ms"].min()) if len(base) else math.nan
+
+
+def _load_recommended(rec: Candidate, config: OptimizeConfig, trust_checkpoint: bool) -> Any:
+    """The recommended model's session in its runtime (None when it does not load)."""
+    from hamnet.backends.session import load_session
+    from hamnet.core.hardware import load_profile
+
+    profile = load_profile(config.hardware_profile)
+    try:
+        return load_session(rec.artifact, rec.runtime, profile, trust_checkpoint=trust_checkpoint)
+    except HamnetError:
+        return None
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None

@@ -1,0 +1,300 @@
+"""The model-family seam: the :class:`ModelFamily` plugin base and family detection.
+
+A family adapter answers, for one kind of network, the questions the API and the
+planner used to answer by testing names (``kind == "hamnet"``, ``family == "conv"``):
+is this model one of mine (:meth:`ModelFamily.detect`), how is it loaded, run and
+exported, what are its prunable groups, what does distillation read from it, and
+which quantizers suit it (:meth:`ModelFamily.preferred_quantizers`).
+
+Heavy libraries (torch, onnx, onnxruntime) are imported inside the methods that need
+them, so listing the families and checking a family name import nothing heavy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hamnet.core import registry
+from hamnet.core.errors import ConfigError, ModelLoadError
+from hamnet.core.registry import Plugin
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+"""File suffixes of hamnet checkpoints."""
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """One kind of structure that structured pruning removes whole (descriptive).
+
+    Attributes:
+        name: Short name (``"attention_heads"``, ``"ffn_channels"``...).
+        kind: What one unit of the group is (a head, a channel, a filter, a neuron).
+        where: The layers that hold the group.
+    """
+
+    name: str
+    kind: str
+    where: str
+
+
+@dataclass(frozen=True)
+class QuantizerChoice:
+    """The quantization methods a family prefers on a target, and why.
+
+    Attributes:
+        methods: The methods, best first (empty: every method of the chosen backends).
+        reason: One sentence for the plan (None when there is nothing to say).
+    """
+
+    methods: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What family detection looks at: the user's module and/or the model file.
+
+    Attributes:
+        module: The ``torch.nn.Module`` the user gave (None for a file).
+        path: The model file: a hamnet checkpoint or an ONNX file (None for a bare module).
+        checkpoint: Whether ``path`` is a hamnet checkpoint (None: told by its suffix,
+            ``.pt``/``.pth``); any other file is read as ONNX.
+        input_dims: The ONNX graph's inputs ``{name: dims}`` (None for a dynamic axis);
+            read from ``path`` when not given.
+    """
+
+    module: Any = None
+    path: Path | None = None
+    checkpoint: bool | None = None
+    input_dims: Mapping[str, Sequence[int | None]] | None = None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        """Whether the source is a hamnet checkpoint file."""
+        if self.path is None:
+            return False
+        if self.checkpoint is not None:
+            return self.checkpoint
+        return self.path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+    @property
+    def is_onnx(self) -> bool:
+        """Whether the source is an ONNX file."""
+        return self.path is not None and not self.is_checkpoint
+
+    def onnx_inputs(self) -> Mapping[str, Sequence[int | None]]:
+        """The ONNX graph's inputs (empty when the source is not an ONNX file)."""
+        if self.input_dims is not None:
+            return self.input_dims
+        if not self.is_onnx:
+            return {}
+        assert self.path is not None
+        return graph_facts(self.path).inputs
+
+    def onnx_op_types(self) -> frozenset[str]:
+        """The ONNX graph's operator types (empty when the source is not an ONNX file)."""
+        if not self.is_onnx:
+            return frozenset()
+        assert self.path is not None
+        return graph_facts(self.path).op_types
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What detection reads from an ONNX graph: its inputs and operator types."""
+
+    inputs: dict[str, list[int | None]]
+    op_types: frozenset[str]
+
+
+def graph_facts(path: Path) -> GraphFacts:
+    """Read the inputs and operator types of an ONNX file (cached by path, size and time).
+
+    Raises:
+        ModelLoadError: If the file is not a readable ONNX model.
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _graph_facts(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _graph_facts(path: str, size: int, mtime_ns: int) -> GraphFacts:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:
+        raise ModelLoadError(f"model file {path!r} is not a readable ONNX model: {err}") from None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {
+        str(i.name): [d.dim_value or None for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    }
+    return GraphFacts(inputs, frozenset(node.op_type for node in model.graph.node))
+
+
+class ModelFamily(Plugin):
+    """Base of the model-family adapters (registry kind ``"family"``).
+
+    Capability attributes, read by the API and the planner:
+        loads_checkpoint: The pipeline loads the family from a hamnet checkpoint
+            (and exports it itself); otherwise it is optimized as an ONNX model.
+        can_prune: The pipeline's structured pruning stage can prune it.
+        can_distill: The pipeline can recover pruned candidates by distillation.
+        prunable_groups: The structures structured pruning removes whole.
+        distill_targets: What distillation reads from the teacher.
+        extra_quantizers: Methods the QUANTIZE goal runs beside the backends' own.
+        pruner: Import path (``"module:function"``) of a pruner of the family's
+            modules outside the pipeline, resolved by the compress layer (None: none).
+        prune_reason: The plan's sentence when a latency bound adds pruning.
+        why_not_prunable: The plan's sentence when pruning would help but cannot run.
+        detect_order: Detection tries families by increasing order (generic last).
+    """
+
+    kind: ClassVar[str] = "family"
+    description: ClassVar[str] = ""
+    loads_checkpoint: ClassVar[bool] = False
+    can_prune: ClassVar[bool] = False
+    can_distill: ClassVar[bool] = False
+    prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = ()
+    distill_targets: ClassVar[tuple[str, ...]] = ("outputs",)
+    extra_quantizers: ClassVar[tuple[str, ...]] = ()
+    pruner: ClassVar[str | None] = None
+    prune_reason: ClassVar[str] = ""
+    why_not_prunable: ClassVar[str] = (
+        "only HAMNet checkpoints can be pruned (ONNX models and exported modules cannot)"
+    )
+    detect_order: ClassVar[int] = 50
+
+    @classmethod
+    def detect(cls, source: ModelSource) -> bool:
+        """Whether ``source`` is a model of this family.
+
+        Args:
+            source: The user's module and/or model file.
+
+        Returns:
+            True when this adapter should handle the model.
+        """
+        return False
+
+    @classmethod
+    def preferred_quantizers(
+        cls, precisions: Sequence[str], runtimes: Sequence[str], profile_name: str
+    ) -> QuantizerChoice:
+        """The quantization methods that suit this family on a target.
+
+        Args:
+            precisions: The precisions the plan quantizes to ("int8", "fp16").
+            runtimes: The runtimes the hardware profile lists.
+            profile_name: The hardware profile's name (for the reason).
+
+        Returns:
+            The methods (empty: every method of the chosen backends) and the reason.
+        """
+        return QuantizerChoice()
+
+    @classmethod
+    def load(cls, path: Path, *, trust_checkpoint: bool = False) -> Any:
+        """Load the model file: an ``onnx.ModelProto`` (a checkpoint family overrides).
+
+        Raises:
+            ModelLoadError: If the file is not a readable model of this family.
+        """
+        import onnx
+
+        try:
+            return onnx.load(str(path), load_external_data=False)
+        except Exception as err:
+            raise ModelLoadError(
+                f"model file {str(path)!r} is not a readable ONNX model: {err}"
+            ) from None
+
+    @classmethod
+    def predict(cls, path: Path, x: Any, *, trust_checkpoint: bool = False) -> Any:
+        """The model's outputs on ``x`` (an array or a dict of named arrays), in batches.
+
+        Returns:
+            A numpy array, batch first.
+        """
+        import onnxruntime as ort
+
+        from hamnet.backends.session import OnnxRuntimeSession
+        from hamnet.evaluate.measure import predict
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return predict(OnnxRuntimeSession(session), x, 64)
+
+    @classmethod
+    def fits_builtin_data(cls, path: Path, *, trust_checkpoint: bool = False) -> bool:
+        """Whether the built-in digits data fits the model (so validation data is optional)."""
+        return False
+
+    @classmethod
+    def export_onnx(
+        cls,
+        module: Any,
+        example_inputs: Any,
+        path: Path,
+        *,
+        input_names: Sequence[str] | None = None,
+        dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    ) -> Path:
+        """Export a module of this family to ONNX (opset 17, parity-checked in ONNX Runtime).
+
+        Raises:
+            ExportError: If the module does not export or its outputs differ.
+        """
+        from hamnet.backends.export import export_module
+
+        return export_module(
+            module,
+            example_inputs,
+            path,
+            input_names=input_names,
+            dynamic_axes=dynamic_axes,
+            opset=17,
+        )
+
+
+def families() -> list[type[ModelFamily]]:
+    """Every registered family adapter, in detection order."""
+    found = [_load(name) for name in registry.names("family")]
+    return sorted(found, key=lambda f: (f.detect_order, f.name))
+
+
+def get_family(name: str) -> type[ModelFamily]:
+    """The adapter of the family ``name``.
+
+    Raises:
+        ConfigError: Unknown family, with the known ones and a did-you-mean hint.
+    """
+    return _load(name)
+
+
+def detect_family(source: ModelSource) -> type[ModelFamily]:
+    """The first family (in detection order) whose adapter recognises ``source``.
+
+    Raises:
+        ConfigError: No adapter recognises it (cannot happen with ``generic``).
+    """
+    for family in families():
+        if family.detect(source):
+            return family
+    raise ConfigError(
+        f"model family must be one of {list(registry.names('family'))}, but none "
+        f"recognises {source.path or type(source.module).__name__}"
+    )
+
+
+def _load(name: str) -> type[ModelFamily]:
+    family = registry.load("family", name)
+    if not (isinstance(family, type) and issubclass(family, ModelFamily)):
+        raise ConfigError(f"family {name!r} must be a ModelFamily, but got {family!r}")
+    return family

@@ -1,0 +1,59 @@
+"""The transformer family: attention in the graph (Hugging Face BERT-style encoders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from hamnet.families.base import ModelFamily, ModelSource, PrunableGroup, QuantizerChoice
+
+FUSED_METHOD = "ort_fused_dynamic_int8"
+"""ONNX Runtime transformer fusion + dynamic INT8 per channel."""
+
+
+class TransformerFamily(ModelFamily):
+    """Models with attention (MatMul and Softmax in the graph), optimized as ONNX.
+
+    Their heads and FFN channels are prunable by
+    ``hamnet.compress.pruning.hf.prune_bert`` (see :attr:`pruner`) on Hugging Face
+    modules, which the API does not run yet, so :attr:`can_prune` stays False.
+    """
+
+    name = "transformer"
+    description = "a transformer (attention in the graph)"
+    prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = (
+        PrunableGroup("attention_heads", "head", "self-attention of every encoder layer"),
+        PrunableGroup("ffn_channels", "intermediate channel", "FFN of every encoder layer"),
+    )
+    distill_targets: ClassVar[tuple[str, ...]] = (
+        "the exported first output (last_hidden_state or logits)",
+    )
+    extra_quantizers: ClassVar[tuple[str, ...]] = (FUSED_METHOD,)
+    pruner: ClassVar[str | None] = "hamnet.compress.pruning.hf:prune_bert"
+    detect_order = 10
+
+    @classmethod
+    def detect(cls, source: ModelSource) -> bool:
+        """A module with ``config.num_attention_heads``, or a graph with MatMul and Softmax."""
+        config = getattr(source.module, "config", None)
+        if getattr(config, "num_attention_heads", None) is not None:
+            return True
+        ops = source.onnx_op_types()
+        return "MatMul" in ops and "Softmax" in ops
+
+    @classmethod
+    def preferred_quantizers(
+        cls, precisions: Sequence[str], runtimes: Sequence[str], profile_name: str
+    ) -> QuantizerChoice:
+        """Fused dynamic INT8 first, plain dynamic INT8 beside it (ONNX Runtime only)."""
+        if "int8" not in precisions or "onnxruntime" not in runtimes:
+            return QuantizerChoice()
+        return QuantizerChoice(
+            [FUSED_METHOD, "ort_dynamic_int8"],
+            "transformer (attention in the graph): ONNX Runtime transformer fusion + dynamic "
+            f"INT8 per channel ({FUSED_METHOD}), plain dynamic INT8 beside it; static "
+            "INT8 and NNCF lose accuracy on encoders and OpenVINO INT8 gave no speedup there",
+        )
+
+
+PLUGIN = TransformerFamily
