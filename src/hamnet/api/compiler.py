@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hamnet.api.constraints import Constraints, Goal, UnsupportedCombinationError
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 from hamnet.families.base import ModelFamily, get_family
 from hamnet.families.transformer import FUSED_METHOD
@@ -63,20 +64,20 @@ class QuantizerTarget:
 
 
 def quantizer_targets() -> dict[str, QuantizerTarget]:
-    """Runtime and precision of each quantization method the API plans with.
+    """Runtime and precision of each quantization method, read from the quantizer plugins.
 
-    This mirrors the quantizers' own ``runtime``/``output_format`` and ``precision``
-    capabilities (:mod:`hamnet.compress.quantize`), so that compiling a config
-    imports no quantizer. The order is the order of the methods in a config.
+    Loading the plugin classes imports no quantization library. A method that needs an
+    attention graph (the transformer fusion) runs only when a family asks for it.
     """
-    return {
-        "ort_dynamic_int8": QuantizerTarget("onnxruntime", "int8"),
-        "ort_static_int8": QuantizerTarget("onnxruntime", "int8"),
-        "onnx_fp16": QuantizerTarget("onnxruntime", "fp16"),
-        "nncf_int8": QuantizerTarget("openvino", "int8"),
-        "openvino_fp16": QuantizerTarget("openvino", "fp16"),
-        FUSED_METHOD: QuantizerTarget("onnxruntime", "int8", default=False),
-    }
+    from hamnet.compress.quantize.base import quantizer_class
+
+    targets = {}
+    for name in registry.names("quantizer"):
+        method = quantizer_class(name)
+        targets[name] = QuantizerTarget(
+            method.runtime, method.precision, default=not method.needs_attention
+        )
+    return targets
 
 
 def backend_of(method: str) -> str:
