@@ -2,7 +2,8 @@
 
 :mod:`hamnet.compress.search.space` reads search spaces (YAML, validated) and turns an Optuna
 trial's suggestions into HAMNet and trainer settings; :mod:`hamnet.compress.search.strategies`
-maps strategy names to Optuna samplers and pruners. Optuna is imported only by the
+builds the Optuna samplers and pruners, which are plugins (kinds ``"sampler"`` and
+``"pruner"``, one module each under ``samplers/`` and ``pruners/``). Optuna is imported only by the
 functions that use it, so importing this package stays light.
 """
 
@@ -27,8 +28,6 @@ from hamnet.compress.search.space import (
 )
 from hamnet.compress.search.strategies import (
     OBJECTIVE_DIRECTIONS,
-    PRUNERS,
-    SAMPLERS,
     directions,
     hypervolume,
     make_pruner,
@@ -37,8 +36,6 @@ from hamnet.compress.search.strategies import (
 
 __all__ = [
     "OBJECTIVE_DIRECTIONS",
-    "PRUNERS",
-    "SAMPLERS",
     "ArchitectureChoice",
     "CategoricalParameter",
     "EvolutionSection",
