@@ -3,8 +3,9 @@
 :mod:`hamnet.compress.search.space` reads search spaces (YAML, validated) and turns an Optuna
 trial's suggestions into HAMNet and trainer settings; :mod:`hamnet.compress.search.strategies`
 builds the Optuna samplers and pruners, which are plugins (kinds ``"sampler"`` and
-``"pruner"``, one module each under ``samplers/`` and ``pruners/``). Optuna is imported only by the
-functions that use it, so importing this package stays light.
+``"pruner"``, one module each under ``samplers/`` and ``pruners/``); the executor
+(``cluster``, ``storage``, ``driver``, ``worker``) runs trials on Ray. Optuna is imported
+only by the functions that use it, so importing this package stays light.
 """
 
 from __future__ import annotations

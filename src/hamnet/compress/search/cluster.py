@@ -135,7 +135,6 @@ class RayHandle:
         self.shutdown()
 
 
-
 def _host_port(address: str) -> tuple[str, int]:
     bare = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = bare.rpartition(":")
@@ -270,4 +269,3 @@ def connect_ray(settings: RaySettings | None = None) -> RayHandle:
         raise
     logger.info("Ray at %s: %s; up to %d trials at once", address, resources, max_concurrent)
     return RayHandle(settings, address, max_concurrent, resources, owns)
-

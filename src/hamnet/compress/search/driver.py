@@ -212,7 +212,7 @@ def requeue_interrupted(study: optuna.Study, *, poll_seconds: float = 0.5) -> in
         grace + interval,
     )
     deadline = time.monotonic() + grace + interval + 1
-    left = before
+    left = set(before)
     while left and time.monotonic() < deadline:
         time.sleep(poll_seconds)
         _fail_stale(study)

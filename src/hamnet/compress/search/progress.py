@@ -71,4 +71,3 @@ class ProgressBar:
             if self._best is None or (trial.value < self._best) == minimize:
                 self._best = trial.value
         self._progress.update(self._task, advance=1, description=self._description())
-

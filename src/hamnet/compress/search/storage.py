@@ -88,7 +88,6 @@ def _storage_url_and_kwargs(storage_url: str) -> tuple[str, dict[str, Any], str]
     return url, {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}, shown
 
 
-
 def _open_storage(
     storage_url: str, heartbeat_interval: int, grace_period: int | None, max_retry: int | None
 ) -> RDBStorage:
