@@ -197,29 +197,36 @@ def requeue_interrupted(study: optuna.Study, *, poll_seconds: float = 0.5) -> in
         How many trials were failed as stale.
     """
     storage = study_storage(study)
-    _fail_stale(study)
-    before = _running(study)
     interval = storage.get_heartbeat_interval()
+    before = set(_running(study))
     if not before or interval is None:
         return 0
+    _fail_stale(study)  # those whose driver died long ago
+    left = before & set(_running(study))
+    if left:
+        _wait_until_stale(study, storage, left, interval, poll_seconds)
+        left &= set(_running(study))
+    if left:
+        logger.warning("trials %s are still beating: another driver runs them", sorted(left))
+    return len(before - left)
+
+
+def _wait_until_stale(
+    study: optuna.Study, storage: RDBStorage, numbers: set[int], interval: int, poll: float
+) -> None:
     grace = storage.grace_period or 2 * interval
-    for trial in before.values():
-        storage.record_heartbeat(_trial_id(storage, study, trial.number))
+    for number in numbers:
+        storage.record_heartbeat(_trial_id(storage, study, number))
     logger.warning(
         "trials %s were left running by an earlier run: waiting up to %d s for them to go "
         "stale so they are failed and queued again",
-        sorted(before),
+        sorted(numbers),
         grace + interval,
     )
     deadline = time.monotonic() + grace + interval + 1
-    left = set(before)
-    while left and time.monotonic() < deadline:
-        time.sleep(poll_seconds)
+    while numbers & set(_running(study)) and time.monotonic() < deadline:
+        time.sleep(poll)
         _fail_stale(study)
-        left = _running(study).keys() & before.keys()
-    if left:
-        logger.warning("trials %s are still beating: another driver runs them", sorted(left))
-    return len(before.keys() - left)
 
 
 def _trial_id(storage: RDBStorage, study: optuna.Study, number: int) -> int:
