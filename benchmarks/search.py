@@ -8,7 +8,7 @@ Usage::
 
 Three measurements, each with the pipeline's own objective (a digits HAMNet trained and
 measured per trial, :class:`hamnet.compress.search.objective.HAMNetObjective`) and executor
-(:func:`hamnet.compress.search.executor.run_search`), one local Ray with 2 CPUs:
+(:func:`hamnet.compress.search.driver.run_search`), one local Ray with 2 CPUs:
 
 * ``parallel``: the same 16-trial study (random sampler, fixed seed, so the same
   architectures) with 1 and with 2 trials in flight; wall-time ratio. Each trial
@@ -67,7 +67,7 @@ def _objective(out_dir: str, objectives: tuple[str, ...], training: Any = None) 
 
 
 def _study(storage: str, name: str, strategy: str, objectives: tuple[str, ...], seed: int) -> Any:
-    from hamnet.compress.search.executor import open_study
+    from hamnet.compress.search.storage import open_study
     from hamnet.compress.search.strategies import directions, make_pruner, make_sampler
 
     space = _space()
@@ -94,7 +94,7 @@ def _space() -> Any:
 
 
 def _run(study: Any, objective: Any, n_trials: int, ray: Any, **kwargs: Any) -> Any:
-    from hamnet.compress.search.executor import SearchBudget, run_search
+    from hamnet.compress.search.driver import SearchBudget, run_search
     from hamnet.compress.search.space import suggest
 
     space = _space()
@@ -105,7 +105,7 @@ def _run(study: Any, objective: Any, n_trials: int, ray: Any, **kwargs: Any) -> 
 
 
 def parallel(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from hamnet.compress.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.cluster import RaySettings, connect_ray
     from hamnet.core.config import load_config
 
     training = load_config(EXAMPLE).stages.train
@@ -128,7 +128,7 @@ def parallel(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def quality(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from hamnet.compress.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.cluster import RaySettings, connect_ray
     from hamnet.compress.search.strategies import directions, hypervolume
 
     objectives = ("accuracy", "size_mb")
@@ -165,7 +165,7 @@ from hamnet.core.env import apply_defaults
 apply_defaults()
 sys.path.insert(0, {bench!r})
 import search as bench
-from hamnet.compress.search.executor import RaySettings, connect_ray
+from hamnet.compress.search.cluster import RaySettings, connect_ray
 objective = bench._objective({trials!r}, ("accuracy",))
 with connect_ray(RaySettings(num_cpus=2, max_concurrent=2)) as ray:
     study = bench._study({storage!r}, "resume", "random", ("accuracy",), 0)
@@ -176,7 +176,7 @@ with connect_ray(RaySettings(num_cpus=2, max_concurrent=2)) as ray:
 def resume(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import optuna
 
-    from hamnet.compress.search.executor import RaySettings, connect_ray
+    from hamnet.compress.search.cluster import RaySettings, connect_ray
 
     storage = f"sqlite:///{tmp}/resume.db"
     n = args.trials

@@ -32,9 +32,7 @@ import pytest
 
 from hamnet.compress.search.executor import (
     ERROR_ATTR,
-    INTERRUPTED_ATTR,
     PRUNE_REASON_ATTR,
-    RETRY_OF_ATTR,
     PrunedTrial,
     RayHandle,
     RaySettings,
@@ -42,7 +40,9 @@ from hamnet.compress.search.executor import (
     TrialContext,
     TrialOutcome,
     connect_ray,
+    is_interrupted,
     open_study,
+    retry_of,
     run_search,
 )
 from hamnet.compress.search.space import InfeasibleParams
@@ -278,9 +278,9 @@ def test_a_suggest_bug_stops_the_search_and_requeues_running_trials(
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 1 and states[2:] == ["FAIL", "WAITING"]
     running = next(t for t in trials[:2] if t.state.name == "FAIL")
-    assert running.user_attrs[INTERRUPTED_ATTR] is True
+    assert is_interrupted(running) and not is_interrupted(trials[2])
     assert "KeyError: 'num_layers'" in trials[2].user_attrs[ERROR_ATTR]
-    assert trials[3].user_attrs[RETRY_OF_ATTR] == running.number
+    assert retry_of(trials[3]) == running.number
 
 
 def test_time_budget_stops_asking_and_waits_for_running_trials(
@@ -330,10 +330,13 @@ def test_killed_search_resumes_to_the_same_total(tmp_path: Path, ray_handle: Ray
 
     n_trials = 6
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = open_study(url, "resume", ["minimize"], optuna.samplers.RandomSampler(seed=1), None)
+    study = open_study(
+        url, "resume", ["minimize"], optuna.samplers.RandomSampler(seed=1), None,
+        heartbeat_interval=1,
+    )  # fmt: skip
     code = _DRIVER_PRELUDE + textwrap.dedent(f"""
         handle = connect_ray(RaySettings(address={ray.get_runtime_context().gcs_address!r}))
-        study = open_study({url!r}, "resume", ["minimize"], None, None)
+        study = open_study({url!r}, "resume", ["minimize"], None, None, heartbeat_interval=1)
         objective = functools.partial(m.sleepy_quadratic, sleep=1.5)
         run_search(study, objective, m.suggest_x, SearchBudget(n_trials={n_trials}), handle,
                    progress=False)
@@ -364,13 +367,13 @@ def test_killed_search_resumes_to_the_same_total(tmp_path: Path, ray_handle: Ray
         SearchBudget(n_trials=n_trials), ray_handle, progress=False,
     )  # fmt: skip
     trials = study.get_trials()
-    interrupted = [t for t in trials if t.user_attrs.get(INTERRUPTED_ATTR)]
+    interrupted = [t for t in trials if is_interrupted(t)]
     counted = [t for t in trials if t.state.is_finished() and t not in interrupted]
     assert len(counted) == n_trials and report.n_finished == n_trials
     assert interrupted and all(t.state.name == "FAIL" for t in interrupted)
     assert report.requeued == len(interrupted) == report.n_interrupted
     assert report.resumed >= 2 and report.trials_run == n_trials - report.resumed
-    retries = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    retries = {retry_of(t): t for t in trials if retry_of(t) is not None}
     assert sorted(retries) == [t.number for t in interrupted]
     for t in interrupted:
         # A trial killed between ``ask`` and its first ``suggest`` has no parameters yet;

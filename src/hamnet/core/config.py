@@ -296,6 +296,19 @@ class RaySection(_Section):
 
 SearchObjective = Literal["accuracy", "latency_ms", "size_mb", "params", "flops"]
 
+SamplerName = Annotated[
+    str,
+    plugin_name("sampler"),
+    Field(description="An Optuna sampler plugin: random, grid, tpe, gp, nsga2, ..."),
+]
+"""Name of a sampler plugin (``hamnet.core.registry.names("sampler")``)."""
+PrunerName = Annotated[
+    str,
+    plugin_name("pruner"),
+    Field(description="An Optuna pruner plugin: none, median, successive_halving, hyperband."),
+]
+"""Name of a pruner plugin (``hamnet.core.registry.names("pruner")``)."""
+
 
 class SearchStageConfig(_Section):
     """An Optuna study whose trials train HAMNets on Ray workers (``nas`` or ``hpo``).
@@ -307,8 +320,8 @@ class SearchStageConfig(_Section):
     """
 
     space: str = "search_spaces/hamnet_digits.yaml"
-    strategy: Literal["random", "grid", "tpe", "gp", "nsga2"] = "tpe"
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    strategy: SamplerName = "tpe"
+    pruner: PrunerName = "none"
     objectives: list[SearchObjective] = Field(["accuracy", "latency_ms"], min_length=1)
     n_trials: int | None = Field(16, ge=1)
     timeout_seconds: float | None = Field(None, gt=0.0)

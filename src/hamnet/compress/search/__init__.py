@@ -2,8 +2,10 @@
 
 :mod:`hamnet.compress.search.space` reads search spaces (YAML, validated) and turns an Optuna
 trial's suggestions into HAMNet and trainer settings; :mod:`hamnet.compress.search.strategies`
-maps strategy names to Optuna samplers and pruners. Optuna is imported only by the
-functions that use it, so importing this package stays light.
+builds the Optuna samplers and pruners, which are plugins (kinds ``"sampler"`` and
+``"pruner"``, one module each under ``samplers/`` and ``pruners/``); the executor
+(``cluster``, ``storage``, ``driver``, ``worker``) runs trials on Ray. Optuna is imported
+only by the functions that use it, so importing this package stays light.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from hamnet.compress.search.space import (
 )
 from hamnet.compress.search.strategies import (
     OBJECTIVE_DIRECTIONS,
-    PRUNERS,
-    SAMPLERS,
     directions,
     hypervolume,
     make_pruner,
@@ -37,8 +37,6 @@ from hamnet.compress.search.strategies import (
 
 __all__ = [
     "OBJECTIVE_DIRECTIONS",
-    "PRUNERS",
-    "SAMPLERS",
     "ArchitectureChoice",
     "CategoricalParameter",
     "EvolutionSection",

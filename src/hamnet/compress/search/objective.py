@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hamnet.compress.search.executor import PrunedTrial, TrialContext, TrialOutcome
+from hamnet.compress.search.worker import PrunedTrial, TrialContext, TrialOutcome
 from hamnet.core.config import DataSection, HAMNetSection, TrainStageConfig
 
 logger = logging.getLogger("hamnet.search")

@@ -1,6 +1,8 @@
-"""Search strategies: names of Optuna samplers and pruners, objective directions.
+"""Search strategies: Optuna samplers and pruners by name, objective directions.
 
-Every strategy is an Optuna object picked by name from one dictionary:
+Samplers and pruners are plugins (kinds ``"sampler"`` and ``"pruner"`` of
+:mod:`hamnet.core.registry`), one module each under
+:mod:`hamnet.compress.search.samplers` and :mod:`hamnet.compress.search.pruners`:
 
 ========================  ==================================================================
 sampler                   Optuna class and settings
@@ -16,23 +18,23 @@ sampler                   Optuna class and settings
                           ``crossover_prob = crossover_rate``, uniform crossover
 ========================  ==================================================================
 
-All five handle single- and multi-objective studies in Optuna 5. Pruners (``none``,
-``median``, ``successive_halving``, ``hyperband``) read intermediate values that the
-objective reports once per epoch (``trial.report(value, step=epoch)``, ``epoch`` from 1),
-so their resource is the epoch; Hyperband's ``max_resource`` is the largest ``epochs``
-of the space. Optuna cannot prune multi-objective studies (``Trial.report`` raises), so
-:func:`make_pruner` refuses any pruner but ``none`` for them.
+All five handle single- and multi-objective studies in Optuna 5 (their
+``multi_objective`` capability). Pruners (``none``, ``median``, ``successive_halving``,
+``hyperband``) read intermediate values that the objective reports once per epoch
+(``trial.report(value, step=epoch)``, ``epoch`` from 1), so their resource is the epoch;
+Hyperband's ``max_resource`` is the largest ``epochs`` of the space. Optuna cannot prune
+multi-objective studies (``Trial.report`` raises), so :func:`make_pruner` refuses any
+pruner whose ``multi_objective`` capability is false for them.
 
 Optuna and numpy are imported inside the functions, so importing this module stays light.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from hamnet.compress.search.space import EvolutionSection, SearchSpace, grid_values
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,109 +42,18 @@ if TYPE_CHECKING:
     from optuna.pruners import BasePruner
     from optuna.samplers import BaseSampler
 
-
-def _random(space: SearchSpace, *, seed: int | None, **options: Any) -> BaseSampler:
-    from optuna.samplers import RandomSampler
-
-    return RandomSampler(seed=seed, **options)
+    from hamnet.compress.search.pruners.base import Pruner
+    from hamnet.compress.search.samplers.base import Sampler
+    from hamnet.compress.search.space import SearchSpace
 
 
-def _grid(space: SearchSpace, *, seed: int | None, **options: Any) -> BaseSampler:
-    from optuna.samplers import GridSampler
-
-    return GridSampler(grid_values(space), seed=seed, **options)
-
-
-def _tpe(space: SearchSpace, *, seed: int | None, **options: Any) -> BaseSampler:
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.samplers import TPESampler
-
-    settings: dict[str, Any] = {"multivariate": True, "group": True, **options}
-    with warnings.catch_warnings():
-        # ``group`` is experimental since Optuna 2.8; chosen on purpose for conditional spaces.
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return TPESampler(seed=seed, **settings)
-
-
-def _gp(space: SearchSpace, *, seed: int | None, **options: Any) -> BaseSampler:
-    from optuna.samplers import GPSampler
-
-    settings: dict[str, Any] = {"warn_independent_sampling": False, **options}
-    return GPSampler(seed=seed, **settings)
-
-
-def _nsga2(space: SearchSpace, *, seed: int | None, **options: Any) -> BaseSampler:
-    from optuna.samplers import NSGAIISampler
-    from optuna.samplers.nsgaii import UniformCrossover
-
-    evolution = space.evolution or EvolutionSection()
-    settings: dict[str, Any] = {
-        "population_size": evolution.population_size,
-        "mutation_prob": evolution.mutation_rate,
-        "crossover_prob": evolution.crossover_rate,
-        "crossover": UniformCrossover(),
-        **options,
-    }
-    return NSGAIISampler(seed=seed, **settings)
-
-
-SAMPLERS: dict[str, Callable[..., BaseSampler]] = {
-    "random": _random,
-    "grid": _grid,
-    "tpe": _tpe,
-    "gp": _gp,
-    "nsga2": _nsga2,
-}
-"""Sampler name to factory ``(space, *, seed, **options) -> optuna sampler``."""
-
-MULTI_OBJECTIVE_SAMPLERS: frozenset[str] = frozenset({"random", "grid", "tpe", "gp", "nsga2"})
-"""Samplers that support studies with several objectives (all built-in ones in Optuna 5)."""
-
-
-def _max_epochs(space: SearchSpace) -> int | str:
-    high = space.max_value("epochs")
-    return "auto" if high is None else int(high)
-
-
-def _none(space: SearchSpace, **options: Any) -> BasePruner:
-    from optuna.pruners import NopPruner
-
-    return NopPruner(**options)
-
-
-def _median(space: SearchSpace, **options: Any) -> BasePruner:
-    from optuna.pruners import MedianPruner
-
-    settings: dict[str, Any] = {"n_startup_trials": 5, "n_warmup_steps": 1, **options}
-    return MedianPruner(**settings)
-
-
-def _successive_halving(space: SearchSpace, **options: Any) -> BasePruner:
-    from optuna.pruners import SuccessiveHalvingPruner
-
-    settings: dict[str, Any] = {"min_resource": 1, "reduction_factor": 3, **options}
-    return SuccessiveHalvingPruner(**settings)
-
-
-def _hyperband(space: SearchSpace, **options: Any) -> BasePruner:
-    from optuna.pruners import HyperbandPruner
-
-    settings: dict[str, Any] = {
-        "min_resource": 1,
-        "max_resource": _max_epochs(space),
-        "reduction_factor": 3,
-        **options,
-    }
-    return HyperbandPruner(**settings)
-
-
-PRUNERS: dict[str, Callable[..., BasePruner]] = {
-    "none": _none,
-    "median": _median,
-    "successive_halving": _successive_halving,
-    "hyperband": _hyperband,
-}
-"""Pruner name to factory ``(space, **options) -> optuna pruner``; the resource is epochs."""
+def _multi_objective_names(kind: str) -> list[str]:
+    """The plugins of ``kind`` whose ``multi_objective`` capability is true."""
+    return [
+        name
+        for name in registry.names(kind)
+        if getattr(registry.load(kind, name), "multi_objective", False)
+    ]
 
 
 def make_sampler(
@@ -156,7 +67,7 @@ def make_sampler(
     """Build the Optuna sampler called ``name`` for ``space``.
 
     Args:
-        name: One of :data:`SAMPLERS`.
+        name: One of ``registry.names("sampler")``.
         space: The search space (the grid, and the ``evolution`` settings of ``nsga2``).
         seed: Seed of the sampler's random numbers.
         multi_objective: Whether the study has several objectives.
@@ -171,15 +82,15 @@ def make_sampler(
             objectives, an option is not accepted, or (``grid``) a float parameter has
             no step.
     """
-    if name not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, but got {name!r}")
-    if multi_objective and name not in MULTI_OBJECTIVE_SAMPLERS:
+    plugin = cast("type[Sampler]", registry.load("sampler", name))
+    if multi_objective and not plugin.multi_objective:
+        several = _multi_objective_names("sampler")
         raise ConfigError(
             f"sampler {name!r} supports single-objective studies only; for several "
-            f"objectives use one of {sorted(MULTI_OBJECTIVE_SAMPLERS & set(SAMPLERS))}"
+            f"objectives use one of {several}"
         )
     try:
-        return SAMPLERS[name](space, seed=seed, **options)
+        return plugin().build(space, seed=seed, **options)
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
@@ -192,7 +103,7 @@ def make_pruner(
     """Build the Optuna pruner called ``name`` for ``space``.
 
     Args:
-        name: One of :data:`PRUNERS`.
+        name: One of ``registry.names("pruner")``.
         space: The search space (its largest ``epochs`` is Hyperband's ``max_resource``;
             ``"auto"`` when epochs are not searched).
         multi_objective: Whether the study has several objectives.
@@ -203,19 +114,22 @@ def make_pruner(
 
     Raises:
         ConfigError: If the name is unknown, an option is not accepted, or a pruner
-            other than ``none`` is asked for a multi-objective study (Optuna cannot
-            prune those).
+            that cannot handle several objectives is asked for a multi-objective study
+            (Optuna cannot prune those).
     """
-    if name not in PRUNERS:
-        raise ConfigError(f"pruner must be one of {sorted(PRUNERS)}, but got {name!r}")
-    if multi_objective and name != "none":
+    plugin = cast("type[Pruner]", registry.load("pruner", name))
+    if multi_objective and not plugin.multi_objective:
+        several = _multi_objective_names("pruner")
         raise ConfigError(
             f"pruner {name!r} cannot be used with several objectives: Optuna prunes "
-            f"single-objective studies only (Trial.report raises otherwise); use 'none'"
+            f"single-objective studies only (Trial.report raises otherwise); use one of "
+            f"{several}"
         )
     try:
-        return PRUNERS[name](space, **options)
+        return plugin().build(space, **options)
     except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"pruner {name!r} rejects options {options}: {err}") from None
 
 

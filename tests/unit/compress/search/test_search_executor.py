@@ -1,4 +1,4 @@
-"""Search executor checks that need no Ray: settings, budgets, storage, requeue, telling."""
+"""Search executor checks that need no Ray: settings, budgets, storage, retries, telling."""
 
 from __future__ import annotations
 
@@ -11,27 +11,28 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hamnet.compress.search.executor import (
-    ERROR_ATTR,
-    INTERRUPTED_ATTR,
-    RETRY_OF_ATTR,
+from hamnet.compress.search.cluster import (
     RayHandle,
     RaySettings,
-    SearchBudget,
-    TrialOutcome,
-    _tell,
-    _TrialResult,
     _use_token_auth_if_available,
-    _values_of,
     connect_ray,
-    open_study,
-    requeue_interrupted,
-    run_search,
 )
+from hamnet.compress.search.driver import (
+    SearchBudget,
+    is_interrupted,
+    requeue_interrupted,
+    retry_of,
+    run_search,
+    tell,
+)
+from hamnet.compress.search.storage import open_study, study_storage
+from hamnet.compress.search.worker import ERROR_ATTR, TrialOutcome, TrialResult, values_of
 from hamnet.core.errors import ConfigError
 from hamnet.core.hardware import HardwareProfile, RuntimeSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Tests ask trials by hand from studies whose storage beats, as run_search does.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
 
 def _url(tmp_path: Path, name: str = "study.db") -> str:
@@ -187,33 +188,52 @@ def test_directions_must_match(tmp_path: Path, directions: list[str], message: s
         open_study(_url(tmp_path), "s", directions, None, None)
 
 
-def test_requeue_interrupted_fails_and_queues_running_trials(tmp_path: Path) -> None:
-    study = open_study(_url(tmp_path), "s", ["minimize"], None, None)
+def test_trials_of_a_killed_run_go_stale_and_optuna_queues_their_retry(tmp_path: Path) -> None:
+    study = open_study(_url(tmp_path), "s", ["minimize"], None, None, heartbeat_interval=1)
     done = study.ask()
     done.suggest_float("x", 0, 1)
     study.tell(done, 0.5)
     left = study.ask()
     x = left.suggest_float("x", 0, 1)
+    never_beaten = study.ask()
 
-    assert requeue_interrupted(study) == 1
+    start = time.monotonic()
+    assert requeue_interrupted(study, poll_seconds=0.1) == 2
+    assert 2.0 < time.monotonic() - start < 10  # the grace period (2 s) without a heartbeat
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
-    assert trials[1].user_attrs[INTERRUPTED_ATTR] is True
-    assert trials[2].user_attrs[RETRY_OF_ATTR] == left.number
-    retry = study.ask()
-    assert retry.number == 2 and retry.suggest_float("x", 0, 1) == x
-    assert requeue_interrupted(study) == 1  # the retry was left running too
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
+    assert [is_interrupted(t) for t in trials] == [False, True, True, False, False]
+    by_origin = {retry_of(t): t for t in trials[3:]}
+    assert by_origin[left.number].params == {"x": x}
+    assert by_origin[never_beaten.number].params == {}
+    retries = [study.ask(), study.ask()]
+    assert x in [retry.suggest_float("x", 0, 1) for retry in retries]
+    assert requeue_interrupted(study, poll_seconds=0.1) == 2  # both retries were left too
+
+
+def test_a_study_not_opened_by_open_study_has_no_known_storage() -> None:
+    with pytest.raises(ConfigError, match="opened with open_study"):
+        study_storage(optuna.create_study())
+
+
+def test_storage_records_heartbeats_and_retries(tmp_path: Path) -> None:
+    study = open_study(_url(tmp_path), "s", ["minimize"], None, None)
+    storage = study_storage(study)
+    assert storage.get_heartbeat_interval() == 5
+    assert storage.get_heartbeat_stale_trial_callback() is not None
+    with pytest.raises(ConfigError, match="grace_period must be longer"):
+        open_study(_url(tmp_path), "s", ["minimize"], None, None, grace_period=5)
 
 
 def test_tell_maps_results_to_states(tmp_path: Path) -> None:
     study = open_study(_url(tmp_path), "s", ["minimize", "maximize"], None, None)
     told = [
-        _tell(study, study.ask(), _TrialResult("complete", values=[1.0, 2.0])),
-        _tell(study, study.ask(), _TrialResult("complete", values=[1.0])),
-        _tell(study, study.ask(), _TrialResult("complete", values=[math.nan, 1.0])),
-        _tell(study, study.ask(), _TrialResult("pruned", message="too slow")),
-        _tell(study, study.ask(), _TrialResult("fail", message="Traceback...", error_type="E")),
-        _tell(study, study.ask(), _TrialResult("complete", [0.0, 0.0], user_attrs={"o": object()})),
+        tell(study, study.ask(), TrialResult("complete", values=[1.0, 2.0])),
+        tell(study, study.ask(), TrialResult("complete", values=[1.0])),
+        tell(study, study.ask(), TrialResult("complete", values=[math.nan, 1.0])),
+        tell(study, study.ask(), TrialResult("pruned", message="too slow")),
+        tell(study, study.ask(), TrialResult("fail", message="Traceback...", error_type="E")),
+        tell(study, study.ask(), TrialResult("complete", [0.0, 0.0], user_attrs={"o": object()})),
     ]
     assert [t.state.name for t in told] == [
         "COMPLETE",
@@ -230,11 +250,11 @@ def test_tell_maps_results_to_states(tmp_path: Path) -> None:
 
 
 def test_objective_return_values_are_normalised() -> None:
-    assert _values_of(1) == ([1.0], {})
-    assert _values_of((1, 2.5)) == ([1.0, 2.5], {})
-    assert _values_of(TrialOutcome([3.0], {"a": 1})) == ([3.0], {"a": 1})
+    assert values_of(1) == ([1.0], {})
+    assert values_of((1, 2.5)) == ([1.0, 2.5], {})
+    assert values_of(TrialOutcome([3.0], {"a": 1})) == ([3.0], {"a": 1})
     with pytest.raises(TypeError, match="must return a float"):
-        _values_of("high")
+        values_of("high")
 
 
 def _quadratic(context: object, params: dict[str, float]) -> float:

@@ -11,16 +11,15 @@ import numpy as np
 import optuna
 import pytest
 
+from hamnet.compress.search.samplers.base import Sampler
 from hamnet.compress.search.space import SearchSpace, search_space_from_dict, suggest
 from hamnet.compress.search.strategies import (
-    MULTI_OBJECTIVE_SAMPLERS,
-    PRUNERS,
-    SAMPLERS,
     directions,
     hypervolume,
     make_pruner,
     make_sampler,
 )
+from hamnet.core import registry
 from hamnet.core.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,7 +57,7 @@ def _toy_objective(space: SearchSpace, n_objectives: int) -> Any:
 
 
 @pytest.mark.parametrize("multi_objective", [False, True], ids=["single", "multi"])
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", registry.names("sampler"))
 def test_every_sampler_runs_a_toy_study(
     name: str, multi_objective: bool, space: SearchSpace
 ) -> None:
@@ -73,16 +72,28 @@ def test_every_sampler_runs_a_toy_study(
 
 
 def test_every_built_in_sampler_supports_several_objectives() -> None:
-    assert set(SAMPLERS) == MULTI_OBJECTIVE_SAMPLERS
+    assert registry.names("sampler") == ("gp", "grid", "nsga2", "random", "tpe")
+    assert all(registry.load("sampler", name).multi_objective for name in registry.names("sampler"))
 
 
-def test_single_objective_sampler_is_refused_for_several_objectives(
-    space: SearchSpace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(SAMPLERS, "cmaes", lambda space, *, seed: optuna.samplers.RandomSampler())
-    assert make_sampler("cmaes", space, seed=0) is not None
-    with pytest.raises(ConfigError, match="'cmaes' supports single-objective studies only"):
-        make_sampler("cmaes", space, seed=0, multi_objective=True)
+class SingleObjectiveSampler(Sampler):
+    """A sampler added from outside hamnet that handles one objective only."""
+
+    name = "cmaes"
+    multi_objective = False
+
+    def build(self, space: SearchSpace, *, seed: int | None, **options: Any) -> Any:
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def test_single_objective_sampler_is_refused_for_several_objectives(space: SearchSpace) -> None:
+    registry.register("sampler", "cmaes", f"{__name__}:SingleObjectiveSampler")
+    try:
+        assert make_sampler("cmaes", space, seed=0) is not None
+        with pytest.raises(ConfigError, match="'cmaes' supports single-objective studies only"):
+            make_sampler("cmaes", space, seed=0, multi_objective=True)
+    finally:
+        registry.unregister("sampler", "cmaes")
 
 
 def test_unknown_names_and_options_are_config_errors(space: SearchSpace) -> None:
@@ -134,7 +145,7 @@ def test_hyperband_resource_is_the_epochs_of_the_space(
     assert seen["max_resource"] == "auto"
 
 
-@pytest.mark.parametrize("name", sorted(PRUNERS))
+@pytest.mark.parametrize("name", registry.names("pruner"))
 def test_every_pruner_builds(name: str, space: SearchSpace) -> None:
     assert isinstance(make_pruner(name, space), optuna.pruners.BasePruner)
 
