@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from hamnet.core.errors import ConfigError, HamnetError
+
+if TYPE_CHECKING:
+    from hamnet.serving.state import ServingState
 
 console = Console()
 err_console = Console(stderr=True)
@@ -124,26 +127,34 @@ def serve(
         raise _fail(err) from None
     import uvicorn
 
-    batching = (
-        f"batching ≤{state.max_batch_size} rows / {batch_window_ms:g} ms"
-        if batch_window_ms > 0
-        else "batching off"
-    )
+    _announce(state, host, port)
+    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
+
+
+def _announce(state: ServingState, host: str, port: int) -> None:
+    """Print what is served, where, and how (batching, alias polling, A/B log)."""
+    settings = state.settings
     for a in state.arms.values():
         info = a.slot.model.info
         console.print(
             f"[bold green]serving[/] {escape(info.name)} v{escape(info.version)} "
             f"([cyan]{info.runtime}[/], {info.features} features → {info.classes} classes)"
-            + (f" as arm [bold]{escape(a.name)}[/] {100 * a.weight:g}%" if split else ""),
+            + (f" as arm [bold]{escape(a.name)}[/] {100 * a.weight:g}%" if settings.split else ""),
             highlight=False,
         )
+    batching = (
+        f"batching ≤{state.max_batch_size} rows / {settings.batch_window_ms:g} ms"
+        if settings.batch_window_ms > 0
+        else "batching off"
+    )
+    polling = (
+        f"alias poll {settings.poll_seconds:g} s" if settings.poll_seconds > 0 else "alias poll off"
+    )
     console.print(
-        f"on [link]http://{host}:{port}[/link] · {batching} · "
-        + (f"alias poll {poll_seconds:g} s" if poll_seconds > 0 else "alias poll off")
-        + (f" · A/B log {ab_log}" if ab_log else ""),
+        f"on [link]http://{host}:{port}[/link] · {batching} · {polling}"
+        + (f" · A/B log {settings.ab_log}" if settings.ab_log else ""),
         highlight=False,
     )
-    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -1,21 +1,16 @@
-"""Resolve what to serve (a registry alias, a registry version or a file) into a session.
+"""Load what to serve (a registry alias, a registry version or a file) and keep it current.
 
-A reference is ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a path to an
-``.onnx`` / OpenVINO ``.xml`` / hamnet ``.pt`` file. :func:`load_model` downloads a
-registry version's ``model/`` files, picks the runtime (the version's
-``hamnet.runtime`` tag when the hardware profile lists it, else the profile's first
-runtime that reads the format) and loads it with the profile's settings.
+:func:`load_model` resolves a reference to local files (:mod:`hamnet.serving.refs`),
+picks the runtime and opens a session that has run once (:mod:`hamnet.serving.sessions`).
 :class:`ModelSlot` holds the model currently served for one reference and swaps in a
-new one atomically when the alias moves. ``mlflow`` and the runtimes are imported lazily.
+new one atomically when the alias moves. ``mlflow`` and the runtimes' libraries are
+imported lazily.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.core.errors import ConfigError, ModelLoadError
+from hamnet.serving.refs import (
+    ModelRef,
+    ModelSource,
+    main_file,
+    model_format,
+    registry_client,
+    registry_version,
+    resolve,
+)
+from hamnet.serving.sessions import choose_runtime, feature_count, open_session, select_runtime
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -32,67 +36,22 @@ if TYPE_CHECKING:
     from hamnet.backends.session import InferenceSession
     from hamnet.core.hardware import HardwareProfile
 
+__all__ = [
+    "LoadedModel",
+    "ModelInfo",
+    "ModelRef",
+    "ModelSlot",
+    "ModelSource",
+    "choose_runtime",
+    "feature_count",
+    "load_model",
+    "main_file",
+    "model_format",
+    "registry_client",
+    "registry_version",
+]
+
 logger = logging.getLogger("hamnet.serving")
-
-_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-_SUFFIX_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".pt": "torch"}
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What to serve: a registry alias, a registry version or a file.
-
-    Attributes:
-        text: The reference as given.
-        name: Registered model name (None for a file).
-        alias: Registry alias, e.g. ``champion`` (None unless an alias reference).
-        version: Registry version (None unless a version reference).
-        path: Model file (None for a registry reference).
-    """
-
-    text: str
-    name: str | None = None
-    alias: str | None = None
-    version: str | None = None
-    path: Path | None = None
-
-    @property
-    def is_registry(self) -> bool:
-        """Whether the model comes from the MLflow registry."""
-        return self.name is not None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        """Parse ``models:/name@alias``, ``models:/name/3`` or a file path.
-
-        Raises:
-            ConfigError: If a ``models:/`` reference is malformed.
-            ModelLoadError: If a file reference does not exist or has an unknown suffix.
-        """
-        if text.startswith("models:/"):
-            match = _REF.match(text)
-            if match is None:
-                raise ConfigError(
-                    "model reference must be models:/<name>@<alias> or models:/<name>/<version>, "
-                    f"but got {text!r}"
-                )
-            return cls(text, match["name"], match["alias"], match["version"])
-        path = Path(text)
-        if not path.is_file():
-            raise ModelLoadError(f"model file must exist, but got {text!r} (no such file)")
-        if path.suffix.lower() not in _SUFFIX_FORMATS:
-            raise ModelLoadError(
-                f"model file must end with one of {sorted(_SUFFIX_FORMATS)}, but got {text!r}"
-            )
-        return cls(text, path=path.resolve())
-
-    def with_alias(self, alias: str) -> ModelRef:
-        """The same registered model under another alias."""
-        if self.name is None:
-            raise ConfigError(
-                f"an A/B arm named by alias needs a models:/ reference, but got {self.text!r}"
-            )
-        return ModelRef(f"models:/{self.name}@{alias}", self.name, alias=alias)
 
 
 @dataclass(frozen=True)
@@ -164,116 +123,6 @@ class LoadedModel:
             return self.session.run(x)
 
 
-def registry_client(tracking_uri: str | None) -> MlflowClient:
-    """An ``MlflowClient`` on ``tracking_uri`` (else ``$MLFLOW_TRACKING_URI``, else SQLite)."""
-    from mlflow.tracking import MlflowClient
-
-    from hamnet.core.config import DEFAULT_MLFLOW_URI
-    from hamnet.tracking.tracker import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
-    )
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def registry_version(client: MlflowClient, ref: ModelRef) -> Any:
-    """The ``ModelVersion`` a registry reference points at now.
-
-    Raises:
-        ModelLoadError: If the model, alias or version does not exist.
-    """
-    from mlflow.exceptions import MlflowException
-
-    assert ref.name is not None
-    try:
-        if ref.alias is not None:
-            return client.get_model_version_by_alias(ref.name, ref.alias)
-        return client.get_model_version(ref.name, str(ref.version))
-    except MlflowException as err:
-        raise ModelLoadError(
-            f"registry reference {ref.text!r} must name an existing model version, but the "
-            f"registry at {client.tracking_uri} answered: {err.message}"
-        ) from None
-
-
-def _main_file(folder: Path, fmt: str | None) -> Path:
-    files = [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in _SUFFIX_FORMATS]
-    if fmt is not None:
-        files = [p for p in files if _SUFFIX_FORMATS[p.suffix.lower()] == fmt] or files
-    if not files:
-        raise ModelLoadError(
-            f"registered model files must include a .onnx, .xml or .pt file, but "
-            f"{str(folder)!r} holds {[p.name for p in folder.rglob('*')]}"
-        )
-    return files[0]
-
-
-def feature_count(path: Path, fmt: str) -> int:
-    """Read the number of input features from a model file.
-
-    Raises:
-        ModelLoadError: If the model's input is not ``[batch, features]`` with a fixed
-            feature count.
-    """
-    features: Any
-    if fmt == "onnx":
-        import onnx
-
-        graph = onnx.load(str(path), load_external_data=False).graph
-        initializers = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in initializers]
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in
-                inputs[0].type.tensor_type.shape.dim]  # fmt: skip
-        features = dims[1] if len(dims) == 2 else None
-    elif fmt == "openvino":
-        from hamnet.backends.session import openvino_core
-
-        shape = openvino_core().read_model(str(path)).inputs[0].partial_shape
-        dims = [None if d.is_dynamic else d.get_length() for d in shape]
-        features = dims[1] if len(dims) == 2 else None
-    else:
-        import torch
-
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            features = (payload.get("config") or {}).get("input_size")
-        except Exception:
-            features = None
-        dims = [None, features]
-    if not isinstance(features, int) or features <= 0:
-        raise ModelLoadError(
-            f"a served model's input must be [batch, features] with a fixed feature count, "
-            f"but {str(path)!r} has input dims {dims}"
-        )
-    return features
-
-
-def choose_runtime(fmt: str, profile: HardwareProfile, preferred: str | None = None) -> str:
-    """The runtime to serve a ``fmt`` model with on ``profile``.
-
-    Args:
-        fmt: The model's format.
-        profile: The hardware profile (its runtimes in preference order).
-        preferred: A runtime to use when the profile lists it and it reads ``fmt``
-            (an explicit choice or the registry's ``hamnet.runtime`` tag).
-
-    Raises:
-        ConfigError: If no runtime of the profile reads the format.
-    """
-    from hamnet.backends.session import runtime_class
-
-    fitting = [r for r in profile.runtime_names if fmt in runtime_class(r).formats]
-    if preferred in fitting:
-        return str(preferred)
-    if not fitting:
-        raise ConfigError(
-            f"the hardware profile must list a runtime that reads {fmt} models, but "
-            f"{profile.name!r} lists {profile.runtime_names}"
-        )
-    return fitting[0]
-
-
 def load_model(
     ref: ModelRef,
     profile: HardwareProfile,
@@ -303,84 +152,28 @@ def load_model(
         ConfigError: If no runtime fits.
         HardwareProfileError: If the runtime's provider or device is absent.
     """
-    from hamnet.backends.session import get_runtime, runtime_spec
-    from hamnet.core.artifacts import ArtifactRef, artifact_files, hash_files
-
-    tags: dict[str, str] = {}
-    metrics: dict[str, float] = {}
-    run_id: str | None = None
-    target: Path | None = None
-    if ref.is_registry:
-        if client is None:
-            raise ConfigError(f"a registry client is needed to load {ref.text!r}, but got none")
-        mv = version if version is not None else registry_version(client, ref)
-        tags = dict(mv.tags or {})
-        run_id = mv.run_id or None
-        target = Path(tempfile.mkdtemp(prefix=f"v{mv.version}-", dir=cache_dir))
-        try:
-            import mlflow.artifacts
-
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=mv.source, dst_path=str(target), tracking_uri=client.tracking_uri
-            )
-        except Exception as err:
-            shutil.rmtree(target, ignore_errors=True)
-            raise ModelLoadError(
-                f"files of {ref.text!r} (version {mv.version}, source {mv.source}) must be "
-                f"downloadable, but got {type(err).__name__}: {err}"
-            ) from None
-        path = _main_file(Path(local), tags.get("hamnet.format"))
-        name, version_text = str(mv.name), str(mv.version)
-        if run_id:
-            metrics = dict(client.get_run(run_id).data.metrics)
-    else:
-        assert ref.path is not None
-        path = ref.path
-    fmt = _SUFFIX_FORMATS[path.suffix.lower()]
-    files = artifact_files(path, fmt)
-    sha = hash_files(files) if all(f.is_file() for f in files) else ""
-    if not ref.is_registry:
-        name, version_text = path.name, sha[:12]
-    runtime_name = choose_runtime(fmt, profile, runtime or tags.get("hamnet.runtime"))
-    if runtime is not None and runtime_name != runtime:
-        raise ConfigError(
-            f"runtime must be listed by profile {profile.name!r} and read {fmt} models, but "
-            f"got {runtime!r}"
-        )
-    artifact = ArtifactRef(
-        path=str(path), sha256=sha, format=fmt, size_bytes=sum(f.stat().st_size for f in files)
-    )  # type: ignore[arg-type]
+    source = resolve(ref, client=client, version=version, cache_dir=cache_dir)
     try:
-        spec = runtime_spec(profile, runtime_name)
-        engine = get_runtime(runtime_name)
-        session = engine.load(artifact, spec, threads if threads is not None else profile.threads)
-        features = feature_count(path, fmt)
-        try:
-            probe = session.run(np.zeros((1, features), dtype=np.float32))
-        except Exception as err:
-            raise ModelLoadError(
-                f"a served model must map [batch, {features}] float32 to logits, but "
-                f"{str(path)!r} failed on zeros: {type(err).__name__}: {err}"
-            ) from None
-    except Exception:
-        if target is not None:
-            shutil.rmtree(target, ignore_errors=True)
+        chosen = select_runtime(source.format, profile, runtime, source.tags.get("hamnet.runtime"))
+        opened = open_session(source, profile, chosen, threads)
+    except BaseException:
+        source.discard()
         raise
     info = ModelInfo(
         ref=ref.text,
-        name=name,
-        version=version_text,
+        name=source.name,
+        version=source.version,
         alias=ref.alias,
-        run_id=run_id,
-        runtime=runtime_name,
-        format=fmt,
-        path=str(path),
-        features=features,
-        classes=int(probe.shape[-1]),
-        metrics=metrics,
-        tags=tags,
+        run_id=source.run_id,
+        runtime=opened.runtime,
+        format=source.format,
+        path=str(source.path),
+        features=opened.features,
+        classes=opened.classes,
+        metrics=dict(source.metrics),
+        tags=dict(source.tags),
     )
-    return LoadedModel(session, info, target)
+    return LoadedModel(opened.session, info, source.download_dir)
 
 
 class ModelSlot:

@@ -216,3 +216,21 @@ def test_serve_command_refuses_bad_input_with_exit_2(tmp_path: Path, models: dic
     arms, _ = parse_arms(str(models["a"]), "a=0.5,b=0.5", [f"b={models['b']}", f"a={models['a']}"])
     assert arms == {"a": str(models["a"]), "b": str(models["b"])}
     assert parse_arms("models:/m@champion", None, []) == ({"champion": "models:/m@champion"}, None)
+
+
+def test_not_ready_until_the_lifespan_starts_and_files_removed_after(models: dict[str, Path]):
+    from fastapi.testclient import TestClient
+
+    from hamnet.serving.app import ServeSettings, ServingState, create_app
+
+    state = ServingState.build(ServeSettings(arms={"main": str(models["a"])}, threads=1))
+    app = create_app(state)
+    outside = TestClient(app)  # no lifespan: batchers stopped, not ready
+    assert outside.get("/ready").status_code == 503
+    answer = outside.post("/predict", json={"input": [0.0] * 16})
+    assert answer.status_code == 503 and "not ready" in answer.json()["detail"]
+    assert state.cache_dir is not None and state.cache_dir.is_dir()
+    with TestClient(app) as client:
+        ready = client.get("/ready").json()
+        assert ready["ready"] is True and list(ready["versions"]) == ["main"]
+    assert not state.ready and not state.cache_dir.exists()
