@@ -85,7 +85,9 @@ def test_a_clear_improvement_moves_the_champion() -> None:
 def test_the_same_model_file_never_replaces_itself() -> None:
     decision = decide(facts("4", 0.30, sha="a" * 64, meets=True), facts("3", 0.41, sha="a" * 64))
     assert not decision.move
-    assert decision.message == "champion stays v3: it is the recommended model (sha256 aaaaaaaaaaaa)"
+    assert (
+        decision.message == "champion stays v3: it is the recommended model (sha256 aaaaaaaaaaaa)"
+    )
 
 
 def test_a_champion_without_hamnet_metrics_stays() -> None:
