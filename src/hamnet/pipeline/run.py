@@ -36,7 +36,7 @@ from hamnet.core.errors import StageError
 from hamnet.core.hardware import HardwareProfile, load_profile
 from hamnet.pipeline.hooks import before_stage
 from hamnet.pipeline.measuring import measure_candidate
-from hamnet.pipeline.observers import RunObserver, default_observers
+from hamnet.pipeline.observers import MlflowObserver, RunObserver, default_observers
 from hamnet.pipeline.plan import Stage, StageContext, build_plan, stage_by_name
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from hamnet.evaluate.pareto import Selection
-    from hamnet.tracking.tracker import RegistrationResult
+    from hamnet.tracking.tracker import RegistrationResult, Tracker
 
 __all__ = [
     "PipelineResult",
@@ -134,6 +134,10 @@ def execute_stage(
 
     Returns:
         The new, measured candidates and the stage's notes for the user.
+
+    Raises:
+        Exception: Whatever the stage, the measurement or a stage hook
+            (:mod:`hamnet.pipeline.hooks`, called before the stage runs) raised.
     """
     stage = stage_by_name(stage_name)
     ctx = make_context(config, base_dir)
@@ -290,6 +294,11 @@ class PipelineRun:
     def report_dir(self) -> Path:
         """Where this run's report (table, plot) is written."""
         return self.workdir / "reports" / self.run_name
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The MLflow tracker of this run's MLflow observer; None when not tracking."""
+        return next((o.tracker for o in self.observers if isinstance(o, MlflowObserver)), None)
 
     @property
     def index_path(self) -> Path:
