@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config, write_config
+from reliability.faults import FailFirstAttempts
+
+from hamnet.pipeline.hooks import stage_hooks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -64,10 +67,7 @@ def test_flow_tracks_candidates_and_reruns_from_cache(project: Path) -> None:
     assert stage_seconds < sum(s["seconds"] for s in first["stages"])
 
 
-def test_stage_is_retried_after_one_injected_failure(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HAMNET_INJECT_FAULT", "export:1")
+def test_stage_is_retried_after_one_injected_failure(project: Path) -> None:
     uri = f"sqlite:///{project / 'mlflow.db'}"
     cfg = tiny_config(
         seed=11,
@@ -75,21 +75,22 @@ def test_stage_is_retried_after_one_injected_failure(
         stages={"quantize": None},
         execution={"retries": 1, "cache": False},
     )
-    summary = _run(project, cfg)
+    with stage_hooks(FailFirstAttempts("export", times=1)):
+        summary = _run(project, cfg)
     assert summary["recommended"] is not None
     counter = project / ".hamnet" / "fault-export.count"
     assert counter.read_text() == "1"  # failed once, then the retry passed
 
 
-def test_failed_stage_fails_the_flow_and_rerun_resumes_from_cache(
-    project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_stage_fails_the_flow_and_rerun_resumes_from_cache(project: Path) -> None:
     from hamnet.core.errors import StageError
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     cfg = tiny_config(seed=12, tracking={"mlflow_uri": uri}, execution={"retries": 1})
-    monkeypatch.setenv("HAMNET_INJECT_FAULT", "quantize:5")
-    with pytest.raises(StageError, match="injected fault in stage 'quantize'"):
+    with (
+        pytest.raises(StageError, match="injected fault in stage 'quantize'"),
+        stage_hooks(FailFirstAttempts("quantize", times=5)),
+    ):
         _run(project, cfg)
     assert (project / ".hamnet" / "fault-quantize.count").read_text() == "2"  # 1 try + 1 retry
 
@@ -104,7 +105,6 @@ def test_failed_stage_fails_the_flow_and_rerun_resumes_from_cache(
     ]
     assert {r.data.tags["hamnet.stage"] for r in kept} == {"train", "export"}
 
-    monkeypatch.delenv("HAMNET_INJECT_FAULT")
     summary = _run(project, cfg)
     assert summary["cached_stages"] == ["train", "export"]
     assert summary["recommended"] is not None

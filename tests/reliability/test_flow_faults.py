@@ -2,8 +2,8 @@
 two runs at once.
 
 Flows that must die or run beside another one run in subprocesses pointed at this
-session's Prefect API (no second ephemeral server); the ``HAMNET_INJECT_*`` variables of
-:mod:`hamnet.pipeline.run` make a stage raise or hang where the test wants it.
+session's Prefect API (no second ephemeral server); the stage hooks of
+:mod:`.faults` make a stage raise or hang where the test wants it.
 """
 
 from __future__ import annotations
@@ -20,25 +20,27 @@ from typing import Any
 import pytest
 from conftest import write_config
 
+from hamnet.pipeline.hooks import stage_hooks
+
+from . import faults
 from .conftest import FaultTable, Stopwatch, flow_config, run_flow
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_harness")]
 
-_RUNNER = (
-    "import json, sys\n"
-    "from flows.hamnet_optimize import hamnet_optimize\n"
-    "print('SUMMARY', json.dumps(hamnet_optimize(config_path=sys.argv[1], base_dir=sys.argv[2])))\n"
-)
+_RUNNER = Path(faults.__file__)
 
 
-def _spawn(project: Path, cfg: dict[str, Any], name: str, **env: str) -> subprocess.Popen[str]:
-    """Start the flow in a subprocess on this session's Prefect API."""
+def _spawn(project: Path, cfg: dict[str, Any], name: str, *faults: str) -> subprocess.Popen[str]:
+    """Start the flow in a subprocess on this session's Prefect API.
+
+    ``faults`` are options of the runner in :mod:`.faults` (``--hang``, ``stage:seconds``).
+    """
     from prefect.settings import PREFECT_API_URL
 
     path = write_config(project, cfg, name)
-    full_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), **env}
+    full_env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     return subprocess.Popen(
-        [sys.executable, "-c", _RUNNER, str(path), str(project)],
+        [sys.executable, str(_RUNNER), str(path), str(project), *faults],
         cwd=project, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -64,7 +66,6 @@ def _children(client: Any, parent_id: str) -> list[Any]:
 
 def test_a_retried_stage_shows_its_attempts_and_first_error_in_prefect_and_mlflow(
     project: Path,
-    monkeypatch: pytest.MonkeyPatch,
     fault_table: FaultTable,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -73,8 +74,9 @@ def test_a_retried_stage_shows_its_attempts_and_first_error_in_prefect_and_mlflo
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    monkeypatch.setenv("HAMNET_INJECT_FAULT", "export:1")
-    summary = run_flow(project, flow_config(project, 21, execution={"retries": 2, "cache": False}))
+    cfg = flow_config(project, 21, execution={"retries": 2, "cache": False})
+    with stage_hooks(faults.FailFirstAttempts("export", times=1)):
+        summary = run_flow(project, cfg)
     assert summary["recommended"] is not None
 
     parent = _mlflow(project).get_run(summary["mlflow_run_id"])
@@ -98,7 +100,7 @@ def test_a_retried_stage_shows_its_attempts_and_first_error_in_prefect_and_mlflo
     assert retry_states, [s.name for s in states]
     fault_table.add(
         request,
-        "stage raises on its first attempt (`HAMNET_INJECT_FAULT=export:1`)",
+        "stage raises on its first attempt (hook `FailFirstAttempts('export', times=1)`)",
         "retried by Prefect (task run_count 2), flow completed; MLflow parent tags "
         "`hamnet.stage.export.attempts=2`, `.first_error`, metric `retries.export=1`",
         "nothing",
@@ -111,7 +113,7 @@ def test_sigkill_mid_stage_then_rerun_reuses_finished_stages_and_fails_the_old_r
 ) -> None:
     cfg = flow_config(project, 22)
     workdir = project / ".hamnet"
-    proc = _spawn(project, cfg, "kill.yaml", HAMNET_INJECT_HANG="export:600")
+    proc = _spawn(project, cfg, "kill.yaml", "--hang", "export:600")
     marker = workdir / "hang-export.started"
     try:
         deadline = time.monotonic() + 240

@@ -14,8 +14,10 @@ import pytest
 from conftest import write_config
 
 from hamnet.ops.stack import free_port, stop_process_group, wait_http
+from hamnet.pipeline.hooks import stage_hooks
 
 from .conftest import FaultTable, Stopwatch, files_under, flow_config, run_flow
+from .faults import HangInStage
 
 
 def test_unreachable_server_at_start_is_a_clear_error_before_any_training(
@@ -80,11 +82,10 @@ def test_server_lost_mid_run_fails_clearly_and_the_rerun_uses_what_was_made(
     try:
         wait_http(f"{url}/health", 240, what="mlflow server", log=log)
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not in 4 min
-        monkeypatch.setenv("HAMNET_INJECT_HANG", "export:5")
         stopper = threading.Thread(target=stop_server_once_export_runs, daemon=True)
         stopper.start()
         cfg = flow_config(project, 42, tracking={"mlflow_uri": url})
-        with pytest.raises(StageError) as info:
+        with pytest.raises(StageError) as info, stage_hooks(HangInStage("export", 5)):
             run_flow(project, cfg)
         stopper.join(timeout=60)
     finally:
@@ -101,7 +102,6 @@ def test_server_lost_mid_run_fails_clearly_and_the_rerun_uses_what_was_made(
     for entry in index["candidates"]:
         ArtifactRef.model_validate(entry["artifact"]).verify()  # still on disk, intact
 
-    monkeypatch.delenv("HAMNET_INJECT_HANG")
     local = {"mlflow_uri": f"sqlite:///{project / 'mlflow.db'}"}
     with Stopwatch() as sw:
         summary = run_flow(project, flow_config(project, 42, tracking=local))

@@ -1,10 +1,13 @@
 """The optimization pipeline, written once and walked by the flow and by the API.
 
 ``PipelineRun`` holds one run's state: the plan (from the config), the candidates so
-far, the MLflow parent run. Whoever drives it (the Prefect flow in ``flows/``, or
+far, the stage records. Whoever drives it (the Prefect flow in ``flows/``, or
 :func:`run_pipeline` here) calls :func:`execute_stage` for each stage of
 ``run.plan`` — the flow through a cached, retried Prefect task — hands the new
-candidates to :meth:`PipelineRun.add`, and ends with :meth:`PipelineRun.finish`.
+candidates to :meth:`PipelineRun.add`, and ends with :meth:`PipelineRun.finish`. The
+run's observers (:mod:`hamnet.pipeline.observers`) print progress, keep the run index,
+log to MLflow and collect old files; stage hooks (:mod:`hamnet.pipeline.hooks`) run
+before every stage attempt.
 
 Example:
     >>> from hamnet.core.config import load_config
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +34,9 @@ from hamnet.core.candidate import Candidate
 from hamnet.core.config import OptimizeConfig
 from hamnet.core.errors import StageError
 from hamnet.core.hardware import HardwareProfile, load_profile
+from hamnet.pipeline.hooks import before_stage
+from hamnet.pipeline.measuring import measure_candidate
+from hamnet.pipeline.observers import MlflowObserver, RunObserver, default_observers
 from hamnet.pipeline.plan import Stage, StageContext, build_plan, stage_by_name
 
 if TYPE_CHECKING:
@@ -39,39 +46,19 @@ if TYPE_CHECKING:
     from hamnet.evaluate.pareto import Selection
     from hamnet.tracking.tracker import RegistrationResult, Tracker
 
+__all__ = [
+    "PipelineResult",
+    "PipelineRun",
+    "StageRecord",
+    "execute_stage",
+    "make_context",
+    "measure_candidate",
+    "preflight",
+    "record_attempt",
+    "run_pipeline",
+]
+
 logger = logging.getLogger("hamnet.pipeline")
-
-FAULT_ENV = "HAMNET_INJECT_FAULT"
-"""Fault injection for reliability tests: ``"<stage>:<n>"`` makes the first n attempts
-of that stage raise (counted in a file under the workdir)."""
-
-
-def _inject_fault(stage: str, workdir: Path) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return
-    target, _, times = spec.partition(":")
-    if target != stage:
-        return
-    counter = workdir / f"fault-{stage}.count"
-    done = int(counter.read_text()) if counter.is_file() else 0
-    if done < int(times or 1):
-        counter.write_text(str(done + 1))
-        raise StageError(f"injected fault in stage {stage!r} (attempt {done + 1}, {FAULT_ENV})")
-
-
-HANG_ENV = "HAMNET_INJECT_HANG"
-"""Fault injection for reliability tests: ``"<stage>:<seconds>"`` makes that stage write
-``hang-<stage>.started`` in the workdir and sleep, so a test can kill the process in the
-middle of the stage."""
-
-
-def _inject_hang(stage: str, workdir: Path) -> None:
-    target, _, seconds = os.environ.get(HANG_ENV, "").partition(":")
-    if target != stage:
-        return
-    (workdir / f"hang-{stage}.started").write_text(str(os.getpid()))
-    time.sleep(float(seconds or 3600))
 
 
 def preflight(config: OptimizeConfig, base_dir: str | Path = ".") -> None:
@@ -147,12 +134,15 @@ def execute_stage(
 
     Returns:
         The new, measured candidates and the stage's notes for the user.
+
+    Raises:
+        Exception: Whatever the stage, the measurement or a stage hook
+            (:mod:`hamnet.pipeline.hooks`, called before the stage runs) raised.
     """
     stage = stage_by_name(stage_name)
     ctx = make_context(config, base_dir)
     ctx.parent_run_id = parent_run_id
-    _inject_fault(stage_name, ctx.store.root.parent)
-    _inject_hang(stage_name, ctx.store.root.parent)
+    before_stage(stage_name, ctx)
     produced = stage.run(inputs, ctx)
     known = {c.id: c for c in inputs}
     measured: list[Candidate] = []
@@ -195,107 +185,6 @@ def record_attempt(
         tracker.record_attempt(parent_run_id, stage_name, attempt, text)
     except Exception as err:  # bookkeeping must not mask the stage's outcome
         logger.warning("could not record attempt %d of %s in MLflow: %s", attempt, stage_name, err)
-
-
-def measure_candidate(
-    candidate: Candidate, known: dict[str, Candidate], ctx: StageContext
-) -> Candidate:
-    """Measure ``candidate`` and mark it rejected when it is slower than its parent."""
-    from hamnet.evaluate.measure import measure_artifact
-
-    params, flops = _model_size(candidate, known, ctx)
-    metrics = measure_artifact(
-        candidate.artifact,
-        candidate.runtime,
-        ctx.profile,
-        ctx.dataset.x_test,
-        ctx.dataset.y_test,
-        ctx.config.measure,
-        params=params,
-        flops=flops,
-        trust_checkpoint=ctx.config.model.trust_checkpoint,
-    )
-    rejected = candidate.rejected
-    parent = known.get(candidate.parent_id or "")
-    settings = ctx.config.measure
-    margin = settings.slower_margin
-    # The parent was timed earlier, maybe on a busier or an idler machine. A child that
-    # is not clearly faster (within the margin either way, or slower) is therefore timed
-    # again side by side with it before it is judged: a parent figure inflated by noise
-    # must not let a slower child through, nor a lucky one reject an equal child.
-    paired = bool(settings.paired_rounds)
-    suspect = 1.0 - margin if paired else 1.0 + margin
-    if (
-        rejected is None
-        and parent is not None
-        and parent.metrics is not None
-        and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * suspect
-    ):
-        child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
-        how = "measured one after the other"
-        if paired:
-            child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
-            how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
-        if child_ms > parent_ms * (1.0 + margin):
-            rejected = (
-                f"slower than its parent {parent.name}: p50 {child_ms:.3f} ms vs "
-                f"{parent_ms:.3f} ms, more than {margin:.0%} slower ({how})"
-            )
-        else:
-            logger.info(
-                "%s is not slower than its parent %s when timed side by side "
-                "(%.4f vs %.4f ms): kept",
-                candidate.name, parent.name, child_ms, parent_ms,
-            )  # fmt: skip
-    return candidate.model_copy(update={"metrics": metrics, "rejected": rejected})
-
-
-def _paired_latency(
-    candidate: Candidate, parent: Candidate, ctx: StageContext
-) -> tuple[float, float]:
-    """p50 latency of ``candidate`` and ``parent``, timed in interleaved rounds."""
-    from hamnet.backends.session import load_session, pack_inputs
-    from hamnet.evaluate.measure import paired_latency_ms
-
-    trust = ctx.config.model.trust_checkpoint
-    sessions = [
-        load_session(c.artifact, c.runtime, ctx.profile, trust_checkpoint=trust)
-        for c in (candidate, parent)
-    ]
-    x_one = pack_inputs(ctx.dataset.x_test)[: ctx.profile.latency_batch_size]
-    settings = ctx.config.measure
-    child_ms, parent_ms = paired_latency_ms(
-        sessions, x_one, warmup=settings.warmup, repeats=settings.repeats,
-        rounds=settings.paired_rounds,
-    )  # fmt: skip
-    return child_ms, parent_ms
-
-
-def _model_size(
-    candidate: Candidate, known: dict[str, Candidate], ctx: StageContext
-) -> tuple[int, int]:
-    """Parameters and FLOPs: counted on torch models, inherited by their exports."""
-    if candidate.artifact.format == "torch":
-        from hamnet.models import count_flops, count_parameters, load_checkpoint
-
-        model = load_checkpoint(candidate.artifact.path, trust=ctx.config.model.trust_checkpoint)
-        return count_parameters(model), count_flops(model, model.config.input_size)
-    ancestor = known.get(candidate.parent_id or "")
-    while ancestor is not None:
-        if ancestor.metrics is not None:
-            return ancestor.metrics.params, ancestor.metrics.flops
-        ancestor = known.get(ancestor.parent_id or "")
-    if candidate.artifact.format == "onnx":
-        return _onnx_parameter_count(candidate.artifact.path), 0
-    return 0, 0
-
-
-def _onnx_parameter_count(path: str) -> int:
-    import numpy as np
-    import onnx
-
-    model = onnx.load(path)
-    return int(sum(int(np.prod(init.dims)) for init in model.graph.initializer))
 
 
 @dataclass
@@ -345,17 +234,25 @@ class PipelineResult:
 
 
 class PipelineRun:
-    """One optimization run: its plan, its candidates and its MLflow parent run.
+    """One optimization run's state: its plan, its candidates and its stage records.
 
-    Use it as a context manager so the MLflow parent run is closed as FAILED when
-    anything raises (candidates already logged stay in MLflow).
+    What happens around the state (console output, the run index, MLflow, retention)
+    is done by its observers (:mod:`hamnet.pipeline.observers`), told in order when the
+    run starts, when a stage is done, when it finishes and when it fails. Use it as a
+    context manager so a failure reaches the observers (the MLflow parent run is closed
+    as FAILED, the index marked failed; candidates already logged stay).
 
     Args:
         config: The run configuration.
         base_dir: Folder relative config paths resolve against.
-        run_name: Name of the MLflow parent run.
+        run_name: Name of the run (and of its MLflow parent run).
         tags: Extra MLflow tags for the parent run (e.g. the Prefect flow run id).
         console: Where progress and the final table are printed.
+        observers: Observers to tell after the default ones
+            (:func:`~hamnet.pipeline.observers.default_observers`).
+
+    Attributes:
+        parent_run_id: The MLflow parent run, set when tracking is on and the run started.
     """
 
     def __init__(
@@ -366,6 +263,7 @@ class PipelineRun:
         run_name: str | None = None,
         tags: dict[str, str] | None = None,
         console: Console | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> None:
         from rich.console import Console
 
@@ -378,17 +276,34 @@ class PipelineRun:
         self.candidates: list[Candidate] = []
         self.stages: list[StageRecord] = []
         self.run_name = run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        self._tags = dict(tags or {})
-        self._started = time.perf_counter()
-        self._started_at = time.time()
-        self.tracker: Tracker | None = None
+        self.tags = dict(tags or {})
         self.parent_run_id: str | None = None
-        self._candidate_runs: dict[str, str] = {}
+        self.started_at = time.time()
+        self._started = time.perf_counter()
+        self.observers: list[RunObserver] = [
+            *default_observers(config, self.console),
+            *observers,
+        ]
 
     @property
     def workdir(self) -> Path:
         """The run's working folder (artifact store, reports)."""
         return self.base_dir / self.config.workdir
+
+    @property
+    def report_dir(self) -> Path:
+        """Where this run's report (table, plot) is written."""
+        return self.workdir / "reports" / self.run_name
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The MLflow tracker of this run's MLflow observer; None when not tracking."""
+        return next((o.tracker for o in self.observers if isinstance(o, MlflowObserver)), None)
+
+    @property
+    def index_path(self) -> Path:
+        """This run's index: its candidates and artifacts, updated after every stage."""
+        return self.workdir / "runs" / f"{self.run_name}.json"
 
     def __enter__(self) -> PipelineRun:
         self.start()
@@ -400,34 +315,19 @@ class PipelineRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
-            error = f"{exc_type.__name__ if exc_type else ''}: {exc}"
-            self._write_index("failed", error=error)
+        if exc is None:
+            return
+        error = f"{exc_type.__name__ if exc_type else ''}: {exc}"
+        for observer in self.observers:
             try:
-                self._end_tracking("FAILED", error=error)
+                observer.on_error(self, error)
             except Exception as err:  # keep the original error visible
-                logger.warning("could not close the MLflow parent run as FAILED: %s", err)
-                self.tracker, self.parent_run_id = None, None
+                logger.warning("%s could not record the failure: %s", type(observer).__name__, err)
 
     def start(self) -> None:
-        """Open the MLflow parent run (when tracking is enabled)."""
-        cfg = self.config
-        plan = " -> ".join(s.name for s in self.plan)
-        self.console.log(
-            f"[bold]hamnet-optimize[/] {self.run_name}: plan {plan} on profile "
-            f"{self.profile.name!r}"
-        )
-        self._write_index("running")  # from now on `hamnet gc` leaves this run's files alone
-        if not cfg.tracking.enabled:
-            return
-        from hamnet.tracking.tracker import Tracker
-
-        self.tracker = Tracker(cfg.tracking, base_dir=self.base_dir)
-        self.parent_run_id = self.tracker.start_parent(
-            self.run_name,
-            config=cfg,
-            tags={"hamnet.plan": plan, "hamnet.hardware_profile": self.profile.name, **self._tags},
-        )
+        """Tell the observers the run starts (the MLflow parent run opens)."""
+        for observer in self.observers:
+            observer.on_start(self)
 
     def scope(self, stage: Stage) -> dict[str, Any]:
         """What can change ``stage``'s output: hashed into its cache key.
@@ -458,43 +358,20 @@ class PipelineRun:
         cached: bool = False,
         seconds: float = 0.0,
     ) -> None:
-        """Record a stage's new candidates and log them to MLflow right away."""
-        from rich.markup import escape
+        """Record a stage's new candidates and tell the observers (MLflow logs them now).
 
+        Raises:
+            ArtifactError: A new candidate's model file is missing or was changed.
+            StageError: An observer could not record them (e.g. MLflow went away).
+        """
         for candidate in new:
             candidate.artifact.verify()
             _touch(Path(candidate.artifact.path).parent)  # last use, for `hamnet gc`
         self.candidates.extend(new)
         record = StageRecord(stage.name, [c.id for c in new], cached, seconds, list(notes or []))
         self.stages.append(record)
-        self._write_index("running")
-        state = "cached" if cached else f"{seconds:.1f} s"
-        names = ", ".join(c.name for c in new) or "nothing"
-        self.console.log(f"[bold]{stage.name}[/] ({state}): {escape(names)}")
-        for note in record.notes:
-            self.console.log(f"  [yellow]note[/] {escape(note)}")
-        if self.tracker is not None and self.parent_run_id is not None:
-            from hamnet.evaluate.pareto import assess
-
-            baseline = self.baseline
-            for candidate in new:
-                assessment = assess(candidate, _accuracy(baseline), self.config.constraints)
-                try:
-                    self._candidate_runs[candidate.id] = self.tracker.log_candidate(
-                        self.parent_run_id,
-                        candidate,
-                        assessment,
-                        model_file=self.config.tracking.log_models,
-                        parent_name=self._name_of(candidate.parent_id),
-                    )
-                except Exception as err:
-                    raise StageError(
-                        f"MLflow tracking at {self.tracker.uri} must accept the candidates, "
-                        f"but logging {candidate.name} after stage {stage.name} failed "
-                        f"({type(err).__name__}: {_first_line(err)}). The artifacts made so "
-                        f"far stay in {self.workdir} (index {self.index_path}); rerun the "
-                        f"same config to resume from the cache"
-                    ) from err
+        for observer in self.observers:
+            observer.on_stage_done(self, record, new)
 
     @property
     def baseline(self) -> Candidate:
@@ -503,145 +380,44 @@ class PipelineRun:
             raise StageError("no baseline yet: the first stage produced no candidate")
         return self.candidates[0]
 
-    def _name_of(self, candidate_id: str | None) -> str | None:
+    def name_of(self, candidate_id: str | None) -> str | None:
+        """The name of the candidate ``candidate_id`` of this run, None if unknown."""
         return next((c.name for c in self.candidates if c.id == candidate_id), None)
 
     def finish(self) -> PipelineResult:
-        """Select the recommended candidate, report, log the front, register it."""
-        from rich.markup import escape
+        """Select the recommended candidate, write the report, tell the observers.
 
+        Returns:
+            The result; its ``registration`` is set when MLflow registered a model.
+        """
         from hamnet.evaluate.pareto import candidates_table, select
-        from hamnet.evaluate.report import render_table, write_report
+        from hamnet.evaluate.report import write_report
 
         cfg = self.config
         selection = select(self.candidates, self.baseline, cfg.constraints, cfg.selection)
         table = candidates_table(self.candidates, selection)
-        report_dir = self.workdir / "reports" / self.run_name
-        files = write_report(table, selection, report_dir)
-        recommended = selection.recommended
-        render_table(
-            table,
-            title=f"hamnet-optimize {self.run_name} (profile {self.profile.name})",
-            recommended_name=recommended.name if recommended else None,
-            console=self.console,
-        )
-        registration = None
-        if self.tracker is not None and self.parent_run_id is not None:
-            self.tracker.log_selection(self.parent_run_id, table, selection, report_dir)
-            if recommended is not None and cfg.tracking.registered_model:
-                registration = self.tracker.register(
-                    recommended,
-                    self._candidate_runs[recommended.id],
-                    selection.assessments[recommended.id],
-                    baseline_accuracy=_accuracy(self.baseline),
-                    objective=cfg.selection.objective,
-                    min_improvement=cfg.selection.champion_min_improvement,
-                    constraints=cfg.constraints,
-                )
-                self.console.log(f"[bold]registry[/] {escape(registration.message)}")
-            self._end_tracking("FINISHED")
-        self._write_index(
-            "finished",
-            front=set(selection.front_ids),
-            recommended=recommended.id if recommended else None,
-        )
-        if cfg.retention.auto_gc:
-            self._collect_garbage()
-        cached = [s.name for s in self.stages if s.cached]
-        seconds = time.perf_counter() - self._started
-        self.console.log(
-            f"done in {seconds:.1f} s; cached stages: {', '.join(cached) if cached else 'none'}"
-        )
-        return PipelineResult(
+        files = write_report(table, selection, self.report_dir)
+        result = PipelineResult(
             candidates=list(self.candidates),
             selection=selection,
             table=table,
             stages=list(self.stages),
             report_files=files,
             mlflow_run_id=self.parent_run_id,
-            registration=registration,
-            seconds=seconds,
+            registration=None,
+            seconds=0.0,
         )
-
-    @property
-    def index_path(self) -> Path:
-        """This run's index: its candidates and artifacts, updated after every stage."""
-        return self.workdir / "runs" / f"{self.run_name}.json"
-
-    def _write_index(
-        self,
-        status: str,
-        *,
-        error: str | None = None,
-        front: set[str] | None = None,
-        recommended: str | None = None,
-    ) -> None:
-        """Write :attr:`index_path` atomically (what ``hamnet gc`` keeps and reruns find)."""
-        import json
-
-        from hamnet.core.artifacts import atomic_write_text
-
-        document = {
-            "run_name": self.run_name,
-            "status": status,
-            "error": error,
-            "config_fingerprint": self.config.fingerprint(),
-            "mlflow_run_id": self.parent_run_id,
-            "stages": [s.name for s in self.stages],
-            "started": self._started_at,
-            "updated": time.time(),
-            "candidates": [
-                {
-                    "id": c.id,
-                    "name": c.name,
-                    "stage": c.stage,
-                    "artifact": c.artifact.model_dump(mode="json"),
-                    "on_front": c.id in (front or set()),
-                    "recommended": c.id == recommended,
-                }
-                for c in self.candidates
-            ],
-        }
-        try:
-            atomic_write_text(self.index_path, json.dumps(document, indent=1))
-        except OSError as err:
-            logger.warning("could not write the run index %s: %s", self.index_path, err)
-
-    def _collect_garbage(self) -> None:
-        from hamnet.pipeline.gc import collect
-
-        retention = self.config.retention
-        report = collect(
-            self.workdir,
-            keep_runs=retention.keep_runs,
-            max_age_days=retention.max_age_days,
-            apply=True,
-        )
-        if report.items:
-            self.console.log(f"[bold]gc[/] {report.summary()}")
-
-    def _end_tracking(self, status: str, error: str | None = None) -> None:
-        if self.tracker is None or self.parent_run_id is None:
-            return
-        self.tracker.end(self.parent_run_id, status, error=error)
-        if status == "FAILED":  # nothing more may be logged to a closed run
-            self.tracker, self.parent_run_id = None, None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else ""
+        for observer in self.observers:
+            observer.on_finish(self, result)
+        result.seconds = time.perf_counter() - self._started
+        for observer in self.observers:
+            observer.on_done(self, result)
+        return result
 
 
 def _touch(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
-
-
-def _accuracy(candidate: Candidate) -> float:
-    if candidate.metrics is None:
-        raise StageError(f"candidate {candidate.name} was not measured")
-    return candidate.metrics.accuracy
 
 
 def run_pipeline(
