@@ -44,7 +44,7 @@ KIND_PACKAGES: dict[str, str] = {
     "runtime": "hamnet.backends.session",
     "sampler": "hamnet.compress.search.samplers",
     "pruner": "hamnet.compress.search.pruners",
-    "stage": "hamnet.pipeline.plan",
+    "stage": "hamnet.pipeline.stages",
     "family": "hamnet.families",
 }
 """Kind -> the package whose modules are that kind's built-in plugins."""
