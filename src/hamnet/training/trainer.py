@@ -228,12 +228,43 @@ def train_model(
     for module in extras:
         module.to(dev)
     loader = _train_loader(dataset, cfg.batch_size, seed)
+    run = _make_run(model, extras, cfg, len(loader), loss_fn, seed, dev, use_amp)
+    stopper = EarlyStopping([model, *extras], cfg.patience, cfg.epochs)
+    with (
+        _gradient_checkpointing(model, cfg.gradient_checkpointing),
+        _progress_bar(progress) as bar,
+    ):
+        history = _fit(model, extras, loader, dataset, run, stopper, bar, on_epoch_end)
+    stopper.restore()
+    if checkpoint_path is not None:
+        _save(model, stopper.best_states[0], checkpoint_path)
+    return TrainResult(
+        best_val_accuracy=stopper.best_accuracy,
+        best_epoch=stopper.best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopper.should_stop(len(history)),
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
+
+
+def _make_run(
+    model: nn.Module,
+    extras: Sequence[nn.Module],
+    cfg: TrainStageConfig,
+    batches: int,
+    loss_fn: LossFn | None,
+    seed: int,
+    dev: torch.device,
+    use_amp: bool,
+) -> _Run:
+    """The optimizer, schedule, scaler, loss and random stream the epochs share."""
     optimizer = build_optimizer([model, *extras], cfg)
     decay, no_decay = optimizer.param_groups[0]["params"], optimizer.param_groups[1]["params"]
-    run = _Run(
+    return _Run(
         cfg=cfg,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg, math.ceil(len(loader) / cfg.grad_accum_steps)),
+        scheduler=build_scheduler(optimizer, cfg, math.ceil(batches / cfg.grad_accum_steps)),
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
         compute_loss=loss_fn or _make_ce_loss(cfg.label_smoothing),
         params=decay + no_decay,
@@ -243,27 +274,15 @@ def train_model(
         device=dev,
         use_amp=use_amp,
     )
-    stopper = EarlyStopping([model, *extras], cfg.patience, cfg.epochs)
-    with (
-        _gradient_checkpointing(model, cfg.gradient_checkpointing),
-        _progress_bar(progress) as bar,
-    ):
-        history = _fit(model, extras, loader, dataset, run, stopper, bar, on_epoch_end)
-    stopper.restore()
-    if checkpoint_path is not None:
-        if isinstance(model, HAMNet):
-            save_checkpoint(model, checkpoint_path)
-        else:
-            Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(stopper.best_states[0], checkpoint_path)
-    return TrainResult(
-        best_val_accuracy=stopper.best_accuracy,
-        best_epoch=stopper.best_epoch,
-        epochs_run=len(history),
-        stopped_early=stopper.should_stop(len(history)),
-        seconds=time.perf_counter() - start,
-        history=history,
-    )
+
+
+def _save(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a hamnet checkpoint for a HAMNet, else the ``state_dict``."""
+    if isinstance(model, HAMNet):
+        save_checkpoint(model, path)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
 
 
 def _check_run(

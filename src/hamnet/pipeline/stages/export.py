@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
@@ -10,6 +10,9 @@ from hamnet.core.artifacts import ArtifactRef
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import ExportStageConfig
 from hamnet.pipeline.stages.base import Stage, StageContext, child_name
+
+if TYPE_CHECKING:
+    from hamnet.models import HAMNet
 
 FUSED_NOTE = (
     "Attention exported as ONNX Runtime's com.microsoft.Attention (one node per block instead "
@@ -26,7 +29,7 @@ class ExportStage(Stage[ExportStageConfig]):
     order = 60
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
-        from hamnet.backends.export import check_parity, convert_openvino, export_onnx
+        from hamnet.backends.export import check_parity
         from hamnet.backends.session import load_session
         from hamnet.models import load_checkpoint
 
@@ -41,30 +44,7 @@ class ExportStage(Stage[ExportStageConfig]):
                 continue
             model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
             reference = load_session(parent.artifact, "torch", ctx.profile)
-            staging = ctx.store.staging_dir()
-            onnx_path = export_onnx(
-                model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
-            )
-            onnx_ref = ctx.store.put(onnx_path, "onnx")
-            # (runtime, model, attention fused into ORT contrib ops)
-            targets: list[tuple[str, ArtifactRef, bool]] = []
-            ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
-            if ort:
-                targets.append(("onnxruntime", onnx_ref, False))
-            if "openvino" in cfg.formats and "openvino" in runtimes:
-                xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
-                targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
-            # One token: attention is already one linear map, there is nothing to fuse.
-            if ort and cfg.ort_fused_attention and model.config.num_tokens > 1:
-                fused_path = export_onnx(
-                    model,
-                    model.config.input_size,
-                    ctx.store.staging_dir() / "model.onnx",
-                    opset=cfg.opset,
-                    ort_fused_attention=True,
-                )
-                targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
-            for runtime, ref, fused in targets:
+            for runtime, ref, fused in self._targets(model, ctx):
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
@@ -91,6 +71,40 @@ class ExportStage(Stage[ExportStageConfig]):
                 f"{runtimes}"
             )
         return out
+
+    def _targets(self, model: HAMNet, ctx: StageContext) -> list[tuple[str, ArtifactRef, bool]]:
+        """Export ``model`` to every configured format the profile runs.
+
+        Returns:
+            ``(runtime, stored model, attention fused into ORT contrib ops)`` per export.
+        """
+        from hamnet.backends.export import convert_openvino, export_onnx
+
+        cfg = self.options(ctx.config)
+        runtimes = ctx.profile.runtime_names
+        staging = ctx.store.staging_dir()
+        onnx_path = export_onnx(
+            model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
+        )
+        onnx_ref = ctx.store.put(onnx_path, "onnx")
+        targets: list[tuple[str, ArtifactRef, bool]] = []
+        ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
+        if ort:
+            targets.append(("onnxruntime", onnx_ref, False))
+        if "openvino" in cfg.formats and "openvino" in runtimes:
+            xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
+            targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
+        # One token: attention is already one linear map, there is nothing to fuse.
+        if ort and cfg.ort_fused_attention and model.config.num_tokens > 1:
+            fused_path = export_onnx(
+                model,
+                model.config.input_size,
+                ctx.store.staging_dir() / "model.onnx",
+                opset=cfg.opset,
+                ort_fused_attention=True,
+            )
+            targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
+        return targets
 
 
 PLUGIN = ExportStage

@@ -81,18 +81,6 @@ class PruneStage(Stage[PruneStageConfig]):
         from hamnet.models import load_checkpoint, save_checkpoint
 
         cfg = self.options(ctx.config)
-        options: dict[str, Any] = {}
-        if allocation == "rspar":
-            recovery = (cfg.finetune or TrainStageConfig()).model_copy(
-                update={"epochs": cfg.rspar.recovery_epochs}
-            )
-            options = {
-                "target": cfg.rspar.target,
-                "profile": ctx.profile,
-                "episodes": cfg.rspar.episodes,
-                "recovery": recovery,
-                "tolerance": cfg.rspar.tolerance,
-            }
         model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
         result = prune_hamnet(
             model,
@@ -104,7 +92,7 @@ class PruneStage(Stage[PruneStageConfig]):
             steps=cfg.steps,
             finetune=cfg.finetune,
             seed=ctx.config.seed,
-            allocation_options=options,
+            allocation_options=self._allocation_options(allocation, ctx),
         )
         checkpoint = save_checkpoint(result.model, ctx.store.staging_dir() / "model.pt")
         ref = ctx.store.put(checkpoint, "torch")
@@ -136,6 +124,22 @@ class PruneStage(Stage[PruneStageConfig]):
             },
             plan_file=str(plan_file),
         )
+
+    def _allocation_options(self, allocation: str, ctx: StageContext) -> dict[str, Any]:
+        """Options of the allocation: the search settings of ``rspar``, none otherwise."""
+        cfg = self.options(ctx.config)
+        if allocation != "rspar":
+            return {}
+        recovery = (cfg.finetune or TrainStageConfig()).model_copy(
+            update={"epochs": cfg.rspar.recovery_epochs}
+        )
+        return {
+            "target": cfg.rspar.target,
+            "profile": ctx.profile,
+            "episodes": cfg.rspar.episodes,
+            "recovery": recovery,
+            "tolerance": cfg.rspar.tolerance,
+        }
 
 
 PLUGIN = PruneStage
