@@ -26,8 +26,8 @@ class DistillStage(Stage[DistillStageConfig]):
     is replayed on its baseline and the pruned model is recovered with the KD loss
     instead of cross-entropy, for ``train.epochs``; every configured student is a fresh
     HAMNet trained with the KD loss. Each result is a candidate whose parent is the
-    pruned candidate (or, for a student, the first teacher) and whose params and MLflow
-    tags name the teachers and methods.
+    pruned candidate (or, for a student, the first teacher); its ``teachers`` lineage
+    (and MLflow tags) name the teachers, its params the methods.
     """
 
     name = "distill"
