@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
+from hamnet.core.candidate import TeacherRef
 from hamnet.core.config import config_from_dict
 from hamnet.core.errors import ConfigError
 from hamnet.pipeline.run import run_pipeline
@@ -51,7 +52,8 @@ def test_distilled_candidates_are_tracked_with_teacher_lineage(project: Path) ->
 
     recovered = by_name["pruned-50+kd-soft+feature"]
     assert recovered.parent_id == pruned.id and recovered.stage == "distill"
-    assert recovered.params["teachers"] == ["baseline"]
+    assert recovered.teachers == [TeacherRef(name="baseline", candidate_id=baseline.id)]
+    assert recovered.params["teachers"] == ["baseline"]  # shown for former readers
     assert recovered.params["teacher_ids"] == [baseline.id]
     assert recovered.params["layer_heads"] == pruned.params["layer_heads"]
     assert recovered.metrics is not None and pruned.metrics is not None
@@ -61,7 +63,8 @@ def test_distilled_candidates_are_tracked_with_teacher_lineage(project: Path) ->
     assert len(cache_files) == 1 and Path(cache_files[0]).is_file()
 
     student = by_name["student-small+kd-soft+feature"]
-    assert student.parent_id == baseline.id
+    assert student.parent_id == baseline.id and student.teacher_names == ["baseline"]
+    assert student.architecture is not None and student.architecture["hidden_size"] == 16
     assert student.metrics is not None and baseline.metrics is not None
     assert student.metrics.params < baseline.metrics.params
     assert student.params["teacher_cache_hits"] == 1  # the recovery run made the file
@@ -117,7 +120,7 @@ def test_a_teacher_file_multi_teacher_kd_and_an_unlabelled_transfer_set(project:
     result = run_pipeline(cfg, base_dir=project)
     (recovered,) = [c for c in result.candidates if c.stage == "distill"]
     assert recovered.name == "pruned-50+kd-multi_teacher"
-    assert recovered.params["teachers"] == ["baseline", "teacher-teacher"]
+    assert recovered.teacher_names == ["baseline", "teacher-teacher"]
     assert len(recovered.params["teacher_cache_files"]) == 2
     assert recovered.params["unlabelled_samples"] == 300
     notes = [n for s in result.stages for n in s.notes]

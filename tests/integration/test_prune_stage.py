@@ -35,7 +35,8 @@ def test_pruned_candidates_flow_through_export_and_quantize(project: Path) -> No
     assert pruned.metrics is not None and baseline.metrics is not None
     assert pruned.metrics.params < baseline.metrics.params
     assert pruned.metrics.size_mb < baseline.metrics.size_mb
-    assert Path(pruned.params["plan_file"]).is_file()
+    assert pruned.plan_file is not None and Path(pruned.plan_file).is_file()
+    assert pruned.params["plan_file"] == pruned.plan_file  # shown for former readers
     onnx = by_name["pruned-50+onnxruntime-fp32"]
     assert onnx.parent_id == pruned.id
     assert (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hamnet.core.artifacts import ArtifactRef
 from hamnet.core.hashing import hash_json
@@ -46,6 +46,29 @@ class Metrics(BaseModel):
         return {k: float(v) for k, v in self.model_dump().items() if is_number(v)}
 
 
+class TeacherRef(BaseModel):
+    """A teacher a candidate was distilled from.
+
+    Attributes:
+        name: The teacher candidate's name (e.g. ``"baseline"``, or ``"teacher-<stem>"``
+            for a teacher given as a file).
+        candidate_id: The teacher candidate's id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    candidate_id: str
+
+
+LEGACY_PARAM_KEYS: tuple[str, ...] = ("architecture", "plan_file", "teachers", "teacher_ids")
+"""``params`` keys that held the lineage before it had typed fields.
+
+Candidates saved before read their lineage from these keys; every candidate still shows
+its lineage under them too, for readers not yet switched to the typed fields.
+"""
+
+
 class Candidate(BaseModel):
     """One model produced by a stage.
 
@@ -63,6 +86,11 @@ class Candidate(BaseModel):
         parity_max_abs_diff: Largest output difference to its parent, where checked.
         rejected: Why it may never be recommended (e.g. slower than its parent).
         notes: Anything a user should know (honest caveats of the method).
+        architecture: The HAMNet config (``HAMNetConfig.model_dump(mode="json")``) of a
+            model built from a config: a trained baseline, a search trial, a student.
+        plan_file: The pruning plan (kept head / channel indices) that rebuilds a
+            pruned model from its parent with ``apply_plan``.
+        teachers: The teachers a distilled candidate learned from, in order.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -80,6 +108,51 @@ class Candidate(BaseModel):
     parity_max_abs_diff: float | None = None
     rejected: str | None = None
     notes: list[str] = Field(default_factory=list)
+    architecture: dict[str, Any] | None = None
+    plan_file: str | None = None
+    teachers: list[TeacherRef] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lineage_from_params(cls, data: Any) -> Any:
+        """Read the lineage of a candidate saved before the typed fields, and show the
+        typed lineage under :data:`LEGACY_PARAM_KEYS` of ``params`` too."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        params = dict(data.get("params") or {})
+        for key in ("architecture", "plan_file"):
+            if data.get(key) is None and params.get(key) is not None:
+                data[key] = params[key]
+        if data.get("teachers") is None and params.get("teachers"):
+            ids = params.get("teacher_ids") or [""] * len(params["teachers"])
+            data["teachers"] = [
+                {"name": str(n), "candidate_id": str(i)}
+                for n, i in zip(params["teachers"], ids, strict=True)
+            ]
+        teachers = [
+            t.model_dump() if isinstance(t, TeacherRef) else dict(t)
+            for t in data.get("teachers") or []
+        ]
+        legacy = {
+            "architecture": data.get("architecture"),
+            "plan_file": data.get("plan_file"),
+            "teachers": [t["name"] for t in teachers] or None,
+            "teacher_ids": [t["candidate_id"] for t in teachers] or None,
+        }
+        params.update({k: v for k, v in legacy.items() if v is not None})
+        data["params"] = params
+        return data
+
+    @property
+    def teacher_names(self) -> list[str]:
+        """Names of the teachers (empty when not distilled)."""
+        return [t.name for t in self.teachers or []]
+
+    @property
+    def teacher_ids(self) -> list[str]:
+        """Candidate ids of the teachers (empty when not distilled)."""
+        return [t.candidate_id for t in self.teachers or []]
 
     @staticmethod
     def make_id(parent_id: str | None, stage: str, method: str, artifact_sha: str) -> str:

@@ -21,6 +21,11 @@ Later stages (e.g. distillation) reuse the trainer through two hooks: ``loss_fn`
 each :class:`Batch` (inputs, labels, the samples' positions in the train split and their
 mixing partners), and ``extra_modules`` are trained together with the model (e.g. learned
 feature projections).
+
+The run's parts live apart: :func:`~hamnet.training.optim.build_optimizer`,
+:func:`~hamnet.training.optim.build_scheduler` and
+:class:`~hamnet.training.optim.EarlyStopping` in :mod:`hamnet.training.optim`, the epoch
+loop here.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from hamnet.core.config import TrainStageConfig
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.models.hamnet import HAMNet, save_checkpoint
 from hamnet.training.data import Dataset
+from hamnet.training.optim import EarlyStopping, build_optimizer, build_scheduler
 
 logger = logging.getLogger("hamnet.training")
 
@@ -215,6 +221,74 @@ def train_model(
         DataError: If the data does not fit the model.
     """
     start = time.perf_counter()
+    dev, use_amp = _check_run(model, dataset, cfg, device)
+    extras = list(extra_modules)
+    set_seed(seed)
+    model.to(dev)
+    for module in extras:
+        module.to(dev)
+    loader = _train_loader(dataset, cfg.batch_size, seed)
+    run = _make_run(model, extras, cfg, len(loader), loss_fn, seed, dev, use_amp)
+    stopper = EarlyStopping([model, *extras], cfg.patience, cfg.epochs)
+    with (
+        _gradient_checkpointing(model, cfg.gradient_checkpointing),
+        _progress_bar(progress) as bar,
+    ):
+        history = _fit(model, extras, loader, dataset, run, stopper, bar, on_epoch_end)
+    stopper.restore()
+    if checkpoint_path is not None:
+        _save(model, stopper.best_states[0], checkpoint_path)
+    return TrainResult(
+        best_val_accuracy=stopper.best_accuracy,
+        best_epoch=stopper.best_epoch,
+        epochs_run=len(history),
+        stopped_early=stopper.should_stop(len(history)),
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
+
+
+def _make_run(
+    model: nn.Module,
+    extras: Sequence[nn.Module],
+    cfg: TrainStageConfig,
+    batches: int,
+    loss_fn: LossFn | None,
+    seed: int,
+    dev: torch.device,
+    use_amp: bool,
+) -> _Run:
+    """The optimizer, schedule, scaler, loss and random stream the epochs share."""
+    optimizer = build_optimizer([model, *extras], cfg)
+    decay, no_decay = optimizer.param_groups[0]["params"], optimizer.param_groups[1]["params"]
+    return _Run(
+        cfg=cfg,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg, math.ceil(batches / cfg.grad_accum_steps)),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+        compute_loss=loss_fn or _make_ce_loss(cfg.label_smoothing),
+        params=decay + no_decay,
+        penalized=[] if cfg.weight_decay_type == "decoupled" else decay,
+        token_size=model.config.token_size if isinstance(model, HAMNet) else 1,
+        rng=np.random.default_rng(seed % 2**32),
+        device=dev,
+        use_amp=use_amp,
+    )
+
+
+def _save(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a hamnet checkpoint for a HAMNet, else the ``state_dict``."""
+    if isinstance(model, HAMNet):
+        save_checkpoint(model, path)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+
+
+def _check_run(
+    model: nn.Module, dataset: Dataset, cfg: TrainStageConfig, device: str
+) -> tuple[torch.device, bool]:
+    """Check the run can happen; return its device and whether it uses mixed precision."""
     dev = _resolve_device(device)
     use_amp = dev.type == "cuda" and cfg.amp in ("auto", "on")
     if cfg.amp == "on" and dev.type != "cuda":
@@ -238,127 +312,80 @@ def train_model(
             f"training needs non-empty train and validation splits, but got "
             f"{len(dataset.x_train)} and {len(dataset.x_val)} samples"
         )
+    return dev, use_amp
 
-    extras = list(extra_modules)
-    set_seed(seed)
-    model.to(dev)
-    for module in extras:
-        module.to(dev)
-    generator = torch.Generator().manual_seed(seed)
+
+def _train_loader(
+    dataset: Dataset, batch_size: int, seed: int
+) -> DataLoader[tuple[torch.Tensor, ...]]:
+    """Seeded shuffled batches of ``(x, y, position in the train split)``."""
     x_train = torch.from_numpy(dataset.x_train)
-    loader = DataLoader(
+    return DataLoader(
         TensorDataset(x_train, torch.from_numpy(dataset.y_train), torch.arange(len(x_train))),
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         shuffle=True,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
     )
-    decoupled = cfg.weight_decay_type == "decoupled"
-    decay, no_decay = _split_decay([model, *extras])
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay if decoupled else 0.0},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.learning_rate,
-        weight_decay=0.0,
-    )
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        _lr_lambda(
-            cfg.scheduler, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
-        ),
-    )
-    run = _Run(
-        cfg=cfg,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
-        compute_loss=loss_fn or _make_ce_loss(cfg.label_smoothing),
-        params=decay + no_decay,
-        penalized=[] if decoupled else decay,
-        token_size=model.config.token_size if isinstance(model, HAMNet) else 1,
-        rng=np.random.default_rng(seed % 2**32),
-        device=dev,
-        use_amp=use_amp,
-    )
+
+
+def _fit(
+    model: nn.Module,
+    extras: Sequence[nn.Module],
+    loader: DataLoader[tuple[torch.Tensor, ...]],
+    dataset: Dataset,
+    run: _Run,
+    stopper: EarlyStopping,
+    bar: Progress,
+    on_epoch_end: Callable[[dict[str, float]], None] | None,
+) -> list[dict[str, float]]:
+    """The epoch loop: train, validate, record, stop early; return the history."""
+    cfg = run.cfg
     x_val = torch.from_numpy(dataset.x_val)
     y_val = torch.from_numpy(dataset.y_val)
-
     history: list[dict[str, float]] = []
-    best_acc, best_loss, best_epoch = -1.0, math.inf, 0
-    best_state = _copy_state(model)
-    best_extra_states = [_copy_state(m) for m in extras]
-    stopped_early = False
-    with (
-        _gradient_checkpointing(model, cfg.gradient_checkpointing),
-        _progress_bar(progress) as bar,
-    ):
-        task = bar.add_task("training", total=cfg.epochs, status="")
-        for epoch in range(1, cfg.epochs + 1):
-            train_loss = _train_epoch(model, extras, loader, run)
-            val_loss, val_acc = _validate(model, x_val, y_val, dev, use_amp)
-            lr = float(optimizer.param_groups[0]["lr"])
-            history.append(
-                {
-                    "epoch": float(epoch),
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_accuracy": val_acc,
-                    "lr": lr,
-                }
-            )
+    task = bar.add_task("training", total=cfg.epochs, status="")
+    for epoch in range(1, cfg.epochs + 1):
+        train_loss = _train_epoch(model, extras, loader, run)
+        val_loss, val_acc = _validate(model, x_val, y_val, run.device, run.use_amp)
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        history.append(
+            {
+                "epoch": float(epoch),
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": lr,
+            }
+        )
+        logger.info(
+            "epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f lr=%.3g",
+            epoch,
+            cfg.epochs,
+            train_loss,
+            val_loss,
+            val_acc,
+            lr,
+        )
+        stopper.update(epoch, val_loss, val_acc)
+        bar.update(
+            task,
+            advance=1,
+            status=(
+                f"loss {train_loss:.4f}  val_acc {val_acc:.4f}  best {stopper.best_accuracy:.4f}"
+            ),
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(dict(history[-1]))
+        if stopper.should_stop(epoch):
             logger.info(
-                "epoch %d/%d train_loss=%.4f val_loss=%.4f val_accuracy=%.4f lr=%.3g",
+                "early stopping at epoch %d: no improvement for %d epochs (best %.4f at epoch %d)",
                 epoch,
-                cfg.epochs,
-                train_loss,
-                val_loss,
-                val_acc,
-                lr,
+                cfg.patience,
+                stopper.best_accuracy,
+                stopper.best_epoch,
             )
-            if val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss):
-                best_acc, best_loss, best_epoch = val_acc, val_loss, epoch
-                best_state = _copy_state(model)
-                best_extra_states = [_copy_state(m) for m in extras]
-            bar.update(
-                task,
-                advance=1,
-                status=f"loss {train_loss:.4f}  val_acc {val_acc:.4f}  best {best_acc:.4f}",
-            )
-            if on_epoch_end is not None:
-                on_epoch_end(dict(history[-1]))
-            if epoch - best_epoch >= cfg.patience and epoch < cfg.epochs:
-                stopped_early = True
-                logger.info(
-                    "early stopping at epoch %d: no improvement for %d epochs (best %.4f at "
-                    "epoch %d)",
-                    epoch,
-                    cfg.patience,
-                    best_acc,
-                    best_epoch,
-                )
-                break
-
-    model.load_state_dict(best_state)
-    model.eval()
-    for module, state in zip(extras, best_extra_states, strict=True):
-        module.load_state_dict(state)
-        module.eval()
-    if checkpoint_path is not None:
-        if isinstance(model, HAMNet):
-            save_checkpoint(model, checkpoint_path)
-        else:
-            Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(best_state, checkpoint_path)
-    return TrainResult(
-        best_val_accuracy=best_acc,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        stopped_early=stopped_early,
-        seconds=time.perf_counter() - start,
-        history=history,
-    )
+            break
+    return history
 
 
 def evaluate_accuracy(
@@ -452,39 +479,6 @@ def _make_ce_loss(label_smoothing: float) -> LossFn:
         return batch.mixed_cross_entropy(model(batch.x), label_smoothing)
 
     return ce_loss
-
-
-def _split_decay(
-    modules: Sequence[nn.Module],
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Trainable parameters to decay (matrices) and to leave alone (biases, norms, exempt)."""
-    decay, no_decay = [], []
-    seen: set[int] = set()
-    for module in modules:
-        exempt: set[str] = set(getattr(module, "no_weight_decay", set)())
-        for name, param in module.named_parameters():
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            if param.ndim >= 2 and name not in exempt:
-                decay.append(param)
-            else:
-                no_decay.append(param)
-    return decay, no_decay
-
-
-def _lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _weight_penalty(
@@ -610,10 +604,6 @@ def _validate(
     loss = float(F.cross_entropy(logits, y))
     accuracy = float((logits.argmax(dim=1) == y).float().mean())
     return loss, accuracy
-
-
-def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _progress_bar(enabled: bool) -> Progress:

@@ -8,8 +8,9 @@ import yaml
 from conftest import tiny_config
 
 from hamnet.core.config import config_from_dict
-from hamnet.pipeline.plan import DistillStage, NASStage
 from hamnet.pipeline.run import PipelineRun
+from hamnet.pipeline.stages.distill import DistillStage
+from hamnet.pipeline.stages.nas import NASStage
 
 
 def test_editing_a_search_space_or_a_teacher_file_changes_the_stage_scope(

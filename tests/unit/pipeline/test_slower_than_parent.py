@@ -13,8 +13,8 @@ from hamnet.backends.session import load_session
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import config_from_dict
 from hamnet.evaluate.measure import paired_latency_ms
-from hamnet.pipeline.plan import StageContext
 from hamnet.pipeline.run import make_context, measure_candidate
+from hamnet.pipeline.stages.base import StageContext
 
 
 def _mlp_onnx(path: Path, hidden: list[int]) -> Path:

@@ -1,0 +1,146 @@
+"""What every pipeline stage is: candidates in, new candidates out, one config section.
+
+A stage is a :class:`~hamnet.core.registry.Plugin` of kind ``"stage"``: one module of
+:mod:`hamnet.pipeline.stages` exposing its class as ``PLUGIN``. Its ``Options`` is the
+type of its config section (``config.stages.<section>``), its ``order`` places it in
+the pipeline, and a stage that makes the baseline names the ``model.source`` it serves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+
+from pydantic import BaseModel
+
+from hamnet.core.artifacts import ArtifactStore
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import OptimizeConfig
+from hamnet.core.errors import ConfigError
+from hamnet.core.hardware import HardwareProfile
+from hamnet.core.registry import NoOptions, Plugin
+
+if TYPE_CHECKING:
+    from hamnet.training.data import Dataset
+
+S = TypeVar("S", bound=BaseModel)
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides its input candidates.
+
+    Attributes:
+        config: The whole run configuration.
+        profile: The hardware profile candidates are measured on.
+        store: Where model files go.
+        base_dir: Folder relative paths in the config resolve against.
+        notes: Messages the stage wants the user to see (e.g. a skipped method).
+        parent_run_id: The run's MLflow parent run when tracking is on (search stages
+            log their trials under it).
+    """
+
+    config: OptimizeConfig
+    profile: HardwareProfile
+    store: ArtifactStore
+    base_dir: Path
+    notes: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The configured data set, loaded once per context.
+
+        A HAMNet (trained here, or a ``.pt`` checkpoint) takes feature vectors, so N-D
+        inputs (e.g. images) are flattened for it; an ONNX model gets them as stored.
+        """
+        from hamnet.training.data import load_dataset
+
+        data = load_dataset(self.config.data, base_dir=self.base_dir)
+        model = self.config.model
+        is_onnx = model.source == "file" and str(model.path).lower().endswith(".onnx")
+        return data if is_onnx else data.flattened()
+
+    @property
+    def device(self) -> str:
+        """The torch device stages train on: ``cuda`` for a CUDA profile, else ``cpu``."""
+        return "cuda" if self.profile.device == "cuda" else "cpu"
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a config path against :attr:`base_dir`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+class Stage(Plugin, ABC, Generic[S]):
+    """A step of the pipeline: candidates in, new candidates out.
+
+    Attributes:
+        section: Key under ``config.stages`` that configures the stage (None: none
+            needed); the stage runs when that section is set.
+        order: Place in the pipeline; stages run by increasing order.
+        baseline_source: For a stage that makes the baseline, the ``model.source`` it
+            serves (``"train"`` or ``"file"``); None for every later stage.
+    """
+
+    kind = "stage"
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    section: ClassVar[str | None] = None
+    order: ClassVar[int] = 0
+    baseline_source: ClassVar[str | None] = None
+
+    def settings(self, config: OptimizeConfig) -> S | None:
+        """Return this stage's config section, or None when it is not set."""
+        return cast("S | None", getattr(config.stages, self.section) if self.section else None)
+
+    def options(self, config: OptimizeConfig) -> S:
+        """Return this stage's config section, which a running stage needs.
+
+        Raises:
+            ConfigError: The section is not set.
+        """
+        settings = self.settings(config)
+        if settings is None:
+            raise ConfigError(
+                f"stage {self.name!r} needs the config section stages.{self.section}, but it "
+                f"is not set"
+            )
+        return settings
+
+    def cache_scope(self, config: OptimizeConfig) -> dict[str, Any]:
+        """Return everything in the config that can change this stage's output.
+
+        The Prefect task hashes it (with the input candidates) into the cache key, so
+        changing, say, the constraints does not retrain the baseline.
+        """
+        from hamnet.core.version import __version__
+
+        settings = self.settings(config)
+        return {
+            "hamnet": __version__,
+            "stage": self.name,
+            "settings": settings.model_dump(mode="json") if settings is not None else None,
+            "seed": config.seed,
+            "model": config.model.model_dump(mode="json"),
+            "data": config.data.model_dump(mode="json"),
+            "measure": config.measure.model_dump(mode="json"),
+            "hardware_profile": config.hardware_profile,
+        }
+
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """Files (config paths) the stage reads besides data and model: their content
+        is hashed into the cache key, so editing one reruns the stage."""
+        return []
+
+    @abstractmethod
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        """Produce new candidates from ``inputs`` (which are never modified)."""
+
+
+def child_name(parent: Candidate, suffix: str) -> str:
+    """The name of a candidate made from ``parent``: ``suffix`` under the baseline,
+    else ``<parent>+<suffix>``."""
+    return suffix if parent.stage in ("train", "load") else f"{parent.name}+{suffix}"

@@ -1,0 +1,256 @@
+"""The ``distill`` stage: KD recovery of pruned candidates, and fresh students."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from hamnet.core.candidate import Candidate, TeacherRef
+from hamnet.core.config import DistillStageConfig, OptimizeConfig, TrainStageConfig
+from hamnet.core.errors import ConfigError
+from hamnet.pipeline.stages.base import Stage, StageContext
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from hamnet.models import HAMNet
+
+
+class DistillStage(Stage[DistillStageConfig]):
+    """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
+
+    Teachers are candidates of this run (by name, usually ``baseline``) or hamnet
+    checkpoint files. For every pruned candidate (``recover_pruned``), the pruning plan
+    is replayed on its baseline and the pruned model is recovered with the KD loss
+    instead of cross-entropy, for ``train.epochs``; every configured student is a fresh
+    HAMNet trained with the KD loss. Each result is a candidate whose parent is the
+    pruned candidate (or, for a student, the first teacher); its ``teachers`` lineage
+    (and MLflow tags) name the teachers, its params the methods.
+    """
+
+    name = "distill"
+    section = "distill"
+    Options: ClassVar[type[BaseModel]] = DistillStageConfig
+    order = 50
+
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """Teachers given as checkpoint files (names of candidates are not files), and
+        the unlabelled transfer set."""
+        cfg = self.options(config)
+        files = [t for t in cfg.teachers if t.endswith((".pt", ".pth", ".onnx")) or "/" in t]
+        return files + ([cfg.unlabelled_data] if cfg.unlabelled_data else [])
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        cfg = self.options(ctx.config)
+        teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers]
+        transfer = None
+        if cfg.unlabelled_data:
+            from hamnet.compress.distill.transfer import load_transfer_set
+
+            transfer = load_transfer_set(
+                ctx.resolve(cfg.unlabelled_data), ctx.dataset, ctx.config.data.label_column
+            )
+            ctx.notes.append(
+                f"distill: {len(transfer)} unlabelled inputs from {cfg.unlabelled_data} "
+                f"added for the distillation terms"
+            )
+        out: list[Candidate] = []
+        if cfg.recover_pruned:
+            out += self._recoveries(inputs, teachers, ctx, transfer)
+        out += self._students(inputs, teachers, ctx, transfer)
+        if not out:
+            ctx.notes.append(
+                "distill: nothing to distill (no pruned candidates and no students configured)"
+            )
+        return out
+
+    def _recoveries(
+        self,
+        inputs: list[Candidate],
+        teachers: list[tuple[Candidate, nn.Module]],
+        ctx: StageContext,
+        transfer: np.ndarray | None,
+    ) -> list[Candidate]:
+        """KD recovery of every pruned candidate: its plan replayed on its parent."""
+        from hamnet.compress.pruning import PruningPlan, apply_plan
+        from hamnet.models import load_checkpoint
+
+        cfg = self.options(ctx.config)
+        by_id = {c.id: c for c in inputs}
+        out: list[Candidate] = []
+        for pruned in inputs:
+            parent = by_id.get(pruned.parent_id or "")
+            if pruned.stage != "prune" or not pruned.plan_file or parent is None:
+                continue
+            base = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+            student = apply_plan(base, PruningPlan.load(pruned.plan_file))
+            out.append(
+                self._distill(
+                    student, pruned, f"{pruned.name}+kd-{_recipe(cfg)}", teachers, cfg.train,
+                    ctx, transfer,
+                    params={"recovery_of": pruned.name, "started_from": "pruning plan "
+                            "replayed on the baseline (KD instead of cross-entropy fine-tuning)"},
+                )
+            )  # fmt: skip
+        return out
+
+    def _students(
+        self,
+        inputs: list[Candidate],
+        teachers: list[tuple[Candidate, nn.Module]],
+        ctx: StageContext,
+        transfer: np.ndarray | None,
+    ) -> list[Candidate]:
+        """Fresh students: the configured ones, then the best ``nas`` architectures."""
+        from hamnet.models import HAMNet, HAMNetConfig
+        from hamnet.training.trainer import set_seed
+
+        cfg = self.options(ctx.config)
+        dataset = ctx.dataset
+        students = [
+            (section.name, HAMNetConfig.from_section(
+                section.hamnet, input_size=dataset.num_features, num_classes=dataset.num_classes
+            ))
+            for section in cfg.students
+        ]  # fmt: skip
+        found = [c for c in inputs if c.stage == "nas" and c.architecture]
+        students += [
+            (c.name, HAMNetConfig.model_validate(c.architecture)) for c in found[: cfg.nas_students]
+        ]
+        if cfg.nas_students and not found:
+            ctx.notes.append("distill: nas_students is set, but no nas candidate exists")
+        out: list[Candidate] = []
+        for student_name, model_cfg in students:
+            set_seed(ctx.config.seed)
+            out.append(
+                self._distill(
+                    HAMNet(model_cfg), teachers[0][0],
+                    f"student-{student_name}+kd-{_recipe(cfg)}", teachers, cfg.student_train,
+                    ctx, transfer, params={"student": student_name},
+                    architecture=model_cfg.model_dump(mode="json"),
+                )
+            )  # fmt: skip
+        return out
+
+    def _teacher(
+        self, ref: str, inputs: list[Candidate], ctx: StageContext
+    ) -> tuple[Candidate, nn.Module]:
+        """A teacher by candidate name or file: a HAMNet checkpoint is loaded as a torch
+        model; any other model (e.g. the ONNX baseline of a conv net) teaches through its
+        logits, run in its runtime (see
+        :class:`~hamnet.compress.distill.session_teacher.SessionTeacher`).
+        """
+        from hamnet.models import load_checkpoint
+
+        trust = ctx.config.model.trust_checkpoint
+        named = [c for c in inputs if c.name == ref]
+        if named:
+            candidate = named[0]
+            if candidate.artifact.format != "torch":
+                return candidate, self._session_teacher(candidate, ctx)
+            return candidate, load_checkpoint(candidate.artifact.path, trust=trust)
+        path = ctx.resolve(ref)
+        if not path.is_file():
+            raise ConfigError(
+                f"distill teacher {ref!r} is neither a candidate of this run (candidates: "
+                f"{sorted({c.name for c in inputs})}) nor an existing hamnet checkpoint or "
+                f"ONNX file"
+            )
+        if path.suffix == ".onnx":
+            candidate = Candidate.create(
+                name=f"teacher-{path.stem}", stage="load", method="onnx",
+                artifact=ctx.store.put(path, "onnx"), runtime="onnxruntime",
+                params={"source_file": str(path)},
+            )  # fmt: skip
+            return candidate, self._session_teacher(candidate, ctx)
+        model = load_checkpoint(path, trust=trust)
+        ctx.dataset.check_input_size(model.config.input_size)
+        ref_file = ctx.store.put(path, "torch")
+        return (
+            Candidate.create(
+                name=f"teacher-{path.stem}", stage="load", method="torch", artifact=ref_file,
+                runtime="torch", params={"source_file": str(path)},
+            ),
+            model,
+        )  # fmt: skip
+
+    def _session_teacher(self, candidate: Candidate, ctx: StageContext) -> nn.Module:
+        from hamnet.backends.session import load_session
+        from hamnet.compress.distill.session_teacher import LAYER_METHODS, SessionTeacher
+
+        cfg = self.options(ctx.config)
+        layered = sorted({str(t["method"]) for t in cfg.methods} & LAYER_METHODS)
+        if layered:
+            raise ConfigError(
+                f"distill methods {layered} read the teacher's hidden layers, but teacher "
+                f"{candidate.name!r} is a {candidate.artifact.format} model that gives logits "
+                f"only; use logit-based methods (soft, relational, multi_teacher)"
+            )
+        session = load_session(candidate.artifact, candidate.runtime, ctx.profile)
+        return SessionTeacher(session, candidate.artifact.sha256)
+
+    def _distill(
+        self,
+        student: HAMNet,
+        parent: Candidate,
+        name: str,
+        teachers: list[tuple[Candidate, nn.Module]],
+        train_cfg: TrainStageConfig,
+        ctx: StageContext,
+        transfer: np.ndarray | None,
+        *,
+        params: dict[str, Any],
+        architecture: dict[str, Any] | None = None,
+    ) -> Candidate:
+        from hamnet.compress.distill.train import distill_model
+
+        cfg = self.options(ctx.config)
+        checkpoint = ctx.store.staging_dir() / "model.pt"
+        result = distill_model(
+            student,
+            [model for _, model in teachers],
+            ctx.dataset,
+            cfg.methods,
+            train_cfg,
+            ce_weight=cfg.ce_weight,
+            cache_dir=ctx.store.root / "teacher-outputs" if cfg.cache_teacher_outputs else None,
+            teacher_ids=[c.artifact.sha256 for c, _ in teachers],
+            seed=ctx.config.seed,
+            device=ctx.device,
+            checkpoint_path=checkpoint,
+            unlabelled_x=transfer,
+        )
+        return Candidate.create(
+            name=name,
+            stage=self.name,
+            method="kd-" + "+".join(result.methods),
+            artifact=ctx.store.put(checkpoint, "torch"),
+            runtime="torch",
+            parent=parent,
+            architecture=architecture,
+            teachers=[TeacherRef(name=c.name, candidate_id=c.id) for c, _ in teachers],
+            params={
+                **params,
+                "methods": cfg.methods,
+                "ce_weight": cfg.ce_weight,
+                "epochs": train_cfg.epochs,
+                "augment": train_cfg.augment,
+                "epochs_run": result.train.epochs_run,
+                "best_val_accuracy": round(result.train.best_val_accuracy, 6),
+                "teacher_cache_files": [str(p) for p in result.teacher_cache_files],
+                "teacher_cache_hits": result.teacher_cache_hits,
+                "unlabelled_samples": 0 if transfer is None else len(transfer),
+                "layer_heads": student.config.layer_heads,
+                "layer_ffn": student.config.layer_ffn,
+            },
+        )
+
+
+def _recipe(cfg: DistillStageConfig) -> str:
+    """The methods of the KD loss, as a name suffix: ``soft+attention``."""
+    return "+".join(str(term["method"]) for term in cfg.methods)
+
+
+PLUGIN = DistillStage

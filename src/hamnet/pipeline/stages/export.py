@@ -1,0 +1,110 @@
+"""The ``export`` stage: every torch candidate to ONNX and OpenVINO IR, checked for parity."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel
+
+from hamnet.core.artifacts import ArtifactRef
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import ExportStageConfig
+from hamnet.pipeline.stages.base import Stage, StageContext, child_name
+
+if TYPE_CHECKING:
+    from hamnet.models import HAMNet
+
+FUSED_NOTE = (
+    "Attention exported as ONNX Runtime's com.microsoft.Attention (one node per block instead "
+    "of ~17): runs in ONNX Runtime only."
+)
+
+
+class ExportStage(Stage[ExportStageConfig]):
+    """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
+
+    name = "export"
+    section = "export"
+    Options: ClassVar[type[BaseModel]] = ExportStageConfig
+    order = 60
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        from hamnet.backends.export import check_parity
+        from hamnet.backends.session import load_session
+        from hamnet.models import load_checkpoint
+
+        cfg = self.options(ctx.config)
+        runtimes = ctx.profile.runtime_names
+        x = ctx.dataset.x_test[: cfg.parity_samples]
+        out: list[Candidate] = []
+        for parent in inputs:
+            # A rejected parent (e.g. a pruned model no faster in eager PyTorch, where
+            # Python overhead dominates) is still exported: its exports can be faster.
+            if parent.artifact.format != "torch":
+                continue
+            model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+            reference = load_session(parent.artifact, "torch", ctx.profile)
+            for runtime, ref, fused in self._targets(model, ctx):
+                session = load_session(ref, runtime, ctx.profile)
+                diff = check_parity(reference, session, x, atol=cfg.parity_atol)
+                out.append(
+                    Candidate.create(
+                        name=child_name(parent, f"{runtime}{'-fused' if fused else ''}-fp32"),
+                        stage=self.name,
+                        method=f"export_{ref.format}{'_ort_fused' if fused else ''}",
+                        artifact=ref,
+                        runtime=runtime,  # type: ignore[arg-type]
+                        parent=parent,
+                        params={
+                            "opset": cfg.opset,
+                            "parity_atol": cfg.parity_atol,
+                            "ort_fused_attention": fused,
+                        },
+                        parity_max_abs_diff=diff,
+                        notes=[FUSED_NOTE] if fused else [],
+                    )
+                )
+        skipped = [f for f in cfg.formats if {"onnx": "onnxruntime"}.get(f, f) not in runtimes]
+        if skipped:
+            ctx.notes.append(
+                f"export: {skipped} skipped, the profile {ctx.profile.name!r} lists runtimes "
+                f"{runtimes}"
+            )
+        return out
+
+    def _targets(self, model: HAMNet, ctx: StageContext) -> list[tuple[str, ArtifactRef, bool]]:
+        """Export ``model`` to every configured format the profile runs.
+
+        Returns:
+            ``(runtime, stored model, attention fused into ORT contrib ops)`` per export.
+        """
+        from hamnet.backends.export import convert_openvino, export_onnx
+
+        cfg = self.options(ctx.config)
+        runtimes = ctx.profile.runtime_names
+        staging = ctx.store.staging_dir()
+        onnx_path = export_onnx(
+            model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
+        )
+        onnx_ref = ctx.store.put(onnx_path, "onnx")
+        targets: list[tuple[str, ArtifactRef, bool]] = []
+        ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
+        if ort:
+            targets.append(("onnxruntime", onnx_ref, False))
+        if "openvino" in cfg.formats and "openvino" in runtimes:
+            xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
+            targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
+        # One token: attention is already one linear map, there is nothing to fuse.
+        if ort and cfg.ort_fused_attention and model.config.num_tokens > 1:
+            fused_path = export_onnx(
+                model,
+                model.config.input_size,
+                ctx.store.staging_dir() / "model.onnx",
+                opset=cfg.opset,
+                ort_fused_attention=True,
+            )
+            targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
+        return targets
+
+
+PLUGIN = ExportStage

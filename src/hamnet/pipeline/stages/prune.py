@@ -1,0 +1,145 @@
+"""The ``prune`` stage: structured pruning (heads, FFN channels) and unstructured sparsity."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from pydantic import BaseModel
+
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import PruneStageConfig, TrainStageConfig
+from hamnet.pipeline.stages.base import Stage, StageContext, child_name
+
+if TYPE_CHECKING:
+    from hamnet.models import HAMNet
+
+
+class PruneStage(Stage[PruneStageConfig]):
+    """Physically remove attention heads and FFN channels from the baseline HAMNet.
+
+    One candidate per configured ratio; each is fine-tuned after pruning and carries
+    its pruning plan (kept head / channel indices) as a JSON file beside the store, so
+    the pruned model can be rebuilt from the original with ``apply_plan``.
+    """
+
+    name = "prune"
+    section = "prune"
+    Options: ClassVar[type[BaseModel]] = PruneStageConfig
+    order = 40
+
+    def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        cfg = self.options(ctx.config)
+        sources = [
+            c
+            for c in inputs
+            if c.stage in ("train", "load", "nas", "hpo")
+            and c.artifact.format == "torch"
+            and not c.rejected
+        ]
+        if not sources:
+            ctx.notes.append("prune: skipped, the baseline is not a PyTorch HAMNet checkpoint")
+            return []
+        out: list[Candidate] = []
+        for parent in sources:
+            for criterion, allocation, ratio in itertools.product(
+                cfg.criteria, cfg.allocations, cfg.ratios
+            ):
+                out.append(self._prune(parent, criterion, allocation, ratio, ctx))
+            if cfg.unstructured_sparsity:
+                out.append(self._sparsify(parent, cfg.unstructured_sparsity, ctx))
+        return out
+
+    def _sparsify(self, parent: Candidate, sparsity: float, ctx: StageContext) -> Candidate:
+        from hamnet.compress.pruning.unstructured import unstructured_sparsity
+        from hamnet.models import load_checkpoint, save_checkpoint
+
+        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        report = unstructured_sparsity(model, sparsity)
+        sparse = cast("HAMNet", report.model)
+        checkpoint = save_checkpoint(sparse, ctx.store.staging_dir() / "model.pt")
+        return Candidate.create(
+            name=child_name(parent, f"sparse-{round(100 * sparsity)}"),
+            stage=self.name,
+            method="unstructured-l1",
+            artifact=ctx.store.put(checkpoint, "torch"),
+            runtime="torch",
+            parent=parent,
+            params={
+                "sparsity": sparsity,
+                "sparsity_achieved": round(report.sparsity_achieved, 4),
+                "dense_onnx_bytes": report.dense_onnx_bytes,
+                "zipped_onnx_bytes": report.zipped_onnx_bytes,
+            },
+            notes=list(report.notes),
+        )
+
+    def _prune(
+        self, parent: Candidate, criterion: str, allocation: str, ratio: float, ctx: StageContext
+    ) -> Candidate:
+        from hamnet.compress.pruning import prune_hamnet
+        from hamnet.models import load_checkpoint, save_checkpoint
+
+        cfg = self.options(ctx.config)
+        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        result = prune_hamnet(
+            model,
+            ctx.dataset,
+            ratio=ratio,
+            criterion=criterion,
+            allocation=allocation,
+            schedule=cfg.schedule,
+            steps=cfg.steps,
+            finetune=cfg.finetune,
+            seed=ctx.config.seed,
+            allocation_options=self._allocation_options(allocation, ctx),
+        )
+        checkpoint = save_checkpoint(result.model, ctx.store.staging_dir() / "model.pt")
+        ref = ctx.store.put(checkpoint, "torch")
+        plan_dir = ctx.store.root / "plans"
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
+        suffix = f"pruned-{round(100 * ratio)}"
+        if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
+            suffix += f"-{criterion}-{allocation}"
+        return Candidate.create(
+            name=child_name(parent, suffix),
+            stage=self.name,
+            method=f"{criterion}-{allocation}",
+            artifact=ref,
+            runtime="torch",
+            parent=parent,
+            params={
+                "ratio": ratio,
+                "criterion": criterion,
+                "allocation": allocation,
+                "schedule": cfg.schedule,
+                "steps": cfg.steps,
+                "finetune_epochs": cfg.finetune.epochs if cfg.finetune else 0,
+                "layer_ratios": result.layer_ratios,
+                "layer_heads": result.model.config.layer_heads,
+                "layer_ffn": result.model.config.layer_ffn,
+                "params_before": result.params_before,
+                "params_after": result.params_after,
+            },
+            plan_file=str(plan_file),
+        )
+
+    def _allocation_options(self, allocation: str, ctx: StageContext) -> dict[str, Any]:
+        """Options of the allocation: the search settings of ``rspar``, none otherwise."""
+        cfg = self.options(ctx.config)
+        if allocation != "rspar":
+            return {}
+        recovery = (cfg.finetune or TrainStageConfig()).model_copy(
+            update={"epochs": cfg.rspar.recovery_epochs}
+        )
+        return {
+            "target": cfg.rspar.target,
+            "profile": ctx.profile,
+            "episodes": cfg.rspar.episodes,
+            "recovery": recovery,
+            "tolerance": cfg.rspar.tolerance,
+        }
+
+
+PLUGIN = PruneStage
