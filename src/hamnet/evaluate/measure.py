@@ -33,14 +33,40 @@ from hamnet.core.errors import DataError
 from hamnet.core.hardware import resolved_threads
 
 if TYPE_CHECKING:
-    from hamnet.backends.session import InferenceSession, Inputs
+    from hamnet.backends.session import InferenceSession, Inputs, Runtime
     from hamnet.core.artifacts import ArtifactRef
     from hamnet.core.config import MeasureSection
-    from hamnet.core.hardware import HardwareProfile
+    from hamnet.core.hardware import HardwareProfile, RuntimeSpec
 
 T = TypeVar("T")
 
 _MB = 1e6
+
+
+def _check_same_length(what: str, first: int, second: int) -> None:
+    if first != second:
+        raise DataError(f"{what} must have the same length, but got {first} and {second}")
+
+
+def _head(values: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The first ``n`` rows of ``values`` (None stays None)."""
+    return None if values is None else np.asarray(values)[:n]
+
+
+def eval_rows(x_test: Inputs, max_eval_samples: int | None) -> tuple[np.ndarray, int]:
+    """The test inputs that are scored, packed, and the cap applied to labels alike.
+
+    Args:
+        x_test: Test inputs (one array of any rank, or named inputs).
+        max_eval_samples: At most this many rows are scored (all when None).
+
+    Returns:
+        The first rows of ``x_test`` (packed, contiguous) and the cap to slice labels,
+        reference outputs and logits with.
+    """
+    packed = pack_inputs(x_test)
+    n = len(packed) if max_eval_samples is None else max_eval_samples
+    return np.ascontiguousarray(packed[:n]), n
 
 
 def _rows(x: Inputs, n: int) -> np.ndarray:
@@ -218,11 +244,7 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
         DataError: If the lengths or shapes differ.
     """
     reference = np.asarray(reference)
-    if len(reference) != len(outputs):
-        raise DataError(
-            f"reference outputs and x_test must have the same length, but got "
-            f"{len(reference)} and {len(outputs)}"
-        )
+    _check_same_length("reference outputs and x_test", len(reference), len(outputs))
     if outputs.ndim == 2 and reference.ndim == 2:
         if reference.shape != outputs.shape:
             raise DataError(
@@ -249,10 +271,8 @@ def accuracy(session: InferenceSession, x: Inputs, y: np.ndarray, batch_size: in
         DataError: If ``x`` and ``y`` have different lengths or are empty.
     """
     x = pack_inputs(x)
-    if len(x) != len(y):
-        raise DataError(f"x and y must have the same length, but got {len(x)} and {len(y)}")
-    predictions = predict(session, x, batch_size).argmax(axis=1)
-    return float(np.mean(predictions == np.asarray(y)))
+    _check_same_length("x and y", len(x), len(y))
+    return _top1_rate(predict(session, x, batch_size), np.asarray(y))
 
 
 def agreement(
@@ -264,13 +284,14 @@ def agreement(
         DataError: If ``reference_logits`` and ``x`` have different lengths or are empty.
     """
     x = pack_inputs(x)
-    if len(reference_logits) != len(x):
-        raise DataError(
-            f"reference_logits and x must have the same length, but got "
-            f"{len(reference_logits)} and {len(x)}"
-        )
-    predictions = predict(session, x, batch_size).argmax(axis=1)
-    return float(np.mean(predictions == np.asarray(reference_logits).argmax(axis=1)))
+    _check_same_length("reference_logits and x", len(reference_logits), len(x))
+    return _top1_rate(predict(session, x, batch_size), np.asarray(reference_logits).argmax(axis=1))
+
+
+def _top1_rate(logits: np.ndarray, labels: np.ndarray) -> float:
+    """How often the top-1 class of ``logits`` (or 1-D predictions) equals ``labels``."""
+    predictions = logits.argmax(axis=1) if logits.ndim >= 2 else logits
+    return float(np.mean(predictions == labels))
 
 
 def _score(
@@ -285,20 +306,12 @@ def _score(
         return fidelity(logits, y)
     if y is None and reference_logits is not None and np.asarray(reference_logits).ndim != 2:
         return fidelity(logits, reference_logits)
-    predictions = logits.argmax(axis=1) if logits.ndim >= 2 else logits
     if y is not None:
-        if len(y) != len(logits):
-            raise DataError(
-                f"x_test and y_test must have the same length, but got {len(logits)} and {len(y)}"
-            )
-        return float(np.mean(predictions == y)), "top1_accuracy"
+        _check_same_length("x_test and y_test", len(logits), len(y))
+        return _top1_rate(logits, y), "top1_accuracy"
     if reference_logits is not None:
-        if len(reference_logits) != len(logits):
-            raise DataError(
-                f"reference_logits and x_test must have the same length, but got "
-                f"{len(reference_logits)} and {len(logits)}"
-            )
-        return float(np.mean(predictions == reference_logits.argmax(axis=1))), "top1_agreement"
+        _check_same_length("reference_logits and x_test", len(reference_logits), len(logits))
+        return _top1_rate(logits, reference_logits.argmax(axis=1)), "top1_agreement"
     if not required:
         return None, "none"
     raise DataError(
@@ -406,17 +419,12 @@ def measure_session(
     Raises:
         DataError: If there is nothing to measure or the inputs do not line up.
     """
-    packed = pack_inputs(x_test)
-    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
-    x_eval = np.ascontiguousarray(packed[:n])
+    x_eval, n = eval_rows(x_test, settings.max_eval_samples)
     logits = (
         eval_logits if eval_logits is not None else predict(session, x_eval, throughput_batch_size)
     )
     score, kind = _score(
-        logits[:n],
-        None if y_test is None else np.asarray(y_test)[:n],
-        None if reference_logits is None else np.asarray(reference_logits)[:n],
-        required=require_score,
+        logits[:n], _head(y_test, n), _head(reference_logits, n), required=require_score
     )
     p50, p90 = latency_ms(
         session,
@@ -490,33 +498,56 @@ def measure_artifact(
     spec = runtime_spec(profile, runtime)
     engine = get_runtime(runtime)
     engine.prepare(spec)
-    packed = pack_inputs(x_test)
-    n = len(packed) if settings.max_eval_samples is None else settings.max_eval_samples
-    x_eval = np.ascontiguousarray(packed[:n])
+    x_eval, n = eval_rows(x_test, settings.max_eval_samples)
     if len(x_eval) == 0:
         raise DataError("measuring needs at least one test sample, but got an empty array")
-    batch = profile.throughput_batch_size
-
-    def load_and_run() -> tuple[InferenceSession, np.ndarray]:
-        session = engine.load(artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint)
-        return session, predict(session, x_eval, batch)
-
-    (session, logits), memory = peak_memory_mb(load_and_run)
+    (session, logits), memory = peak_memory_mb(
+        lambda: _load_and_predict(engine, artifact, spec, profile, x_eval, trust_checkpoint)
+    )
     throughput = engine.throughput_session(
         artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint
     )
     found = measure_session(
         session,
         x_eval,
-        None if y_test is None else np.asarray(y_test)[:n],
+        _head(y_test, n),
         settings,
         latency_batch_size=profile.latency_batch_size,
-        throughput_batch_size=batch,
+        throughput_batch_size=profile.throughput_batch_size,
         throughput_session=throughput,
-        reference_logits=None if reference_logits is None else reference_logits[:n],
+        reference_logits=_head(reference_logits, n),
         eval_logits=logits,
         require_score=require_score,
     )
+    return _artifact_metrics(
+        found, artifact, runtime, profile, params=params, flops=flops, memory=memory
+    )
+
+
+def _load_and_predict(
+    engine: Runtime,
+    artifact: ArtifactRef,
+    spec: RuntimeSpec,
+    profile: HardwareProfile,
+    x_eval: np.ndarray,
+    trust_checkpoint: bool,
+) -> tuple[InferenceSession, np.ndarray]:
+    """Load the model and compute its outputs on ``x_eval`` (what peak memory covers)."""
+    session = engine.load(artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint)
+    return session, predict(session, x_eval, profile.throughput_batch_size)
+
+
+def _artifact_metrics(
+    found: SessionMeasurement,
+    artifact: ArtifactRef,
+    runtime: str,
+    profile: HardwareProfile,
+    *,
+    params: int,
+    flops: int,
+    memory: float,
+) -> Metrics:
+    """The candidate's metrics: what the session measured plus size, counts and settings."""
     return Metrics(
         accuracy=float("nan") if found.accuracy is None else found.accuracy,
         accuracy_kind=found.accuracy_kind,
@@ -524,7 +555,7 @@ def measure_artifact(
         latency_p90_ms=found.latency_p90_ms,
         latency_batch_size=profile.latency_batch_size,
         throughput_sps=found.throughput_sps,
-        throughput_batch_size=batch,
+        throughput_batch_size=profile.throughput_batch_size,
         size_mb=artifact.size_mb,
         params=params,
         flops=flops,

@@ -269,31 +269,14 @@ def select(
     rank = objective_key(selection_cfg.objective)
 
     feasible = [c for c in measured if assessments[c.id].meets_constraints]
-    recommended: Candidate | None
-    if feasible:
-        recommended = min(feasible, key=lambda c: rank(_metrics(c)))
-        if selection_cfg.objective == "latency_p50_ms" and selection_cfg.latency_tie > 0:
-            # Latencies within the measurement noise are a tie: accuracy, then size decide.
-            limit = _metrics(recommended).latency_p50_ms * (1.0 + selection_cfg.latency_tie)
-            tied = [c for c in feasible if _metrics(c).latency_p50_ms <= limit]
-            recommended = min(tied, key=lambda c: rank(_metrics(c))[1:])
-        meets = True
-    else:
-        eligible = [c for c in measured if not c.rejected] or measured
-        recommended = (
-            min(
-                eligible,
-                key=lambda c: (assessments[c.id].violation_score, *rank(_metrics(c))),
-            )
-            if eligible
-            else None
-        )
-        meets = False
+    meets = bool(feasible)
+    recommended = (
+        _best_feasible(feasible, selection_cfg) if meets else _nearest(measured, assessments, rank)
+    )
     if recommended is None:
         message = selection_message(None, False, [])
     else:
-        verdict = assessments[recommended.id]
-        message = selection_message(recommended.name, meets, verdict.violations)
+        message = selection_message(recommended.name, meets, assessments[recommended.id].violations)
         if meets:
             message += f"; {summary_line(_metrics(recommended))}"
             message += f" (best {selection_cfg.objective} of {len(feasible)} feasible)"
@@ -305,6 +288,29 @@ def select(
         baseline_id=baseline.id,
         message=message,
     )
+
+
+def _best_feasible(feasible: Sequence[Candidate], selection_cfg: SelectionSection) -> Candidate:
+    """The best of ``feasible`` by the objective; by latency, near-ties go to accuracy, size."""
+    rank = objective_key(selection_cfg.objective)
+    best = min(feasible, key=lambda c: rank(_metrics(c)))
+    if selection_cfg.objective == "latency_p50_ms" and selection_cfg.latency_tie > 0:
+        limit = _metrics(best).latency_p50_ms * (1.0 + selection_cfg.latency_tie)
+        tied = [c for c in feasible if _metrics(c).latency_p50_ms <= limit]
+        best = min(tied, key=lambda c: rank(_metrics(c))[1:])
+    return best
+
+
+def _nearest(
+    measured: Sequence[Candidate],
+    assessments: dict[str, Assessment],
+    rank: Callable[[Metrics], tuple[float, ...]],
+) -> Candidate | None:
+    """The candidate with the lowest violation score (a rejected one only when all are)."""
+    eligible = [c for c in measured if not c.rejected] or list(measured)
+    if not eligible:
+        return None
+    return min(eligible, key=lambda c: (assessments[c.id].violation_score, *rank(_metrics(c))))
 
 
 _OBJECTIVE_TEXT: dict[str, tuple[str, str, float]] = {

@@ -7,37 +7,36 @@ the console, the files and MLflow show the same numbers.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hamnet.evaluate.pareto import selection_message
+from hamnet.evaluate.pareto import TABLE_COLUMNS, selection_message
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from rich.console import Console
+    from rich.text import Text
 
     from hamnet.evaluate.pareto import Selection
 
-MARKDOWN_COLUMNS: tuple[str, ...] = (
-    "name",
-    "parent",
-    "stage",
-    "runtime",
-    "precision",
-    "accuracy",
-    "accuracy_drop",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "throughput_sps",
-    "size_mb",
-    "size_ratio",
-    "latency_ratio",
-    "on_front",
-    "meets_constraints",
-    "recommended",
-    "violations",
+_DETAIL_COLUMNS = frozenset(
+    {
+        "id",
+        "method",
+        "params",
+        "flops",
+        "peak_memory_mb",
+        "is_baseline",
+        "rejected",
+        "method_params",
+    }
 )
+"""Columns of the candidates table left out of the Markdown (ids, lineage details, raw counts)."""
+
+MARKDOWN_COLUMNS: tuple[str, ...] = tuple(c for c in TABLE_COLUMNS if c not in _DETAIL_COLUMNS)
 """Columns :func:`write_report` puts in ``candidates.md`` (the CSV has them all)."""
 
 
@@ -112,21 +111,7 @@ def render_table(
         is_recommended = row["name"] == recommended_name
         rejected = _text(row.get("rejected"))
         style = "bold green" if is_recommended else "dim" if rejected else None
-        drop = _num(row["accuracy_drop"])
-        table.add_row(
-            "▶" if is_recommended else "",
-            Text(str(row["name"])),
-            _fmt(_scaled(row["accuracy"], 100), ".2f"),
-            _fmt(None if drop is None else 100 * drop, "+.2f"),
-            _fmt(row["latency_p50_ms"], ".3f"),
-            _fmt(row["throughput_sps"], ",.0f"),
-            _fmt(row["size_mb"], ".3f"),
-            _fmt(row["size_ratio"], ".2f", "×"),
-            _fmt(row["latency_ratio"], ".2f", "×"),
-            "★" if bool(row["on_front"]) else "",
-            Text("✓", style="green") if bool(row["meets_constraints"]) else Text("✗", style="red"),
-            style=style,
-        )
+        table.add_row(*_table_cells(row, is_recommended), style=style)
     console.print(table)
     console.print(
         Text(
@@ -142,6 +127,26 @@ def render_table(
     text = message or _message_from_table(df, recommended_name)
     ok = bool(df.loc[df["name"] == recommended_name, "meets_constraints"].any())
     console.print(Text(text, style="bold green" if ok else "bold yellow"))
+
+
+def _table_cells(row: pd.Series, is_recommended: bool) -> list[str | Text]:
+    """One candidate's cells in the console table, formatted."""
+    from rich.text import Text
+
+    drop = _num(row["accuracy_drop"])
+    return [
+        "▶" if is_recommended else "",
+        Text(str(row["name"])),
+        _fmt(_scaled(row["accuracy"], 100), ".2f"),
+        _fmt(None if drop is None else 100 * drop, "+.2f"),
+        _fmt(row["latency_p50_ms"], ".3f"),
+        _fmt(row["throughput_sps"], ",.0f"),
+        _fmt(row["size_mb"], ".3f"),
+        _fmt(row["size_ratio"], ".2f", "×"),
+        _fmt(row["latency_ratio"], ".2f", "×"),
+        "★" if bool(row["on_front"]) else "",
+        Text("✓", style="green") if bool(row["meets_constraints"]) else Text("✗", style="red"),
+    ]
 
 
 def _text(value: Any) -> str:
@@ -223,54 +228,130 @@ def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     fig = Figure(figsize=(9.5, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    data = df[df["latency_p50_ms"].notna() & df["accuracy"].notna()]
-    if data.empty:
+    points = plot_points(df)
+    if points is None:
         ax.text(0.5, 0.5, "no measured candidate", ha="center", va="center")
         ax.set_axis_off()
         _save(fig, path)
         return fig
+    _draw_markers(ax, points)
+    _label_points(ax, points)
+    _style_axes(ax, points)
+    _draw_legend(ax, points.max_size)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
 
-    latency = data["latency_p50_ms"].astype(float)
-    accuracy = 100 * data["accuracy"].astype(float)
+
+@dataclass(frozen=True)
+class PlotPoints:
+    """The measured rows of a candidates table, laid out for :func:`pareto_plot`.
+
+    Attributes:
+        data: The rows with a latency and an accuracy.
+        latency: Latency p50 (ms), the x axis.
+        accuracy: Accuracy in percent, the y axis.
+        size: Size in MB (0 when missing), the marker area.
+        max_size: The largest size (1 when every size is 0), the full marker area.
+        rejected: Rows of rejected candidates.
+        on_front: Rows on the Pareto front.
+        baseline: The baseline's row.
+        recommended: The recommended candidate's row.
+    """
+
+    data: pd.DataFrame
+    latency: pd.Series
+    accuracy: pd.Series
+    size: pd.Series
+    max_size: float
+    rejected: pd.Series
+    on_front: pd.Series
+    baseline: pd.Series
+    recommended: pd.Series
+
+    @property
+    def ordinary(self) -> pd.Series:
+        """Rows neither rejected nor the baseline."""
+        return ~self.rejected & ~self.baseline
+
+    def areas(self, mask: pd.Series) -> list[float]:
+        """Marker areas of the rows in ``mask``."""
+        return [marker_area(mb, self.max_size) for mb in self.size[mask]]
+
+
+def plot_points(df: pd.DataFrame) -> PlotPoints | None:
+    """Lay out the measured rows of a candidates table (None when none was measured).
+
+    Args:
+        df: The table from :func:`hamnet.evaluate.pareto.candidates_table`.
+
+    Returns:
+        The points, or None when no row has both a latency and an accuracy.
+    """
+    data = df[df["latency_p50_ms"].notna() & df["accuracy"].notna()]
+    if data.empty:
+        return None
     size = data["size_mb"].astype(float).fillna(0.0)
-    max_size = float(size.max()) or 1.0
-
-    def area(mb: float) -> float:
-        return 30.0 + 470.0 * mb / max_size
-
-    rejected = data["rejected"].notna() & (data["rejected"].astype(str) != "")
     on_front = data["on_front"].astype(bool)
-    baseline = data["is_baseline"].astype(bool) if "is_baseline" in data else on_front & False
-    ordinary = ~rejected & ~baseline
-    ax.scatter(
-        latency[ordinary],
-        accuracy[ordinary],
-        s=[area(v) for v in size[ordinary]],
-        c=["tab:blue" if f else "tab:cyan" for f in on_front[ordinary]],
-        edgecolors=["black" if f else "none" for f in on_front[ordinary]],
+    return PlotPoints(
+        data=data,
+        latency=data["latency_p50_ms"].astype(float),
+        accuracy=100 * data["accuracy"].astype(float),
+        size=size,
+        max_size=float(size.max()) or 1.0,
+        rejected=data["rejected"].notna() & (data["rejected"].astype(str) != ""),
+        on_front=on_front,
+        baseline=data["is_baseline"].astype(bool) if "is_baseline" in data else on_front & False,
+        recommended=data["recommended"].astype(bool),
+    )
+
+
+def marker_area(size_mb: float, max_size: float) -> float:
+    """Marker area (points²) of a model of ``size_mb``: 30 for nothing, 500 for ``max_size``."""
+    return 30.0 + 470.0 * size_mb / max_size
+
+
+def use_log_scale(latency_min: float, latency_max: float) -> bool:
+    """Whether latencies from ``latency_min`` to ``latency_max`` span more than 10x."""
+    return latency_min > 0 and latency_max / latency_min > 10
+
+
+def _scatter(ax: Axes, points: PlotPoints, mask: pd.Series, **style: Any) -> None:
+    ax.scatter(points.latency[mask], points.accuracy[mask], **style)
+
+
+def _draw_markers(ax: Axes, points: PlotPoints) -> None:
+    """Candidates, baseline, rejected ones, the front's staircase and the recommended ring."""
+    ordinary, front = points.ordinary, points.on_front
+    _scatter(
+        ax,
+        points,
+        ordinary,
+        s=points.areas(ordinary),
+        c=["tab:blue" if f else "tab:cyan" for f in front[ordinary]],
+        edgecolors=["black" if f else "none" for f in front[ordinary]],
         alpha=0.75,
         zorder=3,
     )
-    if baseline.any():
-        ax.scatter(
-            latency[baseline],
-            accuracy[baseline],
-            s=[area(v) for v in size[baseline]],
+    if points.baseline.any():
+        _scatter(
+            ax,
+            points,
+            points.baseline,
+            s=points.areas(points.baseline),
             marker="s",
             c="tab:orange",
             edgecolors="black",
             alpha=0.8,
             zorder=3,
         )
-    if rejected.any():
-        ax.scatter(latency[rejected], accuracy[rejected], s=60, marker="x", c="grey", zorder=3)
-
-    step = _front_2d(data[on_front])
+    if points.rejected.any():
+        _scatter(ax, points, points.rejected, s=60, marker="x", c="grey", zorder=3)
+    step = _front_2d(points.data[front])
     if len(step) > 0:
         ax.step(
             step["latency_p50_ms"].astype(float),
@@ -281,22 +362,24 @@ def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
             alpha=0.6,
             zorder=2,
         )
-
-    recommended = data["recommended"].astype(bool)
-    if recommended.any():
-        ax.scatter(
-            latency[recommended],
-            accuracy[recommended],
-            s=[area(v) * 1.8 + 80 for v in size[recommended]],
+    if points.recommended.any():
+        _scatter(
+            ax,
+            points,
+            points.recommended,
+            s=[area * 1.8 + 80 for area in points.areas(points.recommended)],
             facecolors="none",
             edgecolors="red",
             linewidths=2.0,
             zorder=4,
         )
 
-    names = [str(n) for n in data["name"]]
-    greyed = [bool(r) for r in rejected]
-    for name, x, y, grey in zip(names, latency, accuracy, greyed, strict=True):
+
+def _label_points(ax: Axes, points: PlotPoints) -> None:
+    """Each candidate's name next to its marker (grey for rejected ones)."""
+    names = [str(n) for n in points.data["name"]]
+    greyed = [bool(r) for r in points.rejected]
+    for name, x, y, grey in zip(names, points.latency, points.accuracy, greyed, strict=True):
         ax.annotate(
             name,
             (x, y),
@@ -306,15 +389,21 @@ def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
             color="grey" if grey else "black",
         )
 
-    lo, hi = float(latency.min()), float(latency.max())
-    if lo > 0 and hi / lo > 10:
+
+def _style_axes(ax: Axes, points: PlotPoints) -> None:
+    """Scale, labels, title and grid."""
+    log = use_log_scale(float(points.latency.min()), float(points.latency.max()))
+    if log:
         ax.set_xscale("log")
-    ax.set_xlabel(
-        "latency p50 at batch 1 (ms)" + (", log scale" if ax.get_xscale() == "log" else "")
-    )
+    ax.set_xlabel("latency p50 at batch 1 (ms)" + (", log scale" if log else ""))
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Candidates: accuracy vs latency (marker area ∝ size)")
     ax.grid(True, alpha=0.3)
+
+
+def _draw_legend(ax: Axes, max_size: float) -> None:
+    """What the markers mean, with two example sizes, right of the axes."""
+    from matplotlib.lines import Line2D
 
     handles = [
         Line2D([], [], ls="", marker="o", color="tab:blue", mec="black", label="on Pareto front"),
@@ -325,7 +414,7 @@ def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
         Line2D([], [], color="tab:blue", alpha=0.6, label="front (accuracy vs latency)"),
     ]
     for mb in _size_examples(max_size):
-        size_marker = math.sqrt(area(mb))
+        size_marker = math.sqrt(marker_area(mb, max_size))
         handles.append(Line2D([], [], ls="", marker="o", color="lightgrey", markersize=size_marker))
         handles[-1].set_label(f"{mb:g} MB")
     ax.legend(
@@ -336,9 +425,6 @@ def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
         labelspacing=1.1,
         borderaxespad=0.0,
     )
-    fig.tight_layout()
-    _save(fig, path)
-    return fig
 
 
 def _front_2d(front: pd.DataFrame) -> pd.DataFrame:

@@ -34,13 +34,17 @@ import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from hamnet.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 ItemKind = Literal["artifact", "cache", "report", "index", "temp"]
 
@@ -132,6 +136,165 @@ def _cache_references(path: Path) -> bytes:
     return raw
 
 
+RunIndex = tuple[Path, Mapping[str, Any]]
+"""A run index file and its parsed document, as :class:`hamnet.pipeline.run.PipelineRun`
+writes it (``status``, ``started``, ``updated``, ``run_name``, ``candidates``)."""
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What the run indexes protect from collection (see :func:`plan_retention`).
+
+    Attributes:
+        protected_shas: Artifacts kept whatever their age: on the front or recommended
+            in a recent finished run, or listed by a run in progress.
+        recent_indexes: Index files of the last ``keep_runs`` finished runs.
+        active_indexes: Index files of the runs in progress.
+        active_since: When the oldest run in progress started (None when none is).
+    """
+
+    protected_shas: frozenset[str]
+    recent_indexes: frozenset[Path]
+    active_indexes: frozenset[Path]
+    active_since: float | None
+
+    def keeps_index(self, path: Path) -> bool:
+        """Whether the run index at ``path`` (and its reports) is kept whatever its age."""
+        return path in self.recent_indexes or path in self.active_indexes
+
+    def may_be_in_use(self, stored_at: float) -> bool:
+        """Whether an artifact stored at ``stored_at`` may belong to a run in progress."""
+        return self.active_since is not None and stored_at >= self.active_since - 60
+
+
+def _artifact_sha(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("artifact", {}).get("sha256", ""))
+
+
+def is_active(document: Mapping[str, Any], now: float) -> bool:
+    """Whether a run index belongs to a run in progress: it says ``running`` and was
+    updated less than :data:`TEMP_MAX_AGE_SECONDS` ago (older ones crashed)."""
+    updated = float(document.get("updated", 0))
+    return document.get("status") == "running" and now - updated < TEMP_MAX_AGE_SECONDS
+
+
+def plan_retention(indexes: Sequence[RunIndex], *, keep_runs: int, now: float) -> RetentionPlan:
+    """Decide what the run indexes protect; reads no file.
+
+    The front and recommended artifacts of the ``keep_runs`` newest finished runs are
+    protected, and so is every artifact a run in progress lists: it may be using it.
+
+    Args:
+        indexes: Run indexes, newest first.
+        keep_runs: How many of the newest finished runs keep their artifacts.
+        now: The current time (seconds since the epoch).
+
+    Returns:
+        The protected artifacts and run indexes.
+    """
+    recent = [(p, d) for p, d in indexes if d.get("status") == "finished"][:keep_runs]
+    active = [(p, d) for p, d in indexes if is_active(d, now)]
+    protected = {
+        _artifact_sha(entry)
+        for _, document in recent
+        for entry in document.get("candidates", [])
+        if entry.get("on_front") or entry.get("recommended")
+    }
+    protected.update(
+        _artifact_sha(entry) for _, document in active for entry in document.get("candidates", [])
+    )
+    return RetentionPlan(
+        protected_shas=frozenset(protected),
+        recent_indexes=frozenset(p for p, _ in recent),
+        active_indexes=frozenset(p for p, _ in active),
+        active_since=min((float(d.get("started", now)) for _, d in active), default=None),
+    )
+
+
+def _artifact_items(
+    store: Path, plan: RetentionPlan, *, keep_runs: int, max_age_days: float, now: float
+) -> tuple[list[GcItem], int]:
+    """Unprotected artifact folders unused for ``max_age_days``, and how many were kept."""
+    items: list[GcItem] = []
+    kept = 0
+    for folder in sorted(store.glob("??/*")) if store.is_dir() else []:
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        if folder.name in plan.protected_shas:
+            kept += 1
+            continue
+        if plan.may_be_in_use(folder.stat().st_mtime):
+            continue
+        age = _age_days(folder, now)
+        if age > max_age_days:
+            reason = (
+                f"not on the front nor recommended in the last {keep_runs} runs; "
+                f"unused for {age:.1f} days"
+            )
+            items.append(GcItem("artifact", folder, _size(folder), reason))
+    return items, kept
+
+
+def _temp_items(root: Path, now: float) -> list[GcItem]:
+    """Leftovers of interrupted writes older than :data:`TEMP_MAX_AGE_SECONDS`."""
+    store = root / "artifacts"
+    temps = list(store.glob(".put-*")) + list(store.glob("_staging/*")) if store.is_dir() else []
+    temps += [p for p in root.rglob(".tmp-*") if p.is_file()] if root.is_dir() else []
+    items = []
+    for path in temps:
+        age_s = now - path.stat().st_mtime
+        if age_s > TEMP_MAX_AGE_SECONDS:
+            reason = f"left over by an interrupted write {age_s / 3600:.1f} h ago"
+            items.append(GcItem("temp", path, _size(path), reason))
+    return items
+
+
+def _cache_items(
+    cache: Path, collected_shas: Sequence[str], *, max_age_days: float, now: float
+) -> list[GcItem]:
+    """Cache entries older than ``max_age_days`` or naming a collected artifact."""
+    needles = [sha.encode() for sha in collected_shas]
+    items = []
+    for path in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if not path.is_file():
+            continue
+        age = _age_days(path, now)
+        if age > max_age_days:
+            items.append(GcItem("cache", path, _size(path), f"cache entry {age:.1f} days old"))
+        elif needles and any(n in _cache_references(path) for n in needles):
+            reason = "its artifact is collected (the stage would be recomputed anyway)"
+            items.append(GcItem("cache", path, _size(path), reason))
+    return items
+
+
+def _run_items(
+    root: Path, indexes: Sequence[RunIndex], plan: RetentionPlan, *, max_age_days: float, now: float
+) -> list[GcItem]:
+    """Indexes and reports of runs older than ``max_age_days`` that the plan does not keep."""
+    items = []
+    for path, document in indexes:
+        if plan.keeps_index(path):
+            continue
+        age = _age_days(path, now)
+        if age <= max_age_days:
+            continue
+        reason = f"run {document.get('run_name')} is {age:.1f} days old, not in the last runs"
+        items.append(GcItem("index", path, _size(path), reason))
+        reports = root / "reports" / str(document.get("run_name", path.stem))
+        if reports.is_dir():
+            items.append(GcItem("report", reports, _size(reports), reason))
+    return items
+
+
+def delete_items(items: Sequence[GcItem]) -> None:
+    """Delete every item's file or folder (gone ones are skipped)."""
+    for item in items:
+        if item.path.is_dir():
+            shutil.rmtree(item.path, ignore_errors=True)
+        else:
+            item.path.unlink(missing_ok=True)
+
+
 def collect(
     workdir: str | Path,
     *,
@@ -163,90 +326,21 @@ def collect(
         raise ConfigError(f"max_age_days must be >= 0, but got {max_age_days}")
     root = Path(workdir).resolve()
     now = time.time() if now is None else now
-    report = GcReport(workdir=root)
-    items: list[GcItem] = []
-
     indexes = _read_indexes(root / "runs")
-    finished = [(p, d) for p, d in indexes if d.get("status") == "finished"]
-    recent = finished[:keep_runs]
-    protected: set[str] = set()
-    for _, document in recent:
-        for entry in document.get("candidates", []):
-            if entry.get("on_front") or entry.get("recommended"):
-                protected.add(str(entry.get("artifact", {}).get("sha256", "")))
-    recent_paths = {p for p, _ in recent}
-    # A run in progress (its index says running and was updated lately) may be using
-    # any artifact stored since it started, listed in its index or not yet.
-    active_paths = {
-        p
-        for p, d in indexes
-        if d.get("status") == "running" and now - float(d.get("updated", 0)) < TEMP_MAX_AGE_SECONDS
-    }
-    active = [d for p, d in indexes if p in active_paths]
-    active_since = min((float(d.get("started", now)) for d in active), default=None)
-    for document in active:
-        protected.update(
-            str(e.get("artifact", {}).get("sha256", "")) for e in document.get("candidates", [])
-        )
-
-    store = root / "artifacts"
-    collected_shas: list[str] = []
-    for folder in sorted(store.glob("??/*")) if store.is_dir() else []:
-        if not folder.is_dir() or folder.name.startswith("."):
-            continue
-        if folder.name in protected:
-            report.kept_artifacts += 1
-            continue
-        if active_since is not None and folder.stat().st_mtime >= active_since - 60:
-            continue  # possibly made by the run in progress
-        age = _age_days(folder, now)
-        if age > max_age_days:
-            reason = (
-                f"not on the front nor recommended in the last {keep_runs} runs; "
-                f"unused for {age:.1f} days"
-            )
-            items.append(GcItem("artifact", folder, _size(folder), reason))
-            collected_shas.append(folder.name)
-
-    temps = list(store.glob(".put-*")) + list(store.glob("_staging/*")) if store.is_dir() else []
-    temps += [p for p in root.rglob(".tmp-*") if p.is_file()] if root.is_dir() else []
-    for path in temps:
-        age_s = now - path.stat().st_mtime
-        if age_s > TEMP_MAX_AGE_SECONDS:
-            reason = f"left over by an interrupted write {age_s / 3600:.1f} h ago"
-            items.append(GcItem("temp", path, _size(path), reason))
-
-    cache = root / "prefect-results"
-    needles = [sha.encode() for sha in collected_shas]
-    for path in sorted(cache.iterdir()) if cache.is_dir() else []:
-        if not path.is_file():
-            continue
-        age = _age_days(path, now)
-        if age > max_age_days:
-            items.append(GcItem("cache", path, _size(path), f"cache entry {age:.1f} days old"))
-        elif needles and any(n in _cache_references(path) for n in needles):
-            reason = "its artifact is collected (the stage would be recomputed anyway)"
-            items.append(GcItem("cache", path, _size(path), reason))
-
-    for path, document in indexes:
-        if path in recent_paths or path in active_paths:
-            continue
-        age = _age_days(path, now)
-        if age <= max_age_days:
-            continue
-        reason = f"run {document.get('run_name')} is {age:.1f} days old, not in the last runs"
-        items.append(GcItem("index", path, _size(path), reason))
-        reports = root / "reports" / str(document.get("run_name", path.stem))
-        if reports.is_dir():
-            items.append(GcItem("report", reports, _size(reports), reason))
-
-    report.items = items
+    plan = plan_retention(indexes, keep_runs=keep_runs, now=now)
+    artifacts, kept = _artifact_items(
+        root / "artifacts", plan, keep_runs=keep_runs, max_age_days=max_age_days, now=now
+    )
+    collected_shas = [item.path.name for item in artifacts]
+    items = [
+        *artifacts,
+        *_temp_items(root, now),
+        *_cache_items(root / "prefect-results", collected_shas, max_age_days=max_age_days, now=now),
+        *_run_items(root, indexes, plan, max_age_days=max_age_days, now=now),
+    ]
+    report = GcReport(workdir=root, items=items, kept_artifacts=kept)
     if apply:
-        for item in items:
-            if item.path.is_dir():
-                shutil.rmtree(item.path, ignore_errors=True)
-            else:
-                item.path.unlink(missing_ok=True)
+        delete_items(items)
         report.applied = True
     return report
 
@@ -275,7 +369,6 @@ def gc_command(
 ) -> None:
     """Delete artifacts off the Pareto front and old cache entries (dry run by default)."""
     from rich.console import Console
-    from rich.table import Table
 
     from hamnet.core.config import RetentionSection, load_config
     from hamnet.core.errors import HamnetError
@@ -299,6 +392,13 @@ def gc_command(
     except HamnetError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         raise typer.Exit(2) from None
+    _print_report(console, report)
+
+
+def _print_report(console: Console, report: GcReport) -> None:
+    """The items as a table (when there are any), then the summary line."""
+    from rich.table import Table
+
     table = Table(title=f"hamnet gc {report.workdir}")
     for column in ("kind", "path", "MB", "why"):
         table.add_column(column)
@@ -309,4 +409,4 @@ def gc_command(
         table.add_row(item.kind, str(path), f"{item.size_bytes / 1e6:.2f}", item.reason)
     if report.items:
         console.print(table)
-    console.print(report.summary() + ("" if yes else " (dry run; --yes deletes)"))
+    console.print(report.summary() + ("" if report.applied else " (dry run; --yes deletes)"))

@@ -21,6 +21,7 @@ from hamnet.core.hardware import HardwareProfile, load_profile
 from hamnet.evaluate.measure import (
     accuracy,
     agreement,
+    eval_rows,
     latency_ms,
     measure_artifact,
     measure_session,
@@ -270,3 +271,36 @@ def test_measure_artifact_without_labels_reports_no_accuracy(
     )  # fmt: skip
     assert math.isnan(metrics.accuracy) and metrics.accuracy_kind == "none"
     assert metrics.latency_p50_ms > 0
+
+
+@pytest.mark.parametrize(("cap", "rows"), [(None, 5), (3, 3), (9, 5)])
+def test_eval_rows_caps_and_packs(cap: int | None, rows: int) -> None:
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)[:, ::2]
+    x_eval, n = eval_rows(x, cap)
+    assert len(x_eval) == rows and n == (5 if cap is None else cap)
+    assert x_eval.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(x_eval, x[:rows])
+
+
+def test_eval_rows_caps_named_inputs_alike() -> None:
+    named = {"ids": np.arange(6).reshape(3, 2), "mask": np.ones((3, 2), dtype=np.int64)}
+    x_eval, n = eval_rows(named, 2)
+    assert n == 2 and len(x_eval) == 2 and set(x_eval.dtype.names or ()) == {"ids", "mask"}
+
+
+def test_scores_refuse_misaligned_lengths() -> None:
+    x = np.ones((4, INPUT_SIZE), dtype=np.float32)
+    with pytest.raises(DataError, match="x and y must have the same length, but got 4 and 3"):
+        accuracy(Sleeper(), x, np.zeros(3, dtype=int), batch_size=2)
+    with pytest.raises(DataError, match="reference_logits and x must have the same length"):
+        agreement(Sleeper(), np.zeros((5, 2)), x, batch_size=2)
+    with pytest.raises(DataError, match="x_test and y_test must have the same length"):
+        measure_session(
+            Sleeper(),
+            x,
+            np.zeros(3, dtype=int),
+            FAST,
+            latency_batch_size=1,
+            throughput_batch_size=2,
+            eval_logits=np.zeros((4, 2)),
+        )

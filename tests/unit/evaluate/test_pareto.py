@@ -328,3 +328,66 @@ def test_plot_uses_log_scale_for_wide_latency_ranges(pool: list[Candidate]) -> N
     assert fig.axes[0].get_xscale() == "log"
     sel = select(pool, base, ConstraintsSection(), SelectionSection())
     assert pareto_plot(candidates_table(pool, sel)).axes[0].get_xscale() == "linear"
+
+
+def test_plot_points_mark_baseline_rejected_front_and_recommended(pool: list[Candidate]) -> None:
+    from hamnet.evaluate.report import plot_points
+
+    ghost = candidate("ghost", None, parent=pool[0])
+    sel = select([*pool, ghost], pool[0], ConstraintsSection(), SelectionSection())
+    points = plot_points(candidates_table([*pool, ghost], sel))
+    assert points is not None
+    names = list(points.data["name"])
+    assert names == ["baseline", "fast", "small", "mid", "slow"]
+
+    def marked(mask: Any) -> set[str]:
+        return {n for n, m in zip(names, mask, strict=True) if m}
+
+    assert marked(points.baseline) == {"baseline"}
+    assert marked(points.rejected) == {"slow"}
+    assert marked(points.ordinary) == {"fast", "small", "mid"}
+    assert marked(points.on_front) == {"baseline", "fast", "small"}
+    assert marked(points.recommended) == {sel.recommended.name if sel.recommended else ""}
+    assert list(points.accuracy) == pytest.approx([97.0, 96.0, 95.0, 95.0, 97.0])
+    assert points.max_size == 4.0
+    assert points.areas(points.baseline) == [500.0]
+
+
+def test_plot_without_measurements_says_so(pool: list[Candidate]) -> None:
+    from hamnet.evaluate.report import pareto_plot, plot_points
+
+    unmeasured = [candidate("ghost", None)]
+    sel = select(unmeasured, pool[0], ConstraintsSection(), SelectionSection())
+    df = candidates_table(unmeasured, sel)
+    assert plot_points(df) is None
+    ax = pareto_plot(df).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["no measured candidate"]
+    assert not ax.axison
+
+
+@pytest.mark.parametrize(
+    ("size_mb", "max_size", "area"), [(0.0, 4.0, 30.0), (4.0, 4.0, 500.0), (1.0, 2.0, 265.0)]
+)
+def test_marker_area_grows_with_size(size_mb: float, max_size: float, area: float) -> None:
+    from hamnet.evaluate.report import marker_area
+
+    assert marker_area(size_mb, max_size) == pytest.approx(area)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "log"),
+    [(0.5, 3.0, False), (0.5, 5.0, False), (0.5, 200.0, True), (0.0, 9.0, False)],
+)
+def test_log_scale_only_beyond_ten_times(lo: float, hi: float, log: bool) -> None:
+    from hamnet.evaluate.report import use_log_scale
+
+    assert use_log_scale(lo, hi) is log
+
+
+def test_markdown_columns_follow_the_table_order() -> None:
+    from hamnet.evaluate.report import MARKDOWN_COLUMNS
+
+    assert set(MARKDOWN_COLUMNS) <= set(TABLE_COLUMNS)
+    assert list(MARKDOWN_COLUMNS) == [c for c in TABLE_COLUMNS if c in MARKDOWN_COLUMNS]
+    assert MARKDOWN_COLUMNS[:3] == ("name", "parent", "stage")
+    assert "method_params" not in MARKDOWN_COLUMNS and "violations" in MARKDOWN_COLUMNS
