@@ -94,8 +94,7 @@ def distill_model(
     """Train ``student`` in place on ``dataset`` with a distillation loss.
 
     The loss is ``ce_weight * CE(labels) + sum(weight_i * term_i)``; with mixup/cutmix
-    the cross-entropy is mixed like the labels. Teachers are put in eval mode and never
-    updated.
+    the cross-entropy is mixed like the labels. Teachers stay in eval mode, never updated.
 
     Args:
         student: The model to train (e.g. a pruned model or a fresh small HAMNet).
@@ -133,20 +132,14 @@ def distill_model(
     live = cfg.augment != "none"
     with _in_eval_mode(teachers, dev):
         plan = build_distill_loss(spec, student=student, teachers=teachers, ce_weight=0.0)
-        caches: list[TeacherOutputs] = []
-        files: list[Path] = []
-        hits = 0
-        if not live:
-            caches, files, hits = _cached_teacher_outputs(
+        caches, files, hits = (
+            ([], [], 0)
+            if live
+            else _cached_teacher_outputs(
                 teachers, dataset.x_train, plan, teacher_ids, cache_dir, dev
             )
-        logger.info(
-            "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
-            "+".join(methods),
-            ce_weight,
-            len(teachers),
-            "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
         )
+        _log_start(methods, ce_weight, len(teachers), live=live, hits=hits)
         loss_fn = _DistillLossFn(
             plan, teachers, caches, live=live, ce_weight=ce_weight,
             label_smoothing=cfg.label_smoothing,
@@ -176,6 +169,18 @@ def spec_methods(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[
     """
     terms = [spec] if isinstance(spec, Mapping) else spec
     return [str(term.get("method")) for term in terms]
+
+
+def _log_start(
+    methods: list[str], ce_weight: float, teachers: int, *, live: bool, hits: int
+) -> None:
+    logger.info(
+        "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
+        "+".join(methods),
+        ce_weight,
+        teachers,
+        "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
+    )
 
 
 def _check_teacher_ids(teachers: Sequence[nn.Module], teacher_ids: Sequence[str] | None) -> None:
