@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -343,53 +343,77 @@ def export_module(
         MissingDependencyError: If ``onnx`` (or ``onnxruntime`` for the check) is not
             installed.
     """
-    import torch
-
     onnx = require("onnx")
     names, tensors, keywords = _named_examples(example_inputs, input_names)
     hf_shape = _transformer_shape(model) if use_eager_attention(model) else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    modes = {m: m.training for m in model.modules()}
-    wrapper = _first_output_module(model, names, keywords).eval()
-    try:
-        with torch.no_grad():
-            reference = wrapper(*tensors)
-        axes = (
-            {k: dict(v) for k, v in dynamic_axes.items()}
-            if dynamic_axes is not None
-            else default_dynamic_axes(names, tensors, reference.ndim)
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.onnx.export(
-                wrapper,
-                tuple(tensors),
-                str(path),
-                dynamo=False,
-                input_names=names,
-                output_names=[GENERIC_OUTPUT_NAME],
-                dynamic_axes=axes,  # type: ignore[arg-type]
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-        onnx.checker.check_model(str(path))
-        if hf_shape is not None:
-            _write_transformer_metadata(path, *hf_shape)
-    except ExportError:
-        raise
-    except Exception as err:
-        raise ExportError(
-            f"ONNX export of {type(model).__name__} (inputs {names}, opset={opset}) to "
-            f"{str(path)!r} failed: {type(err).__name__}: {err}"
-        ) from err
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with _modes_restored(model):
+        wrapper = _first_output_module(model, names, keywords).eval()
+        try:
+            _trace_to_onnx(wrapper, names, tensors, path, dynamic_axes=dynamic_axes, opset=opset)
+            onnx.checker.check_model(str(path))
+            if hf_shape is not None:
+                _write_transformer_metadata(path, *hf_shape)
+        except ExportError:
+            raise
+        except Exception as err:
+            raise ExportError(
+                f"ONNX export of {type(model).__name__} (inputs {names}, opset={opset}) to "
+                f"{str(path)!r} failed: {type(err).__name__}: {err}"
+            ) from err
     if parity_atol is not None:
         _check_export_parity(wrapper, names, tensors, path, parity_atol)
     return path
+
+
+@contextlib.contextmanager
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """Give every submodule of ``model`` its train/eval mode back on exit."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _trace_to_onnx(
+    wrapper: nn.Module,
+    names: list[str],
+    tensors: list[Any],
+    path: Path,
+    *,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None,
+    opset: int,
+) -> None:
+    """Trace ``wrapper`` (TorchScript exporter) to ``path`` with one output and dynamic axes.
+
+    Without ``dynamic_axes`` the axes of :func:`default_dynamic_axes` are used, for an
+    output of the rank ``wrapper`` gives on ``tensors``.
+    """
+    import torch
+
+    if dynamic_axes is None:
+        with torch.no_grad():
+            reference = wrapper(*tensors)
+        axes = default_dynamic_axes(names, tensors, reference.ndim)
+    else:
+        axes = {k: dict(v) for k, v in dynamic_axes.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            wrapper,
+            tuple(tensors),
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=[GENERIC_OUTPUT_NAME],
+            dynamic_axes=axes,  # type: ignore[arg-type]
+            opset_version=opset,
+            do_constant_folding=True,
+        )
 
 
 def _check_export_parity(
@@ -414,14 +438,10 @@ def _check_export_parity(
                 out = wrapper(*(torch.from_numpy(np.asarray(x[n])) for n in names))
             return np.array(out.float().cpu().numpy(), dtype=np.float32)
 
-    modes = {m: m.training for m in wrapper.modules()}
-    wrapper.eval()
-    try:
+    with _modes_restored(wrapper):
+        wrapper.eval()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         diff = max_abs_diff(Positional(), OnnxRuntimeSession(session), doubled)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     if not diff <= atol:
         raise ExportError(
             f"ONNX Runtime's outputs of {str(path)!r} must match the module within "

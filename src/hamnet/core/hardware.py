@@ -13,14 +13,16 @@ import os
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hamnet.core.config import _format_validation_error, plugin_name
 from hamnet.core.errors import ConfigError, HardwareProfileError
 
-RuntimeName = Literal["torch", "onnxruntime", "openvino"]
+RuntimeName = Annotated[str, plugin_name("runtime")]
+"""A runtime: a name of ``registry.names("runtime")`` (checked without importing it)."""
 Precision = Literal["fp32", "fp16", "int8"]
 
 PROFILES_ENV = "HAMNET_PROFILES_DIR"
@@ -148,8 +150,6 @@ def load_profile_file(path: Path) -> HardwareProfile:
     try:
         return HardwareProfile.model_validate(data)
     except ValidationError as err:
-        from hamnet.core.config import _format_validation_error
-
         raise ConfigError(_format_validation_error(err, str(path))) from None
 
 

@@ -25,8 +25,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hamnet.core.errors import HamnetError
 
@@ -96,6 +98,11 @@ class Stack:
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
 
+    def track(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        """Record the process ``name``: its pid (its process group) and its log file."""
+        self.pids[name] = proc.pid
+        self.logs[name] = str(log)
+
     @classmethod
     def load(cls, state_dir: Path) -> Stack:
         """Read a saved stack.
@@ -155,62 +162,21 @@ def up(
     """
     project = Path(project_dir).resolve()
     state = (project / state_dir).resolve()
-    logs = state / "logs"
     say = print if echo else (lambda *_a, **_k: None)
     prefect_port = prefect_port or free_port(host)
     stack = Stack(project_dir=str(project), prefect_api_url=f"http://{host}:{prefect_port}/api")
-    env = stack.env
-    env["PREFECT_HOME"] = str(state / "prefect-home")
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["DO_NOT_TRACK"] = "1"
-
+    env = server_env(stack, state)
     if mlflow:
-        mlflow_port = mlflow_port or free_port(host)
-        stack.mlflow_uri = f"http://{host}:{mlflow_port}"
-        env["MLFLOW_TRACKING_URI"] = stack.mlflow_uri
-        db = project / "mlflow.db"
-        log = logs / "mlflow.log"
-        proc = _spawn(
-            [
-                _bin("mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{db}",
-                "--default-artifact-root", str(project / "mlartifacts"),
-                "--host", host, "--port", str(mlflow_port), "--workers", "1",
-            ],
-            cwd=project, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log=log,
-        )  # fmt: skip
-        stack.pids["mlflow"] = proc.pid
-        stack.logs["mlflow"] = str(log)
-        say(f"mlflow server starting on {stack.mlflow_uri} (log {log})")
-
-    log = logs / "prefect-server.log"
-    proc = _spawn(
-        [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
-        cwd=project, env=env, log=log,
-    )  # fmt: skip
-    stack.pids["prefect-server"] = proc.pid
-    stack.logs["prefect-server"] = str(log)
-    stack.save(state)
-    say(f"prefect server starting on {stack.prefect_api_url} (log {log})")
-    wait_http(f"{stack.prefect_api_url}/health", 120, what="prefect server", log=log)
-    say("prefect server ready")
-
-    pools = _run([_bin("prefect"), "work-pool", "ls"], cwd=project, env=env, what="list pools")
-    if WORK_POOL not in pools:
-        _run(
-            [_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process"],
-            cwd=project, env=env, what="create work pool",
-        )  # fmt: skip
-    _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], cwd=project, env=env, what="deploy")
+        _start_mlflow(stack, env, host, mlflow_port or free_port(host), state=state, say=say)
+    _start_prefect_server(stack, env, host, prefect_port, state=state, say=say)
+    _deploy(project, env)
     say(f"deployed prefect.yaml to work pool {WORK_POOL!r}")
-
-    log = logs / "prefect-worker.log"
+    log = state / "logs" / "prefect-worker.log"
     proc = _spawn(
         [_bin("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process"],
         cwd=project, env=env, log=log,
     )  # fmt: skip
-    stack.pids["prefect-worker"] = proc.pid
-    stack.logs["prefect-worker"] = str(log)
+    stack.track("prefect-worker", proc, log)
     stack.save(state)
     if stack.mlflow_uri:
         wait_http(
@@ -219,6 +185,85 @@ def up(
         say("mlflow server ready")
     say(f"worker started (log {log}); stack state in {state / STATE_FILE}")
     return stack
+
+
+def server_env(stack: Stack, state: Path) -> dict[str, str]:
+    """Environment of the stack's own processes: the clients' one, Prefect's home in ``state``.
+
+    Args:
+        stack: The stack being started.
+        state: Its state folder (``PREFECT_HOME`` goes under it).
+
+    Returns:
+        :attr:`Stack.env` with Prefect's home set and analytics and tracking off.
+    """
+    env = stack.env
+    env["PREFECT_HOME"] = str(state / "prefect-home")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["DO_NOT_TRACK"] = "1"
+    return env
+
+
+def mlflow_server_command(project: Path, host: str, port: int) -> list[str]:
+    """The ``mlflow server`` command line: a SQLite store and artifacts in ``project``.
+
+    Args:
+        project: The project folder (``mlflow.db`` and ``mlartifacts/`` live there).
+        host: Address the server binds to.
+        port: Its port.
+
+    Returns:
+        The arguments, the console script first.
+    """
+    return [
+        _bin("mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+        "--default-artifact-root", str(project / "mlartifacts"),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def _start_mlflow(
+    stack: Stack, env: dict[str, str], host: str, port: int, *, state: Path, say: Callable[..., Any]
+) -> None:
+    """Spawn ``mlflow server`` and point ``stack`` and ``env`` at it (readiness checked later)."""
+    stack.mlflow_uri = f"http://{host}:{port}"
+    env["MLFLOW_TRACKING_URI"] = stack.mlflow_uri
+    project = Path(stack.project_dir)
+    log = state / "logs" / "mlflow.log"
+    proc = _spawn(
+        mlflow_server_command(project, host, port),
+        cwd=project, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log=log,
+    )  # fmt: skip
+    stack.track("mlflow", proc, log)
+    say(f"mlflow server starting on {stack.mlflow_uri} (log {log})")
+
+
+def _start_prefect_server(
+    stack: Stack, env: dict[str, str], host: str, port: int, *, state: Path, say: Callable[..., Any]
+) -> None:
+    """Spawn ``prefect server start``, save the stack's state and wait for its health check."""
+    log = state / "logs" / "prefect-server.log"
+    proc = _spawn(
+        [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)],
+        cwd=Path(stack.project_dir), env=env, log=log,
+    )  # fmt: skip
+    stack.track("prefect-server", proc, log)
+    stack.save(state)
+    say(f"prefect server starting on {stack.prefect_api_url} (log {log})")
+    wait_http(f"{stack.prefect_api_url}/health", 120, what="prefect server", log=log)
+    say("prefect server ready")
+
+
+def _deploy(project: Path, env: dict[str, str]) -> None:
+    """Create the work pool unless it exists, then deploy ``prefect.yaml``."""
+    pools = _run([_bin("prefect"), "work-pool", "ls"], cwd=project, env=env, what="list pools")
+    if WORK_POOL not in pools:
+        _run(
+            [_bin("prefect"), "work-pool", "create", WORK_POOL, "--type", "process"],
+            cwd=project, env=env, what="create work pool",
+        )  # fmt: skip
+    _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], cwd=project, env=env, what="deploy")
 
 
 def down(

@@ -339,3 +339,36 @@ def test_export_stage_adds_a_fused_twin_only_where_attention_spans_tokens(
         names[token_size] = sorted(c.name for c in out)
         assert all(c.parity_max_abs_diff is not None and c.parity_max_abs_diff < 1e-4 for c in out)
     assert names == {8: ["onnxruntime-fp32", "onnxruntime-fused-fp32"], 64: ["onnxruntime-fp32"]}
+
+
+def test_modes_are_restored_even_when_the_block_fails() -> None:
+    from hamnet.backends.export import _modes_restored
+
+    model = Keywords().train()
+    model.dropout.eval()
+    with pytest.raises(RuntimeError), _modes_restored(model):
+        model.eval()
+        raise RuntimeError("boom")
+    assert model.training and not model.dropout.training
+
+
+def test_export_module_keeps_explicit_dynamic_axes_and_modes_after_failure(
+    tmp_path: Path,
+) -> None:
+    import onnx
+
+    from hamnet.backends.export import export_module
+
+    model = TinyAttention().train()
+    path = export_module(
+        model, torch.randn(2, INPUT_SIZE), tmp_path / "fixed.onnx",
+        dynamic_axes={"input": {0: "rows"}},
+    )  # fmt: skip
+    assert model.training
+    shape = onnx.load(str(path)).graph.input[0].type.tensor_type.shape
+    dims = [d.dim_param or d.dim_value for d in shape.dim]
+    assert dims == ["rows", INPUT_SIZE]
+    failing = Keywords().train()
+    with pytest.raises(ExportError, match="ONNX export of Keywords"):
+        export_module(failing, torch.randint(0, 10, (1, 3)), tmp_path / "k.onnx")
+    assert failing.training and failing.dropout.training

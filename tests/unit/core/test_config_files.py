@@ -73,3 +73,34 @@ def test_unknown_profile_lists_the_known_ones() -> None:
 def test_absent_hardware_is_refused() -> None:
     with pytest.raises(HardwareProfileError, match="does not match this machine"):
         load_profile("arm64-edge")
+
+
+def _profile_with_runtime(tmp_path: Path, runtime: str) -> Path:
+    data = yaml.safe_load((REPO / "hardware_profiles" / "x86-avx2.yaml").read_text())
+    data["runtimes"] = [{"name": runtime}]
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_profile_runtime_names_come_from_the_registry(tmp_path: Path) -> None:
+    from hamnet.core import registry
+
+    assert {"torch", "onnxruntime", "openvino"} <= set(registry.names("runtime"))
+    with pytest.raises(
+        ConfigError,
+        match=r"runtimes\.0\.name.*runtime must be one of .*onnxruntime.*did you mean "
+        r"'onnxruntime'.*but got 'onnxruntim'",
+    ):
+        load_profile_file(_profile_with_runtime(tmp_path, "onnxruntim"))
+
+
+def test_a_registered_runtime_is_accepted_in_a_profile(tmp_path: Path) -> None:
+    from hamnet.core import registry
+
+    registry.register("runtime", "my_npu", "my_pkg.npu:MyNpu")
+    try:
+        profile = load_profile_file(_profile_with_runtime(tmp_path, "my_npu"))
+    finally:
+        registry.unregister("runtime", "my_npu")
+    assert profile.runtime_names == ["my_npu"]

@@ -94,8 +94,7 @@ def distill_model(
     """Train ``student`` in place on ``dataset`` with a distillation loss.
 
     The loss is ``ce_weight * CE(labels) + sum(weight_i * term_i)``; with mixup/cutmix
-    the cross-entropy is mixed like the labels. Teachers are put in eval mode and never
-    updated.
+    the cross-entropy is mixed like the labels. Teachers stay in eval mode, never updated.
 
     Args:
         student: The model to train (e.g. a pruned model or a fresh small HAMNet).
@@ -124,49 +123,27 @@ def distill_model(
         ConfigError: If there is no teacher where a term needs one, a term is invalid,
             ``teacher_ids`` does not match ``teachers``, or layers cannot be mapped.
     """
-    if teacher_ids is not None and len(teacher_ids) != len(teachers):
-        raise ConfigError(
-            f"expected one teacher id per teacher ({len(teachers)}), but got {len(teacher_ids)}"
-        )
+    _check_teacher_ids(teachers, teacher_ids)
     dev = torch.device(device)
     student.to(dev)
     if unlabelled_x is not None:
         dataset = with_transfer_set(dataset, unlabelled_x)
-    methods = [str(term.get("method")) for term in ([spec] if isinstance(spec, Mapping) else spec)]
+    methods = spec_methods(spec)
     live = cfg.augment != "none"
     with _in_eval_mode(teachers, dev):
         plan = build_distill_loss(spec, student=student, teachers=teachers, ce_weight=0.0)
-        caches: list[TeacherOutputs] = []
-        files: list[Path] = []
-        hits = 0
-        if not live:
-            caches, files, hits = _cached_teacher_outputs(
+        caches, files, hits = (
+            ([], [], 0)
+            if live
+            else _cached_teacher_outputs(
                 teachers, dataset.x_train, plan, teacher_ids, cache_dir, dev
             )
-        logger.info(
-            "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
-            "+".join(methods),
-            ce_weight,
-            len(teachers),
-            "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
         )
-
-        def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
-            student_out = model_outputs(model, batch.x, plan.student)
-            if live:
-                with torch.no_grad():
-                    teacher_outs = [
-                        model_outputs(t, batch.x, plan.teacher_spec(i)).detach()
-                        for i, t in enumerate(teachers)
-                    ]
-            else:
-                teacher_outs = [cache.batch(batch.index, batch.x.device) for cache in caches]
-            kd = plan.loss(student_out, teacher_outs, batch.y)
-            if ce_weight == 0.0:
-                return kd
-            ce = batch.mixed_cross_entropy(student_out.logits, cfg.label_smoothing)
-            return kd + ce_weight * ce
-
+        _log_start(methods, ce_weight, len(teachers), live=live, hits=hits)
+        loss_fn = _DistillLossFn(
+            plan, teachers, caches, live=live, ce_weight=ce_weight,
+            label_smoothing=cfg.label_smoothing,
+        )  # fmt: skip
         result = train_model(
             student, dataset, cfg, seed=seed, device=str(dev), checkpoint_path=checkpoint_path,
             progress=progress, loss_fn=loss_fn, extra_modules=[plan.loss],
@@ -178,6 +155,82 @@ def distill_model(
         teacher_cache_hits=hits,
         last_terms=dict(plan.loss.last_terms),
     )
+
+
+def spec_methods(spec: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[str]:
+    """Return the method name of each loss term of ``spec``, in spec order.
+
+    Args:
+        spec: One term (a mapping) or a sequence of terms, each with a ``method`` key.
+
+    Returns:
+        The methods as strings (``"None"`` for a term without one; the loss builder
+        reports that term).
+    """
+    terms = [spec] if isinstance(spec, Mapping) else spec
+    return [str(term.get("method")) for term in terms]
+
+
+def _log_start(
+    methods: list[str], ce_weight: float, teachers: int, *, live: bool, hits: int
+) -> None:
+    logger.info(
+        "distilling with %s (ce_weight=%s) from %d teacher(s); teacher outputs %s",
+        "+".join(methods),
+        ce_weight,
+        teachers,
+        "computed live per batch (augmentation on)" if live else f"cached ({hits} reused)",
+    )
+
+
+def _check_teacher_ids(teachers: Sequence[nn.Module], teacher_ids: Sequence[str] | None) -> None:
+    if teacher_ids is not None and len(teacher_ids) != len(teachers):
+        raise ConfigError(
+            f"expected one teacher id per teacher ({len(teachers)}), but got {len(teacher_ids)}"
+        )
+
+
+class _DistillLossFn:
+    """The trainer's loss hook: the distillation terms plus the weighted cross-entropy.
+
+    Teacher outputs come from the caches (looked up by sample index) or, when ``live``,
+    from running each teacher on the batch without gradients.
+    """
+
+    def __init__(
+        self,
+        plan: DistillPlan,
+        teachers: Sequence[nn.Module],
+        caches: Sequence[TeacherOutputs],
+        *,
+        live: bool,
+        ce_weight: float,
+        label_smoothing: float,
+    ) -> None:
+        self.plan = plan
+        self.teachers = teachers
+        self.caches = caches
+        self.live = live
+        self.ce_weight = ce_weight
+        self.label_smoothing = label_smoothing
+
+    def teacher_outputs(self, batch: Batch) -> list[DistillOutputs]:
+        """Every teacher's outputs on ``batch``, from the caches or computed live."""
+        if not self.live:
+            return [cache.batch(batch.index, batch.x.device) for cache in self.caches]
+        with torch.no_grad():
+            return [
+                model_outputs(t, batch.x, self.plan.teacher_spec(i)).detach()
+                for i, t in enumerate(self.teachers)
+            ]
+
+    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        student_out = model_outputs(model, batch.x, self.plan.student)
+        kd = self.plan.loss(student_out, self.teacher_outputs(batch), batch.y)
+        if self.ce_weight == 0.0:
+            return kd
+        ce = batch.mixed_cross_entropy(student_out.logits, self.label_smoothing)
+        return kd + self.ce_weight * ce
 
 
 def with_transfer_set(dataset: Dataset, unlabelled_x: np.ndarray) -> Dataset:
@@ -269,5 +322,6 @@ __all__ = [
     "array_digest",
     "distill_model",
     "model_digest",
+    "spec_methods",
     "with_transfer_set",
 ]

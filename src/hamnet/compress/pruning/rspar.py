@@ -387,56 +387,113 @@ def rspar_layer_ratios(
     """
     num_layers = model.config.num_layers
     tolerance = _check_settings(
-        ratio,
-        target,
-        profile,
-        episodes,
-        max_layer_ratio,
-        penalty,
-        tolerance,
-        sensitivity,
+        ratio, target, profile, episodes, max_layer_ratio, penalty, tolerance, sensitivity,
         num_layers,
-    )
+    )  # fmt: skip
     dataset.check_input_size(model.config.input_size)
     recovery = recovery or TrainStageConfig(epochs=1, warmup_epochs=0)
     base = copy.deepcopy(model).cpu().eval()
     env = _Environment(base, dataset, recovery, target, profile, seed)
-    sizes = env.sizes
     sens = np.asarray(sensitivity if sensitivity is not None else env.l1_sensitivity(ratio))
-    state = _observation(sizes, sens)
     agent = RSPARAgent(num_layers, lr=1e-3, seed=seed, max_ratio=max_layer_ratio)
-    uniform = np.full(num_layers, ratio)
-    history: list[dict[str, Any]] = []
-    target_cost = 0.0
+    search = _Search(
+        agent, env, _observation(env.sizes, sens), ratio=ratio, max_layer_ratio=max_layer_ratio,
+        penalty=penalty, tolerance=tolerance, seed=seed,
+    )  # fmt: skip
     try:
-        for episode in range(episodes):
-            if episode == 0:
-                raw, log_prob = uniform, agent.log_prob(state, uniform)
-            else:
-                raw, log_prob = agent.select_action(state)
-            ratios = project_to_budget(raw, sizes, ratio, max_layer_ratio)
-            accuracy, cost = env.evaluate(ratios, seed + episode)
-            if episode == 0:
-                target_cost = cost
-            reward = accuracy - penalty * max(0.0, cost / target_cost - 1.0 - tolerance)
-            agent.store(state, raw, log_prob, reward)
-            history.append(
-                {
-                    "episode": episode,
-                    "ratios": [float(r) for r in ratios],
-                    "reward": reward,
-                    "accuracy": accuracy,
-                    "cost": cost,
-                    "target_cost": target_cost,
-                    "flops" if target == "flops" else "latency_ms": cost,
-                }
-            )
-            if len(agent.buffer) >= _UPDATE_EVERY and episode < episodes - 1:
-                agent.update_policy(batch_size=_UPDATE_EVERY, epochs=10)
+        history = search.run(episodes)
     finally:
         env.close()
-    best = max(history, key=lambda h: (h["reward"], -h["cost"]))
-    return list(best["ratios"]), history
+    return list(best_episode(history)["ratios"]), history
+
+
+def episode_reward(
+    accuracy: float, cost: float, target_cost: float, *, penalty: float, tolerance: float
+) -> float:
+    """R-SPAR's reward: accuracy minus ``penalty`` per unit of relative cost overrun.
+
+    Args:
+        accuracy: Validation accuracy of the pruned, recovered model.
+        cost: Its cost (FLOPs or latency).
+        target_cost: The uniform allocation's cost, the budget.
+        penalty: Reward lost per unit of relative overrun beyond ``tolerance``.
+        tolerance: Relative overrun that costs nothing.
+
+    Returns:
+        ``accuracy - penalty * max(0, cost / target_cost - 1 - tolerance)``.
+    """
+    return accuracy - penalty * max(0.0, cost / target_cost - 1.0 - tolerance)
+
+
+def best_episode(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the record with the highest reward; ties go to the cheaper allocation.
+
+    Raises:
+        ConfigError: If ``history`` is empty.
+    """
+    if not history:
+        raise ConfigError("expected at least one R-SPAR episode, but got none")
+    return max(history, key=lambda h: (h["reward"], -h["cost"]))
+
+
+class _Search:
+    """The episode loop: propose, project to the budget, prune and score, update the agent."""
+
+    def __init__(
+        self,
+        agent: RSPARAgent,
+        env: _Environment,
+        state: np.ndarray,
+        *,
+        ratio: float,
+        max_layer_ratio: float,
+        penalty: float,
+        tolerance: float,
+        seed: int,
+    ) -> None:
+        self.agent = agent
+        self.env = env
+        self.state = state
+        self.ratio = ratio
+        self.max_layer_ratio = max_layer_ratio
+        self.penalty = penalty
+        self.tolerance = tolerance
+        self.seed = seed
+        self.target_cost = 0.0
+
+    def run(self, episodes: int) -> list[dict[str, Any]]:
+        """Run ``episodes`` episodes (the first one uniform); return one record each."""
+        history: list[dict[str, Any]] = []
+        for episode in range(episodes):
+            history.append(self.episode(episode))
+            if len(self.agent.buffer) >= _UPDATE_EVERY and episode < episodes - 1:
+                self.agent.update_policy(batch_size=_UPDATE_EVERY, epochs=10)
+        return history
+
+    def episode(self, episode: int) -> dict[str, Any]:
+        """Run one episode, store it for the agent and return its record."""
+        if episode == 0:
+            raw = np.full(self.agent.num_layers, self.ratio)
+            log_prob = self.agent.log_prob(self.state, raw)
+        else:
+            raw, log_prob = self.agent.select_action(self.state)
+        ratios = project_to_budget(raw, self.env.sizes, self.ratio, self.max_layer_ratio)
+        accuracy, cost = self.env.evaluate(ratios, self.seed + episode)
+        if episode == 0:
+            self.target_cost = cost
+        reward = episode_reward(
+            accuracy, cost, self.target_cost, penalty=self.penalty, tolerance=self.tolerance
+        )
+        self.agent.store(self.state, raw, log_prob, reward)
+        return {
+            "episode": episode,
+            "ratios": [float(r) for r in ratios],
+            "reward": reward,
+            "accuracy": accuracy,
+            "cost": cost,
+            "target_cost": self.target_cost,
+            "flops" if self.env.target == "flops" else "latency_ms": cost,
+        }
 
 
 def _check_settings(

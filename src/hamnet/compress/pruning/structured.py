@@ -154,21 +154,11 @@ def prune_hamnet(
     records: list[dict[str, Any]] = []
     for step, sparsity in enumerate(SCHEDULES[schedule](ratio, steps), start=1):
         torch.manual_seed(seed + step)
-        _prune_step(
-            work.model,
-            dataset,
-            work.base,
-            work.kept_heads,
-            work.kept_ffn,
-            sparsity=sparsity,
-            criterion=scorer,
-            pruner_kwargs=allocator.pruner_kwargs(),
-            seed=seed + step,
-            calibration_batches=calibration_batches,
-            layer_sparsity=(
-                [r * sparsity / ratio for r in layer_ratios] if layer_ratios is not None else None
-            ),
-        )
+        work.prune(
+            dataset, sparsity=sparsity, criterion=scorer, pruner_kwargs=allocator.pruner_kwargs(),
+            seed=seed + step, calibration_batches=calibration_batches,
+            layer_sparsity=step_layer_sparsity(layer_ratios, sparsity, ratio),
+        )  # fmt: skip
         if finetune is not None:
             train_model(work.model, dataset, finetune, seed=seed + step, progress=False)
             work.model.cpu().eval()
@@ -204,6 +194,24 @@ class _Work:
             kept_ffn=[list(range(base.ffn_of(i))) for i in layers],
         )
 
+    def prune(
+        self,
+        dataset: Dataset,
+        *,
+        sparsity: float,
+        criterion: Criterion,
+        pruner_kwargs: dict[str, Any],
+        seed: int,
+        calibration_batches: int,
+        layer_sparsity: list[float] | None,
+    ) -> None:
+        """Prune the copy one step (see :func:`_prune_step`) and update the kept indices."""
+        _prune_step(
+            self.model, dataset, self.base, self.kept_heads, self.kept_ffn, sparsity=sparsity,
+            criterion=criterion, pruner_kwargs=pruner_kwargs, seed=seed,
+            calibration_batches=calibration_batches, layer_sparsity=layer_sparsity,
+        )  # fmt: skip
+
     def record(self, step: int, sparsity: float, dataset: Dataset) -> dict[str, Any]:
         return {
             "step": step,
@@ -225,6 +233,25 @@ class _Work:
             allocation=allocation,
             ratio=ratio,
         )
+
+
+def step_layer_sparsity(
+    layer_ratios: list[float] | None, sparsity: float, ratio: float
+) -> list[float] | None:
+    """Scale a per-layer allocation of the final ``ratio`` to one step's ``sparsity``.
+
+    Args:
+        layer_ratios: Per-layer removal fractions reaching ``ratio`` (None: no per-layer
+            allocation).
+        sparsity: The cumulative sparsity this step of the schedule targets.
+        ratio: The final sparsity; positive when ``layer_ratios`` is given.
+
+    Returns:
+        Each layer's fraction times ``sparsity / ratio``, or None without an allocation.
+    """
+    if layer_ratios is None:
+        return None
+    return [r * sparsity / ratio for r in layer_ratios]
 
 
 def _check_settings(ratio: float, steps: int, calibration_batches: int, schedule: str) -> None:

@@ -193,3 +193,43 @@ def test_load_transfer_set_formats_preprocessing_and_errors(tmp_path: Path) -> N
     (tmp_path / "u.txt").write_text("1,2")
     with pytest.raises(DataError, match="must be one of"):
         load_transfer_set(tmp_path / "u.txt", labelled)
+
+
+def test_spec_methods_reads_one_term_or_many() -> None:
+    from hamnet.compress.distill.train import spec_methods
+
+    assert spec_methods({"method": "soft", "temperature": 4.0}) == ["soft"]
+    assert spec_methods([{"method": "soft"}, {"method": "feature"}]) == ["soft", "feature"]
+    assert spec_methods([]) == []
+
+
+def test_the_loss_hook_gives_the_same_loss_from_caches_and_live(
+    data: Dataset, teacher: HAMNet
+) -> None:
+    from hamnet.compress.distill.kd import build_distill_loss
+    from hamnet.compress.distill.teacher_cache import compute_teacher_outputs
+    from hamnet.compress.distill.train import _DistillLossFn
+    from hamnet.training.trainer import Batch
+
+    student = _hamnet(data, 16, 3).eval()
+    teacher.eval()
+    spec = [{"method": "soft"}, {"method": "feature", "layers": "depth"}]
+    plan = build_distill_loss(spec, student=student, teachers=[teacher], ce_weight=0.0)
+    x = data.x_train[:48]
+    teacher_spec = plan.teacher_spec(0)
+    cache = compute_teacher_outputs(
+        teacher, x, feature_layers=teacher_spec.features,
+        attention_layers=teacher_spec.attentions, need_embedding=teacher_spec.embedding,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    index = torch.arange(8, 40)
+    batch = Batch(
+        x=torch.as_tensor(x[8:40]), y=torch.as_tensor(data.y_train[8:40]).long(), index=index
+    )
+    common = {"ce_weight": 0.5, "label_smoothing": 0.0}
+    cached = _DistillLossFn(plan, [teacher], [cache], live=False, **common)(student, batch)
+    live = _DistillLossFn(plan, [teacher], [], live=True, **common)(student, batch)
+    torch.testing.assert_close(cached, live, rtol=1e-4, atol=1e-5)
+    kd_only = _DistillLossFn(plan, [teacher], [cache], live=False, ce_weight=0.0,
+                             label_smoothing=0.0)(student, batch)  # fmt: skip
+    assert kd_only.item() < cached.item()

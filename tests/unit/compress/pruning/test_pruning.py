@@ -232,3 +232,11 @@ def test_one_token_model_prunes_whole_heads(dataset: Dataset, criterion: str) ->
     assert model.one_token_fast_path, "the input model is not touched"
     x = torch.from_numpy(dataset.x_test[:4])
     torch.testing.assert_close(apply_plan(model, result.plan)(x), pruned(x))
+
+
+def test_step_layer_sparsity_scales_the_allocation_to_the_step() -> None:
+    from hamnet.compress.pruning.structured import step_layer_sparsity
+
+    assert step_layer_sparsity(None, 0.25, 0.5) is None
+    assert step_layer_sparsity([0.2, 0.8], 0.25, 0.5) == pytest.approx([0.1, 0.4])
+    assert step_layer_sparsity([0.2, 0.8], 0.5, 0.5) == pytest.approx([0.2, 0.8])

@@ -137,3 +137,25 @@ def test_rspar_latency_needs_profile(trained: HAMNet, dataset: Dataset) -> None:
 def test_rspar_bad_sensitivity(trained: HAMNet, dataset: Dataset) -> None:
     with pytest.raises(ConfigError):
         rspar_layer_ratios(trained, dataset, 0.5, sensitivity=[1.0], episodes=1)
+
+
+def test_episode_reward_penalizes_only_the_overrun_beyond_tolerance() -> None:
+    from hamnet.compress.pruning.rspar import episode_reward
+
+    assert episode_reward(0.9, 100.0, 100.0, penalty=1.0, tolerance=0.0) == 0.9
+    assert episode_reward(0.9, 90.0, 100.0, penalty=1.0, tolerance=0.0) == 0.9
+    assert episode_reward(0.9, 102.0, 100.0, penalty=1.0, tolerance=0.03) == 0.9
+    assert episode_reward(0.9, 120.0, 100.0, penalty=2.0, tolerance=0.0) == pytest.approx(0.5)
+
+
+def test_best_episode_prefers_reward_then_the_cheaper_cost() -> None:
+    from hamnet.compress.pruning.rspar import best_episode
+
+    history = [
+        {"episode": 0, "reward": 0.8, "cost": 10.0},
+        {"episode": 1, "reward": 0.9, "cost": 12.0},
+        {"episode": 2, "reward": 0.9, "cost": 11.0},
+    ]
+    assert best_episode(history)["episode"] == 2
+    with pytest.raises(ConfigError, match="at least one"):
+        best_episode([])
