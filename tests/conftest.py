@@ -23,7 +23,6 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_SESSION_HOME / "prefect-storage")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-os.environ.pop("HAMNET_INJECT_FAULT", None)
 for key, value in {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -622,10 +622,14 @@ def _format_validation_error(
         if kind == "extra_forbidden":
             hint = _unknown_key_hint(model or OptimizeConfig, tuple(item["loc"]))
             lines.append(f"  - {where}: unknown key (not one of the allowed settings){hint}")
-        elif "input" in item and kind not in ("missing",):
-            lines.append(f"  - {where}: {item['msg']}, but got {item['input']!r}")
-        else:
-            lines.append(f"  - {where}: {item['msg']}")
+            continue
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # A section-level check names what it got itself; quoting the whole section is noise.
+        section_check = kind == "value_error" and isinstance(item.get("input"), dict)
+        quote = "input" in item and kind != "missing" and not section_check
+        if quote and "but got" not in message:
+            message = f"{message}, but got {item['input']!r}"
+        lines.append(f"  - {where}: {message}")
     return "\n".join(lines)
 
 

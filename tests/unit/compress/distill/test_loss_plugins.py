@@ -58,7 +58,7 @@ def test_typo_in_an_option_is_refused_at_config_load(name: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(_distill_config([{"method": name, "weight": 1.0, bad: 2}]))
     message = str(info.value)
-    assert "stages.distill: Value error, methods[0]: " in message
+    assert "stages.distill: methods[0]: " in message
     assert f"has no option {bad!r}" in message
     assert all(repr(option) in message for option in accepted)
 
