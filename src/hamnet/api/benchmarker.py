@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.backends.session import get_runtime, runtime_class
+from hamnet.backends.session import format_of, get_runtime, main_suffixes, runtime_class
 from hamnet.core.artifacts import ArtifactFormat, ArtifactRef, artifact_files, hash_files
 from hamnet.core.errors import ConfigError, DataError, ModelLoadError
 from hamnet.core.hardware import HardwareProfile, load_profile
@@ -33,7 +33,6 @@ from hamnet.core.hardware import HardwareProfile, load_profile
 if TYPE_CHECKING:
     from hamnet.core.candidate import Metrics
 
-_FORMATS: dict[str, ArtifactFormat] = {".onnx": "onnx", ".xml": "openvino", ".pt": "torch"}
 _INT8_OPS = frozenset(
     {
         "QuantizeLinear",
@@ -103,11 +102,12 @@ class ModelMetrics:
 
 
 def _format_of(path: Path) -> ArtifactFormat:
-    fmt = _FORMATS.get(path.suffix.lower())
+    """The format of a model file, from its suffix as the runtimes declare them."""
+    fmt = format_of(path)
     if fmt is None:
         raise ModelLoadError(
             f"cannot benchmark {str(path)!r}: expected a model file ending in "
-            f"{sorted(_FORMATS)}, but got {path.suffix or 'no suffix'!r}"
+            f"{sorted(main_suffixes())}, but got {path.suffix or 'no suffix'!r}"
         )
     return fmt
 

@@ -97,6 +97,37 @@ def test_runtime_reproduces_torch_at_batch_1_and_3(
         np.testing.assert_allclose(out, expected[: len(batch)], atol=1e-5)
 
 
+def _owned() -> list[tuple[str, str]]:
+    return [
+        (name, fmt)
+        for name in registry.names("runtime")
+        for fmt in runtime_class(name).file_suffixes
+    ]
+
+
+@pytest.mark.parametrize(("runtime", "fmt"), _owned())
+def test_runtime_reads_the_input_dims_of_its_formats(
+    runtime: str, fmt: str, model: torch.nn.Module, tmp_path: Path
+) -> None:
+    from hamnet.backends.session import format_owner, input_dims
+
+    cls = runtime_class(runtime)
+    if not cls.is_available():
+        pytest.skip(f"runtime {runtime!r} needs `pip install {cls.package}` ({cls.module})")
+    assert format_owner(fmt) is cls
+    path = WRITERS[fmt](model, tmp_path)
+    assert cls.input_dims(path) == [None, INPUT_SIZE]
+    assert input_dims(path, fmt) == [None, INPUT_SIZE]
+
+
+def test_a_format_no_runtime_owns_is_refused(tmp_path: Path) -> None:
+    from hamnet.backends.session import format_owner
+    from hamnet.core.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"format must be one a runtime owns.*'tensorrt'"):
+        format_owner("tensorrt")
+
+
 @pytest.mark.parametrize("runtime", registry.names("runtime"))
 def test_runtime_declares_its_capabilities(runtime: str) -> None:
     cls = runtime_class(runtime)
@@ -153,6 +184,30 @@ class MatrixRuntime(Runtime):
     ) -> InferenceSession:
         return _MatrixSession(np.load(self._check(artifact)))
 
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        return [None, int(np.load(path, mmap_mode="r").shape[0])]
+
+
+class _SilentRuntime(Runtime):
+    """An added runtime that owns a format but cannot read its input dims."""
+
+    name: ClassVar[str] = "silent"
+    formats: ClassVar[tuple[str, ...]] = ("npz",)
+    file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"npz": (".npz",)}
+    package: ClassVar[str] = "numpy"
+    module: ClassVar[str] = "numpy"
+
+    def load(
+        self,
+        artifact: ArtifactRef,
+        spec: RuntimeSpec,
+        threads: int | None,
+        *,
+        trust_checkpoint: bool = False,
+    ) -> InferenceSession:
+        return _MatrixSession(np.load(self._check(artifact))["weights"])
+
 
 @pytest.fixture
 def matrix_runtime() -> Iterator[str]:
@@ -176,3 +231,22 @@ def test_an_added_runtime_brings_its_format(matrix_runtime: str, tmp_path: Path)
     session = runtime_class(matrix_runtime)().load(ref, spec, None)
     x = np.ones((3, 4), dtype=np.float32)
     np.testing.assert_array_equal(session.run(x), x @ weights)
+
+
+def test_an_added_runtime_is_served(matrix_runtime: str, tmp_path: Path) -> None:
+    from hamnet.serving.sessions import feature_count
+
+    np.save(tmp_path / "w.npy", np.zeros((5, 2), dtype=np.float32))
+    assert feature_count(tmp_path / "w.npy", "npy") == 5
+
+
+def test_a_runtime_without_input_dims_says_so(tmp_path: Path) -> None:
+    from hamnet.backends.session import input_dims
+    from hamnet.core.errors import ModelLoadError
+
+    registry.register("runtime", "silent", f"{__name__}:_SilentRuntime")
+    try:
+        with pytest.raises(ModelLoadError, match=r"'silent' must implement Runtime.input_dims"):
+            input_dims(tmp_path / "w.npz", "npz")
+    finally:
+        registry.unregister("runtime", "silent")

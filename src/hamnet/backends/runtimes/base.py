@@ -2,8 +2,9 @@
 
 A :class:`Runtime` is the registry's ``runtime`` plugin: it names the artifact formats it
 loads (:attr:`Runtime.formats`), the formats it owns with their file suffixes
-(:attr:`Runtime.file_suffixes`), the library that provides it, and loads a stored model
-into an :class:`InferenceSession`. Heavy libraries are imported inside methods.
+(:attr:`Runtime.file_suffixes`), the library that provides it, reads the input dims of
+the files it owns (:meth:`Runtime.input_dims`), and loads a stored model into an
+:class:`InferenceSession`. Heavy libraries are imported inside methods.
 """
 
 from __future__ import annotations
@@ -108,6 +109,28 @@ class Runtime(Plugin, ABC):
     def is_available(cls) -> bool:
         """Return whether the runtime's library is installed (without importing it)."""
         return importlib.util.find_spec(cls.module) is not None
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read the dims of a model file's first input, for a format this runtime owns.
+
+        Serving reads a model's feature count through this; a runtime that owns a
+        format (:attr:`file_suffixes`) overrides it.
+
+        Args:
+            path: The model's main file.
+
+        Returns:
+            The first input's dims, None for a dynamic axis (e.g. ``[None, 16]``).
+
+        Raises:
+            ModelLoadError: If the file cannot be read, or the runtime cannot read input
+                dims (this default).
+        """
+        raise ModelLoadError(
+            f"runtime {cls.name!r} must implement Runtime.input_dims to read a model's "
+            f"input, but it does not (reading {str(path)!r})"
+        )
 
     def prepare(self, spec: RuntimeSpec) -> None:
         """Import the runtime's library (and plugins) ahead of loading a model.

@@ -131,6 +131,12 @@ class OpenVINORuntime(Runtime):
 
     hints: ClassVar[tuple[str, ...]] = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read the dims of an OpenVINO IR file's first input (``model.xml``)."""
+        shape = openvino_core().read_model(str(path)).inputs[0].partial_shape
+        return [None if d.is_dynamic else d.get_length() for d in shape]
+
     def prepare(self, spec: RuntimeSpec) -> None:
         """Load the device plugin and compile a one-node model on the profile's device.
 

@@ -13,6 +13,8 @@ from hamnet.backends.runtimes.base import InferenceSession, Runtime
 from hamnet.core.errors import DataError, HardwareProfileError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
     from hamnet.core.artifacts import ArtifactRef
@@ -84,6 +86,22 @@ class TorchRuntime(Runtime):
     file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"torch": (".pt",)}
     package: ClassVar[str] = "torch"
     module: ClassVar[str] = "torch"
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read ``[None, input_size]`` from a hamnet checkpoint's config.
+
+        The feature count is None when the file holds no config or cannot be read
+        without running pickled code.
+        """
+        import torch
+
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            features = (payload.get("config") or {}).get("input_size")
+        except Exception:
+            features = None
+        return [None, features]
 
     def prepare(self, spec: RuntimeSpec) -> None:
         super().prepare(spec)
