@@ -22,6 +22,22 @@ ATTENTION_OPS = frozenset({"MatMul", "Softmax"})
 ORT_DOMAIN = "com.microsoft"
 """The operator domain of ONNX Runtime's contrib operators."""
 
+INT8_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearMatMul",
+        "QLinearConv",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeLinear",
+    }
+)
+"""Operators that mark a graph as quantized to INT8."""
+
+_FLOAT16 = 10
+"""``onnx.TensorProto.FLOAT16``."""
+
 
 @dataclass(frozen=True)
 class GraphFacts:
@@ -34,17 +50,26 @@ class GraphFacts:
         domains: The operator domains of the opset imports and of the main graph's nodes
             (``""`` is the default ONNX domain).
         metadata: The model's ``metadata_props``.
+        initializer_types: The ``TensorProto`` data types of the graph's initializers.
     """
 
     inputs: dict[str, list[int | None]]
     op_types: frozenset[str]
     domains: frozenset[str] = frozenset()
     metadata: dict[str, str] = field(default_factory=dict)
+    initializer_types: frozenset[int] = frozenset()
 
     @property
     def has_attention(self) -> bool:
         """Whether the graph holds attention (every operator of :data:`ATTENTION_OPS`)."""
-        return ATTENTION_OPS <= self.op_types
+        return self.op_types >= ATTENTION_OPS
+
+    @property
+    def precision(self) -> str:
+        """``"int8"`` with quantization operators, ``"fp16"`` with FP16 weights, else ``"fp32"``."""
+        if self.op_types & INT8_OPS:
+            return "int8"
+        return "fp16" if _FLOAT16 in self.initializer_types else "fp32"
 
     @property
     def uses_ort_contrib_ops(self) -> bool:
@@ -92,6 +117,7 @@ def _graph_facts(path: str, size: int, mtime_ns: int) -> GraphFacts:
         op_types=frozenset(str(node.op_type) for node in graph.node),
         domains=frozenset(domains),
         metadata={str(p.key): str(p.value) for p in model.metadata_props},
+        initializer_types=frozenset(int(t.data_type) for t in graph.initializer),
     )
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "runtime_class",
     "runtime_spec",
     "unpack_inputs",
+    "weight_precision",
 ]
 
 
@@ -128,8 +129,7 @@ def format_owner(fmt: str) -> type[Runtime]:
         if fmt in runtime.file_suffixes:
             return runtime
     raise ModelLoadError(
-        f"artifact format must be one a runtime owns, {sorted(format_suffixes())}, but got "
-        f"{fmt!r}"
+        f"artifact format must be one a runtime owns, {sorted(format_suffixes())}, but got {fmt!r}"
     )
 
 
@@ -144,6 +144,22 @@ def input_dims(path: str | Path, fmt: str) -> list[int | None]:
         ModelLoadError: If no runtime owns the format, or the file cannot be read.
     """
     return format_owner(fmt).input_dims(Path(path))
+
+
+def weight_precision(path: str | Path, fmt: str) -> str | None:
+    """Tell the weights' precision of a model file (``"fp32"``, ``"fp16"`` or ``"int8"``).
+
+    Args:
+        path: The model's main file.
+        fmt: Its artifact format; the runtime that owns it reads the file.
+
+    Returns:
+        The precision, or None when the owning runtime cannot tell it.
+
+    Raises:
+        ModelLoadError: If no runtime owns the format, or the file cannot be read.
+    """
+    return format_owner(fmt).weight_precision(Path(path))
 
 
 def runtime_spec(profile: HardwareProfile, runtime_name: str) -> RuntimeSpec:

@@ -39,7 +39,7 @@ class TransformerFamily(ModelFamily):
         config = getattr(source.module, "config", None)
         if getattr(config, "num_attention_heads", None) is not None:
             return True
-        return ATTENTION_OPS <= source.onnx_op_types()
+        return source.onnx_op_types() >= ATTENTION_OPS
 
     @classmethod
     def preferred_quantizers(

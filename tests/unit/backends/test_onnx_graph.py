@@ -18,14 +18,20 @@ from hamnet.backends.onnx_graph import (
 from hamnet.core.errors import ModelLoadError
 
 
-def _save(path: Path, ops: list[str], *, metadata: dict[str, str] | None = None) -> Path:
+def _save(
+    path: Path,
+    ops: list[str],
+    *,
+    metadata: dict[str, str] | None = None,
+    weight_type: int = TensorProto.FLOAT,
+) -> Path:
     nodes = []
     name = "x"
     for i, op in enumerate(ops):
         inputs = [name, "w"] if op == "MatMul" else [name]
         nodes.append(helper.make_node(op, inputs, [f"t{i}"]))
         name = f"t{i}"
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.0] * 16)
+    weight = helper.make_tensor("w", weight_type, [4, 4], [0.0] * 16)
     graph = helper.make_graph(
         nodes,
         "g",
@@ -52,6 +58,13 @@ def test_graph_facts_lists_inputs_ops_and_metadata(tmp_path: Path) -> None:
     assert facts.has_attention and has_attention(path)
     assert not uses_ort_contrib_ops(path)
     assert input_dims(path) == [None, 4]
+    assert facts.precision == "fp32"
+
+
+def test_precision_is_told_from_operators_and_weights(tmp_path: Path) -> None:
+    assert graph_facts(_save(tmp_path / "q.onnx", ["DynamicQuantizeLinear"])).precision == "int8"
+    half = _save(tmp_path / "h.onnx", ["Relu"], weight_type=TensorProto.FLOAT16)
+    assert graph_facts(half).precision == "fp16"
 
 
 def test_graph_facts_follow_a_rewritten_file(tmp_path: Path) -> None:

@@ -118,6 +118,7 @@ def test_runtime_reads_the_input_dims_of_its_formats(
     path = WRITERS[fmt](model, tmp_path)
     assert cls.input_dims(path) == [None, INPUT_SIZE]
     assert input_dims(path, fmt) == [None, INPUT_SIZE]
+    assert cls.weight_precision(path) == "fp32"
 
 
 def test_a_format_no_runtime_owns_is_refused(tmp_path: Path) -> None:
@@ -234,10 +235,12 @@ def test_an_added_runtime_brings_its_format(matrix_runtime: str, tmp_path: Path)
 
 
 def test_an_added_runtime_is_served(matrix_runtime: str, tmp_path: Path) -> None:
+    from hamnet.backends.session import weight_precision
     from hamnet.serving.sessions import feature_count
 
     np.save(tmp_path / "w.npy", np.zeros((5, 2), dtype=np.float32))
     assert feature_count(tmp_path / "w.npy", "npy") == 5
+    assert weight_precision(tmp_path / "w.npy", "npy") is None
 
 
 def test_a_runtime_without_input_dims_says_so(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 A :class:`Runtime` is the registry's ``runtime`` plugin: it names the artifact formats it
 loads (:attr:`Runtime.formats`), the formats it owns with their file suffixes
-(:attr:`Runtime.file_suffixes`), the library that provides it, reads the input dims of
-the files it owns (:meth:`Runtime.input_dims`), and loads a stored model into an
+(:attr:`Runtime.file_suffixes`), the library that provides it, reads the input dims and
+the weights' precision of the files it owns (:meth:`Runtime.input_dims`,
+:meth:`Runtime.weight_precision`), and loads a stored model into an
 :class:`InferenceSession`. Heavy libraries are imported inside methods.
 """
 
@@ -131,6 +132,22 @@ class Runtime(Plugin, ABC):
             f"runtime {cls.name!r} must implement Runtime.input_dims to read a model's "
             f"input, but it does not (reading {str(path)!r})"
         )
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """Tell the weights' precision of a model file, for a format this runtime owns.
+
+        Args:
+            path: The model's main file.
+
+        Returns:
+            ``"fp32"``, ``"fp16"`` or ``"int8"``; None when it cannot be told (this
+            default).
+
+        Raises:
+            ModelLoadError: If the file cannot be read.
+        """
+        return None
 
     def prepare(self, spec: RuntimeSpec) -> None:
         """Import the runtime's library (and plugins) ahead of loading a model.

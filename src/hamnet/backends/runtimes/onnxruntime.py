@@ -93,6 +93,15 @@ class OnnxRuntime(Runtime):
         """
         return onnx_graph.input_dims(path)
 
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """``"int8"`` with quantization operators, ``"fp16"`` with FP16 weights, else ``"fp32"``.
+
+        Raises:
+            ModelLoadError: If the file is not a readable ONNX model.
+        """
+        return onnx_graph.graph_facts(path).precision
+
     def prepare(self, spec: RuntimeSpec) -> None:
         """Import ONNX Runtime and run a one-node model on the profile's providers.
 

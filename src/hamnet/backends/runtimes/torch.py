@@ -10,7 +10,7 @@ import numpy as np
 
 from hamnet.backends.inputs import Inputs, as_matrix, unpack_inputs
 from hamnet.backends.runtimes.base import InferenceSession, Runtime
-from hamnet.core.errors import DataError, HardwareProfileError
+from hamnet.core.errors import DataError, HardwareProfileError, ModelLoadError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,17 +91,29 @@ class TorchRuntime(Runtime):
     def input_dims(cls, path: Path) -> list[int | None]:
         """Read ``[None, input_size]`` from a hamnet checkpoint's config.
 
-        The feature count is None when the file holds no config or cannot be read
-        without running pickled code.
+        The feature count is None when the file holds no hamnet config.
+
+        Raises:
+            ModelLoadError: If the file is not a torch file that loads without running
+                pickled code.
         """
         import torch
 
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            features = (payload.get("config") or {}).get("input_size")
-        except Exception:
-            features = None
-        return [None, features]
+        except Exception as err:
+            raise ModelLoadError(
+                f"checkpoint {str(path)!r} must be a torch file that loads with "
+                f"weights_only=True, but loading it failed: {type(err).__name__}: {err}"
+            ) from None
+        config = payload.get("config") if isinstance(payload, Mapping) else None
+        features = config.get("input_size") if isinstance(config, Mapping) else None
+        return [None, features if isinstance(features, int) else None]
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """``"fp32"``: a hamnet checkpoint holds FP32 weights."""
+        return "fp32"
 
     def prepare(self, spec: RuntimeSpec) -> None:
         super().prepare(spec)
