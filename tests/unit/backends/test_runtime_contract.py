@@ -185,29 +185,13 @@ class MatrixRuntime(Runtime):
     ) -> InferenceSession:
         return _MatrixSession(np.load(self._check(artifact)))
 
+
+class ServedMatrixRuntime(MatrixRuntime):
+    """The outside runtime, reading its files' input width so that it can be served."""
+
     @classmethod
     def input_dims(cls, path: Path) -> list[int | None]:
         return [None, int(np.load(path, mmap_mode="r").shape[0])]
-
-
-class _SilentRuntime(Runtime):
-    """An added runtime that owns a format but cannot read its input dims."""
-
-    name: ClassVar[str] = "silent"
-    formats: ClassVar[tuple[str, ...]] = ("npz",)
-    file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"npz": (".npz",)}
-    package: ClassVar[str] = "numpy"
-    module: ClassVar[str] = "numpy"
-
-    def load(
-        self,
-        artifact: ArtifactRef,
-        spec: RuntimeSpec,
-        threads: int | None,
-        *,
-        trust_checkpoint: bool = False,
-    ) -> InferenceSession:
-        return _MatrixSession(np.load(self._check(artifact))["weights"])
 
 
 @pytest.fixture
@@ -234,22 +218,22 @@ def test_an_added_runtime_brings_its_format(matrix_runtime: str, tmp_path: Path)
     np.testing.assert_array_equal(session.run(x), x @ weights)
 
 
-def test_an_added_runtime_is_served(matrix_runtime: str, tmp_path: Path) -> None:
+def test_an_added_runtime_is_served(tmp_path: Path) -> None:
     from hamnet.backends.session import weight_precision
     from hamnet.serving.sessions import feature_count
 
     np.save(tmp_path / "w.npy", np.zeros((5, 2), dtype=np.float32))
-    assert feature_count(tmp_path / "w.npy", "npy") == 5
-    assert weight_precision(tmp_path / "w.npy", "npy") is None
+    registry.register("runtime", "matrix", f"{__name__}:ServedMatrixRuntime")
+    try:
+        assert feature_count(tmp_path / "w.npy", "npy") == 5
+        assert weight_precision(tmp_path / "w.npy", "npy") is None
+    finally:
+        registry.unregister("runtime", "matrix")
 
 
-def test_a_runtime_without_input_dims_says_so(tmp_path: Path) -> None:
+def test_a_runtime_without_input_dims_says_so(matrix_runtime: str, tmp_path: Path) -> None:
     from hamnet.backends.session import input_dims
     from hamnet.core.errors import ModelLoadError
 
-    registry.register("runtime", "silent", f"{__name__}:_SilentRuntime")
-    try:
-        with pytest.raises(ModelLoadError, match=r"'silent' must implement Runtime.input_dims"):
-            input_dims(tmp_path / "w.npz", "npz")
-    finally:
-        registry.unregister("runtime", "silent")
+    with pytest.raises(ModelLoadError, match=r"'matrix' must implement Runtime.input_dims"):
+        input_dims(tmp_path / "w.npy", "npy")
