@@ -7,8 +7,13 @@ the one code path every pipeline candidate is measured with, and returns one
 
 Formats and runtimes: ``.onnx`` runs in ONNX Runtime and OpenVINO, ``.xml`` (OpenVINO
 IR, with its ``.bin`` beside it) in OpenVINO, and a hamnet ``.pt`` checkpoint (written
-by :func:`hamnet.models.save_checkpoint`) in PyTorch eager mode. Only the runtimes the
-profile lists and this machine has installed are used by default.
+by :func:`hamnet.models.save_checkpoint`) in PyTorch eager mode. The runtimes declare
+these formats: a file's format comes from its suffix
+(:func:`hamnet.backends.session.format_of`), and the runtime that owns the format reads
+its input width and weight precision (:meth:`~hamnet.backends.session.Runtime.input_dims`,
+:meth:`~hamnet.backends.session.Runtime.weight_precision`), so a runtime added as a plugin
+is benchmarked the same way. Only the runtimes the profile lists and this machine has
+installed are used by default.
 
 Example:
     >>> bench = Benchmarker("x86-avx2", warmup=5, repeats=50)
@@ -25,26 +30,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hamnet.backends.session import get_runtime, runtime_class
+from hamnet.backends.session import (
+    format_of,
+    get_runtime,
+    input_dims,
+    main_suffixes,
+    runtime_class,
+    weight_precision,
+)
 from hamnet.core.artifacts import ArtifactFormat, ArtifactRef, artifact_files, hash_files
 from hamnet.core.errors import ConfigError, DataError, ModelLoadError
 from hamnet.core.hardware import HardwareProfile, load_profile
 
 if TYPE_CHECKING:
     from hamnet.core.candidate import Metrics
-
-_FORMATS: dict[str, ArtifactFormat] = {".onnx": "onnx", ".xml": "openvino", ".pt": "torch"}
-_INT8_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "QLinearMatMul",
-        "QLinearConv",
-        "MatMulInteger",
-        "ConvInteger",
-        "DynamicQuantizeLinear",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -103,11 +102,12 @@ class ModelMetrics:
 
 
 def _format_of(path: Path) -> ArtifactFormat:
-    fmt = _FORMATS.get(path.suffix.lower())
+    """The format of a model file, from its suffix as the runtimes declare them."""
+    fmt = format_of(path)
     if fmt is None:
         raise ModelLoadError(
             f"cannot benchmark {str(path)!r}: expected a model file ending in "
-            f"{sorted(_FORMATS)}, but got {path.suffix or 'no suffix'!r}"
+            f"{sorted(main_suffixes())}, but got {path.suffix or 'no suffix'!r}"
         )
     return fmt
 
@@ -127,55 +127,11 @@ def _reference(path: Path) -> ArtifactRef:
     )
 
 
-def _onnx_model(path: Path) -> Any:
-    from hamnet.backends.session import require
-
-    onnx = require("onnx")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise ModelLoadError(
-            f"cannot read ONNX model {str(path)!r}: {type(err).__name__}: {err}"
-        ) from err
-
-
-def _precision(ref: ArtifactRef) -> str | None:
-    """Tell the weights' precision from the file (None when it cannot be told)."""
-    path = Path(ref.path)
-    if ref.format == "onnx":
-        graph = _onnx_model(path).graph
-        if any(node.op_type in _INT8_OPS for node in graph.node):
-            return "int8"
-        if any(init.data_type == 10 for init in graph.initializer):  # TensorProto.FLOAT16
-            return "fp16"
-        return "fp32"
-    if ref.format == "openvino":
-        text = path.read_text(errors="replace")
-        if 'type="FakeQuantize"' in text:
-            return "int8"
-        return "fp16" if 'element_type="f16"' in text else "fp32"
-    return "fp32"
-
-
 def _feature_count(ref: ArtifactRef) -> int | None:
     """Return the model's static feature count (input dim 1), or None when dynamic."""
-    path = Path(ref.path)
-    if ref.format == "onnx":
-        inputs = _onnx_model(path).graph.input
-        dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-        if len(dims) == 2 and dims[1].HasField("dim_value"):
-            return int(dims[1].dim_value)
-        return None
-    if ref.format == "openvino":
-        from hamnet.backends.session import openvino_core
-
-        shape = openvino_core().read_model(str(path)).inputs[0].get_partial_shape()
-        if shape.rank.is_static and len(shape) == 2 and shape[1].is_static:
-            return int(shape[1].get_length())
-        return None
-    from hamnet.models import load_checkpoint
-
-    return int(load_checkpoint(path).config.input_size)
+    dims = input_dims(ref.path, ref.format)
+    features = dims[1] if len(dims) == 2 else None
+    return features if isinstance(features, int) and features > 0 else None
 
 
 class Benchmarker:
@@ -306,7 +262,7 @@ class Benchmarker:
                 raise DataError(
                     f"x and y must have the same length, but got {len(x_test)} and {len(y_test)}"
                 )
-        precision = _precision(ref)
+        precision = weight_precision(ref.path, ref.format)
         return [
             ModelMetrics.from_metrics(
                 measure_artifact(

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hamnet.backends.inputs import batch_size_of, pack_inputs, unpack_inputs
+from hamnet.backends.onnx_graph import ORT_DOMAIN as ORT_DOMAIN
+from hamnet.backends.onnx_graph import uses_ort_contrib_ops as uses_ort_contrib_ops
 from hamnet.backends.runtimes.base import require
 from hamnet.backends.runtimes.openvino import convert_openvino as convert_openvino
 from hamnet.core.errors import ExportError
@@ -124,10 +125,6 @@ def export_onnx(
     return path
 
 
-ORT_DOMAIN = "com.microsoft"
-"""ONNX domain of ONNX Runtime's contrib operators (graphs using it run in ORT only)."""
-
-
 def _fused_attention_context(
     model: nn.Module, enabled: bool
 ) -> contextlib.AbstractContextManager[None]:
@@ -141,27 +138,6 @@ def _fused_attention_context(
             f"modules), but {type(model).__name__} has none"
         )
     return ort_attention_export(model)
-
-
-def uses_ort_contrib_ops(path: str | Path) -> bool:
-    """Whether an ONNX file uses ONNX Runtime contrib operators (``com.microsoft``).
-
-    Such graphs run in ONNX Runtime only: OpenVINO, NNCF and plain ONNX tools cannot
-    load them.
-    """
-    stat = Path(path).stat()
-    return _uses_ort_contrib_ops(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _uses_ort_contrib_ops(path: str, size: int, mtime_ns: int) -> bool:
-    """Cached on the file's identity: each quantizer asks about the same source file."""
-    del size, mtime_ns  # part of the cache key only
-    onnx = require("onnx")
-    model = onnx.load(path, load_external_data=False)
-    return any(op.domain == ORT_DOMAIN for op in model.opset_import) or any(
-        node.domain == ORT_DOMAIN for node in model.graph.node
-    )
 
 
 GENERIC_OUTPUT_NAME = "output"

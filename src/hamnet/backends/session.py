@@ -39,7 +39,7 @@ from hamnet.backends.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeSession
 from hamnet.backends.runtimes.openvino import OpenVINORuntime, OpenVINOSession, openvino_core
 from hamnet.backends.runtimes.torch import TorchRuntime, TorchSession, first_tensor
 from hamnet.core import registry
-from hamnet.core.errors import ConfigError, HardwareProfileError
+from hamnet.core.errors import ConfigError, HardwareProfileError, ModelLoadError
 
 if TYPE_CHECKING:
     from hamnet.core.artifacts import ArtifactRef
@@ -59,16 +59,20 @@ __all__ = [
     "feed_inputs",
     "first_tensor",
     "format_of",
+    "format_owner",
     "format_suffixes",
     "get_runtime",
+    "input_dims",
     "input_names",
     "load_session",
+    "main_suffixes",
     "openvino_core",
     "pack_inputs",
     "require",
     "runtime_class",
     "runtime_spec",
     "unpack_inputs",
+    "weight_precision",
 ]
 
 
@@ -103,10 +107,59 @@ def format_suffixes() -> dict[str, tuple[str, ...]]:
     return suffixes
 
 
+def main_suffixes() -> list[str]:
+    """Return the suffixes of every format's main file, as the runtimes declare them."""
+    return [suffixes[0] for suffixes in format_suffixes().values() if suffixes]
+
+
 def format_of(path: str | Path) -> str | None:
     """Return the artifact format whose main file has ``path``'s suffix, or None."""
     suffix = Path(path).suffix.lower()
     return next((fmt for fmt, s in format_suffixes().items() if s[0] == suffix), None)
+
+
+def format_owner(fmt: str) -> type[Runtime]:
+    """Return the class of the runtime that owns the artifact format ``fmt``.
+
+    Raises:
+        ModelLoadError: If no runtime owns the format.
+    """
+    for name in registry.names("runtime"):
+        runtime = runtime_class(name)
+        if fmt in runtime.file_suffixes:
+            return runtime
+    raise ModelLoadError(
+        f"artifact format must be one a runtime owns, {sorted(format_suffixes())}, but got {fmt!r}"
+    )
+
+
+def input_dims(path: str | Path, fmt: str) -> list[int | None]:
+    """Read the dims of a model file's first input (None for a dynamic axis).
+
+    Args:
+        path: The model's main file.
+        fmt: Its artifact format; the runtime that owns it reads the file.
+
+    Raises:
+        ModelLoadError: If no runtime owns the format, or the file cannot be read.
+    """
+    return format_owner(fmt).input_dims(Path(path))
+
+
+def weight_precision(path: str | Path, fmt: str) -> str | None:
+    """Tell the weights' precision of a model file (``"fp32"``, ``"fp16"`` or ``"int8"``).
+
+    Args:
+        path: The model's main file.
+        fmt: Its artifact format; the runtime that owns it reads the file.
+
+    Returns:
+        The precision, or None when the owning runtime cannot tell it.
+
+    Raises:
+        ModelLoadError: If no runtime owns the format, or the file cannot be read.
+    """
+    return format_owner(fmt).weight_precision(Path(path))
 
 
 def runtime_spec(profile: HardwareProfile, runtime_name: str) -> RuntimeSpec:

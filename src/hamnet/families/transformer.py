@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from hamnet.backends.onnx_graph import ATTENTION_OPS
 from hamnet.families.base import ModelFamily, ModelSource, PrunableGroup, QuantizerChoice
 
 FUSED_METHOD = "ort_fused_dynamic_int8"
@@ -38,8 +39,7 @@ class TransformerFamily(ModelFamily):
         config = getattr(source.module, "config", None)
         if getattr(config, "num_attention_heads", None) is not None:
             return True
-        ops = source.onnx_op_types()
-        return "MatMul" in ops and "Softmax" in ops
+        return source.onnx_op_types() >= ATTENTION_OPS
 
     @classmethod
     def preferred_quantizers(

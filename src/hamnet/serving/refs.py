@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hamnet.backends.session import format_of, format_suffixes
+from hamnet.backends.session import format_of
+from hamnet.backends.session import main_suffixes as main_suffixes
 from hamnet.core.artifacts import ArtifactRef, artifact_files, hash_files
 from hamnet.core.errors import ConfigError, ModelLoadError
 
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 _REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-
-
-def main_suffixes() -> list[str]:
-    """Return the suffixes of every format's main file, as the runtimes declare them."""
-    return [suffixes[0] for suffixes in format_suffixes().values() if suffixes]
 
 
 def model_format(path: str | Path) -> str:

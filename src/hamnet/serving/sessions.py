@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hamnet.backends.session import get_runtime, runtime_class, runtime_spec
+from hamnet.backends.session import get_runtime, input_dims, runtime_class, runtime_spec
 from hamnet.core.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -24,51 +24,19 @@ if TYPE_CHECKING:
     from hamnet.serving.refs import ModelSource
 
 
-def _onnx_input_dims(path: Path) -> list[int | None]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    return [d.dim_value if d.HasField("dim_value") else None
-            for d in inputs[0].type.tensor_type.shape.dim]  # fmt: skip
-
-
-def _openvino_input_dims(path: Path) -> list[int | None]:
-    from hamnet.backends.session import openvino_core
-
-    shape = openvino_core().read_model(str(path)).inputs[0].partial_shape
-    return [None if d.is_dynamic else d.get_length() for d in shape]
-
-
-def _torch_input_dims(path: Path) -> list[Any]:
-    import torch
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        features = (payload.get("config") or {}).get("input_size")
-    except Exception:
-        features = None
-    return [None, features]
-
-
 def feature_count(path: Path, fmt: str) -> int:
     """Read the number of input features from a model file.
 
     Args:
         path: The model's main file.
-        fmt: Its format: ``onnx``, ``openvino`` or ``torch``.
+        fmt: Its format (``onnx``, ``openvino``, ``torch`` or one an added runtime
+            owns); the runtime that owns it reads the input (:meth:`Runtime.input_dims`).
 
     Raises:
         ModelLoadError: If the model's input is not ``[batch, features]`` with a fixed
-            feature count.
+            feature count, or no runtime owns the format.
     """
-    if fmt == "onnx":
-        dims = _onnx_input_dims(path)
-    elif fmt == "openvino":
-        dims = _openvino_input_dims(path)
-    else:
-        dims = _torch_input_dims(path)
+    dims = input_dims(path, fmt)
     features = dims[1] if len(dims) == 2 else None
     if not isinstance(features, int) or features <= 0:
         raise ModelLoadError(

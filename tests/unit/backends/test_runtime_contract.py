@@ -97,6 +97,38 @@ def test_runtime_reproduces_torch_at_batch_1_and_3(
         np.testing.assert_allclose(out, expected[: len(batch)], atol=1e-5)
 
 
+def _owned() -> list[tuple[str, str]]:
+    return [
+        (name, fmt)
+        for name in registry.names("runtime")
+        for fmt in runtime_class(name).file_suffixes
+    ]
+
+
+@pytest.mark.parametrize(("runtime", "fmt"), _owned())
+def test_runtime_reads_the_input_dims_of_its_formats(
+    runtime: str, fmt: str, model: torch.nn.Module, tmp_path: Path
+) -> None:
+    from hamnet.backends.session import format_owner, input_dims
+
+    cls = runtime_class(runtime)
+    if not cls.is_available():
+        pytest.skip(f"runtime {runtime!r} needs `pip install {cls.package}` ({cls.module})")
+    assert format_owner(fmt) is cls
+    path = WRITERS[fmt](model, tmp_path)
+    assert cls.input_dims(path) == [None, INPUT_SIZE]
+    assert input_dims(path, fmt) == [None, INPUT_SIZE]
+    assert cls.weight_precision(path) == "fp32"
+
+
+def test_a_format_no_runtime_owns_is_refused(tmp_path: Path) -> None:
+    from hamnet.backends.session import format_owner
+    from hamnet.core.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"format must be one a runtime owns.*'tensorrt'"):
+        format_owner("tensorrt")
+
+
 @pytest.mark.parametrize("runtime", registry.names("runtime"))
 def test_runtime_declares_its_capabilities(runtime: str) -> None:
     cls = runtime_class(runtime)
@@ -154,6 +186,14 @@ class MatrixRuntime(Runtime):
         return _MatrixSession(np.load(self._check(artifact)))
 
 
+class ServedMatrixRuntime(MatrixRuntime):
+    """The outside runtime, reading its files' input width so that it can be served."""
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        return [None, int(np.load(path, mmap_mode="r").shape[0])]
+
+
 @pytest.fixture
 def matrix_runtime() -> Iterator[str]:
     registry.register("runtime", "matrix", f"{__name__}:MatrixRuntime")
@@ -176,3 +216,24 @@ def test_an_added_runtime_brings_its_format(matrix_runtime: str, tmp_path: Path)
     session = runtime_class(matrix_runtime)().load(ref, spec, None)
     x = np.ones((3, 4), dtype=np.float32)
     np.testing.assert_array_equal(session.run(x), x @ weights)
+
+
+def test_an_added_runtime_is_served(tmp_path: Path) -> None:
+    from hamnet.backends.session import weight_precision
+    from hamnet.serving.sessions import feature_count
+
+    np.save(tmp_path / "w.npy", np.zeros((5, 2), dtype=np.float32))
+    registry.register("runtime", "matrix", f"{__name__}:ServedMatrixRuntime")
+    try:
+        assert feature_count(tmp_path / "w.npy", "npy") == 5
+        assert weight_precision(tmp_path / "w.npy", "npy") is None
+    finally:
+        registry.unregister("runtime", "matrix")
+
+
+def test_a_runtime_without_input_dims_says_so(matrix_runtime: str, tmp_path: Path) -> None:
+    from hamnet.backends.session import input_dims
+    from hamnet.core.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"'matrix' must implement Runtime.input_dims"):
+        input_dims(tmp_path / "w.npy", "npy")

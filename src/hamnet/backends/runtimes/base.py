@@ -2,8 +2,10 @@
 
 A :class:`Runtime` is the registry's ``runtime`` plugin: it names the artifact formats it
 loads (:attr:`Runtime.formats`), the formats it owns with their file suffixes
-(:attr:`Runtime.file_suffixes`), the library that provides it, and loads a stored model
-into an :class:`InferenceSession`. Heavy libraries are imported inside methods.
+(:attr:`Runtime.file_suffixes`), the library that provides it, reads the input dims and
+the weights' precision of the files it owns (:meth:`Runtime.input_dims`,
+:meth:`Runtime.weight_precision`), and loads a stored model into an
+:class:`InferenceSession`. Heavy libraries are imported inside methods.
 """
 
 from __future__ import annotations
@@ -108,6 +110,44 @@ class Runtime(Plugin, ABC):
     def is_available(cls) -> bool:
         """Return whether the runtime's library is installed (without importing it)."""
         return importlib.util.find_spec(cls.module) is not None
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read the dims of a model file's first input, for a format this runtime owns.
+
+        Serving reads a model's feature count through this; a runtime that owns a
+        format (:attr:`file_suffixes`) overrides it.
+
+        Args:
+            path: The model's main file.
+
+        Returns:
+            The first input's dims, None for a dynamic axis (e.g. ``[None, 16]``).
+
+        Raises:
+            ModelLoadError: If the file cannot be read, or the runtime cannot read input
+                dims (this default).
+        """
+        raise ModelLoadError(
+            f"runtime {cls.name!r} must implement Runtime.input_dims to read a model's "
+            f"input, but it does not (reading {str(path)!r})"
+        )
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """Tell the weights' precision of a model file, for a format this runtime owns.
+
+        Args:
+            path: The model's main file.
+
+        Returns:
+            ``"fp32"``, ``"fp16"`` or ``"int8"``; None when it cannot be told (this
+            default).
+
+        Raises:
+            ModelLoadError: If the file cannot be read.
+        """
+        return None
 
     def prepare(self, spec: RuntimeSpec) -> None:
         """Import the runtime's library (and plugins) ahead of loading a model.

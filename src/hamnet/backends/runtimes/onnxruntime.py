@@ -8,11 +8,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from hamnet.backends import onnx_graph
 from hamnet.backends.inputs import Inputs, feed_inputs
 from hamnet.backends.runtimes.base import PREPARED, InferenceSession, Runtime, require
 from hamnet.core.errors import HardwareProfileError, ModelLoadError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hamnet.core.artifacts import ArtifactRef
     from hamnet.core.hardware import RuntimeSpec
 
@@ -80,6 +83,24 @@ class OnnxRuntime(Runtime):
     file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"onnx": (".onnx",)}
     package: ClassVar[str] = "onnxruntime"
     module: ClassVar[str] = "onnxruntime"
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read the dims of an ONNX file's first non-initializer input.
+
+        Raises:
+            ModelLoadError: If the file is not a readable ONNX model.
+        """
+        return onnx_graph.input_dims(path)
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """``"int8"`` with quantization operators, ``"fp16"`` with FP16 weights, else ``"fp32"``.
+
+        Raises:
+            ModelLoadError: If the file is not a readable ONNX model.
+        """
+        return onnx_graph.graph_facts(path).precision
 
     def prepare(self, spec: RuntimeSpec) -> None:
         """Import ONNX Runtime and run a one-node model on the profile's providers.

@@ -131,6 +131,20 @@ class OpenVINORuntime(Runtime):
 
     hints: ClassVar[tuple[str, ...]] = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read the dims of an OpenVINO IR file's first input (``model.xml``)."""
+        shape = openvino_core().read_model(str(path)).inputs[0].partial_shape
+        return [None if d.is_dynamic else d.get_length() for d in shape]
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """``"int8"`` with ``FakeQuantize`` layers, ``"fp16"`` with FP16 constants, else fp32."""
+        text = Path(path).read_text(errors="replace")
+        if 'type="FakeQuantize"' in text:
+            return "int8"
+        return "fp16" if 'element_type="f16"' in text else "fp32"
+
     def prepare(self, spec: RuntimeSpec) -> None:
         """Load the device plugin and compile a one-node model on the profile's device.
 

@@ -10,9 +10,11 @@ import numpy as np
 
 from hamnet.backends.inputs import Inputs, as_matrix, unpack_inputs
 from hamnet.backends.runtimes.base import InferenceSession, Runtime
-from hamnet.core.errors import DataError, HardwareProfileError
+from hamnet.core.errors import DataError, HardwareProfileError, ModelLoadError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
     from hamnet.core.artifacts import ArtifactRef
@@ -84,6 +86,34 @@ class TorchRuntime(Runtime):
     file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"torch": (".pt",)}
     package: ClassVar[str] = "torch"
     module: ClassVar[str] = "torch"
+
+    @classmethod
+    def input_dims(cls, path: Path) -> list[int | None]:
+        """Read ``[None, input_size]`` from a hamnet checkpoint's config.
+
+        The feature count is None when the file holds no hamnet config.
+
+        Raises:
+            ModelLoadError: If the file is not a torch file that loads without running
+                pickled code.
+        """
+        import torch
+
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ModelLoadError(
+                f"checkpoint {str(path)!r} must be a torch file that loads with "
+                f"weights_only=True, but loading it failed: {type(err).__name__}: {err}"
+            ) from None
+        config = payload.get("config") if isinstance(payload, Mapping) else None
+        features = config.get("input_size") if isinstance(config, Mapping) else None
+        return [None, features if isinstance(features, int) else None]
+
+    @classmethod
+    def weight_precision(cls, path: Path) -> str | None:
+        """``"fp32"``: a hamnet checkpoint holds FP32 weights."""
+        return "fp32"
 
     def prepare(self, spec: RuntimeSpec) -> None:
         super().prepare(spec)

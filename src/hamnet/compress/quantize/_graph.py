@@ -1,4 +1,8 @@
-"""What the quantizers read from an ONNX graph: inputs, operators, transformer shape."""
+"""What the quantizers read from an ONNX graph: inputs, operators, transformer shape.
+
+The graph is read by :func:`hamnet.backends.onnx_graph.graph_facts`, which family
+detection and export share; :func:`has_attention` is that module's.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import logging
 from pathlib import Path
 
 from hamnet.backends.export import TRANSFORMER_METADATA
+from hamnet.backends.onnx_graph import graph_facts
+from hamnet.backends.onnx_graph import has_attention as has_attention
 from hamnet.backends.session import require
 from hamnet.core.errors import ExportError
 
@@ -18,11 +24,9 @@ def input_names(path: Path) -> list[str]:
 
     Raises:
         ExportError: The graph has no input.
+        ModelLoadError: If the file is not a readable ONNX model.
     """
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [str(i.name) for i in model.graph.input if i.name not in initializers]
+    inputs = list(graph_facts(path).inputs)
     if not inputs:
         raise ExportError(
             f"quantization expects an ONNX model with at least one input, but {str(path)!r} "
@@ -33,22 +37,12 @@ def input_names(path: Path) -> list[str]:
 
 def op_types(path: Path) -> set[str]:
     """Return the operator types used by the main graph of ``path``."""
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    return {node.op_type for node in model.graph.node}
-
-
-def has_attention(path: Path) -> bool:
-    """Return whether an ONNX graph contains attention (both MatMul and Softmax)."""
-    ops = op_types(Path(path))
-    return "MatMul" in ops and "Softmax" in ops
+    return set(graph_facts(path).op_types)
 
 
 def transformer_shape(path: Path) -> tuple[int, int]:
     """``(num_heads, hidden_size)`` recorded in an ONNX file's metadata, or zeros."""
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    props = graph_facts(path).metadata
     values = []
     for key in TRANSFORMER_METADATA:
         try:
