@@ -14,13 +14,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError, ExportError, ModelLoadError
 from hamnet.core.registry import Plugin
+from hamnet.families._onnx import GraphFacts, check_onnx_inputs, graph_facts
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "GraphFacts",
+    "ModelFamily",
+    "ModelSource",
+    "PrunableGroup",
+    "QuantizerChoice",
+    "detect_family",
+    "families",
+    "get_family",
+    "graph_facts",
+]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 """File suffixes of hamnet checkpoints."""
@@ -101,42 +114,6 @@ class ModelSource:
             return frozenset()
         assert self.path is not None
         return graph_facts(self.path).op_types
-
-
-@dataclass(frozen=True)
-class GraphFacts:
-    """What detection reads from an ONNX graph: its inputs and operator types."""
-
-    inputs: dict[str, list[int | None]]
-    op_types: frozenset[str]
-
-
-def graph_facts(path: Path) -> GraphFacts:
-    """Read the inputs and operator types of an ONNX file (cached by path, size and time).
-
-    Raises:
-        ModelLoadError: If the file is not a readable ONNX model.
-    """
-    resolved = Path(path).resolve()
-    stat = resolved.stat()
-    return _graph_facts(str(resolved), stat.st_size, stat.st_mtime_ns)
-
-
-@cache
-def _graph_facts(path: str, size: int, mtime_ns: int) -> GraphFacts:
-    import onnx
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as err:
-        raise ModelLoadError(f"model file {path!r} is not a readable ONNX model: {err}") from None
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = {
-        str(i.name): [d.dim_value or None for d in i.type.tensor_type.shape.dim]
-        for i in model.graph.input
-        if i.name not in initializers
-    }
-    return GraphFacts(inputs, frozenset(node.op_type for node in model.graph.node))
 
 
 class ModelFamily(Plugin):
@@ -301,8 +278,6 @@ class ModelFamily(Plugin):
             ModelLoadError: If the file is not a readable model or has no input.
             DataError: If its inputs differ from the data's.
         """
-        from hamnet.families._onnx_inputs import check_onnx_inputs
-
         check_onnx_inputs(path, dataset)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from hamnet.core.candidate import Candidate
 from hamnet.core.errors import ConfigError, ModelLoadError
 from hamnet.core.registry import NoOptions
-from hamnet.families._onnx_inputs import onnx_inputs
+from hamnet.families._onnx import onnx_inputs
 from hamnet.families.base import CHECKPOINT_SUFFIXES, ModelFamily, ModelSource, detect_family
 from hamnet.pipeline.stages.base import Stage, StageContext
 
