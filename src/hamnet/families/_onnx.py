@@ -28,6 +28,8 @@ def graph_facts(path: Path) -> GraphFacts:
         ModelLoadError: If the file is not a readable ONNX model.
     """
     resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} must exist, but it does not")
     stat = resolved.stat()
     return _graph_facts(str(resolved), stat.st_size, stat.st_mtime_ns)
 
