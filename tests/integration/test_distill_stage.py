@@ -53,8 +53,9 @@ def test_distilled_candidates_are_tracked_with_teacher_lineage(project: Path) ->
     recovered = by_name["pruned-50+kd-soft+feature"]
     assert recovered.parent_id == pruned.id and recovered.stage == "distill"
     assert recovered.teachers == [TeacherRef(name="baseline", candidate_id=baseline.id)]
-    assert recovered.params["teachers"] == ["baseline"]  # shown for former readers
-    assert recovered.params["teacher_ids"] == [baseline.id]
+    assert recovered.teacher_names == ["baseline"]
+    assert recovered.teacher_ids == [baseline.id]
+    assert "teachers" not in recovered.params and "teacher_ids" not in recovered.params
     assert recovered.params["layer_heads"] == pruned.params["layer_heads"]
     assert recovered.metrics is not None and pruned.metrics is not None
     assert recovered.metrics.params == pruned.metrics.params

@@ -36,7 +36,8 @@ def test_pruned_candidates_flow_through_export_and_quantize(project: Path) -> No
     assert pruned.metrics.params < baseline.metrics.params
     assert pruned.metrics.size_mb < baseline.metrics.size_mb
     assert pruned.plan_file is not None and Path(pruned.plan_file).is_file()
-    assert pruned.params["plan_file"] == pruned.plan_file  # shown for former readers
+    assert "plan_file" not in pruned.params
+    assert pruned.lineage_params()["plan_file"] == pruned.plan_file  # for former readers
     onnx = by_name["pruned-50+onnxruntime-fp32"]
     assert onnx.parent_id == pruned.id
     assert (

@@ -76,7 +76,8 @@ def test_nas_trials_become_candidates_and_a_rerun_resumes_the_study(
     assert 1 <= len(found) <= 2
     for candidate in found:
         assert candidate.parent_id is None and candidate.metrics is not None
-        assert candidate.params["architecture"]["hidden_size"] in (8, 16)
+        assert candidate.architecture is not None
+        assert candidate.architecture["hidden_size"] in (8, 16)
         assert f"{candidate.name}+onnxruntime-fp32" in {c.name for c in result.candidates}
 
     storage = f"sqlite:///{(project / cfg.workdir / 'optuna.db').resolve()}"
@@ -120,7 +121,8 @@ def test_hpo_samples_training_only(project: Path, ray_local: Any) -> None:
     result = run_pipeline(cfg, base_dir=project)
     (best,) = [c for c in result.candidates if c.stage == "hpo"]
     assert set(best.params["sampled"]) == {"learning_rate", "epochs"}
-    assert best.params["architecture"]["hidden_size"] == 16  # model.hamnet of tiny_config
+    assert best.architecture is not None
+    assert best.architecture["hidden_size"] == 16  # model.hamnet of tiny_config
 
 
 def test_a_space_without_the_stage_group_is_a_clear_error(project: Path, ray_local: Any) -> None:
@@ -152,5 +154,5 @@ def test_nas_hands_its_best_architecture_to_distillation(project: Path, ray_loca
     (found,) = [c for c in result.candidates if c.stage == "nas"]
     (student,) = [c for c in result.candidates if c.stage == "distill"]
     assert student.name == f"student-{found.name}+kd-soft"
-    assert student.params["architecture"] == found.params["architecture"]
-    assert student.params["teachers"] == ["baseline"]
+    assert student.architecture is not None and student.architecture == found.architecture
+    assert student.teacher_names == ["baseline"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hamnet.core.artifacts import ArtifactRef
+from hamnet.core.config import plugin_name
 from hamnet.core.hashing import hash_json
 
-RuntimeName = Literal["torch", "onnxruntime", "openvino"]
+RuntimeName = Annotated[str, plugin_name("runtime")]
+"""A runtime: a name of ``registry.names("runtime")``."""
 
 
 def is_number(value: Any) -> bool:
@@ -64,8 +66,9 @@ class TeacherRef(BaseModel):
 LEGACY_PARAM_KEYS: tuple[str, ...] = ("architecture", "plan_file", "teachers", "teacher_ids")
 """``params`` keys that held the lineage before it had typed fields.
 
-Candidates saved before read their lineage from these keys; every candidate still shows
-its lineage under them too, for readers not yet switched to the typed fields.
+Candidates saved before read their lineage from these keys (see
+:meth:`Candidate.lineage_params` for the same view of a new candidate); new candidates
+keep their lineage in the typed fields only.
 """
 
 
@@ -115,12 +118,14 @@ class Candidate(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _lineage_from_params(cls, data: Any) -> Any:
-        """Read the lineage of a candidate saved before the typed fields, and show the
-        typed lineage under :data:`LEGACY_PARAM_KEYS` of ``params`` too."""
+        """Move the lineage of a candidate saved before the typed fields out of
+        :data:`LEGACY_PARAM_KEYS` of ``params`` into the typed fields."""
         if not isinstance(data, dict):
             return data
+        params = data.get("params")
+        if not isinstance(params, dict) or not set(params) & set(LEGACY_PARAM_KEYS):
+            return data
         data = dict(data)
-        params = dict(data.get("params") or {})
         for key in ("architecture", "plan_file"):
             if data.get(key) is None and params.get(key) is not None:
                 data[key] = params[key]
@@ -130,19 +135,23 @@ class Candidate(BaseModel):
                 {"name": str(n), "candidate_id": str(i)}
                 for n, i in zip(params["teachers"], ids, strict=True)
             ]
-        teachers = [
-            t.model_dump() if isinstance(t, TeacherRef) else dict(t)
-            for t in data.get("teachers") or []
-        ]
-        legacy = {
-            "architecture": data.get("architecture"),
-            "plan_file": data.get("plan_file"),
-            "teachers": [t["name"] for t in teachers] or None,
-            "teacher_ids": [t["candidate_id"] for t in teachers] or None,
-        }
-        params.update({k: v for k, v in legacy.items() if v is not None})
-        data["params"] = params
+        data["params"] = {k: v for k, v in params.items() if k not in LEGACY_PARAM_KEYS}
         return data
+
+    def lineage_params(self) -> dict[str, Any]:
+        """The lineage as candidates saved before the typed fields held it in ``params``.
+
+        Returns:
+            The set ones of ``architecture``, ``plan_file``, ``teachers`` (names) and
+            ``teacher_ids``: for logs and tables that show the lineage beside the params.
+        """
+        lineage = {
+            "architecture": self.architecture,
+            "plan_file": self.plan_file,
+            "teachers": self.teacher_names or None,
+            "teacher_ids": self.teacher_ids or None,
+        }
+        return {k: v for k, v in lineage.items() if v is not None}
 
     @property
     def teacher_names(self) -> list[str]:

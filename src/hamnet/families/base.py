@@ -20,8 +20,22 @@ from typing import Any, ClassVar
 from hamnet.backends.onnx_graph import GraphFacts as GraphFacts
 from hamnet.backends.onnx_graph import graph_facts
 from hamnet.core import registry
-from hamnet.core.errors import ConfigError, ModelLoadError
+from hamnet.core.errors import ConfigError, ExportError, ModelLoadError
 from hamnet.core.registry import Plugin
+from hamnet.families._onnx import GraphFacts, check_onnx_inputs, graph_facts
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "GraphFacts",
+    "ModelFamily",
+    "ModelSource",
+    "PrunableGroup",
+    "QuantizerChoice",
+    "detect_family",
+    "families",
+    "get_family",
+    "graph_facts",
+]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 """File suffixes of hamnet checkpoints."""
@@ -210,22 +224,63 @@ class ModelFamily(Plugin):
         *,
         input_names: Sequence[str] | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+        opset: int = 17,
+        ort_fused_attention: bool = False,
     ) -> Path:
-        """Export a module of this family to ONNX (opset 17, parity-checked in ONNX Runtime).
+        """Export a module of this family to ONNX, parity-checked in ONNX Runtime.
+
+        Args:
+            module: The module to export.
+            example_inputs: Inputs to trace it with.
+            path: The ONNX file to write.
+            input_names: Names of the graph inputs.
+            dynamic_axes: Dynamic axes per input/output name.
+            opset: The ONNX opset.
+            ort_fused_attention: Export attention as ONNX Runtime's fused contrib
+                operator; only where :meth:`fusable_attention` says so.
+
+        Returns:
+            The written file.
 
         Raises:
-            ExportError: If the module does not export or its outputs differ.
+            ExportError: If the module does not export, its outputs differ, or fused
+                attention is asked of a family that has none.
         """
         from hamnet.backends.export import export_module
 
+        if ort_fused_attention and not cls.fusable_attention(module):
+            raise ExportError(
+                f"ort_fused_attention must be False for a {cls.name} model, but got True: "
+                f"it has no attention hamnet can fuse"
+            )
         return export_module(
             module,
             example_inputs,
             path,
             input_names=input_names,
             dynamic_axes=dynamic_axes,
-            opset=17,
+            opset=opset,
         )
+
+    @classmethod
+    def fusable_attention(cls, module: Any) -> bool:
+        """Whether ``module``'s attention can be exported as ONNX Runtime's fused operator."""
+        return False
+
+    @classmethod
+    def check_data(cls, path: Path, dataset: Any, *, trust_checkpoint: bool = False) -> None:
+        """Check the model file's inputs against the data's (names, ranks, static sizes).
+
+        Args:
+            path: The model file (an ONNX file here; a checkpoint family overrides).
+            dataset: The :class:`~hamnet.training.data.Dataset` the pipeline runs on.
+            trust_checkpoint: Whether a checkpoint may be unpickled in full.
+
+        Raises:
+            ModelLoadError: If the file is not a readable model or has no input.
+            DataError: If its inputs differ from the data's.
+        """
+        check_onnx_inputs(path, dataset)
 
 
 def families() -> list[type[ModelFamily]]:

@@ -13,7 +13,10 @@ class HamnetFamily(ModelFamily):
     """HAMNet checkpoints and instances: every goal (pruning, distillation, quantization).
 
     The pipeline loads the checkpoint, exports it to ONNX/OpenVINO itself and prunes
-    heads and channels with its structured pruning stage.
+    heads and channels with its structured pruning stage. Training from a config
+    (baseline, students, search trials) and replaying pruning plans build HAMNets
+    directly: they are this family's own, so the stages that do them call
+    :mod:`hamnet.models` and :mod:`hamnet.compress.pruning` without asking the family.
     """
 
     name = "hamnet"
@@ -65,11 +68,39 @@ class HamnetFamily(ModelFamily):
         *,
         input_names: Sequence[str] | None = None,
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+        opset: int = 17,
+        ort_fused_attention: bool = False,
     ) -> Path:
-        """Export the HAMNet as the pipeline does (one ``input``, ``logits`` out)."""
+        """Export the HAMNet as the pipeline does (one ``input``, ``logits`` out).
+
+        ``example_inputs``, ``input_names`` and ``dynamic_axes`` are fixed by the
+        HAMNet's config and ignored.
+        """
         from hamnet.backends.export import export_onnx
 
-        return export_onnx(module, module.config.input_size, path, opset=17)
+        return export_onnx(
+            module,
+            module.config.input_size,
+            path,
+            opset=opset,
+            ort_fused_attention=ort_fused_attention,
+        )
+
+    @classmethod
+    def fusable_attention(cls, module: Any) -> bool:
+        """Whether the HAMNet has attention to fuse (one token: attention is one linear map)."""
+        return bool(module.config.num_tokens > 1)
+
+    @classmethod
+    def check_data(cls, path: Path, dataset: Any, *, trust_checkpoint: bool = False) -> None:
+        """Check the checkpoint's ``input_size`` against the data's features.
+
+        Raises:
+            ModelLoadError: If the file is not a hamnet checkpoint.
+            DataError: If the sizes differ.
+        """
+        model = cls.load(path, trust_checkpoint=trust_checkpoint)
+        dataset.check_input_size(model.config.input_size)
 
     @classmethod
     def fits_builtin_data(cls, path: Path, *, trust_checkpoint: bool = False) -> bool:

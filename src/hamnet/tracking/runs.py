@@ -309,9 +309,9 @@ def _candidate_tags(
         tags["hamnet.violations"] = "; ".join(assessment.violations)
     if candidate.notes:
         tags["mlflow.note.content"] = "\n".join(candidate.notes)
-    if candidate.params.get("teachers"):  # distilled: lineage names the teacher(s)
-        tags["hamnet.teachers"] = ", ".join(map(str, candidate.params["teachers"]))
-        tags["hamnet.teacher_ids"] = ", ".join(map(str, candidate.params["teacher_ids"]))
+    if candidate.teachers:
+        tags["hamnet.teachers"] = ", ".join(candidate.teacher_names)
+        tags["hamnet.teacher_ids"] = ", ".join(candidate.teacher_ids)
     return tags
 
 
@@ -325,7 +325,7 @@ def _candidate_params(candidate: Candidate) -> dict[str, str]:
         "artifact.sha256": candidate.artifact.sha256,
         "artifact.format": candidate.artifact.format,
         "artifact.size_bytes": str(candidate.artifact.size_bytes),
-        **flatten(candidate.params, "params."),
+        **flatten({**candidate.params, **candidate.lineage_params()}, "params."),
     }
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hamnet.core.artifacts import ArtifactRef
-from hamnet.core.candidate import Candidate, TeacherRef
+from hamnet.core.candidate import LEGACY_PARAM_KEYS, Candidate, TeacherRef
+from hamnet.core.errors import ConfigError
 
 
 def _artifact(tmp_path: Path) -> ArtifactRef:
@@ -33,7 +36,7 @@ def test_typed_lineage_round_trips_and_leaves_the_id_alone(tmp_path: Path) -> No
     assert Candidate.model_validate_json(student.model_dump_json()) == student
 
 
-def test_lineage_is_still_shown_under_the_former_params_keys(tmp_path: Path) -> None:
+def test_lineage_stays_out_of_params_and_shows_under_the_former_keys(tmp_path: Path) -> None:
     pruned = Candidate.create(
         name="pruned-50",
         stage="prune",
@@ -42,12 +45,15 @@ def test_lineage_is_still_shown_under_the_former_params_keys(tmp_path: Path) -> 
         runtime="torch",
         plan_file="plans/ab.json",
         teachers=[TeacherRef(name="baseline", candidate_id="c1")],
+        params={"ratio": 0.5},
     )
-    assert pruned.params == {
+    assert pruned.params == {"ratio": 0.5}
+    assert pruned.lineage_params() == {
         "plan_file": "plans/ab.json",
         "teachers": ["baseline"],
         "teacher_ids": ["c1"],
     }
+    assert Candidate.model_validate_json(pruned.model_dump_json()) == pruned
 
 
 def test_a_candidate_saved_before_the_typed_fields_reads_its_lineage(tmp_path: Path) -> None:
@@ -73,7 +79,11 @@ def test_a_candidate_saved_before_the_typed_fields_reads_its_lineage(tmp_path: P
         TeacherRef(name="baseline", candidate_id="a1"),
         TeacherRef(name="teacher-big", candidate_id="b2"),
     ]
-    assert candidate.params == old["params"]
+    assert candidate.params == {"ce_weight": 0.5}
+    assert candidate.id == old["id"]
+    assert candidate.lineage_params() == {
+        k: v for k, v in old["params"].items() if k in LEGACY_PARAM_KEYS
+    }
 
 
 def test_no_lineage_by_default(tmp_path: Path) -> None:
@@ -81,3 +91,19 @@ def test_no_lineage_by_default(tmp_path: Path) -> None:
         name="baseline", stage="load", method="torch", artifact=_artifact(tmp_path), runtime="torch"
     )
     assert baseline.teachers is None and baseline.teacher_names == [] and baseline.params == {}
+    assert baseline.lineage_params() == {}
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_runtime_is_a_registered_runtime(tmp_path: Path, runtime: str) -> None:
+    candidate = Candidate.create(
+        name="baseline", stage="load", method="x", artifact=_artifact(tmp_path), runtime=runtime
+    )
+    assert candidate.runtime == runtime
+
+
+def test_an_unknown_runtime_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises((ConfigError, ValueError), match=r"runtime must be one of .*onnxruntime"):
+        Candidate.create(
+            name="baseline", stage="load", method="x", artifact=_artifact(tmp_path), runtime="onnx"
+        )

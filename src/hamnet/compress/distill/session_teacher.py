@@ -20,18 +20,7 @@ import torch
 from torch import nn
 
 from hamnet.backends.session import InferenceSession
-from hamnet.core import registry
 from hamnet.core.errors import DataError
-
-LAYER_METHODS = frozenset(
-    name
-    for name in registry.names("kd_loss")
-    if getattr(registry.load("kd_loss", name), "reads_teacher_layers", False)
-)
-"""Distillation methods that read a teacher's hidden layers: not with a SessionTeacher.
-
-Deprecated, to be removed once ``hamnet.pipeline.plan`` reads the plugins' capability
-``registry.load("kd_loss", name).reads_teacher_layers`` instead."""
 
 
 class SessionTeacher(nn.Module):

@@ -22,6 +22,7 @@ from hamnet.core.config import OptimizeConfig
 from hamnet.core.errors import ConfigError
 from hamnet.core.hardware import HardwareProfile
 from hamnet.core.registry import NoOptions, Plugin
+from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_family
 
 if TYPE_CHECKING:
     from hamnet.training.data import Dataset
@@ -144,3 +145,18 @@ def child_name(parent: Candidate, suffix: str) -> str:
     """The name of a candidate made from ``parent``: ``suffix`` under the baseline,
     else ``<parent>+<suffix>``."""
     return suffix if parent.stage in ("train", "load") else f"{parent.name}+{suffix}"
+
+
+def candidate_family(candidate: Candidate) -> type[ModelFamily]:
+    """The model family of a candidate's model file (see :func:`detect_family`).
+
+    A ``torch`` artifact is a hamnet checkpoint, an ``onnx`` one an ONNX file; any
+    other format (an OpenVINO IR) is left to the ``generic`` family.
+    """
+    formats = {"torch": True, "onnx": False}
+    if candidate.artifact.format not in formats:
+        return get_family("generic")
+    source = ModelSource(
+        path=Path(candidate.artifact.path), checkpoint=formats[candidate.artifact.format]
+    )
+    return detect_family(source)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import BaseModel
 
+from hamnet.core import registry
 from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import DistillStageConfig, OptimizeConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
-from hamnet.pipeline.stages.base import Stage, StageContext
+from hamnet.families.base import ModelSource, detect_family
+from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family
 
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from hamnet.compress.distill.losses.base import DistillLoss
     from hamnet.models import HAMNet
 
 
@@ -75,7 +79,6 @@ class DistillStage(Stage[DistillStageConfig]):
     ) -> list[Candidate]:
         """KD recovery of every pruned candidate: its plan replayed on its parent."""
         from hamnet.compress.pruning import PruningPlan, apply_plan
-        from hamnet.models import load_checkpoint
 
         cfg = self.options(ctx.config)
         by_id = {c.id: c for c in inputs}
@@ -84,7 +87,16 @@ class DistillStage(Stage[DistillStageConfig]):
             parent = by_id.get(pruned.parent_id or "")
             if pruned.stage != "prune" or not pruned.plan_file or parent is None:
                 continue
-            base = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+            family = candidate_family(parent)
+            if not family.can_distill:
+                ctx.notes.append(
+                    f"distill: {pruned.name} not recovered, a {family.name} model cannot be "
+                    f"recovered by distillation"
+                )
+                continue
+            base = family.load(
+                Path(parent.artifact.path), trust_checkpoint=ctx.config.model.trust_checkpoint
+            )
             student = apply_plan(base, PruningPlan.load(pruned.plan_file))
             out.append(
                 self._distill(
@@ -137,20 +149,21 @@ class DistillStage(Stage[DistillStageConfig]):
     def _teacher(
         self, ref: str, inputs: list[Candidate], ctx: StageContext
     ) -> tuple[Candidate, nn.Module]:
-        """A teacher by candidate name or file: a HAMNet checkpoint is loaded as a torch
-        model; any other model (e.g. the ONNX baseline of a conv net) teaches through its
-        logits, run in its runtime (see
+        """A teacher by candidate name or file. A model whose family
+        :attr:`~hamnet.families.base.ModelFamily.loads_checkpoint` (a HAMNet checkpoint)
+        is loaded as a torch model; any other model (e.g. the ONNX baseline of a conv net)
+        teaches through its logits, run in its runtime (see
         :class:`~hamnet.compress.distill.session_teacher.SessionTeacher`).
         """
-        from hamnet.models import load_checkpoint
-
         trust = ctx.config.model.trust_checkpoint
         named = [c for c in inputs if c.name == ref]
         if named:
             candidate = named[0]
-            if candidate.artifact.format != "torch":
+            family = candidate_family(candidate)
+            if not family.loads_checkpoint:
                 return candidate, self._session_teacher(candidate, ctx)
-            return candidate, load_checkpoint(candidate.artifact.path, trust=trust)
+            model = family.load(Path(candidate.artifact.path), trust_checkpoint=trust)
+            return candidate, model
         path = ctx.resolve(ref)
         if not path.is_file():
             raise ConfigError(
@@ -158,30 +171,27 @@ class DistillStage(Stage[DistillStageConfig]):
                 f"{sorted({c.name for c in inputs})}) nor an existing hamnet checkpoint or "
                 f"ONNX file"
             )
-        if path.suffix == ".onnx":
-            candidate = Candidate.create(
-                name=f"teacher-{path.stem}", stage="load", method="onnx",
-                artifact=ctx.store.put(path, "onnx"), runtime="onnxruntime",
-                params={"source_file": str(path)},
-            )  # fmt: skip
-            return candidate, self._session_teacher(candidate, ctx)
-        model = load_checkpoint(path, trust=trust)
-        ctx.dataset.check_input_size(model.config.input_size)
-        ref_file = ctx.store.put(path, "torch")
-        return (
-            Candidate.create(
-                name=f"teacher-{path.stem}", stage="load", method="torch", artifact=ref_file,
-                runtime="torch", params={"source_file": str(path)},
-            ),
-            model,
+        family = detect_family(ModelSource(path=path, checkpoint=path.suffix != ".onnx"))
+        if family.loads_checkpoint:
+            family.check_data(path, ctx.dataset, trust_checkpoint=trust)
+        fmt = "torch" if family.loads_checkpoint else "onnx"
+        candidate = Candidate.create(
+            name=f"teacher-{path.stem}", stage="load", method=fmt,
+            artifact=ctx.store.put(path, fmt),
+            runtime="torch" if family.loads_checkpoint else "onnxruntime",
+            params={"source_file": str(path)},
         )  # fmt: skip
+        if not family.loads_checkpoint:
+            return candidate, self._session_teacher(candidate, ctx)
+        return candidate, family.load(path, trust_checkpoint=trust)
 
     def _session_teacher(self, candidate: Candidate, ctx: StageContext) -> nn.Module:
         from hamnet.backends.session import load_session
-        from hamnet.compress.distill.session_teacher import LAYER_METHODS, SessionTeacher
+        from hamnet.compress.distill.session_teacher import SessionTeacher
 
         cfg = self.options(ctx.config)
-        layered = sorted({str(t["method"]) for t in cfg.methods} & LAYER_METHODS)
+        methods = sorted({str(t["method"]) for t in cfg.methods})
+        layered = [m for m in methods if _kd_loss(m).reads_teacher_layers]
         if layered:
             raise ConfigError(
                 f"distill methods {layered} read the teacher's hidden layers, but teacher "
@@ -246,6 +256,10 @@ class DistillStage(Stage[DistillStageConfig]):
                 "layer_ffn": student.config.layer_ffn,
             },
         )
+
+
+def _kd_loss(method: str) -> type[DistillLoss]:
+    return cast("type[DistillLoss]", registry.load("kd_loss", method))
 
 
 def _recipe(cfg: DistillStageConfig) -> str:

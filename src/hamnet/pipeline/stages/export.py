@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
 from hamnet.core.artifacts import ArtifactRef
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import ExportStageConfig
-from hamnet.pipeline.stages.base import Stage, StageContext, child_name
-
-if TYPE_CHECKING:
-    from hamnet.models import HAMNet
+from hamnet.families.base import ModelFamily
+from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
 
 FUSED_NOTE = (
     "Attention exported as ONNX Runtime's com.microsoft.Attention (one node per block instead "
@@ -21,7 +20,12 @@ FUSED_NOTE = (
 
 
 class ExportStage(Stage[ExportStageConfig]):
-    """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity."""
+    """Export every torch candidate to ONNX and OpenVINO IR, each checked for parity.
+
+    The candidate's model family loads the checkpoint and exports it (see
+    :meth:`~hamnet.families.base.ModelFamily.export_onnx`); it also says whether the
+    model has attention to fuse for ``ort_fused_attention``.
+    """
 
     name = "export"
     section = "export"
@@ -31,7 +35,6 @@ class ExportStage(Stage[ExportStageConfig]):
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         from hamnet.backends.export import check_parity
         from hamnet.backends.session import load_session
-        from hamnet.models import load_checkpoint
 
         cfg = self.options(ctx.config)
         runtimes = ctx.profile.runtime_names
@@ -42,9 +45,12 @@ class ExportStage(Stage[ExportStageConfig]):
             # Python overhead dominates) is still exported: its exports can be faster.
             if parent.artifact.format != "torch":
                 continue
-            model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+            family = candidate_family(parent)
+            model = family.load(
+                Path(parent.artifact.path), trust_checkpoint=ctx.config.model.trust_checkpoint
+            )
             reference = load_session(parent.artifact, "torch", ctx.profile)
-            for runtime, ref, fused in self._targets(model, ctx):
+            for runtime, ref, fused in self._targets(family, model, ctx):
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
@@ -53,7 +59,7 @@ class ExportStage(Stage[ExportStageConfig]):
                         stage=self.name,
                         method=f"export_{ref.format}{'_ort_fused' if fused else ''}",
                         artifact=ref,
-                        runtime=runtime,  # type: ignore[arg-type]
+                        runtime=runtime,
                         parent=parent,
                         params={
                             "opset": cfg.opset,
@@ -72,20 +78,20 @@ class ExportStage(Stage[ExportStageConfig]):
             )
         return out
 
-    def _targets(self, model: HAMNet, ctx: StageContext) -> list[tuple[str, ArtifactRef, bool]]:
-        """Export ``model`` to every configured format the profile runs.
+    def _targets(
+        self, family: type[ModelFamily], model: Any, ctx: StageContext
+    ) -> list[tuple[str, ArtifactRef, bool]]:
+        """Export ``model`` of ``family`` to every configured format the profile runs.
 
         Returns:
             ``(runtime, stored model, attention fused into ORT contrib ops)`` per export.
         """
-        from hamnet.backends.export import convert_openvino, export_onnx
+        from hamnet.backends.export import convert_openvino
 
         cfg = self.options(ctx.config)
         runtimes = ctx.profile.runtime_names
         staging = ctx.store.staging_dir()
-        onnx_path = export_onnx(
-            model, model.config.input_size, staging / "model.onnx", opset=cfg.opset
-        )
+        onnx_path = family.export_onnx(model, None, staging / "model.onnx", opset=cfg.opset)
         onnx_ref = ctx.store.put(onnx_path, "onnx")
         targets: list[tuple[str, ArtifactRef, bool]] = []
         ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
@@ -94,11 +100,10 @@ class ExportStage(Stage[ExportStageConfig]):
         if "openvino" in cfg.formats and "openvino" in runtimes:
             xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
             targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
-        # One token: attention is already one linear map, there is nothing to fuse.
-        if ort and cfg.ort_fused_attention and model.config.num_tokens > 1:
-            fused_path = export_onnx(
+        if ort and cfg.ort_fused_attention and family.fusable_attention(model):
+            fused_path = family.export_onnx(
                 model,
-                model.config.input_size,
+                None,
                 ctx.store.staging_dir() / "model.onnx",
                 opset=cfg.opset,
                 ort_fused_attention=True,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import BaseModel
 
+from hamnet.core import registry
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import PruneStageConfig, TrainStageConfig
-from hamnet.pipeline.stages.base import Stage, StageContext, child_name
+from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
 
 if TYPE_CHECKING:
+    from hamnet.compress.pruning.allocations.base import Allocation
     from hamnet.models import HAMNet
 
 
@@ -20,7 +23,9 @@ class PruneStage(Stage[PruneStageConfig]):
 
     One candidate per configured ratio; each is fine-tuned after pruning and carries
     its pruning plan (kept head / channel indices) as a JSON file beside the store, so
-    the pruned model can be rebuilt from the original with ``apply_plan``.
+    the pruned model can be rebuilt from the original with ``apply_plan``. Only models
+    whose family :attr:`~hamnet.families.base.ModelFamily.can_prune` are pruned; the
+    stage notes the family's reason for the others.
     """
 
     name = "prune"
@@ -30,15 +35,14 @@ class PruneStage(Stage[PruneStageConfig]):
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         cfg = self.options(ctx.config)
-        sources = [
-            c
-            for c in inputs
-            if c.stage in ("train", "load", "nas", "hpo")
-            and c.artifact.format == "torch"
-            and not c.rejected
-        ]
+        bases = [c for c in inputs if c.stage in ("train", "load", "nas", "hpo") and not c.rejected]
+        families = {c.id: candidate_family(c) for c in bases}
+        sources = [c for c in bases if families[c.id].can_prune]
         if not sources:
-            ctx.notes.append("prune: skipped, the baseline is not a PyTorch HAMNet checkpoint")
+            reasons = sorted({f.why_not_prunable for f in families.values()}) or [
+                "the baseline is not a PyTorch HAMNet checkpoint"
+            ]
+            ctx.notes.append(f"prune: skipped, {'; '.join(reasons)}")
             return []
         out: list[Candidate] = []
         for parent in sources:
@@ -52,9 +56,9 @@ class PruneStage(Stage[PruneStageConfig]):
 
     def _sparsify(self, parent: Candidate, sparsity: float, ctx: StageContext) -> Candidate:
         from hamnet.compress.pruning.unstructured import unstructured_sparsity
-        from hamnet.models import load_checkpoint, save_checkpoint
+        from hamnet.models import save_checkpoint
 
-        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        model = self._load(parent, ctx)
         report = unstructured_sparsity(model, sparsity)
         sparse = cast("HAMNet", report.model)
         checkpoint = save_checkpoint(sparse, ctx.store.staging_dir() / "model.pt")
@@ -78,10 +82,10 @@ class PruneStage(Stage[PruneStageConfig]):
         self, parent: Candidate, criterion: str, allocation: str, ratio: float, ctx: StageContext
     ) -> Candidate:
         from hamnet.compress.pruning import prune_hamnet
-        from hamnet.models import load_checkpoint, save_checkpoint
+        from hamnet.models import save_checkpoint
 
         cfg = self.options(ctx.config)
-        model = load_checkpoint(parent.artifact.path, trust=ctx.config.model.trust_checkpoint)
+        model = self._load(parent, ctx)
         result = prune_hamnet(
             model,
             ctx.dataset,
@@ -125,21 +129,31 @@ class PruneStage(Stage[PruneStageConfig]):
             plan_file=str(plan_file),
         )
 
+    @staticmethod
+    def _load(parent: Candidate, ctx: StageContext) -> HAMNet:
+        family = candidate_family(parent)
+        path = Path(parent.artifact.path)
+        return cast("HAMNet", family.load(path, trust_checkpoint=ctx.config.model.trust_checkpoint))
+
     def _allocation_options(self, allocation: str, ctx: StageContext) -> dict[str, Any]:
-        """Options of the allocation: the search settings of ``rspar``, none otherwise."""
-        cfg = self.options(ctx.config)
-        if allocation != "rspar":
+        """Options of a :attr:`~Allocation.per_layer` allocation: the settings of the
+        ``rspar`` section its options take (the search's target, episodes, recovery...);
+        none for the others."""
+        plugin = cast("type[Allocation]", registry.load("allocation", allocation))
+        if not plugin.per_layer:
             return {}
+        cfg = self.options(ctx.config)
         recovery = (cfg.finetune or TrainStageConfig()).model_copy(
             update={"epochs": cfg.rspar.recovery_epochs}
         )
-        return {
+        settings = {
             "target": cfg.rspar.target,
             "profile": ctx.profile,
             "episodes": cfg.rspar.episodes,
             "recovery": recovery,
             "tolerance": cfg.rspar.tolerance,
         }
+        return {k: v for k, v in settings.items() if k in plugin.Options.model_fields}
 
 
 PLUGIN = PruneStage

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -11,6 +11,9 @@ from hamnet.core.candidate import Candidate
 from hamnet.core.config import QuantizeStageConfig
 from hamnet.core.hardware import HardwareProfile
 from hamnet.pipeline.stages.base import Stage, StageContext, child_name
+
+if TYPE_CHECKING:
+    from hamnet.compress.quantize.base import QuantizationMethod
 
 
 class QuantizeStage(Stage[QuantizeStageConfig]):
@@ -60,10 +63,10 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                         stage=self.name,
                         method=method_name,
                         artifact=ref,
-                        runtime=method.runtime,  # type: ignore[arg-type]
+                        runtime=method.runtime,
                         parent=parent,
-                        precision=method.precision,  # type: ignore[arg-type]
-                        params=_quantize_params(method_name, cfg, ctx.profile),
+                        precision=method.precision,
+                        params=_quantize_params(method, cfg, ctx.profile),
                         parity_max_abs_diff=max_abs_diff(source_session, session, x),
                         notes=[*method.notes, *method.extra_notes],
                     )
@@ -86,12 +89,19 @@ def _runtime_sibling(source: Candidate, inputs: list[Candidate], runtime: str) -
 
 
 def _quantize_params(
-    method: str, cfg: QuantizeStageConfig, profile: HardwareProfile
+    method: QuantizationMethod, cfg: QuantizeStageConfig, profile: HardwareProfile
 ) -> dict[str, Any]:
+    """The params a quantized candidate records: the calibration size and, for the ONNX
+    Runtime INT8 methods (those whose :attr:`~QuantizationMethod.settings` include
+    ``reduce_range``), both INT8 settings as resolved for ``profile``.
+
+    ``per_channel`` is recorded beside ``reduce_range`` even by a method that ignores it
+    (``ort_fused_dynamic_int8``), as candidates always recorded it: params stay the same.
+    """
     from hamnet.compress.quantize.base import resolve_reduce_range
 
     params: dict[str, Any] = {"calibration_samples": cfg.calibration_samples}
-    if method.startswith("ort_"):
+    if "reduce_range" in method.settings:
         params["per_channel"] = cfg.per_channel
         params["reduce_range"] = resolve_reduce_range(cfg, profile)
     return params

@@ -127,8 +127,9 @@ def test_the_distill_stage_trains_students_by_function_matching(
         "student-tiny-t16+kd-soft",
     ]
     shallow = by_name["student-shallow+kd-soft"]
-    assert shallow.params["architecture"]["num_layers"] == 1
-    assert shallow.params["architecture"]["hidden_size"] == 32
+    assert shallow.architecture is not None
+    assert shallow.architecture["num_layers"] == 1
+    assert shallow.architecture["hidden_size"] == 32
     assert shallow.params["augment"] == "mixup"
     assert shallow.params["ce_weight"] == 0.0
     assert shallow.params["epochs_run"] == 2
@@ -190,13 +191,13 @@ def test_an_onnx_model_teaches_hamnet_students_through_its_logits(
     assert teacher.source_sha256.tolist() == [0xAB, 0x12]
     (student,) = DistillStage().run([baseline], ctx)
     assert student.name == "student-one+kd-soft" and student.parent_id == baseline.id
-    assert student.params["teachers"] == ["baseline"] and student.artifact.format == "torch"
+    assert student.teacher_names == ["baseline"] and student.artifact.format == "torch"
     # The same teacher given as a file.
     overrides["stages"]["distill"]["teachers"] = [str(onnx_file)]
     ctx = make_context(load_config(STUDENTS, overrides=overrides), base_dir=tmp_path)
     ctx.__dict__["dataset"] = data
     (from_file,) = DistillStage().run([], ctx)
-    assert from_file.params["teachers"] == ["teacher-conv"]
+    assert from_file.teacher_names == ["teacher-conv"]
     overrides["stages"]["distill"]["methods"] = [{"method": "feature"}]
     ctx = make_context(load_config(STUDENTS, overrides=overrides), base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"\['feature'\] read the teacher's hidden layers"):

@@ -1,0 +1,107 @@
+"""What hamnet reads from an ONNX file: its inputs and operator types, checked against data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hamnet.core.errors import DataError, ModelLoadError
+
+if TYPE_CHECKING:
+    from hamnet.training.data import Dataset
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """What detection reads from an ONNX graph: its inputs and operator types."""
+
+    inputs: dict[str, list[int | None]]
+    op_types: frozenset[str]
+
+
+def graph_facts(path: Path) -> GraphFacts:
+    """Read the inputs and operator types of an ONNX file (cached by path, size and time).
+
+    Raises:
+        ModelLoadError: If the file is not a readable ONNX model.
+    """
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} must exist, but it does not")
+    stat = resolved.stat()
+    return _graph_facts(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _graph_facts(path: str, size: int, mtime_ns: int) -> GraphFacts:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:
+        raise ModelLoadError(f"model file {path!r} is not a readable ONNX model: {err}") from None
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = {
+        str(i.name): [d.dim_value or None for d in i.type.tensor_type.shape.dim]
+        for i in model.graph.input
+        if i.name not in initializers
+    }
+    return GraphFacts(inputs, frozenset(node.op_type for node in model.graph.node))
+
+
+def onnx_inputs(path: Path) -> dict[str, list[int | None]]:
+    """The graph inputs of an ONNX file: ``{name: dims}`` (None for a dynamic axis).
+
+    Raises:
+        ModelLoadError: If the file is not a readable ONNX model or has no input.
+    """
+    inputs = {name: list(dims) for name, dims in graph_facts(Path(path)).inputs.items()}
+    if not inputs:
+        raise ModelLoadError(f"ONNX model {str(path)!r} must have at least one input, but has none")
+    return inputs
+
+
+def check_onnx_inputs(path: Path, dataset: Dataset) -> None:
+    """Check an ONNX model's inputs against the data's (names, ranks, static sizes).
+
+    Raises:
+        ModelLoadError: If the file is not a readable ONNX model or has no input.
+        DataError: If its inputs differ from the data's.
+    """
+    import numpy as np
+
+    inputs = onnx_inputs(path)
+    x = dataset.x_test
+    if dataset.input_names is not None:
+        if sorted(inputs) != sorted(dataset.input_names):
+            raise DataError(
+                f"the data's named inputs must match the inputs of ONNX model {str(path)!r} "
+                f"{sorted(inputs)}, but got {sorted(dataset.input_names)}"
+            )
+        shapes = {n: (len(x), *x.dtype[n].shape) for n in dataset.input_names}
+    else:
+        if len(inputs) != 1:
+            raise DataError(
+                f"data with one input array must match an ONNX model with one input, but "
+                f"{str(path)!r} has inputs {sorted(inputs)}: store named inputs as "
+                f"'x__<name>' arrays"
+            )
+        shapes = {next(iter(inputs)): tuple(np.shape(x))}
+    for name, dims in inputs.items():
+        shape = shapes[name]
+        if len(dims) != len(shape):
+            raise DataError(
+                f"input {name!r} of ONNX model {str(path)!r} must be {len(dims)}-D "
+                f"{['?' if d is None else d for d in dims]}, but the data has shape "
+                f"{['N', *shape[1:]]}"
+            )
+        if len(dims) == 2 and dataset.input_names is None and dims[1] is not None:
+            dataset.check_input_size(int(dims[1]))
+        for axis, (want, got) in enumerate(zip(dims, shape, strict=True)):
+            if axis > 0 and want is not None and want != got:
+                raise DataError(
+                    f"input {name!r} of ONNX model {str(path)!r} must have size {want} on "
+                    f"axis {axis}, but the data has {got}"
+                )
