@@ -2,53 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hamnet.backends.onnx_graph import graph_facts
 from hamnet.core.errors import DataError, ModelLoadError
 
 if TYPE_CHECKING:
     from hamnet.training.data import Dataset
-
-
-@dataclass(frozen=True)
-class GraphFacts:
-    """What detection reads from an ONNX graph: its inputs and operator types."""
-
-    inputs: dict[str, list[int | None]]
-    op_types: frozenset[str]
-
-
-def graph_facts(path: Path) -> GraphFacts:
-    """Read the inputs and operator types of an ONNX file (cached by path, size and time).
-
-    Raises:
-        ModelLoadError: If the file is not a readable ONNX model.
-    """
-    resolved = Path(path).resolve()
-    if not resolved.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} must exist, but it does not")
-    stat = resolved.stat()
-    return _graph_facts(str(resolved), stat.st_size, stat.st_mtime_ns)
-
-
-@cache
-def _graph_facts(path: str, size: int, mtime_ns: int) -> GraphFacts:
-    import onnx
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as err:
-        raise ModelLoadError(f"model file {path!r} is not a readable ONNX model: {err}") from None
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = {
-        str(i.name): [d.dim_value or None for d in i.type.tensor_type.shape.dim]
-        for i in model.graph.input
-        if i.name not in initializers
-    }
-    return GraphFacts(inputs, frozenset(node.op_type for node in model.graph.node))
 
 
 def onnx_inputs(path: Path) -> dict[str, list[int | None]]:

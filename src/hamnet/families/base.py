@@ -22,7 +22,7 @@ from hamnet.backends.onnx_graph import graph_facts
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError, ExportError, ModelLoadError
 from hamnet.core.registry import Plugin
-from hamnet.families._onnx import GraphFacts, check_onnx_inputs, graph_facts
+from hamnet.families._onnx import check_onnx_inputs
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
