@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import difflib
-from abc import ABC, abstractmethod
+import tempfile
+from abc import ABC
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -27,7 +28,7 @@ import numpy as np
 from hamnet.compress.quantize._calibration import CALIBRATION_BATCH_SIZE, make_calibration_reader
 from hamnet.compress.quantize._graph import has_attention, transformer_shape
 from hamnet.core import registry
-from hamnet.core.errors import ConfigError, DataError, ExportError
+from hamnet.core.errors import ConfigError, DataError, ExportError, HamnetError
 from hamnet.core.registry import Plugin
 
 if TYPE_CHECKING:
@@ -135,7 +136,6 @@ class QuantizationMethod(Plugin, ABC):
             )
         return None
 
-    @abstractmethod
     def quantize(
         self,
         source: Path,
@@ -146,6 +146,12 @@ class QuantizationMethod(Plugin, ABC):
         profile: HardwareProfile,
     ) -> Path:
         """Quantize ``source`` into ``out_dir``.
+
+        The steps every method shares: reset :attr:`extra_notes`, check the
+        calibration inputs when :attr:`needs_calibration`, refuse a graph without
+        attention when :attr:`needs_attention`, create ``out_dir``, then call
+        :meth:`_convert` with a scratch folder, turning any failure that is no
+        :class:`~hamnet.core.errors.HamnetError` into an :class:`ExportError`.
 
         Args:
             source: The FP32 ONNX model (one input of any rank, or several named
@@ -165,6 +171,48 @@ class QuantizationMethod(Plugin, ABC):
             DataError: If calibration data is needed but missing or malformed.
             MissingDependencyError: If the tool is not installed.
         """
+        self.extra_notes = []
+        source = Path(source)
+        data = self._calibration(calibration) if self.needs_calibration else None
+        if self.needs_attention:
+            reason = self.applicable(source)
+            if reason:
+                raise ExportError(reason)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / ("model.xml" if self.output_format == "openvino" else "model.onnx")
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                self._convert(source, target, Path(work), data=data, cfg=cfg, profile=profile)
+            except HamnetError:
+                raise
+            except Exception as err:
+                raise self._fail(source, err) from err
+        return target
+
+    def _convert(
+        self,
+        source: Path,
+        target: Path,
+        work: Path,
+        *,
+        data: np.ndarray | None,
+        cfg: QuantizeStageConfig,
+        profile: HardwareProfile,
+    ) -> None:
+        """Write the quantized ``source`` to ``target``: the one step each method owns.
+
+        Args:
+            source: The FP32 ONNX model.
+            target: The file to write (``model.onnx`` or ``model.xml``); its folder exists.
+            work: A scratch folder, removed afterwards.
+            data: The checked calibration inputs when :attr:`needs_calibration`, else None.
+            cfg: The quantize stage settings.
+            profile: The target hardware.
+        """
+        raise NotImplementedError(
+            f"quantizer {self.name!r} must override _convert (or quantize), but overrides neither"
+        )
 
     def _calibration(self, calibration: np.ndarray | None) -> np.ndarray:
         from hamnet.backends.session import pack_inputs

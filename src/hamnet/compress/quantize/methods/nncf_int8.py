@@ -37,34 +37,27 @@ class NncfInt8(QuantizationMethod):
         "INT8 kernels are fastest on CPUs with VNNI/AMX; without them the gain is smaller.",
     ]
 
-    def quantize(
+    def _convert(
         self,
         source: Path,
-        out_dir: Path,
+        target: Path,
+        work: Path,
         *,
-        calibration: np.ndarray | None,
+        data: np.ndarray | None,
         cfg: QuantizeStageConfig,
         profile: HardwareProfile,
-    ) -> Path:
+    ) -> None:
         ov = require("openvino")
         nncf = require("nncf")
-        data = self._calibration(calibration)
-        source = Path(source)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.xml"
+        assert data is not None
         options: dict[str, Any] = {}
         if has_attention(source):
             options["model_type"] = nncf.ModelType.TRANSFORMER
             options["preset"] = nncf.QuantizationPreset.MIXED
-        try:
-            ov_model = ov.convert_model(str(source))
-            dataset = nncf.Dataset(nncf_items(data, input_names(source)))
-            quantized = nncf.quantize(ov_model, dataset, subset_size=len(data), **options)
-            ov.save_model(quantized, str(target), compress_to_fp16=False)
-        except Exception as err:
-            raise self._fail(source, err) from err
-        return target
+        ov_model = ov.convert_model(str(source))
+        dataset = nncf.Dataset(nncf_items(data, input_names(source)))
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(data), **options)
+        ov.save_model(quantized, str(target), compress_to_fp16=False)
 
 
 PLUGIN = NncfInt8

@@ -41,27 +41,21 @@ class OnnxFp16(QuantizationMethod):
             )
         return reason
 
-    def quantize(
+    def _convert(
         self,
         source: Path,
-        out_dir: Path,
+        target: Path,
+        work: Path,
         *,
-        calibration: np.ndarray | None,
+        data: np.ndarray | None,
         cfg: QuantizeStageConfig,
         profile: HardwareProfile,
-    ) -> Path:
+    ) -> None:
         onnx = require("onnx")
         float16 = require("onnxruntime.transformers.float16", "onnxruntime")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        try:
-            model = onnx.load(str(source))
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
-            onnx.save(converted, str(target))
-        except Exception as err:
-            raise self._fail(Path(source), err) from err
-        return target
+        model = onnx.load(str(source))
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.save(converted, str(target))
 
 
 PLUGIN = OnnxFp16

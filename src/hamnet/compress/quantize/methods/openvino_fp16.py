@@ -30,18 +30,19 @@ class OpenVINOFp16(QuantizationMethod):
         "model computes in FP32 (no speedup expected).",
     ]
 
-    def quantize(
+    def _convert(
         self,
         source: Path,
-        out_dir: Path,
+        target: Path,
+        work: Path,
         *,
-        calibration: np.ndarray | None,
+        data: np.ndarray | None,
         cfg: QuantizeStageConfig,
         profile: HardwareProfile,
-    ) -> Path:
+    ) -> None:
         from hamnet.backends.export import convert_openvino
 
-        return convert_openvino(source, Path(out_dir) / "model.xml", compress_to_fp16=True)
+        convert_openvino(source, target, compress_to_fp16=True)
 
 
 PLUGIN = OpenVINOFp16

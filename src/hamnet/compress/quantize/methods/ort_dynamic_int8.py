@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -35,32 +34,24 @@ class OrtDynamicInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def quantize(
+    def _convert(
         self,
         source: Path,
-        out_dir: Path,
+        target: Path,
+        work: Path,
         *,
-        calibration: np.ndarray | None,
+        data: np.ndarray | None,
         cfg: QuantizeStageConfig,
         profile: HardwareProfile,
-    ) -> Path:
+    ) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        with tempfile.TemporaryDirectory() as work:
-            prepared = preprocess(Path(source), Path(work))
-            try:
-                quantization.quantize_dynamic(
-                    str(prepared),
-                    str(target),
-                    per_channel=cfg.per_channel,
-                    reduce_range=resolve_reduce_range(cfg, profile),
-                    weight_type=quantization.QuantType.QInt8,
-                )
-            except Exception as err:
-                raise self._fail(source, err) from err
-        return target
+        quantization.quantize_dynamic(
+            str(preprocess(source, work)),
+            str(target),
+            per_channel=cfg.per_channel,
+            reduce_range=resolve_reduce_range(cfg, profile),
+            weight_type=quantization.QuantType.QInt8,
+        )
 
 
 PLUGIN = OrtDynamicInt8

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -40,39 +39,30 @@ class OrtStaticInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def quantize(
+    def _convert(
         self,
         source: Path,
-        out_dir: Path,
+        target: Path,
+        work: Path,
         *,
-        calibration: np.ndarray | None,
+        data: np.ndarray | None,
         cfg: QuantizeStageConfig,
         profile: HardwareProfile,
-    ) -> Path:
+    ) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
-        data = self._calibration(calibration)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        source = Path(source)
+        assert data is not None
         reader = make_calibration_reader(data, input_names(source)[0])
-        with tempfile.TemporaryDirectory() as work:
-            prepared = preprocess(source, Path(work))
-            try:
-                quantization.quantize_static(
-                    str(prepared),
-                    str(target),
-                    reader,
-                    quant_format=quantization.QuantFormat.QDQ,
-                    per_channel=cfg.per_channel,
-                    reduce_range=resolve_reduce_range(cfg, profile),
-                    activation_type=quantization.QuantType.QUInt8,
-                    weight_type=quantization.QuantType.QInt8,
-                    calibrate_method=quantization.CalibrationMethod.MinMax,
-                )
-            except Exception as err:
-                raise self._fail(source, err) from err
-        return target
+        quantization.quantize_static(
+            str(preprocess(source, work)),
+            str(target),
+            reader,
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=cfg.per_channel,
+            reduce_range=resolve_reduce_range(cfg, profile),
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+        )
 
 
 PLUGIN = OrtStaticInt8
