@@ -37,14 +37,14 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.pruning.scores import aggregate_linear_scores
+from hamnet.compress.pruning.scores import linear_scores_importance_base
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.training.data import Dataset
 
@@ -498,9 +498,7 @@ def _batches(data: Iterable[Any] | Dataset, seed: int) -> Iterator[tuple[torch.T
 
 @functools.cache
 def _make_importance_class() -> type:
-    import torch_pruning as tp
-
-    class HessianImportance(tp.importance.Importance):  # type: ignore[misc]
+    class HessianImportance(linear_scores_importance_base()):  # type: ignore[misc]
         """torch-pruning importance from the analyzer's OBS saliencies.
 
         For each member of a group it adds the saliency of the pruned rows (output
@@ -512,23 +510,18 @@ def _make_importance_class() -> type:
             analyzer: A fitted :class:`HOBSSensitivityAnalyzer`.
         """
 
+        what = "saliencies"
+
         def __init__(self, analyzer: HOBSSensitivityAnalyzer) -> None:
             analyzer._require_scores()
             self.analyzer = analyzer
             self._names = analyzer.module_names
 
-        @torch.no_grad()
-        def __call__(self, group: Any) -> torch.Tensor | None:
-            return cast(
-                "torch.Tensor | None",
-                aggregate_linear_scores(
-                    group,
-                    self._names,
-                    self.analyzer.row_saliency.get,
-                    self.analyzer.column_saliency.get,
-                    what="saliencies",
-                ),
-            )
+        def _row_scores(self, name: str) -> torch.Tensor | None:
+            return self.analyzer.row_saliency.get(name)
+
+        def _column_scores(self, name: str) -> torch.Tensor | None:
+            return self.analyzer.column_saliency.get(name)
 
     return HessianImportance
 
