@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import math
+import operator
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -555,18 +557,16 @@ class CombinedDistillLoss(nn.Module):
     @property
     def student_capture(self) -> CaptureSpec:
         """What the student forward must capture for every term."""
-        spec = CaptureSpec()
-        for loss in self._losses():
-            spec = spec | loss.student_capture
-        return spec
+        return functools.reduce(
+            operator.or_, (loss.student_capture for loss in self._losses()), CaptureSpec()
+        )
 
     @property
     def teacher_capture(self) -> CaptureSpec:
         """What ``teachers[0]`` must provide (other teachers provide logits only)."""
-        spec = CaptureSpec()
-        for loss in self._losses():
-            spec = spec | loss.teacher_capture
-        return spec
+        return functools.reduce(
+            operator.or_, (loss.teacher_capture for loss in self._losses()), CaptureSpec()
+        )
 
     @property
     def min_teachers(self) -> int:

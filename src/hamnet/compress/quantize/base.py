@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import tempfile
 from abc import ABC
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATION_BATCH_SIZE",
     "QuantizationMethod",
+    "QuantizeJob",
     "get_quantizer",
     "has_attention",
     "make_calibration_reader",
@@ -60,6 +62,43 @@ def resolve_reduce_range(cfg: QuantizeStageConfig, profile: HardwareProfile) -> 
     if cfg.reduce_range == "auto":
         return bool(profile.int8_reduce_range)
     return bool(cfg.reduce_range)
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """What :meth:`QuantizationMethod._convert` works on.
+
+    Attributes:
+        source: The FP32 ONNX model.
+        target: The file to write (``model.onnx`` or ``model.xml``); its folder exists.
+        work: A scratch folder, removed afterwards.
+        data: The checked calibration inputs when the method needs them, else None.
+        cfg: The quantize stage settings.
+        profile: The target hardware.
+    """
+
+    source: Path
+    target: Path
+    work: Path
+    data: np.ndarray | None
+    cfg: QuantizeStageConfig
+    profile: HardwareProfile
+
+    @property
+    def calibration(self) -> np.ndarray:
+        """The checked calibration inputs.
+
+        Raises:
+            DataError: If the method was given none (it does not need calibration).
+        """
+        if self.data is None:
+            raise DataError("calibration inputs must be given to this method, but got none")
+        return self.data
+
+    @property
+    def reduce_range(self) -> bool:
+        """Whether ONNX Runtime INT8 weights use 7 bits (see :func:`resolve_reduce_range`)."""
+        return resolve_reduce_range(self.cfg, self.profile)
 
 
 class QuantizationMethod(Plugin, ABC):
@@ -183,33 +222,15 @@ class QuantizationMethod(Plugin, ABC):
         target = out_dir / ("model.xml" if self.output_format == "openvino" else "model.onnx")
         with tempfile.TemporaryDirectory() as work:
             try:
-                self._convert(source, target, Path(work), data=data, cfg=cfg, profile=profile)
+                self._convert(QuantizeJob(source, target, Path(work), data, cfg, profile))
             except HamnetError:
                 raise
             except Exception as err:
                 raise self._fail(source, err) from err
         return target
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
-        """Write the quantized ``source`` to ``target``: the one step each method owns.
-
-        Args:
-            source: The FP32 ONNX model.
-            target: The file to write (``model.onnx`` or ``model.xml``); its folder exists.
-            work: A scratch folder, removed afterwards.
-            data: The checked calibration inputs when :attr:`needs_calibration`, else None.
-            cfg: The quantize stage settings.
-            profile: The target hardware.
-        """
+    def _convert(self, job: QuantizeJob) -> None:
+        """Write the quantized ``job.source`` to ``job.target``: the step each method owns."""
         raise NotImplementedError(
             f"quantizer {self.name!r} must override _convert (or quantize), but overrides neither"
         )

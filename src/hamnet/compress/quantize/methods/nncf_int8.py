@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
+from typing import Any, ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._calibration import nncf_items
 from hamnet.compress.quantize._graph import has_attention, input_names
-from hamnet.compress.quantize.base import QuantizationMethod
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class NncfInt8(QuantizationMethod):
@@ -37,27 +30,17 @@ class NncfInt8(QuantizationMethod):
         "INT8 kernels are fastest on CPUs with VNNI/AMX; without them the gain is smaller.",
     ]
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
+    def _convert(self, job: QuantizeJob) -> None:
         ov = require("openvino")
         nncf = require("nncf")
-        assert data is not None
         options: dict[str, Any] = {}
-        if has_attention(source):
+        if has_attention(job.source):
             options["model_type"] = nncf.ModelType.TRANSFORMER
             options["preset"] = nncf.QuantizationPreset.MIXED
-        ov_model = ov.convert_model(str(source))
-        dataset = nncf.Dataset(nncf_items(data, input_names(source)))
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(data), **options)
-        ov.save_model(quantized, str(target), compress_to_fp16=False)
+        ov_model = ov.convert_model(str(job.source))
+        dataset = nncf.Dataset(nncf_items(job.calibration, input_names(job.source)))
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(job.calibration), **options)
+        ov.save_model(quantized, str(job.target), compress_to_fp16=False)
 
 
 PLUGIN = NncfInt8

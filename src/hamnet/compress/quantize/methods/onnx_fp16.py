@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
 from hamnet.backends.session import require
-from hamnet.compress.quantize.base import QuantizationMethod
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
     from hamnet.core.hardware import HardwareProfile
 
 
@@ -41,21 +37,12 @@ class OnnxFp16(QuantizationMethod):
             )
         return reason
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
+    def _convert(self, job: QuantizeJob) -> None:
         onnx = require("onnx")
         float16 = require("onnxruntime.transformers.float16", "onnxruntime")
-        model = onnx.load(str(source))
+        model = onnx.load(str(job.source))
         converted = float16.convert_float_to_float16(model, keep_io_types=True)
-        onnx.save(converted, str(target))
+        onnx.save(converted, str(job.target))
 
 
 PLUGIN = OnnxFp16

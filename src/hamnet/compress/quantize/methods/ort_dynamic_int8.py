@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._graph import preprocess
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtDynamicInt8(QuantizationMethod):
@@ -34,22 +27,13 @@ class OrtDynamicInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
         quantization.quantize_dynamic(
-            str(preprocess(source, work)),
-            str(target),
-            per_channel=cfg.per_channel,
-            reduce_range=resolve_reduce_range(cfg, profile),
+            str(preprocess(job.source, job.work)),
+            str(job.target),
+            per_channel=job.cfg.per_channel,
+            reduce_range=job.reduce_range,
             weight_type=quantization.QuantType.QInt8,
         )
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._graph import transformer_shape
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtFusedDynamicInt8(QuantizationMethod):
@@ -47,25 +41,16 @@ class OrtFusedDynamicInt8(QuantizationMethod):
         "Weights INT8 per channel, activations quantized per call; no calibration data.",
     ]
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
         onnx = require("onnx")
         # Shape inference cannot type the outputs of ONNX Runtime's contrib ops;
         # every tensor of these graphs is float.
         quantization.quantize_dynamic(
-            str(self._fuse(source, work / "fused.onnx")),
-            str(target),
+            str(self._fuse(job.source, job.work / "fused.onnx")),
+            str(job.target),
             per_channel=True,
-            reduce_range=resolve_reduce_range(cfg, profile),
+            reduce_range=job.reduce_range,
             weight_type=quantization.QuantType.QInt8,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )

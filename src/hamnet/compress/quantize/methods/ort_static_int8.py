@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._calibration import make_calibration_reader
 from hamnet.compress.quantize._graph import input_names, preprocess
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtStaticInt8(QuantizationMethod):
@@ -39,26 +32,16 @@ class OrtStaticInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def _convert(
-        self,
-        source: Path,
-        target: Path,
-        work: Path,
-        *,
-        data: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> None:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
-        assert data is not None
-        reader = make_calibration_reader(data, input_names(source)[0])
+        reader = make_calibration_reader(job.calibration, input_names(job.source)[0])
         quantization.quantize_static(
-            str(preprocess(source, work)),
-            str(target),
+            str(preprocess(job.source, job.work)),
+            str(job.target),
             reader,
             quant_format=quantization.QuantFormat.QDQ,
-            per_channel=cfg.per_channel,
-            reduce_range=resolve_reduce_range(cfg, profile),
+            per_channel=job.cfg.per_channel,
+            reduce_range=job.reduce_range,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax,
