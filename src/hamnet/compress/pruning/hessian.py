@@ -497,7 +497,13 @@ def _batches(data: Iterable[Any] | Dataset, seed: int) -> Iterator[tuple[torch.T
 
 
 @functools.cache
-def _make_importance_class() -> type:
+def hessian_importance_class() -> type:
+    """The ``HessianImportance`` class (a ``torch_pruning.importance.Importance``).
+
+    Built on first use so that importing this module does not import torch-pruning;
+    ``from hamnet.compress.pruning.hessian import HessianImportance`` also works.
+    """
+
     class HessianImportance(linear_scores_importance_base()):  # type: ignore[misc]
         """torch-pruning importance from the analyzer's OBS saliencies.
 
@@ -530,15 +536,6 @@ def __getattr__(name: str) -> Any:
     if name == "HessianImportance":
         return hessian_importance_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def hessian_importance_class() -> type:
-    """The ``HessianImportance`` class (a ``torch_pruning.importance.Importance``).
-
-    Built on first use so that importing this module does not import torch-pruning;
-    ``from hamnet.compress.pruning.hessian import HessianImportance`` also works.
-    """
-    return _make_importance_class()
 
 
 def fit_analyzer(

@@ -163,7 +163,13 @@ def _training_batches(
 
 
 @functools.cache
-def _make_importance_class() -> type:
+def movement_importance_class() -> type:
+    """The ``MovementImportance`` class (a ``torch_pruning.importance.Importance``).
+
+    Built on first use so that importing this module does not import torch-pruning;
+    ``from hamnet.compress.pruning.movement import MovementImportance`` also works.
+    """
+
     class MovementImportance(linear_scores_importance_base()):  # type: ignore[misc]
         """torch-pruning importance from accumulated movement scores.
 
@@ -200,15 +206,6 @@ def __getattr__(name: str) -> Any:
     if name == "MovementImportance":
         return movement_importance_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def movement_importance_class() -> type:
-    """The ``MovementImportance`` class (a ``torch_pruning.importance.Importance``).
-
-    Built on first use so that importing this module does not import torch-pruning;
-    ``from hamnet.compress.pruning.movement import MovementImportance`` also works.
-    """
-    return _make_importance_class()
 
 
 def make_movement_importance(
