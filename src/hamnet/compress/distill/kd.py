@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hamnet.compress.distill.losses.base import parse_term
-from hamnet.compress.distill.mapping import LayerPair
+from hamnet.compress.distill.mapping import LayerKind, LayerPair, LayerSpec, map_layers
 from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
 from hamnet.core.errors import ConfigError
 from hamnet.training.trainer import labelled_cross_entropy
@@ -65,6 +65,16 @@ class BuildContext:
         if not self.teachers:
             raise ConfigError(f"distillation method {method!r} needs a teacher, but got none")
         return self.teachers[0]
+
+    def layer_pairs(self, method: str, spec: LayerSpec, kind: LayerKind) -> list[LayerPair]:
+        """The student layers ``method`` compares with ``teachers[0]``'s (see :func:`map_layers`).
+
+        Raises:
+            ConfigError: If there is no teacher, or the layers cannot be paired.
+        """
+        return map_layers(
+            self.student, self.first_teacher(method), spec, kind, input_size=self.input_size
+        )
 
 
 class DistillTerm(nn.Module, abc.ABC):
