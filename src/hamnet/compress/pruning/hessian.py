@@ -414,17 +414,7 @@ class HOBSSensitivityAnalyzer:
             One ``[num_heads]`` tensor per block.
         """
         self._require_scores()
-        names = self.module_names
-        out = []
-        for block in _blocks_of(model):
-            attn = block.attn
-            total = torch.zeros(attn.num_heads, dtype=torch.float64)
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                rows = self.row_saliency.get(names.get(proj, ""))
-                if rows is not None:
-                    total += rows.cpu().reshape(attn.num_heads, attn.head_dim).sum(1)
-            out.append(total)
-        return out
+        return [self._head_saliency(block.attn) for block in _blocks_of(model)]
 
     def ffn_scores(self, model: nn.Module) -> list[torch.Tensor]:
         """Per HAMNet block, the saliency of each FFN channel.
@@ -435,19 +425,24 @@ class HOBSSensitivityAnalyzer:
             One ``[ffn_width]`` tensor per block.
         """
         self._require_scores()
-        names = self.module_names
-        out = []
-        for block in _blocks_of(model):
-            fc1, fc2 = block.ffn.fc1, block.ffn.fc2
-            total = torch.zeros(fc1.out_features, dtype=torch.float64)
-            rows = self.row_saliency.get(names.get(fc1, ""))
-            cols = self.column_saliency.get(names.get(fc2, ""))
+        return [self._ffn_saliency(block.ffn) for block in _blocks_of(model)]
+
+    def _head_saliency(self, attn: Any) -> torch.Tensor:
+        total = torch.zeros(attn.num_heads, dtype=torch.float64)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            rows = self.row_saliency.get(self.module_names.get(proj, ""))
             if rows is not None:
-                total += rows.cpu()
-            if cols is not None:
-                total += cols.cpu()
-            out.append(total)
-        return out
+                total += rows.cpu().reshape(attn.num_heads, attn.head_dim).sum(1)
+        return total
+
+    def _ffn_saliency(self, ffn: Any) -> torch.Tensor:
+        total = torch.zeros(ffn.fc1.out_features, dtype=torch.float64)
+        rows = self.row_saliency.get(self.module_names.get(ffn.fc1, ""))
+        cols = self.column_saliency.get(self.module_names.get(ffn.fc2, ""))
+        for scores in (rows, cols):
+            if scores is not None:
+                total += scores.cpu()
+        return total
 
     def get_pruning_plan(self, pruning_ratio: float = 0.5) -> dict[str, list[int]]:
         """The lowest-saliency rows of each layer.
