@@ -6,6 +6,7 @@ functions that need them, so ``import hamnet`` and ``hamnet --help`` stay fast.
 
 from __future__ import annotations
 
+from hamnet.core.api_names import API_NAMES
 from hamnet.core.errors import (
     ConfigError,
     DataError,
@@ -18,23 +19,10 @@ from hamnet.core.errors import (
 )
 from hamnet.core.version import __version__
 
-_API_NAMES = frozenset(
-    {
-        "AutoPlan",
-        "CompressionReport",
-        "Constraints",
-        "Goal",
-        "OptimizationResult",
-        "Optimizer",
-        "UnsupportedCombinationError",
-        "plan_for",
-    }
-)
-
 
 def __getattr__(name: str) -> object:
     """Load the Python API (``hamnet.api``) on first use, keeping ``import hamnet`` light."""
-    if name in _API_NAMES:
+    if name in API_NAMES:
         from hamnet.api import optimizer
 
         return getattr(optimizer, name)
@@ -42,21 +30,14 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "AutoPlan",
-    "CompressionReport",
+    *API_NAMES,
     "ConfigError",
-    "Constraints",
     "DataError",
     "ExportError",
-    "Goal",
     "HamnetError",
     "HardwareProfileError",
     "MissingDependencyError",
     "ModelLoadError",
-    "OptimizationResult",
-    "Optimizer",
     "StageError",
-    "UnsupportedCombinationError",
     "__version__",
-    "plan_for",
 ]

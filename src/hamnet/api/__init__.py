@@ -6,18 +6,14 @@ Parts: :mod:`.ingestion` (loading the user's model), :mod:`.data` (validation da
 :mod:`.optimizer` (the :class:`Optimizer` facade).
 """
 
-from hamnet.api.compiler import AutoPlan, plan_for
-from hamnet.api.constraints import Constraints, Goal, UnsupportedCombinationError
-from hamnet.api.optimizer import Optimizer
-from hamnet.api.report import CompressionReport, OptimizationResult
+from hamnet.api.compiler import AutoPlan as AutoPlan
+from hamnet.api.compiler import plan_for as plan_for
+from hamnet.api.constraints import Constraints as Constraints
+from hamnet.api.constraints import Goal as Goal
+from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
+from hamnet.api.optimizer import Optimizer as Optimizer
+from hamnet.api.report import CompressionReport as CompressionReport
+from hamnet.api.report import OptimizationResult as OptimizationResult
+from hamnet.core.api_names import API_NAMES
 
-__all__ = [
-    "AutoPlan",
-    "CompressionReport",
-    "Constraints",
-    "Goal",
-    "OptimizationResult",
-    "Optimizer",
-    "UnsupportedCombinationError",
-    "plan_for",
-]
+__all__ = list(API_NAMES)

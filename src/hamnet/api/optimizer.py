@@ -61,11 +61,14 @@ from typing import TYPE_CHECKING, Any
 
 from hamnet.api import ingestion
 from hamnet.api.compiler import AutoPlan, ModelFacts, ModelKind, compile_config, plan_for
-from hamnet.api.constraints import Constraints, Goal, UnsupportedCombinationError, parse_goal
+from hamnet.api.constraints import Constraints, Goal, parse_goal
+from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
 from hamnet.api.data import DataTarget, prepare_data
 from hamnet.api.ingestion import DEFAULT_WORK_ROOT
-from hamnet.api.report import CompressionReport, OptimizationResult, ValidationFn, build_report
+from hamnet.api.report import CompressionReport as CompressionReport
+from hamnet.api.report import OptimizationResult, ValidationFn, build_report
 from hamnet.api.rounds import RoundRunner
+from hamnet.core.api_names import API_NAMES
 from hamnet.core.errors import ConfigError, ModelLoadError
 from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_family
 
@@ -394,14 +397,4 @@ def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Con
     return constraints
 
 
-__all__ = [
-    "DEFAULT_WORK_ROOT",
-    "AutoPlan",
-    "CompressionReport",
-    "Constraints",
-    "Goal",
-    "OptimizationResult",
-    "Optimizer",
-    "UnsupportedCombinationError",
-    "plan_for",
-]
+__all__ = ["DEFAULT_WORK_ROOT", *API_NAMES]

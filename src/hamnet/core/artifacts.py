@@ -8,12 +8,13 @@ points at the main file (e.g. ``model.onnx`` or ``model.xml`` beside ``model.bin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -105,12 +106,37 @@ def hash_files(paths: list[Path]) -> str:
     return hash_named_files(paths)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half.
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing so readers see the old file or the new one, never half.
 
-    The bytes go to a temp file in the same folder, are flushed to disk, and replace
-    ``path`` with :func:`os.replace` (atomic on POSIX and Windows). A crash leaves at most
-    a ``.tmp-*`` file behind (``hamnet gc`` removes old ones).
+    The bytes go to a temp file in the same folder; when the ``with`` block ends they
+    are flushed to disk and replace ``path`` with :func:`os.replace` (atomic on POSIX
+    and Windows). An error in the block removes the temp file and leaves ``path`` as it
+    was; a crash leaves at most a ``.tmp-*`` file behind (``hamnet gc`` removes old ones).
+
+    Args:
+        path: The file to (over)write; its folder is created when missing.
+
+    Yields:
+        The binary file to write to.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_writer`).
 
     Args:
         path: The file to (over)write; its folder is created when missing.
@@ -119,19 +145,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_writer(path) as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

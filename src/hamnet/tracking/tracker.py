@@ -19,11 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from hamnet.core.candidate import Candidate
-from hamnet.core.config import ConstraintsSection, OptimizeConfig, TrackingSection
+from hamnet.core.config import TrackingSection
 from hamnet.tracking.champion import (
     TAG_BASELINE_ACCURACY,
     TAG_METRICS,
@@ -47,12 +48,8 @@ from hamnet.tracking.connection import (
 from hamnet.tracking.reaper import TAG_HOST, TAG_PID, TAG_PID_STARTED, close_abandoned
 from hamnet.tracking.runs import TAG_CANDIDATE_ID, RunLogger, log_benchmark_files
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    import pandas as pd
-
-    from hamnet.evaluate.pareto import Assessment, Selection
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = [
     "MAX_PARAM_LENGTH",
@@ -78,6 +75,22 @@ __all__ = [
 ]
 
 
+def _delegate(
+    part: str, method: Callable[Concatenate[Any, P], R]
+) -> Callable[Concatenate[Any, P], R]:
+    """A method that calls ``method`` on the attribute ``part`` of its instance.
+
+    The facade's methods are made with it so that each signature and docstring has one
+    home, in the class that does the work.
+    """
+
+    @functools.wraps(method)
+    def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(getattr(self, part), *args, **kwargs)
+
+    return call
+
+
 class Tracker(Connection):
     """Logs optimization runs, candidates and registrations to MLflow.
 
@@ -96,83 +109,13 @@ class Tracker(Connection):
         self.runs = RunLogger(self)
         self.registry = ModelRegistry(self)
 
-    def start_parent(
-        self,
-        run_name: str,
-        *,
-        config: OptimizeConfig | None = None,
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Open the parent run of one optimization (see :meth:`RunLogger.start_parent`)."""
-        return self.runs.start_parent(run_name, config=config, params=params, tags=tags)
-
-    def log_candidate(
-        self,
-        parent_run_id: str,
-        candidate: Candidate,
-        assessment: Assessment | None,
-        *,
-        model_file: bool,
-        parent_name: str | None = None,
-    ) -> str:
-        """Log one candidate as a nested run (see :meth:`RunLogger.log_candidate`)."""
-        return self.runs.log_candidate(
-            parent_run_id, candidate, assessment, model_file=model_file, parent_name=parent_name
-        )
-
-    def log_selection(
-        self,
-        parent_run_id: str,
-        df: pd.DataFrame,
-        selection: Selection,
-        figure_dir: str | Path | None = None,
-    ) -> None:
-        """Log the Pareto table, front and plot (see :meth:`RunLogger.log_selection`)."""
-        self.runs.log_selection(parent_run_id, df, selection, figure_dir)
-
-    def record_attempt(
-        self, parent_run_id: str, stage: str, attempt: int, error: str | None = None
-    ) -> None:
-        """Record one attempt of a stage (see :meth:`RunLogger.record_attempt`)."""
-        self.runs.record_attempt(parent_run_id, stage, attempt, error)
-
-    def log_trial(self, parent_run_id: str, stage: str, study_name: str, trial: Any) -> str:
-        """Log one finished Optuna trial (see :meth:`RunLogger.log_trial`)."""
-        return self.runs.log_trial(parent_run_id, stage, study_name, trial)
+    start_parent = _delegate("runs", RunLogger.start_parent)
+    log_candidate = _delegate("runs", RunLogger.log_candidate)
+    log_selection = _delegate("runs", RunLogger.log_selection)
+    record_attempt = _delegate("runs", RunLogger.record_attempt)
+    log_trial = _delegate("runs", RunLogger.log_trial)
+    register = _delegate("registry", ModelRegistry.register)
 
     def close_abandoned(self, config_fingerprint: str, *, closed_by: str) -> list[str]:
         """Close parent runs of dead processes (see :func:`.reaper.close_abandoned`)."""
         return close_abandoned(self, config_fingerprint, closed_by=closed_by)
-
-    def register(
-        self,
-        candidate: Candidate,
-        candidate_run_id: str,
-        assessment: Assessment,
-        *,
-        objective: str,
-        min_improvement: float,
-        constraints: ConstraintsSection,
-        baseline_accuracy: float | None = None,
-    ) -> RegistrationResult:
-        """Register a candidate, maybe move the champion (see :meth:`ModelRegistry.register`)."""
-        return self.registry.register(
-            candidate,
-            candidate_run_id,
-            assessment,
-            objective=objective,
-            min_improvement=min_improvement,
-            constraints=constraints,
-            baseline_accuracy=baseline_accuracy,
-        )
-
-    def _log(
-        self,
-        run_id: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> None:
-        self.log(run_id, params=params, metrics=metrics, tags=tags)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import math
+import operator
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hamnet.compress.distill.losses.base import parse_term
-from hamnet.compress.distill.mapping import LayerPair
+from hamnet.compress.distill.mapping import LayerKind, LayerPair, LayerSpec, map_layers
 from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
 from hamnet.core.errors import ConfigError
 from hamnet.training.trainer import labelled_cross_entropy
@@ -63,6 +65,16 @@ class BuildContext:
         if not self.teachers:
             raise ConfigError(f"distillation method {method!r} needs a teacher, but got none")
         return self.teachers[0]
+
+    def layer_pairs(self, method: str, spec: LayerSpec, kind: LayerKind) -> list[LayerPair]:
+        """The student layers ``method`` compares with ``teachers[0]``'s (see :func:`map_layers`).
+
+        Raises:
+            ConfigError: If there is no teacher, or the layers cannot be paired.
+        """
+        return map_layers(
+            self.student, self.first_teacher(method), spec, kind, input_size=self.input_size
+        )
 
 
 class DistillTerm(nn.Module, abc.ABC):
@@ -555,18 +567,16 @@ class CombinedDistillLoss(nn.Module):
     @property
     def student_capture(self) -> CaptureSpec:
         """What the student forward must capture for every term."""
-        spec = CaptureSpec()
-        for loss in self._losses():
-            spec = spec | loss.student_capture
-        return spec
+        return functools.reduce(
+            operator.or_, (loss.student_capture for loss in self._losses()), CaptureSpec()
+        )
 
     @property
     def teacher_capture(self) -> CaptureSpec:
         """What ``teachers[0]`` must provide (other teachers provide logits only)."""
-        spec = CaptureSpec()
-        for loss in self._losses():
-            spec = spec | loss.teacher_capture
-        return spec
+        return functools.reduce(
+            operator.or_, (loss.teacher_capture for loss in self._losses()), CaptureSpec()
+        )
 
     @property
     def min_teachers(self) -> int:

@@ -9,8 +9,6 @@ layers.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from torch import nn
 
 from hamnet.compress.distill.capture import model_outputs
 from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
+from hamnet.core.artifacts import atomic_writer
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.core.hashing import hash_json
 
@@ -94,22 +93,14 @@ class TeacherOutputs:
         Returns:
             The path written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {"format": np.array(CACHE_FORMAT), "logits": self.logits}
         arrays.update({_FEATURE + k: v for k, v in self.features.items()})
         arrays.update({_ATTENTION + k: v for k, v in self.attentions.items()})
         if self.embedding is not None:
             arrays["embedding"] = self.embedding
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        with atomic_writer(path) as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> TeacherOutputs:

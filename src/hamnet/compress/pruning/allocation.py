@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from hamnet.compress.pruning._lookup import build_pruning_plugin, pruning_plugin
 from hamnet.compress.pruning.allocations.base import Allocation
 from hamnet.core import registry
-from hamnet.core.errors import ConfigError
 
 __all__ = ["allocation_class", "get_allocation", "get_allocator", "is_layer_allocation"]
 
@@ -23,10 +23,7 @@ def allocation_class(name: str) -> type[Allocation]:
     Raises:
         ConfigError: If ``name`` is not a known allocation (with a did-you-mean hint).
     """
-    try:
-        return cast(type[Allocation], registry.load("allocation", name))
-    except ConfigError as err:
-        raise ConfigError(f"pruning {err}") from None
+    return cast(type[Allocation], pruning_plugin("allocation", name))
 
 
 def get_allocator(name: str, options: Mapping[str, Any] | None = None) -> Allocation:
@@ -39,7 +36,7 @@ def get_allocator(name: str, options: Mapping[str, Any] | None = None) -> Alloca
     Raises:
         ConfigError: If ``name`` is unknown or an option is invalid.
     """
-    return allocation_class(name)(**dict(options or {}))
+    return cast(Allocation, build_pruning_plugin("allocation", name, options))
 
 
 def is_layer_allocation(name: str) -> bool:

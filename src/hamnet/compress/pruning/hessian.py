@@ -37,14 +37,14 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.pruning.scores import aggregate_linear_scores
+from hamnet.compress.pruning.scores import linear_scores_importance_base
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.training.data import Dataset
 
@@ -414,17 +414,7 @@ class HOBSSensitivityAnalyzer:
             One ``[num_heads]`` tensor per block.
         """
         self._require_scores()
-        names = self.module_names
-        out = []
-        for block in _blocks_of(model):
-            attn = block.attn
-            total = torch.zeros(attn.num_heads, dtype=torch.float64)
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-                rows = self.row_saliency.get(names.get(proj, ""))
-                if rows is not None:
-                    total += rows.cpu().reshape(attn.num_heads, attn.head_dim).sum(1)
-            out.append(total)
-        return out
+        return [self._head_saliency(block.attn) for block in _blocks_of(model)]
 
     def ffn_scores(self, model: nn.Module) -> list[torch.Tensor]:
         """Per HAMNet block, the saliency of each FFN channel.
@@ -435,19 +425,24 @@ class HOBSSensitivityAnalyzer:
             One ``[ffn_width]`` tensor per block.
         """
         self._require_scores()
-        names = self.module_names
-        out = []
-        for block in _blocks_of(model):
-            fc1, fc2 = block.ffn.fc1, block.ffn.fc2
-            total = torch.zeros(fc1.out_features, dtype=torch.float64)
-            rows = self.row_saliency.get(names.get(fc1, ""))
-            cols = self.column_saliency.get(names.get(fc2, ""))
+        return [self._ffn_saliency(block.ffn) for block in _blocks_of(model)]
+
+    def _head_saliency(self, attn: Any) -> torch.Tensor:
+        total = torch.zeros(attn.num_heads, dtype=torch.float64)
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            rows = self.row_saliency.get(self.module_names.get(proj, ""))
             if rows is not None:
-                total += rows.cpu()
-            if cols is not None:
-                total += cols.cpu()
-            out.append(total)
-        return out
+                total += rows.cpu().reshape(attn.num_heads, attn.head_dim).sum(1)
+        return total
+
+    def _ffn_saliency(self, ffn: Any) -> torch.Tensor:
+        total = torch.zeros(ffn.fc1.out_features, dtype=torch.float64)
+        rows = self.row_saliency.get(self.module_names.get(ffn.fc1, ""))
+        cols = self.column_saliency.get(self.module_names.get(ffn.fc2, ""))
+        for scores in (rows, cols):
+            if scores is not None:
+                total += scores.cpu()
+        return total
 
     def get_pruning_plan(self, pruning_ratio: float = 0.5) -> dict[str, list[int]]:
         """The lowest-saliency rows of each layer.
@@ -497,10 +492,14 @@ def _batches(data: Iterable[Any] | Dataset, seed: int) -> Iterator[tuple[torch.T
 
 
 @functools.cache
-def _make_importance_class() -> type:
-    import torch_pruning as tp
+def hessian_importance_class() -> type:
+    """The ``HessianImportance`` class (a ``torch_pruning.importance.Importance``).
 
-    class HessianImportance(tp.importance.Importance):  # type: ignore[misc]
+    Built on first use so that importing this module does not import torch-pruning;
+    ``from hamnet.compress.pruning.hessian import HessianImportance`` also works.
+    """
+
+    class HessianImportance(linear_scores_importance_base()):  # type: ignore[misc]
         """torch-pruning importance from the analyzer's OBS saliencies.
 
         For each member of a group it adds the saliency of the pruned rows (output
@@ -512,23 +511,18 @@ def _make_importance_class() -> type:
             analyzer: A fitted :class:`HOBSSensitivityAnalyzer`.
         """
 
+        what = "saliencies"
+
         def __init__(self, analyzer: HOBSSensitivityAnalyzer) -> None:
             analyzer._require_scores()
             self.analyzer = analyzer
             self._names = analyzer.module_names
 
-        @torch.no_grad()
-        def __call__(self, group: Any) -> torch.Tensor | None:
-            return cast(
-                "torch.Tensor | None",
-                aggregate_linear_scores(
-                    group,
-                    self._names,
-                    self.analyzer.row_saliency.get,
-                    self.analyzer.column_saliency.get,
-                    what="saliencies",
-                ),
-            )
+        def _row_scores(self, name: str) -> torch.Tensor | None:
+            return self.analyzer.row_saliency.get(name)
+
+        def _column_scores(self, name: str) -> torch.Tensor | None:
+            return self.analyzer.column_saliency.get(name)
 
     return HessianImportance
 
@@ -537,15 +531,6 @@ def __getattr__(name: str) -> Any:
     if name == "HessianImportance":
         return hessian_importance_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def hessian_importance_class() -> type:
-    """The ``HessianImportance`` class (a ``torch_pruning.importance.Importance``).
-
-    Built on first use so that importing this module does not import torch-pruning;
-    ``from hamnet.compress.pruning.hessian import HessianImportance`` also works.
-    """
-    return _make_importance_class()
 
 
 def fit_analyzer(

@@ -27,8 +27,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,28 +159,23 @@ def prune_bert(
     """
     scorer, global_ranking = _check_settings(ratio, criterion, allocation, calibration)
     _check_unpruned(model, _encoder_layers(model))
-    work = model if inplace else copy.deepcopy(model)
-    layers = _encoder_layers(work)
-    was_training = work.training
-    work.eval()
-    try:
-        graph = _build_graph(work, example_inputs)
-        if scorer.needs_gradients and calibration is not None:
-            _accumulate_gradients(work, layers, calibration)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            importance = scorer.build(work, None, seed)
-            head_scores, ffn_scores = _score(graph, layers, importance)
-        if global_ranking:
-            heads_kept = _keep_global(head_scores, ratio)
-            ffn_kept = _keep_global(ffn_scores, ratio)
-        else:
-            heads_kept = [_keep_uniform(s, ratio) for s in head_scores]
-            ffn_kept = [_keep_uniform(s, ratio) for s in ffn_scores]
-        _prune_layers(graph, layers, heads_kept, ffn_kept)
-    finally:
-        work.zero_grad(set_to_none=True)
-        work.train(was_training)
+    with _pruning(model, example_inputs, inplace=inplace) as (work, layers, graph):
+        try:
+            if scorer.needs_gradients and calibration is not None:
+                _accumulate_gradients(work, layers, calibration)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                importance = scorer.build(work, None, seed)
+                head_scores, ffn_scores = _score(graph, layers, importance)
+            if global_ranking:
+                heads_kept = _keep_global(head_scores, ratio)
+                ffn_kept = _keep_global(ffn_scores, ratio)
+            else:
+                heads_kept = [_keep_uniform(s, ratio) for s in head_scores]
+                ffn_kept = [_keep_uniform(s, ratio) for s in ffn_scores]
+            _prune_layers(graph, layers, heads_kept, ffn_kept)
+        finally:
+            work.zero_grad(set_to_none=True)
     plan = HFPruningPlan(
         model_class=type(model).__name__,
         base_config=_config_subset(model),
@@ -236,20 +232,13 @@ def apply_hf_plan(
     for i, (layer, kept) in enumerate(zip(layers, plan.layers, strict=True)):
         _check_indices(f"layer {i} heads_kept", kept.heads_kept, layer.num_heads)
         _check_indices(f"layer {i} ffn_kept", kept.ffn_kept, layer.ffn_width)
-    work = model if inplace else copy.deepcopy(model)
-    layers = _encoder_layers(work)
-    was_training = work.training
-    work.eval()
-    try:
-        graph = _build_graph(work, example_inputs)
+    with _pruning(model, example_inputs, inplace=inplace) as (work, layers, graph):
         _prune_layers(
             graph,
             layers,
             [list(kept.heads_kept) for kept in plan.layers],
             [list(kept.ffn_kept) for kept in plan.layers],
         )
-    finally:
-        work.train(was_training)
     return work
 
 
@@ -437,6 +426,27 @@ def _example(
     length = min(8, int(getattr(config, "max_position_embeddings", 8) or 8))
     ids = (torch.arange(2 * length, device=device).view(2, length) * 7 + 1) % vocab
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@contextlib.contextmanager
+def _pruning(
+    model: nn.Module,
+    example_inputs: Mapping[str, torch.Tensor] | torch.Tensor | None,
+    *,
+    inplace: bool,
+) -> Iterator[tuple[nn.Module, list[_Layer], Any]]:
+    """The model to prune (``model`` or a copy) in eval mode, its layers and its graph.
+
+    Its training mode is restored when the ``with`` block ends.
+    """
+    work = model if inplace else copy.deepcopy(model)
+    layers = _encoder_layers(work)
+    was_training = work.training
+    work.eval()
+    try:
+        yield work, layers, _build_graph(work, example_inputs)
+    finally:
+        work.train(was_training)
 
 
 def _build_graph(

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from hamnet.compress.pruning._lookup import build_pruning_plugin, pruning_plugin
 from hamnet.compress.pruning.criteria.base import Criterion
 from hamnet.compress.pruning.scores import aggregate_linear_scores
-from hamnet.core import registry
-from hamnet.core.errors import ConfigError
 
 __all__ = ["aggregate_linear_scores", "get_criterion", "get_importance", "needs_gradients"]
 
@@ -24,10 +23,7 @@ def criterion_class(name: str) -> type[Criterion]:
     Raises:
         ConfigError: If ``name`` is not a known criterion (with a did-you-mean hint).
     """
-    try:
-        return cast(type[Criterion], registry.load("criterion", name))
-    except ConfigError as err:
-        raise ConfigError(f"pruning {err}") from None
+    return cast(type[Criterion], pruning_plugin("criterion", name))
 
 
 def get_criterion(name: str, options: Mapping[str, Any] | None = None) -> Criterion:
@@ -40,7 +36,7 @@ def get_criterion(name: str, options: Mapping[str, Any] | None = None) -> Criter
     Raises:
         ConfigError: If ``name`` is unknown or an option is invalid.
     """
-    return criterion_class(name)(**dict(options or {}))
+    return cast(Criterion, build_pruning_plugin("criterion", name, options))
 
 
 def get_importance(name: str, *, model: Any = None, dataset: Any = None, seed: int = 0) -> Any:

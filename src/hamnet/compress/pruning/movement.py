@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.pruning.scores import aggregate_linear_scores
+from hamnet.compress.pruning.scores import linear_scores_importance_base
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.training.data import Dataset
 
@@ -163,10 +163,14 @@ def _training_batches(
 
 
 @functools.cache
-def _make_importance_class() -> type:
-    import torch_pruning as tp
+def movement_importance_class() -> type:
+    """The ``MovementImportance`` class (a ``torch_pruning.importance.Importance``).
 
-    class MovementImportance(tp.importance.Importance):  # type: ignore[misc]
+    Built on first use so that importing this module does not import torch-pruning;
+    ``from hamnet.compress.pruning.movement import MovementImportance`` also works.
+    """
+
+    class MovementImportance(linear_scores_importance_base()):  # type: ignore[misc]
         """torch-pruning importance from accumulated movement scores.
 
         For each member of a group it adds the summed scores of the pruned rows (output
@@ -178,6 +182,8 @@ def _make_importance_class() -> type:
             scores: Fitted :class:`MovementScores` of the model being pruned.
         """
 
+        what = "movement scores"
+
         def __init__(self, scores: MovementScores) -> None:
             if scores.steps == 0:
                 raise ConfigError(
@@ -187,18 +193,11 @@ def _make_importance_class() -> type:
             self.movement = scores
             self._names = scores.module_names
 
-        @torch.no_grad()
-        def __call__(self, group: Any) -> torch.Tensor | None:
-            return cast(
-                "torch.Tensor | None",
-                aggregate_linear_scores(
-                    group,
-                    self._names,
-                    self.movement.row_scores,
-                    self.movement.column_scores,
-                    what="movement scores",
-                ),
-            )
+        def _row_scores(self, name: str) -> torch.Tensor | None:
+            return self.movement.row_scores(name)
+
+        def _column_scores(self, name: str) -> torch.Tensor | None:
+            return self.movement.column_scores(name)
 
     return MovementImportance
 
@@ -207,15 +206,6 @@ def __getattr__(name: str) -> Any:
     if name == "MovementImportance":
         return movement_importance_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def movement_importance_class() -> type:
-    """The ``MovementImportance`` class (a ``torch_pruning.importance.Importance``).
-
-    Built on first use so that importing this module does not import torch-pruning;
-    ``from hamnet.compress.pruning.movement import MovementImportance`` also works.
-    """
-    return _make_importance_class()
 
 
 def make_movement_importance(

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from hamnet.core.artifacts import atomic_write_text
 from hamnet.core.errors import ConfigError, ModelLoadError
 from hamnet.models.hamnet import HAMNet, HAMNetConfig
 
@@ -51,11 +52,8 @@ class JsonPlan(BaseModel):
         Returns:
             The path written.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": self.FORMAT, **self.model_dump(mode="json")}
-        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        return path
+        return atomic_write_text(path, json.dumps(payload, indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> Self:

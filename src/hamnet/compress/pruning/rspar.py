@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -436,30 +436,20 @@ def best_episode(history: list[dict[str, Any]]) -> dict[str, Any]:
     return max(history, key=lambda h: (h["reward"], -h["cost"]))
 
 
+@dataclass
 class _Search:
     """The episode loop: propose, project to the budget, prune and score, update the agent."""
 
-    def __init__(
-        self,
-        agent: RSPARAgent,
-        env: _Environment,
-        state: np.ndarray,
-        *,
-        ratio: float,
-        max_layer_ratio: float,
-        penalty: float,
-        tolerance: float,
-        seed: int,
-    ) -> None:
-        self.agent = agent
-        self.env = env
-        self.state = state
-        self.ratio = ratio
-        self.max_layer_ratio = max_layer_ratio
-        self.penalty = penalty
-        self.tolerance = tolerance
-        self.seed = seed
-        self.target_cost = 0.0
+    agent: RSPARAgent
+    env: _Environment
+    state: np.ndarray
+    _: KW_ONLY
+    ratio: float
+    max_layer_ratio: float
+    penalty: float
+    tolerance: float
+    seed: int
+    target_cost: float = field(default=0.0, init=False)
 
     def run(self, episodes: int) -> list[dict[str, Any]]:
         """Run ``episodes`` episodes (the first one uniform); return one record each."""

@@ -7,6 +7,7 @@ scores are aggregated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -71,3 +72,37 @@ def aggregate_linear_scores(
         total.scatter_add_(0, torch.as_tensor(list(root_idxs), dtype=torch.long), local)
         found = True
     return total if found else None
+
+
+@functools.cache
+def linear_scores_importance_base() -> type:
+    """The torch-pruning ``Importance`` base of the criteria scored per layer channel.
+
+    Built on first use so that importing this module does not import torch-pruning. A
+    subclass sets ``_names`` (module → qualified name) in ``__init__`` and implements
+    ``_row_scores(name)`` and ``_column_scores(name)``; its class attribute ``what``
+    names the scores in error messages. Calling an instance on a group returns
+    :func:`aggregate_linear_scores` of it.
+    """
+    import torch
+    import torch_pruning as tp
+
+    class LinearScoresImportance(tp.importance.Importance):  # type: ignore[misc]
+        """Group importance summed from per-channel scores of ``nn.Linear`` layers."""
+
+        what = "scores"
+        _names: dict[Any, str]
+
+        def _row_scores(self, name: str) -> Any:
+            raise NotImplementedError
+
+        def _column_scores(self, name: str) -> Any:
+            raise NotImplementedError
+
+        def __call__(self, group: Any) -> Any:
+            with torch.no_grad():
+                return aggregate_linear_scores(
+                    group, self._names, self._row_scores, self._column_scores, what=self.what
+                )
+
+    return LinearScoresImportance

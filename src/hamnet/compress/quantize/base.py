@@ -18,7 +18,9 @@ Example:
 from __future__ import annotations
 
 import difflib
-from abc import ABC, abstractmethod
+import tempfile
+from abc import ABC
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -27,7 +29,7 @@ import numpy as np
 from hamnet.compress.quantize._calibration import CALIBRATION_BATCH_SIZE, make_calibration_reader
 from hamnet.compress.quantize._graph import has_attention, transformer_shape
 from hamnet.core import registry
-from hamnet.core.errors import ConfigError, DataError, ExportError
+from hamnet.core.errors import ConfigError, DataError, ExportError, HamnetError
 from hamnet.core.registry import Plugin
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATION_BATCH_SIZE",
     "QuantizationMethod",
+    "QuantizeJob",
     "get_quantizer",
     "has_attention",
     "make_calibration_reader",
@@ -59,6 +62,43 @@ def resolve_reduce_range(cfg: QuantizeStageConfig, profile: HardwareProfile) -> 
     if cfg.reduce_range == "auto":
         return bool(profile.int8_reduce_range)
     return bool(cfg.reduce_range)
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """What :meth:`QuantizationMethod._convert` works on.
+
+    Attributes:
+        source: The FP32 ONNX model.
+        target: The file to write (``model.onnx`` or ``model.xml``); its folder exists.
+        work: A scratch folder, removed afterwards.
+        data: The checked calibration inputs when the method needs them, else None.
+        cfg: The quantize stage settings.
+        profile: The target hardware.
+    """
+
+    source: Path
+    target: Path
+    work: Path
+    data: np.ndarray | None
+    cfg: QuantizeStageConfig
+    profile: HardwareProfile
+
+    @property
+    def calibration(self) -> np.ndarray:
+        """The checked calibration inputs.
+
+        Raises:
+            DataError: If the method was given none (it does not need calibration).
+        """
+        if self.data is None:
+            raise DataError("calibration inputs must be given to this method, but got none")
+        return self.data
+
+    @property
+    def reduce_range(self) -> bool:
+        """Whether ONNX Runtime INT8 weights use 7 bits (see :func:`resolve_reduce_range`)."""
+        return resolve_reduce_range(self.cfg, self.profile)
 
 
 class QuantizationMethod(Plugin, ABC):
@@ -135,7 +175,6 @@ class QuantizationMethod(Plugin, ABC):
             )
         return None
 
-    @abstractmethod
     def quantize(
         self,
         source: Path,
@@ -146,6 +185,12 @@ class QuantizationMethod(Plugin, ABC):
         profile: HardwareProfile,
     ) -> Path:
         """Quantize ``source`` into ``out_dir``.
+
+        The steps every method shares: reset :attr:`extra_notes`, check the
+        calibration inputs when :attr:`needs_calibration`, refuse a graph without
+        attention when :attr:`needs_attention`, create ``out_dir``, then call
+        :meth:`_convert` with a scratch folder, turning any failure that is no
+        :class:`~hamnet.core.errors.HamnetError` into an :class:`ExportError`.
 
         Args:
             source: The FP32 ONNX model (one input of any rank, or several named
@@ -165,6 +210,30 @@ class QuantizationMethod(Plugin, ABC):
             DataError: If calibration data is needed but missing or malformed.
             MissingDependencyError: If the tool is not installed.
         """
+        self.extra_notes = []
+        source = Path(source)
+        data = self._calibration(calibration) if self.needs_calibration else None
+        if self.needs_attention:
+            reason = self.applicable(source)
+            if reason:
+                raise ExportError(reason)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / ("model.xml" if self.output_format == "openvino" else "model.onnx")
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                self._convert(QuantizeJob(source, target, Path(work), data, cfg, profile))
+            except HamnetError:
+                raise
+            except Exception as err:
+                raise self._fail(source, err) from err
+        return target
+
+    def _convert(self, job: QuantizeJob) -> None:
+        """Write the quantized ``job.source`` to ``job.target``: the step each method owns."""
+        raise NotImplementedError(
+            f"quantizer {self.name!r} must override _convert (or quantize), but overrides neither"
+        )
 
     def _calibration(self, calibration: np.ndarray | None) -> np.ndarray:
         from hamnet.backends.session import pack_inputs

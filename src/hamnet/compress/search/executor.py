@@ -5,13 +5,7 @@ settings and connection), :mod:`~hamnet.compress.search.storage` (the study's RD
 storage, heartbeat and retries), :mod:`~hamnet.compress.search.driver` (the ask/tell
 loop) and :mod:`~hamnet.compress.search.worker` (what runs in a Ray task). This module
 re-exports their public names, so ``from hamnet.compress.search.executor import ...``
-keeps working.
-
-Example:
-    >>> handle = connect_ray(RaySettings(max_concurrent=2))
-    >>> study = open_study("sqlite:///search.db", "digits", ["minimize"], None, None)
-    >>> report = run_search(study, objective, suggest, SearchBudget(n_trials=20), handle)
-    >>> handle.shutdown()
+keeps working; :mod:`~hamnet.compress.search.driver` shows a whole search.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ Optuna and numpy are imported inside the functions, so importing this module sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from hamnet.core import registry
@@ -54,6 +55,36 @@ def _multi_objective_names(kind: str) -> list[str]:
         for name in registry.names(kind)
         if getattr(registry.load(kind, name), "multi_objective", False)
     ]
+
+
+def _plugin(kind: str, name: str, multi_objective: bool, refusal: str) -> Any:
+    """The ``kind`` plugin class ``name``, refused for a study it cannot serve.
+
+    Args:
+        kind: ``"sampler"`` or ``"pruner"``.
+        name: The plugin's name.
+        multi_objective: Whether the study has several objectives.
+        refusal: The error for a plugin that cannot serve several objectives, with the
+            fields ``{name}`` and ``{several}`` (the plugins that can).
+
+    Raises:
+        ConfigError: If the name is unknown or the plugin cannot serve the study.
+    """
+    plugin = registry.load(kind, name)
+    if multi_objective and not getattr(plugin, "multi_objective", False):
+        raise ConfigError(refusal.format(name=name, several=_multi_objective_names(kind)))
+    return plugin
+
+
+@contextlib.contextmanager
+def _checked_options(kind: str, name: str, options: dict[str, Any]) -> Iterator[None]:
+    """Turn a ``TypeError``/``ValueError`` of building a plugin into a ConfigError."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{kind} {name!r} rejects options {options}: {err}") from None
 
 
 def make_sampler(
@@ -82,19 +113,13 @@ def make_sampler(
             objectives, an option is not accepted, or (``grid``) a float parameter has
             no step.
     """
-    plugin = cast("type[Sampler]", registry.load("sampler", name))
-    if multi_objective and not plugin.multi_objective:
-        several = _multi_objective_names("sampler")
-        raise ConfigError(
-            f"sampler {name!r} supports single-objective studies only; for several "
-            f"objectives use one of {several}"
-        )
-    try:
+    refusal = (
+        "sampler {name!r} supports single-objective studies only; for several "
+        "objectives use one of {several}"
+    )
+    plugin = cast("type[Sampler]", _plugin("sampler", name, multi_objective, refusal))
+    with _checked_options("sampler", name, options):
         return plugin().build(space, seed=seed, **options)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"sampler {name!r} rejects options {options}: {err}") from None
 
 
 def make_pruner(
@@ -117,20 +142,14 @@ def make_pruner(
             that cannot handle several objectives is asked for a multi-objective study
             (Optuna cannot prune those).
     """
-    plugin = cast("type[Pruner]", registry.load("pruner", name))
-    if multi_objective and not plugin.multi_objective:
-        several = _multi_objective_names("pruner")
-        raise ConfigError(
-            f"pruner {name!r} cannot be used with several objectives: Optuna prunes "
-            f"single-objective studies only (Trial.report raises otherwise); use one of "
-            f"{several}"
-        )
-    try:
+    refusal = (
+        "pruner {name!r} cannot be used with several objectives: Optuna prunes "
+        "single-objective studies only (Trial.report raises otherwise); use one of "
+        "{several}"
+    )
+    plugin = cast("type[Pruner]", _plugin("pruner", name, multi_objective, refusal))
+    with _checked_options("pruner", name, options):
         return plugin().build(space, **options)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"pruner {name!r} rejects options {options}: {err}") from None
 
 
 Direction = Literal["maximize", "minimize"]

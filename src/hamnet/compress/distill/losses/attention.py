@@ -14,6 +14,7 @@ from hamnet.compress.distill.losses.base import (
 
 if TYPE_CHECKING:
     from hamnet.compress.distill.kd import BuildContext, DistillTerm
+    from hamnet.compress.distill.mapping import LayerKind
 
 
 class AttentionOptions(LossOptions):
@@ -48,13 +49,9 @@ class AttentionKD(DistillLoss[AttentionOptions]):
     @classmethod
     def build(cls, options: AttentionOptions, context: BuildContext) -> DistillTerm:
         from hamnet.compress.distill.kd import AttentionTransferLoss
-        from hamnet.compress.distill.mapping import LayerKind, map_layers
 
-        teacher = context.first_teacher(cls.name)
         kind: LayerKind = "attention" if options.source == "attention" else "feature"
-        pairs = map_layers(
-            context.student, teacher, options.layers, kind, input_size=context.input_size
-        )
+        pairs = context.layer_pairs(cls.name, options.layers, kind)
         return AttentionTransferLoss(
             pairs, distance=options.distance, p=options.p, per_head=options.per_head
         )

@@ -36,12 +36,8 @@ class FeatureKD(DistillLoss[FeatureOptions]):
     @classmethod
     def build(cls, options: FeatureOptions, context: BuildContext) -> DistillTerm:
         from hamnet.compress.distill.kd import FeatureLoss
-        from hamnet.compress.distill.mapping import map_layers
 
-        teacher = context.first_teacher(cls.name)
-        pairs = map_layers(
-            context.student, teacher, options.layers, "feature", input_size=context.input_size
-        )
+        pairs = context.layer_pairs(cls.name, options.layers, "feature")
         return FeatureLoss(pairs, normalize=options.normalize)
 
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
+from typing import Any, ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._calibration import nncf_items
 from hamnet.compress.quantize._graph import has_attention, input_names
-from hamnet.compress.quantize.base import QuantizationMethod
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class NncfInt8(QuantizationMethod):
@@ -37,34 +30,17 @@ class NncfInt8(QuantizationMethod):
         "INT8 kernels are fastest on CPUs with VNNI/AMX; without them the gain is smaller.",
     ]
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         ov = require("openvino")
         nncf = require("nncf")
-        data = self._calibration(calibration)
-        source = Path(source)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.xml"
         options: dict[str, Any] = {}
-        if has_attention(source):
+        if has_attention(job.source):
             options["model_type"] = nncf.ModelType.TRANSFORMER
             options["preset"] = nncf.QuantizationPreset.MIXED
-        try:
-            ov_model = ov.convert_model(str(source))
-            dataset = nncf.Dataset(nncf_items(data, input_names(source)))
-            quantized = nncf.quantize(ov_model, dataset, subset_size=len(data), **options)
-            ov.save_model(quantized, str(target), compress_to_fp16=False)
-        except Exception as err:
-            raise self._fail(source, err) from err
-        return target
+        ov_model = ov.convert_model(str(job.source))
+        dataset = nncf.Dataset(nncf_items(job.calibration, input_names(job.source)))
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(job.calibration), **options)
+        ov.save_model(quantized, str(job.target), compress_to_fp16=False)
 
 
 PLUGIN = NncfInt8

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
 from hamnet.backends.session import require
-from hamnet.compress.quantize.base import QuantizationMethod
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
     from hamnet.core.hardware import HardwareProfile
 
 
@@ -41,27 +37,12 @@ class OnnxFp16(QuantizationMethod):
             )
         return reason
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         onnx = require("onnx")
         float16 = require("onnxruntime.transformers.float16", "onnxruntime")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        try:
-            model = onnx.load(str(source))
-            converted = float16.convert_float_to_float16(model, keep_io_types=True)
-            onnx.save(converted, str(target))
-        except Exception as err:
-            raise self._fail(Path(source), err) from err
-        return target
+        model = onnx.load(str(job.source))
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+        onnx.save(converted, str(job.target))
 
 
 PLUGIN = OnnxFp16

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-import numpy as np
-
-from hamnet.compress.quantize.base import QuantizationMethod
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OpenVINOFp16(QuantizationMethod):
@@ -30,18 +23,10 @@ class OpenVINOFp16(QuantizationMethod):
         "model computes in FP32 (no speedup expected).",
     ]
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         from hamnet.backends.export import convert_openvino
 
-        return convert_openvino(source, Path(out_dir) / "model.xml", compress_to_fp16=True)
+        convert_openvino(job.source, job.target, compress_to_fp16=True)
 
 
 PLUGIN = OpenVINOFp16

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._graph import preprocess
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtDynamicInt8(QuantizationMethod):
@@ -35,32 +27,15 @@ class OrtDynamicInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        with tempfile.TemporaryDirectory() as work:
-            prepared = preprocess(Path(source), Path(work))
-            try:
-                quantization.quantize_dynamic(
-                    str(prepared),
-                    str(target),
-                    per_channel=cfg.per_channel,
-                    reduce_range=resolve_reduce_range(cfg, profile),
-                    weight_type=quantization.QuantType.QInt8,
-                )
-            except Exception as err:
-                raise self._fail(source, err) from err
-        return target
+        quantization.quantize_dynamic(
+            str(preprocess(job.source, job.work)),
+            str(job.target),
+            per_channel=job.cfg.per_channel,
+            reduce_range=job.reduce_range,
+            weight_type=quantization.QuantType.QInt8,
+        )
 
 
 PLUGIN = OrtDynamicInt8

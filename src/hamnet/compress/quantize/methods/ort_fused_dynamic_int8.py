@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._graph import transformer_shape
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-from hamnet.core.errors import ExportError
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtFusedDynamicInt8(QuantizationMethod):
@@ -49,58 +41,33 @@ class OrtFusedDynamicInt8(QuantizationMethod):
         "Weights INT8 per channel, activations quantized per call; no calibration data.",
     ]
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
         onnx = require("onnx")
-        self.extra_notes = []
-        source = Path(source)
-        reason = self.applicable(source)
-        if reason:
-            raise ExportError(reason)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        with tempfile.TemporaryDirectory() as work:
-            fused_path = self._fuse(source, Path(work) / "fused.onnx")
-            try:
-                # Shape inference cannot type the outputs of ONNX Runtime's contrib ops;
-                # every tensor of these graphs is float.
-                quantization.quantize_dynamic(
-                    str(fused_path),
-                    str(target),
-                    per_channel=True,
-                    reduce_range=resolve_reduce_range(cfg, profile),
-                    weight_type=quantization.QuantType.QInt8,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
-            except Exception as err:
-                raise self._fail(source, err) from err
-        return target
+        # Shape inference cannot type the outputs of ONNX Runtime's contrib ops;
+        # every tensor of these graphs is float.
+        quantization.quantize_dynamic(
+            str(self._fuse(job.source, job.work / "fused.onnx")),
+            str(job.target),
+            per_channel=True,
+            reduce_range=job.reduce_range,
+            weight_type=quantization.QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
     def _fuse(self, source: Path, target: Path) -> Path:
         """Write the BERT-fused graph to ``target``; return it, or ``source`` if none fused."""
         optimizer = require("onnxruntime.transformers.optimizer", "onnxruntime")
         num_heads, hidden_size = transformer_shape(source)
-        try:
-            fused = optimizer.optimize_model(
-                str(source),
-                model_type="bert",
-                num_heads=num_heads,
-                hidden_size=hidden_size,
-                use_gpu=False,
-            )
-            stats = fused.get_fused_operator_statistics()
-            fused.save_model_to_file(str(target))
-        except Exception as err:
-            raise self._fail(source, err) from err
+        fused = optimizer.optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            use_gpu=False,
+        )
+        stats = fused.get_fused_operator_statistics()
+        fused.save_model_to_file(str(target))
         attention = int(stats.get("Attention", 0)) + int(stats.get("MultiHeadAttention", 0))
         if attention == 0:
             self.extra_notes.append(

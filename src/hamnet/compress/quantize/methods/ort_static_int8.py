@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
-
-import numpy as np
+from typing import ClassVar
 
 from hamnet.backends.session import require
 from hamnet.compress.quantize._calibration import make_calibration_reader
 from hamnet.compress.quantize._graph import input_names, preprocess
-from hamnet.compress.quantize.base import QuantizationMethod, resolve_reduce_range
-
-if TYPE_CHECKING:
-    from hamnet.core.config import QuantizeStageConfig
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 
 
 class OrtStaticInt8(QuantizationMethod):
@@ -40,39 +32,20 @@ class OrtStaticInt8(QuantizationMethod):
         "On CPUs without VNNI, 8-bit weights can saturate unless reduce_range is on.",
     ]
 
-    def quantize(
-        self,
-        source: Path,
-        out_dir: Path,
-        *,
-        calibration: np.ndarray | None,
-        cfg: QuantizeStageConfig,
-        profile: HardwareProfile,
-    ) -> Path:
+    def _convert(self, job: QuantizeJob) -> None:
         quantization = require("onnxruntime.quantization", "onnxruntime")
-        data = self._calibration(calibration)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / "model.onnx"
-        source = Path(source)
-        reader = make_calibration_reader(data, input_names(source)[0])
-        with tempfile.TemporaryDirectory() as work:
-            prepared = preprocess(source, Path(work))
-            try:
-                quantization.quantize_static(
-                    str(prepared),
-                    str(target),
-                    reader,
-                    quant_format=quantization.QuantFormat.QDQ,
-                    per_channel=cfg.per_channel,
-                    reduce_range=resolve_reduce_range(cfg, profile),
-                    activation_type=quantization.QuantType.QUInt8,
-                    weight_type=quantization.QuantType.QInt8,
-                    calibrate_method=quantization.CalibrationMethod.MinMax,
-                )
-            except Exception as err:
-                raise self._fail(source, err) from err
-        return target
+        reader = make_calibration_reader(job.calibration, input_names(job.source)[0])
+        quantization.quantize_static(
+            str(preprocess(job.source, job.work)),
+            str(job.target),
+            reader,
+            quant_format=quantization.QuantFormat.QDQ,
+            per_channel=job.cfg.per_channel,
+            reduce_range=job.reduce_range,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+        )
 
 
 PLUGIN = OrtStaticInt8
