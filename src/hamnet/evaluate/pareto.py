@@ -484,7 +484,9 @@ def candidates_table(candidates: Sequence[Candidate], selection: Selection) -> p
                 "is_baseline": c.id == selection.baseline_id,
                 "violations": "; ".join(verdict.violations) if verdict else "not measured",
                 "rejected": c.rejected,
-                "method_params": json.dumps(c.params, sort_keys=True, default=str),
+                "method_params": json.dumps(
+                    {**c.params, **c.lineage_params()}, sort_keys=True, default=str
+                ),
             }
         )
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
