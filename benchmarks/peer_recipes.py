@@ -216,9 +216,7 @@ class PeerRecipe(ABC):
 
     def unavailable(self) -> str | None:
         """Return why the recipe cannot run here (a missing tool), or None."""
-        import importlib.util
-
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires if not _installed(m)]
         if not missing:
             return None
         where = f"pip install 'hamnet[{self.extra}]'" if self.extra else "pip install hamnet"
@@ -597,6 +595,16 @@ def get_recipes(names: Sequence[str] | None = None) -> list[PeerRecipe]:
     if unknown:
         raise ConfigError(f"peer recipes must be among {sorted(PEER_RECIPES)}, but got {unknown}")
     return [PEER_RECIPES[n]() for n in chosen]
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, dotted names included (a missing parent is False)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _ort_preprocess(source: Path, work_dir: Path) -> Path:
