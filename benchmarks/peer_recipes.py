@@ -716,7 +716,7 @@ def run_hamnet_pipeline(
 ) -> list[BenchPoint]:
     """hamnet's side for a HAMNet baseline: the in-process ``hamnet-optimize`` pipeline.
 
-    :func:`hamnet.pipeline.run_pipeline` walks the same plan and calls the same stages
+    :func:`hamnet.pipeline.run.run_pipeline` walks the same plan and calls the same stages
     as the Prefect flow ``flows/hamnet_optimize.py`` (without its caching and retries).
 
     Returns:
