@@ -216,9 +216,7 @@ class PeerRecipe(ABC):
 
     def unavailable(self) -> str | None:
         """Return why the recipe cannot run here (a missing tool), or None."""
-        import importlib.util
-
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        missing = [m for m in self.requires if not _installed(m)]
         if not missing:
             return None
         where = f"pip install 'hamnet[{self.extra}]'" if self.extra else "pip install hamnet"
@@ -599,6 +597,16 @@ def get_recipes(names: Sequence[str] | None = None) -> list[PeerRecipe]:
     return [PEER_RECIPES[n]() for n in chosen]
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, dotted names included (a missing parent is False)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _ort_preprocess(source: Path, work_dir: Path) -> Path:
     """ONNX Runtime's documented pre-processing step before quantization."""
     shape_inference = require("onnxruntime.quantization.shape_inference", "onnxruntime")
@@ -708,7 +716,7 @@ def run_hamnet_pipeline(
 ) -> list[BenchPoint]:
     """hamnet's side for a HAMNet baseline: the in-process ``hamnet-optimize`` pipeline.
 
-    :func:`hamnet.pipeline.run_pipeline` walks the same plan and calls the same stages
+    :func:`hamnet.pipeline.run.run_pipeline` walks the same plan and calls the same stages
     as the Prefect flow ``flows/hamnet_optimize.py`` (without its caching and retries).
 
     Returns:

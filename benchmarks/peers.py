@@ -16,7 +16,7 @@ trains the FP32 baseline once and produces a point for:
 - with the ``bench`` extra installed: Olive's auto-tuned ``OnnxQuantization`` and Intel
   Neural Compressor's ``autotune`` (skipped with a message naming the extra otherwise);
 - hamnet: the ``hamnet-optimize`` pipeline run in process with
-  ``hamnet.pipeline.run_pipeline`` (same plan and stages as the Prefect flow
+  ``hamnet.pipeline.run.run_pipeline`` (same plan and stages as the Prefect flow
   ``flows/hamnet_optimize.py``) on ``configs/peers.yaml``; the conv net enters it as its
   ONNX export, which is not pruned (structured pruning is for HAMNets) but teaches the
   HAMNet students through its logits.

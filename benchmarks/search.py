@@ -177,6 +177,7 @@ def resume(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import optuna
 
     from hamnet.compress.search.cluster import RaySettings, connect_ray
+    from hamnet.compress.search.driver import is_interrupted
 
     storage = f"sqlite:///{tmp}/resume.db"
     n = args.trials
@@ -208,7 +209,7 @@ def resume(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         study = _study(storage, "resume", "random", ("accuracy",), 0)
         report = _run(study, _objective(str(tmp / "trials-r"), ("accuracy",)), n, ray)
     trials = study.trials
-    counted = [t for t in trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    counted = [t for t in trials if t.state.is_finished() and not is_interrupted(t)]
     complete_before = {t.number for t in before if t.state.name == "COMPLETE"}
     complete_after = {t.number for t in trials if t.state.name == "COMPLETE"}
     keys = [json.dumps(t.params, sort_keys=True) for t in counted]

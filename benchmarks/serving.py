@@ -7,7 +7,7 @@ Usage::
 
 Models: the digits HAMNet (hidden 64, 2 layers, 4 heads, 8-feature tokens, as in
 ``benchmarks/optimizer.py``) is trained here (``--epochs``), exported to ONNX FP32 (the
-baseline) and quantized with ``QUANTIZERS["ort_dynamic_int8"]`` (per-channel,
+baseline) and quantized with the ``ort_dynamic_int8`` quantizer plugin (per-channel,
 reduce_range as the x86-avx2 profile says): that INT8 model stands for the recommended
 model, the pipeline's usual pick for attention models on this CPU; its accuracy and
 its direct (in-process) latency are reported beside the FP32 one so the choice can be

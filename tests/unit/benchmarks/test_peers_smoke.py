@@ -79,7 +79,12 @@ def test_bad_inputs_raise_project_errors() -> None:
         compare([_point("p", "peer", _metrics(0.9, 1.0, 1.0))])  # type: ignore[list-item]
 
 
-def test_missing_tool_becomes_a_skipped_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "module",
+    ["hamnet_no_such_module", "hamnet_no_such_package.torch"],
+    ids=["top-level", "submodule-of-missing-package"],
+)
+def test_missing_tool_becomes_a_skipped_row(tmp_path: Path, module: str) -> None:
     from peer_recipes import PeerRecipe, run_recipe
 
     from hamnet.training.data import Dataset
@@ -89,7 +94,7 @@ def test_missing_tool_becomes_a_skipped_row(tmp_path: Path) -> None:
 
         name = "absent"
         tool = "Absent"
-        requires = ("hamnet_no_such_module",)
+        requires = (module,)
         extra = "bench"
 
         def run(self, baseline: object, data: object, work_dir: Path) -> object:
