@@ -199,7 +199,8 @@ def test_trials_of_a_killed_run_go_stale_and_optuna_queues_their_retry(tmp_path:
 
     start = time.monotonic()
     assert requeue_interrupted(study, poll_seconds=0.1) == 2
-    assert 2.0 < time.monotonic() - start < 10  # the grace period (2 s) without a heartbeat
+    # Their last heartbeat was at ask(), before `start`: only an upper bound is meaningful.
+    assert time.monotonic() - start < 10
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
     assert [is_interrupted(t) for t in trials] == [False, True, True, False, False]
