@@ -6,6 +6,7 @@ functions that need them, so ``import hamnet`` and ``hamnet --help`` stay fast.
 
 from __future__ import annotations
 
+from hamnet.core import moved
 from hamnet.core.api_names import API_NAMES
 from hamnet.core.errors import (
     ConfigError,
@@ -18,6 +19,8 @@ from hamnet.core.errors import (
     StageError,
 )
 from hamnet.core.version import __version__
+
+moved.install()  # pre-restructure module paths (hamnet.config, hamnet.pruning, ...) still import
 
 
 def __getattr__(name: str) -> object:

@@ -17,3 +17,10 @@ from hamnet.api.report import OptimizationResult as OptimizationResult
 from hamnet.core.api_names import API_NAMES
 
 __all__ = list(API_NAMES)
+
+from hamnet.core.moved import forward_old_names as _forward_old_names
+
+__getattr__ = _forward_old_names(
+    __name__, ("optimizer", "compiler", "report", "constraints", "ingestion", "rounds")
+)
+"""Names of the former ``hamnet.api`` module, found in their new modules (deprecated)."""
