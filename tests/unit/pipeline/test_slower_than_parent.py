@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 from hamnet.backends.session import load_session
 from hamnet.core.candidate import Candidate
@@ -46,8 +46,14 @@ def _mlp_onnx(path: Path, hidden: list[int]) -> Path:
 
 @pytest.fixture()
 def ctx(tmp_path: Path) -> StageContext:
+    # One intra-op thread: two sessions timed in alternation then share no spinning
+    # worker threads, which on a 2-core machine made identical models differ by > 25%.
+    base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
+    profile = tmp_path / "one-thread.yaml"
+    profile.write_text(base.replace("threads: null", "threads: 1"))
     cfg = config_from_dict(
         tiny_config(
+            hardware_profile=str(profile),
             measure={
                 "warmup": 5,
                 "repeats": 50,
