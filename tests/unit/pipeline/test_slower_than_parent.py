@@ -62,7 +62,7 @@ def ctx(tmp_path: Path) -> StageContext:
                 # Wide enough that two identical models never differ by this much when
                 # timed side by side, even on a busy CI machine.
                 "slower_margin": 0.25,
-            }
+            },
         )
     )
     return make_context(cfg, tmp_path)
