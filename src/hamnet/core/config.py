@@ -332,6 +332,23 @@ class SearchStageConfig(_Section):
     top_k: int = Field(2, ge=1, le=100)
     max_params: int | None = Field(None, ge=1, description="Prune bigger architectures.")
     max_flops: int | None = Field(None, ge=1, description="Prune costlier architectures.")
+    heartbeat_seconds: int = Field(
+        5,
+        ge=1,
+        le=3600,
+        description="Seconds between two heartbeats of a running trial in the study's "
+        "storage (Optuna's heartbeat_interval).",
+    )
+    stale_after_seconds: int | None = Field(
+        None,
+        ge=2,
+        description="Seconds without a heartbeat after which a running trial counts as "
+        "interrupted and is queued again (Optuna's grace_period); default twice "
+        "heartbeat_seconds. A resumed search waits this long for a killed run's trials.",
+    )
+    max_retries: int | None = Field(
+        3, ge=0, description="How often an interrupted trial is queued again (null: always)."
+    )
     ray: RaySection = RaySection()
 
     @model_validator(mode="after")
@@ -340,6 +357,12 @@ class SearchStageConfig(_Section):
             raise ValueError("a search needs a budget: set n_trials, timeout_seconds or both")
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives must be distinct, but got {self.objectives}")
+        stale = self.stale_after_seconds
+        if stale is not None and stale <= self.heartbeat_seconds:
+            raise ValueError(
+                f"stale_after_seconds must be longer than heartbeat_seconds "
+                f"({self.heartbeat_seconds}), but got {stale}"
+            )
         return self
 
 

@@ -40,8 +40,9 @@ class SearchStage(Stage[SearchStageConfig]):
     def study_name(self, config: OptimizeConfig) -> str:
         """The study's name: given, or run name + stage + a hash of what defines the study.
 
-        The budget (``n_trials``, ``timeout_seconds``), ``top_k`` and Ray settings are
-        left out of the hash, so raising the budget continues the same study.
+        The budget (``n_trials``, ``timeout_seconds``), ``top_k``, Ray, storage and
+        heartbeat settings are left out of the hash, so raising the budget continues the
+        same study.
         """
         from hamnet.core.hashing import hash_json
 
@@ -49,7 +50,17 @@ class SearchStage(Stage[SearchStageConfig]):
         if cfg.study_name:
             return str(cfg.study_name)
         defining = cfg.model_dump(
-            mode="json", exclude={"n_trials", "timeout_seconds", "top_k", "ray", "storage"}
+            mode="json",
+            exclude={
+                "n_trials",
+                "timeout_seconds",
+                "top_k",
+                "ray",
+                "storage",
+                "heartbeat_seconds",
+                "stale_after_seconds",
+                "max_retries",
+            },
         )
         defining["model"] = config.model.hamnet.model_dump(mode="json")
         defining["data"] = config.data.model_dump(mode="json")
@@ -142,6 +153,9 @@ class SearchStage(Stage[SearchStageConfig]):
             directions(cfg.objectives),
             make_sampler(cfg.strategy, space, seed=seed, multi_objective=multi),
             make_pruner(cfg.pruner, space, multi_objective=multi),
+            heartbeat_interval=cfg.heartbeat_seconds,
+            grace_period=cfg.stale_after_seconds,
+            max_retry=cfg.max_retries,
         )
         if study.trials:
             # A seeded sampler restarts its random stream in a new process: reseed it by
