@@ -190,8 +190,9 @@ def ingest_tensorflow(
     missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingDependencyError(
-            f"from_tensorflow needs {' and '.join(missing)}, which are not installed: "
-            f"pip install 'hamnet[tensorflow]'"
+            f"from_tensorflow needs tensorflow and tf2onnx, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: install hamnet's "
+            f"tensorflow extra with pip install 'hamnet[tensorflow]'"
         )
     p = Path(path).expanduser()
     if not p.exists():

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from hamnet.core.artifacts import ArtifactRef
     from hamnet.core.candidate import Candidate
     from hamnet.core.config import OptimizeConfig
     from hamnet.pipeline.run import PipelineResult
@@ -159,7 +160,11 @@ class OptimizationResult:
         )
 
     def save_model(self, path: str | Path) -> Path:
-        """Copy the recommended model's files to ``path``.
+        """Write the recommended model to ``path``, converting it when the suffix asks.
+
+        A path with the model's own suffix (or none) gets a copy of its files; a suffix
+        of another format the model converts to (ONNX -> OpenVINO IR ``.xml``) gets the
+        converted model. OpenVINO IR always writes the ``.xml`` and the ``.bin`` beside it.
 
         Args:
             path: A file path (``.onnx``, ``.xml`` with its ``.bin`` beside it, ``.pt``)
@@ -169,22 +174,12 @@ class OptimizationResult:
             The path of the main model file.
 
         Raises:
-            HamnetError: If there is no recommended model.
+            HamnetError: If there is no recommended model, or the suffix is not one the
+                model's format can be saved as (nothing is written then).
         """
         if self.recommended is None:
             raise HamnetError("there is no recommended model to save")
-        files = self.recommended.artifact.files
-        main = files[0]
-        dest = Path(path)
-        if dest.is_dir():
-            out = dest / main.name
-        else:
-            out = dest if dest.suffix else dest.with_suffix(main.suffix)
-            out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(main, out)
-        for extra in files[1:]:
-            shutil.copyfile(extra, out.with_suffix(extra.suffix))
-        return out
+        return save_artifact(self.recommended.artifact, path)
 
     def save_config(self, path: str | Path) -> Path:
         """Write the configuration used as YAML (loadable by ``hamnet.core.config.load_config``)."""
@@ -216,6 +211,72 @@ class OptimizationResult:
         json_path.write_text(json.dumps(self.report.to_dict(), indent=2))
         md_path.write_text(self.report.to_markdown())
         return json_path, md_path
+
+
+def _onnx_to_openvino(source: Path, out: Path) -> None:
+    from hamnet.backends.export import convert_openvino
+
+    convert_openvino(source, out)
+
+
+_CONVERSIONS: dict[tuple[str, str], Callable[[Path, Path], None]] = {
+    ("onnx", "openvino"): _onnx_to_openvino,
+}
+"""The format conversions :func:`save_artifact` makes: (from, to) -> ``fn(source, out)``."""
+
+
+def save_artifact(artifact: ArtifactRef, path: str | Path) -> Path:
+    """Write a stored model to ``path`` in the format its suffix names.
+
+    Args:
+        artifact: The stored model.
+        path: A file path whose suffix is the main suffix of the model's format (a
+            copy), of a format it converts to (a conversion), or none (the model's own
+            suffix); or an existing directory (the files keep their names).
+
+    Returns:
+        The path of the main model file.
+
+    Raises:
+        HamnetError: If the suffix is not one the model's format can be saved as;
+            nothing is written then.
+    """
+    from hamnet.backends.session import format_of, format_suffixes
+
+    files = artifact.files
+    own = format_suffixes().get(artifact.format, (files[0].suffix,))
+    dest = Path(path)
+    if dest.is_dir():
+        out = dest / files[0].name
+    else:
+        out = dest if dest.suffix else dest.with_suffix(own[0])
+    target = artifact.format if out.suffix.lower() == own[0] else format_of(out)
+    if target == artifact.format:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for src, suffix in zip(files, own, strict=False):
+            shutil.copyfile(src, out.with_suffix(suffix) if suffix != own[0] else out)
+        return out
+    convert = _CONVERSIONS.get((artifact.format, target)) if target else None
+    if convert is None:
+        raise HamnetError(_unsaveable(artifact.format, own, out, target))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert(files[0], out)
+    return out
+
+
+def _unsaveable(fmt: str, own: tuple[str, ...], out: Path, target: str | None) -> str:
+    from hamnet.backends.session import format_suffixes
+
+    allowed = [own[0]] + [format_suffixes()[t][0] for (f, t) in _CONVERSIONS if f == fmt]
+    why = (
+        f"{fmt!r} models cannot be converted to {target!r}"
+        if target
+        else "no format has that suffix"
+    )
+    return (
+        f"save_model path must end with one of {allowed} (the recommended model is in "
+        f"the {fmt!r} format, files {list(own)}), but got {str(out)!r}: {why}"
+    )
 
 
 def build_report(
