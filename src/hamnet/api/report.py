@@ -253,8 +253,9 @@ def save_artifact(artifact: ArtifactRef, path: str | Path) -> Path:
     target = artifact.format if out.suffix.lower() == own[0] else format_of(out)
     if target == artifact.format:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for src, suffix in zip(files, own, strict=False):
-            shutil.copyfile(src, out.with_suffix(suffix) if suffix != own[0] else out)
+        shutil.copyfile(files[0], out)
+        for sibling in files[1:]:
+            shutil.copyfile(sibling, out.with_suffix(sibling.suffix))
         return out
     convert = _CONVERSIONS.get((artifact.format, target)) if target else None
     if convert is None:
