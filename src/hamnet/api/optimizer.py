@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from hamnet.api import ingestion
 from hamnet.api.compiler import AutoPlan, ModelFacts, ModelKind, compile_config, plan_for
-from hamnet.api.constraints import Constraints, Goal, parse_goal
+from hamnet.api.constraints import Constraints, Goal, OptimizationGoal, parse_goal
 from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
 from hamnet.api.data import DataTarget, prepare_data
 from hamnet.api.ingestion import DEFAULT_WORK_ROOT
@@ -74,6 +74,8 @@ from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_fa
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from hamnet.api.benchmarker import ModelMetrics
 
     from hamnet.core.config import OptimizeConfig
 
@@ -298,6 +300,54 @@ class Optimizer:
             constraints, self.kind, profile, model_size_mb=self.model_size_mb(), family=self.family
         )
 
+    def benchmark(
+        self, hardware: str = "cpu", num_runs: int = 100, batch_size: int = 1
+    ) -> ModelMetrics:
+        """Measure the original model, without optimizing it.
+
+        The model is measured by :class:`~hamnet.api.benchmarker.Benchmarker` (the
+        pipeline's measurement code) on random inputs, in the profile's first runtime
+        that is installed and loads the model.
+
+        Args:
+            hardware: A hardware profile name, or "cpu" / "gpu" for the most specific
+                profile of that kind present on this machine.
+            num_runs: Timed calls for latency (at least 5).
+            batch_size: Rows per timed latency call (throughput keeps the profile's
+                throughput batch size).
+
+        Returns:
+            The :class:`~hamnet.api.benchmarker.ModelMetrics` (latency p50/p90,
+            throughput, size, peak memory; accuracy is None).
+
+        Raises:
+            ConfigError: ``num_runs`` or ``batch_size`` out of range.
+            HardwareProfileError: The profile is unknown or its hardware is absent.
+            DataError: The model's inputs have no static shape to draw random inputs of.
+        """
+        from hamnet.api.benchmarker import Benchmarker
+        from hamnet.core.hardware import resolve_hardware
+
+        _check_count("num_runs", num_runs, 5)
+        _check_count("batch_size", batch_size, 1)
+        bench = Benchmarker(resolve_hardware(hardware), warmup=min(20, num_runs), repeats=num_runs)
+        bench.profile = bench.profile.model_copy(update={"latency_batch_size": batch_size})
+        metrics = bench.benchmark(self.model_path, input_shape=self._input_shape(batch_size))
+        return metrics[0]
+
+    def _input_shape(self, batch_size: int) -> list[int] | None:
+        """``[batch_size, ...]`` for a model with one input of static shape, else None."""
+        from hamnet.backends.session import format_of, input_dims
+
+        fmt = format_of(self.model_path)
+        if fmt is None or len(self._input_dims) > 1:
+            return None
+        dims = input_dims(self.model_path, fmt)
+        rest = dims[1:]
+        if not rest or not all(isinstance(d, int) and d > 0 for d in rest):
+            return None
+        return [batch_size, *(int(d) for d in rest if d is not None)]
+
     def optimize(
         self,
         goal: Goal | str = Goal.AUTO,
@@ -395,6 +445,12 @@ def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Con
     if not isinstance(use_prefect, bool):
         raise ConfigError(f"use_prefect must be True or False, but got {use_prefect!r}")
     return constraints
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    """Raise unless ``value`` is an integer (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an integer of at least {least}, but got {value!r}")
 
 
 __all__ = ["DEFAULT_WORK_ROOT", *API_NAMES]
