@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, Any
 
 from hamnet.api import ingestion
 from hamnet.api.compiler import AutoPlan, ModelFacts, ModelKind, compile_config, plan_for
-from hamnet.api.constraints import Constraints, Goal, OptimizationGoal, parse_goal
+from hamnet.api.constraints import Constraints, Goal, parse_goal
+from hamnet.api.constraints import OptimizationGoal as OptimizationGoal
 from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
 from hamnet.api.data import DataTarget, prepare_data
 from hamnet.api.ingestion import DEFAULT_WORK_ROOT
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from hamnet.api.benchmarker import ModelMetrics
-
     from hamnet.core.config import OptimizeConfig
 
 
