@@ -54,7 +54,7 @@ class _ConstraintsSchema(ConstraintsSection):
     calibration_samples: int = Field(300, ge=1)
 
 
-_REQUIREMENTS = {"target_hardware": 'a hardware profile name, "cpu" or "gpu"'}
+_REQUIREMENTS = {"target_hardware": "a hardware profile name"}
 
 
 def _requirement(name: str, info: FieldInfo) -> str:

@@ -325,28 +325,9 @@ class Optimizer:
             HardwareProfileError: The profile is unknown or its hardware is absent.
             DataError: The model's inputs have no static shape to draw random inputs of.
         """
-        from hamnet.api.benchmarker import Benchmarker
-        from hamnet.core.hardware import resolve_hardware
-
-        _check_count("num_runs", num_runs, 5)
-        _check_count("batch_size", batch_size, 1)
-        bench = Benchmarker(resolve_hardware(hardware), warmup=min(20, num_runs), repeats=num_runs)
-        bench.profile = bench.profile.model_copy(update={"latency_batch_size": batch_size})
-        metrics = bench.benchmark(self.model_path, input_shape=self._input_shape(batch_size))
-        return metrics[0]
-
-    def _input_shape(self, batch_size: int) -> list[int] | None:
-        """``[batch_size, ...]`` for a model with one input of static shape, else None."""
-        from hamnet.backends.session import format_of, input_dims
-
-        fmt = format_of(self.model_path)
-        if fmt is None or len(self._input_dims) > 1:
-            return None
-        dims = input_dims(self.model_path, fmt)
-        rest = dims[1:]
-        if not rest or not all(isinstance(d, int) and d > 0 for d in rest):
-            return None
-        return [batch_size, *(int(d) for d in rest if d is not None)]
+        return measure_model(
+            self.model_path, hardware, num_runs, batch_size, inputs=len(self._input_dims)
+        )
 
     def optimize(
         self,
@@ -445,6 +426,38 @@ def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Con
     if not isinstance(use_prefect, bool):
         raise ConfigError(f"use_prefect must be True or False, but got {use_prefect!r}")
     return constraints
+
+
+def measure_model(
+    path: Path, hardware: str, num_runs: int, batch_size: int, *, inputs: int = 1
+) -> ModelMetrics:
+    """Measure one model file as :meth:`Optimizer.benchmark` does (arguments alike).
+
+    ``inputs`` is the model's input count: with one input of static shape, random
+    inputs of ``[batch_size, ...]`` are drawn; otherwise the Benchmarker's default.
+    """
+    from hamnet.api.benchmarker import Benchmarker
+    from hamnet.core.hardware import resolve_hardware
+
+    _check_count("num_runs", num_runs, 5)
+    _check_count("batch_size", batch_size, 1)
+    bench = Benchmarker(resolve_hardware(hardware), warmup=min(20, num_runs), repeats=num_runs)
+    bench.profile = bench.profile.model_copy(update={"latency_batch_size": batch_size})
+    shape = _input_shape(path, batch_size) if inputs <= 1 else None
+    return bench.benchmark(path, input_shape=shape)[0]
+
+
+def _input_shape(path: Path, batch_size: int) -> list[int] | None:
+    """``[batch_size, ...]`` for a model whose first input has a static shape, else None."""
+    from hamnet.backends.session import format_of, input_dims
+
+    fmt = format_of(path)
+    if fmt is None:
+        return None
+    rest = input_dims(path, fmt)[1:]
+    if not rest or not all(isinstance(d, int) and d > 0 for d in rest):
+        return None
+    return [batch_size, *(int(d) for d in rest if d is not None)]
 
 
 def _check_count(name: str, value: object, least: int) -> None:
