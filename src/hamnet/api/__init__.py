@@ -10,6 +10,7 @@ from hamnet.api.compiler import AutoPlan as AutoPlan
 from hamnet.api.compiler import plan_for as plan_for
 from hamnet.api.constraints import Constraints as Constraints
 from hamnet.api.constraints import Goal as Goal
+from hamnet.api.constraints import OptimizationGoal as OptimizationGoal
 from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
 from hamnet.api.optimizer import Optimizer as Optimizer
 from hamnet.api.report import CompressionReport as CompressionReport

@@ -32,6 +32,8 @@ DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
 ESCALATION_PRUNE_RATIOS: list[float] = [0.7, 0.8]
 BACKEND_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino"}
 """The API's backend names and the runtime each one means."""
+BACKEND_ALIASES: dict[str, str] = {"onnx_runtime": "onnx"}
+"""Other names a user may give a backend (the seed API's ``Backend.ONNX_RUNTIME``)."""
 
 __all__ = [
     "FUSED_METHOD",
@@ -109,6 +111,8 @@ def default_methods(backends: Sequence[str], precisions: Sequence[str]) -> list[
 def choose_backends(preferred: Sequence[str] | str | None, profile: HardwareProfile) -> list[str]:
     """The backends to run: ``preferred`` (validated), else those the profile lists.
 
+    ``"onnx_runtime"`` is read as ``"onnx"`` (see :data:`BACKEND_ALIASES`).
+
     Raises:
         ConfigError: ``preferred`` is empty or names an unknown backend.
     """
@@ -116,6 +120,7 @@ def choose_backends(preferred: Sequence[str] | str | None, profile: HardwareProf
         return [b for b, rt in BACKEND_RUNTIMES.items() if rt in profile.runtime_names]
     if isinstance(preferred, str):
         preferred = [preferred]
+    preferred = [BACKEND_ALIASES.get(str(b), str(b)) for b in preferred]
     unknown = [b for b in preferred if b not in BACKEND_RUNTIMES]
     if unknown or not preferred:
         raise ConfigError(

@@ -11,6 +11,7 @@ from pydantic.fields import FieldInfo
 
 from hamnet.core.config import ConstraintsSection
 from hamnet.core.errors import ConfigError, HamnetError
+from hamnet.core.hardware import resolve_hardware
 
 
 class UnsupportedCombinationError(HamnetError, NotImplementedError):
@@ -24,6 +25,10 @@ class Goal(StrEnum):
     PRUNE = "prune"
     DISTILL = "distill"
     AUTO = "auto"
+
+
+OptimizationGoal = Goal
+"""The seed API's name for :class:`Goal` (the same enum)."""
 
 
 def parse_goal(goal: Goal | str) -> Goal:
@@ -80,13 +85,17 @@ class Constraints:
         target_size_mb: Largest model file size (None: unconstrained).
         max_latency_ms: Largest p50 latency on the target (None: unconstrained).
         max_accuracy_drop: Largest absolute accuracy drop (0.01 = one point).
-        target_hardware: A hardware profile name (see ``hamnet profiles``).
+        target_hardware: A hardware profile name (see ``hamnet profiles``), or
+            ``"cpu"`` / ``"gpu"`` for the most specific profile of that kind present on
+            this machine (replaced by that profile's name).
         batch_size: Intended inference batch size (validated; not used yet: the
             latency batch size comes from the hardware profile).
         calibration_samples: Samples used to calibrate static quantization.
 
     Raises:
         ConfigError: A value out of range or of the wrong type (a ``ValueError``).
+        HardwareProfileError: ``target_hardware`` is "cpu" or "gpu" and no profile of
+            that kind is present on this machine.
     """
 
     target_size_mb: float | None = None
@@ -107,6 +116,7 @@ class Constraints:
             raise ConfigError(
                 f"{name} must be {_requirement(name, info)}, but got {values[name]!r}"
             ) from None
+        object.__setattr__(self, "target_hardware", resolve_hardware(self.target_hardware))
 
     def has_size_constraint(self) -> bool:
         """Whether a size limit is set."""

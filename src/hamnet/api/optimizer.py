@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 from hamnet.api import ingestion
 from hamnet.api.compiler import AutoPlan, ModelFacts, ModelKind, compile_config, plan_for
 from hamnet.api.constraints import Constraints, Goal, parse_goal
+from hamnet.api.constraints import OptimizationGoal as OptimizationGoal
 from hamnet.api.constraints import UnsupportedCombinationError as UnsupportedCombinationError
 from hamnet.api.data import DataTarget, prepare_data
 from hamnet.api.ingestion import DEFAULT_WORK_ROOT
@@ -75,6 +76,7 @@ from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_fa
 if TYPE_CHECKING:
     import numpy as np
 
+    from hamnet.api.benchmarker import ModelMetrics
     from hamnet.core.config import OptimizeConfig
 
 
@@ -298,6 +300,35 @@ class Optimizer:
             constraints, self.kind, profile, model_size_mb=self.model_size_mb(), family=self.family
         )
 
+    def benchmark(
+        self, hardware: str = "cpu", num_runs: int = 100, batch_size: int = 1
+    ) -> ModelMetrics:
+        """Measure the original model, without optimizing it.
+
+        The model is measured by :class:`~hamnet.api.benchmarker.Benchmarker` (the
+        pipeline's measurement code) on random inputs, in the profile's first runtime
+        that is installed and loads the model.
+
+        Args:
+            hardware: A hardware profile name, or "cpu" / "gpu" for the most specific
+                profile of that kind present on this machine.
+            num_runs: Timed calls for latency (at least 5).
+            batch_size: Rows per timed latency call (throughput keeps the profile's
+                throughput batch size).
+
+        Returns:
+            The :class:`~hamnet.api.benchmarker.ModelMetrics` (latency p50/p90,
+            throughput, size, peak memory; accuracy is None).
+
+        Raises:
+            ConfigError: ``num_runs`` or ``batch_size`` out of range.
+            HardwareProfileError: The profile is unknown or its hardware is absent.
+            DataError: The model's inputs have no static shape to draw random inputs of.
+        """
+        return measure_model(
+            self.model_path, hardware, num_runs, batch_size, inputs=len(self._input_dims)
+        )
+
     def optimize(
         self,
         goal: Goal | str = Goal.AUTO,
@@ -395,6 +426,44 @@ def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Con
     if not isinstance(use_prefect, bool):
         raise ConfigError(f"use_prefect must be True or False, but got {use_prefect!r}")
     return constraints
+
+
+def measure_model(
+    path: Path, hardware: str, num_runs: int, batch_size: int, *, inputs: int = 1
+) -> ModelMetrics:
+    """Measure one model file as :meth:`Optimizer.benchmark` does (arguments alike).
+
+    ``inputs`` is the model's input count: with one input of static shape, random
+    inputs of ``[batch_size, ...]`` are drawn; otherwise the Benchmarker's default.
+    """
+    from hamnet.api.benchmarker import Benchmarker
+    from hamnet.core.hardware import resolve_hardware
+
+    _check_count("num_runs", num_runs, 5)
+    _check_count("batch_size", batch_size, 1)
+    bench = Benchmarker(resolve_hardware(hardware), warmup=min(20, num_runs), repeats=num_runs)
+    bench.profile = bench.profile.model_copy(update={"latency_batch_size": batch_size})
+    shape = _input_shape(path, batch_size) if inputs <= 1 else None
+    return bench.benchmark(path, input_shape=shape)[0]
+
+
+def _input_shape(path: Path, batch_size: int) -> list[int] | None:
+    """``[batch_size, ...]`` for a model whose first input has a static shape, else None."""
+    from hamnet.backends.session import format_of, input_dims
+
+    fmt = format_of(path)
+    if fmt is None:
+        return None
+    rest = input_dims(path, fmt)[1:]
+    if not rest or not all(isinstance(d, int) and d > 0 for d in rest):
+        return None
+    return [batch_size, *(int(d) for d in rest if d is not None)]
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    """Raise unless ``value`` is an integer (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{name} must be an integer of at least {least}, but got {value!r}")
 
 
 __all__ = ["DEFAULT_WORK_ROOT", *API_NAMES]

@@ -13,6 +13,7 @@ API_NAMES: tuple[str, ...] = (
     "CompressionReport",
     "Constraints",
     "Goal",
+    "OptimizationGoal",
     "OptimizationResult",
     "Optimizer",
     "UnsupportedCombinationError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -186,3 +187,89 @@ def load_profile(name_or_path: str, *, require_present: bool = True) -> Hardware
 def resolved_threads(profile: HardwareProfile) -> int:
     """Return the intra-op thread count measurement uses for ``profile``."""
     return profile.threads or os.cpu_count() or 1
+
+
+HARDWARE_KINDS: dict[str, str] = {"cpu": "cpu", "gpu": "cuda"}
+"""The kinds of hardware a user may name instead of a profile, and the device each means."""
+
+
+IMPLIED_CPU_FLAGS: dict[str, tuple[str, ...]] = {
+    "avx512_vnni": ("avx512f",),
+    "avx512f": ("avx2", "fma"),
+    "avx2": ("avx",),
+    "fma": ("avx",),
+    "avx": ("sse4_2",),
+}
+"""CPU flags a flag implies (a CPU with AVX-512 has AVX2): how specific a profile is."""
+
+
+def implied_cpu_flags(flags: Sequence[str]) -> frozenset[str]:
+    """Return ``flags`` with every flag they imply (see :data:`IMPLIED_CPU_FLAGS`)."""
+    found: set[str] = set()
+    todo = list(flags)
+    while todo:
+        flag = todo.pop()
+        if flag not in found:
+            found.add(flag)
+            todo.extend(IMPLIED_CPU_FLAGS.get(flag, ()))
+    return frozenset(found)
+
+
+def pick_profile(
+    kind: str, profiles: Sequence[HardwareProfile], present: Callable[[HardwareProfile], bool]
+) -> HardwareProfile:
+    """Pick the most specific present profile of a kind of hardware.
+
+    Among the profiles of the kind's device that ``present`` accepts, the one requiring
+    the most CPU features wins, counting the features its flags imply
+    (:func:`implied_cpu_flags`: x86-vnni-server over x86-avx2 on a CPU with VNNI); ties
+    go to the first name in alphabetical order.
+
+    Args:
+        kind: ``"cpu"`` or ``"gpu"`` (a key of :data:`HARDWARE_KINDS`).
+        profiles: The profiles to choose from.
+        present: Whether this machine has a profile's hardware.
+
+    Returns:
+        The chosen profile.
+
+    Raises:
+        HardwareProfileError: If ``kind`` is unknown, or no profile of that kind is present.
+    """
+    if kind not in HARDWARE_KINDS:
+        raise HardwareProfileError(
+            f"hardware kind must be one of {sorted(HARDWARE_KINDS)}, but got {kind!r}"
+        )
+    of_kind = [p for p in profiles if p.device == HARDWARE_KINDS[kind]]
+    usable = [p for p in of_kind if present(p)]
+    if not usable:
+        raise HardwareProfileError(
+            f"no {kind!r} hardware profile matches this machine: looked for device "
+            f"{HARDWARE_KINDS[kind]!r} in {[p.name for p in of_kind]} (all profiles: "
+            f"{sorted(p.name for p in profiles)}), and none is present. Pass a profile name, "
+            "or measure on the target itself."
+        )
+    return min(usable, key=lambda p: (-len(implied_cpu_flags(p.required_cpu_flags)), p.name))
+
+
+def best_profile(kind: str) -> HardwareProfile:
+    """Return the most specific profile of ``kind`` ("cpu" or "gpu") this machine has.
+
+    Raises:
+        HardwareProfileError: If ``kind`` is unknown or no such profile is present.
+    """
+    profiles = [load_profile(name, require_present=False) for name in available_profiles()]
+    return pick_profile(kind, profiles, lambda p: not p.missing_hardware())
+
+
+def resolve_hardware(hardware: str) -> str:
+    """Return the profile name for ``hardware``: a kind ("cpu", "gpu") or a profile name.
+
+    A kind resolves through :func:`best_profile`; anything else is returned unchanged.
+
+    Raises:
+        HardwareProfileError: If a kind is given and no profile of that kind is present.
+    """
+    if hardware in HARDWARE_KINDS:
+        return best_profile(hardware).name
+    return hardware
