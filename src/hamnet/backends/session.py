@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -84,8 +83,7 @@ def runtime_class(name: str) -> type[Runtime]:
     """
     known = registry.names("runtime")
     if name not in known:
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = registry.did_you_mean(name, known)
         raise ConfigError(f"unknown runtime {name!r}: expected one of {sorted(known)}{hint}")
     return cast("type[Runtime]", registry.load("runtime", name))
 

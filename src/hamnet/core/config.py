@@ -202,19 +202,13 @@ def plugin_name(kind: str) -> AfterValidator:
     value given)."""
 
     def check(value: str) -> str:
-
         known = registry.names(kind)
         if value in known:
             return value
-        close = difflib.get_close_matches(value, known, n=1)
         raise PydanticCustomError(
             "plugin_name",
             "{kind} must be one of {known}{hint}",
-            {
-                "kind": kind,
-                "known": str(list(known)),
-                "hint": f" (did you mean {close[0]!r}?)" if close else "",
-            },
+            {"kind": kind, "known": str(list(known)), "hint": registry.did_you_mean(value, known)},
         )
 
     return AfterValidator(check)

@@ -47,9 +47,14 @@ MOVED_MODULES: dict[str, str] = {
 (``hamnet.pruning.hf`` -> ``hamnet.compress.pruning.hf``)."""
 
 
+_LONGEST_FIRST = sorted(MOVED_MODULES, key=len, reverse=True)
+
+
 def new_name(old: str) -> str | None:
     """The current module for the pre-restructure module ``old``, or None if it did not move."""
-    for prefix in sorted(MOVED_MODULES, key=len, reverse=True):
+    if not old.startswith("hamnet."):  # the finder is asked about every import in the process
+        return None
+    for prefix in _LONGEST_FIRST:
         if old == prefix or old.startswith(prefix + "."):
             return MOVED_MODULES[prefix] + old[len(prefix) :]
     return None

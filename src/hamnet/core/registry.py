@@ -28,7 +28,7 @@ import difflib
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
@@ -132,6 +132,12 @@ def names(kind: str) -> tuple[str, ...]:
     return tuple(sorted(entries(kind)))
 
 
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to ``name``, else ``""``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_name(kind: str, name: str) -> str:
     """Return ``name`` if it is a plugin of ``kind``.
 
@@ -141,8 +147,7 @@ def check_name(kind: str, name: str) -> str:
     known = entries(kind)
     if name in known:
         return name
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name, known)
     raise ConfigError(f"{kind} must be one of {sorted(known)}, but got {name!r}{hint}")
 
 

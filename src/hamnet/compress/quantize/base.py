@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import tempfile
 from abc import ABC
 from dataclasses import dataclass
@@ -264,8 +263,7 @@ def quantizer_class(name: str) -> type[QuantizationMethod]:
     """
     known = registry.names(KIND)
     if name not in known:
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = registry.did_you_mean(name, known)
         raise ConfigError(
             f"unknown quantization method {name!r}: expected one of {list(known)}{hint}"
         )

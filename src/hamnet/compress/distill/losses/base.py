@@ -8,7 +8,6 @@ importing torch, so a config with a typo fails when it is loaded;
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,8 +129,7 @@ class DistillLoss(Plugin, Generic[OptionsT]):
         accepted = list(cls.Options.model_fields)
         unknown = sorted(set(given) - set(accepted))
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = registry.did_you_mean(unknown[0], accepted)
             raise ConfigError(
                 f"distillation method {cls.name!r} has no option {unknown[0]!r}{hint}; its "
                 f"options are {['weight', *accepted]}"
