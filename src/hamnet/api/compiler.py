@@ -56,29 +56,23 @@ class QuantizerTarget:
     Attributes:
         runtime: The runtime that runs the method's output.
         precision: The precision it produces ("int8", "fp16").
-        default: Whether every plan of its backend and precision runs it (False: only
-            when a family asks for it).
     """
 
     runtime: str
     precision: str
-    default: bool = True
 
 
 def quantizer_targets() -> dict[str, QuantizerTarget]:
     """Runtime and precision of each quantization method, read from the quantizer plugins.
 
-    Loading the plugin classes imports no quantization library. A method that needs an
-    attention graph (the transformer fusion) runs only when a family asks for it.
+    Loading the plugin classes imports no quantization library.
     """
     from hamnet.compress.quantize.base import quantizer_class
 
     targets = {}
     for name in registry.names("quantizer"):
         method = quantizer_class(name)
-        targets[name] = QuantizerTarget(
-            method.runtime, method.precision, default=not method.needs_attention
-        )
+        targets[name] = QuantizerTarget(method.runtime, method.precision)
     return targets
 
 
@@ -97,14 +91,15 @@ def backend_of(method: str) -> str:
 
 
 def default_methods(backends: Sequence[str], precisions: Sequence[str]) -> list[str]:
-    """Every default method of ``backends`` at ``precisions``, backend by backend."""
-    targets = quantizer_targets()
+    """Every default method of ``backends`` at ``precisions``, backend by backend (a method
+    that needs an attention graph runs only when a family asks for it)."""
+    from hamnet.compress.quantize.base import quantizers_where
+
     return [
         name
         for backend in backends
         for precision in precisions
-        for name, t in targets.items()
-        if t.default and t.precision == precision and BACKEND_RUNTIMES[backend] == t.runtime
+        for name in quantizers_where(backend=backend, precision=precision, needs_attention=False)
     ]
 
 
