@@ -38,6 +38,7 @@ from hamnet.backends.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeSession
 from hamnet.backends.runtimes.openvino import OpenVINORuntime, OpenVINOSession, openvino_core
 from hamnet.backends.runtimes.torch import TorchRuntime, TorchSession, first_tensor
 from hamnet.core import registry
+from hamnet.core.artifacts import format_suffixes
 from hamnet.core.errors import ConfigError, HardwareProfileError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -95,14 +96,6 @@ def get_runtime(name: str) -> Runtime:
         ConfigError: If no runtime has that name.
     """
     return runtime_class(name)()
-
-
-def format_suffixes() -> dict[str, tuple[str, ...]]:
-    """Return every artifact format a runtime owns, with its files' suffixes (main first)."""
-    suffixes: dict[str, tuple[str, ...]] = {}
-    for name in registry.names("runtime"):
-        suffixes.update(runtime_class(name).file_suffixes)
-    return suffixes
 
 
 def main_suffixes() -> list[str]:

@@ -23,16 +23,25 @@ from hamnet.core.errors import ModelLoadError
 from hamnet.core.hashing import hash_named_files
 
 
-def _format_suffixes() -> dict[str, tuple[str, ...]]:
-    """Format -> its files' suffixes (main first), from every runtime; empty tuple = any."""
+def format_suffixes() -> dict[str, tuple[str, ...]]:
+    """Return every artifact format a runtime owns, with its files' suffixes (main first)."""
     suffixes: dict[str, tuple[str, ...]] = {}
     for name in registry.names("runtime"):
-        runtime = registry.load("runtime", name)
-        for fmt in getattr(runtime, "formats", ()):
-            suffixes.setdefault(fmt, ())
-        owned: Mapping[str, tuple[str, ...]] = getattr(runtime, "file_suffixes", {})
+        owned: Mapping[str, tuple[str, ...]] = getattr(
+            registry.load("runtime", name), "file_suffixes", {}
+        )
         suffixes.update(owned)
     return suffixes
+
+
+def _format_suffixes() -> dict[str, tuple[str, ...]]:
+    """Format -> its files' suffixes (main first), from every runtime; empty tuple = any."""
+    loaded = {
+        fmt: ()
+        for name in registry.names("runtime")
+        for fmt in getattr(registry.load("runtime", name), "formats", ())
+    }
+    return {**loaded, **format_suffixes()}
 
 
 def artifact_formats() -> tuple[str, ...]:
