@@ -375,10 +375,9 @@ def compile_config(
     stages = _goal_stages(goal, facts, profile, backends, plan or AutoPlan([], []), escalate)
     methods = default_methods(backends, stages.precisions)
     if stages.chosen:
-        wanted = [m for m in stages.chosen if backend_of(m) in backends]
-        # AUTO's first round runs only the family's methods; an escalation round
-        # (and the QUANTIZE goal) adds every method of the chosen backends.
-        methods = wanted + ([] if goal is Goal.AUTO and not escalate else methods)
+        # The family's methods go first (rules order the work); every other method of
+        # the chosen backends runs beside them, and measurement picks the winner.
+        methods = [m for m in stages.chosen if backend_of(m) in backends] + methods
     methods = list(dict.fromkeys(methods))
     quantize = {"methods": methods, "calibration_samples": constraints.calibration_samples}
     cfg = _config_dict(constraints, facts, data_path, seed, track)

@@ -43,14 +43,16 @@ class ConvFamily(ModelFamily):
         if "openvino" in runtimes:
             return QuantizerChoice(
                 ["nncf_int8"],
-                "convolutional net (4-D input): OpenVINO INT8 via NNCF, the fastest INT8 "
-                "recipe measured on convolutions (ONNX Runtime dynamic INT8 was slower than "
-                "FP32 there)",
+                "convolutional net (4-D input): OpenVINO INT8 via NNCF is tried first (the "
+                "fastest INT8 recipe measured on convolutions; ONNX Runtime dynamic INT8 was "
+                "slower than FP32 there); every other method of the chosen backends is "
+                "measured beside it and the measurement decides",
             )
         return QuantizerChoice(
             ["ort_static_int8"],
             f"convolutional net (4-D input): profile {profile_name!r} lists no OpenVINO, so "
-            f"ONNX Runtime static INT8 (calibrated) instead of NNCF",
+            f"ONNX Runtime static INT8 (calibrated) is tried first instead of NNCF; every "
+            f"other method of the chosen backends is measured beside it",
         )
 
 

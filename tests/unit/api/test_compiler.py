@@ -147,7 +147,9 @@ def test_compile_prune_and_distill(cpu: HardwareProfile) -> None:
 def test_compile_auto_rounds(cpu: HardwareProfile) -> None:
     limits = Constraints(max_latency_ms=1.0)
     conv = compile_config(Goal.AUTO, limits, _facts("conv"), cpu)
-    assert conv.stages.quantize is not None and conv.stages.quantize.methods == ["nncf_int8"]
+    # The family's method goes first; every other INT8 method of the profile runs too.
+    assert conv.stages.quantize is not None and conv.stages.quantize.methods[0] == "nncf_int8"
+    assert {"ort_static_int8", "ort_dynamic_int8"} <= set(conv.stages.quantize.methods)
     escalated = compile_config(Goal.AUTO, limits, _facts("conv"), cpu, escalate=True)
     assert escalated.stages.quantize is not None
     assert escalated.stages.quantize.methods[0] == "nncf_int8"
