@@ -109,6 +109,12 @@ class DataSection(_Section):
 
     source: Literal["digits", "file"] = "digits"
     path: str | None = None
+    train_path: str | None = Field(
+        None,
+        description="An .npz of training data (same arrays as ``path``: labels, or the "
+        "original model's ``reference`` outputs). When set, every row of it trains and the "
+        "rows of ``path`` are split into validation and test only.",
+    )
     format: Literal["auto", "npz", "csv", "parquet"] = "auto"
     label_column: str = "label"
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
@@ -120,6 +126,11 @@ class DataSection(_Section):
     def _path_matches_source(self) -> DataSection:
         if self.source == "file" and not self.path:
             raise ValueError("data.path is required when data.source is 'file', but got none")
+        if self.train_path is not None and self.source != "file":
+            raise ValueError(
+                f"data.train_path needs data.source 'file' (validation and test rows come "
+                f"from data.path), but got source={self.source!r}"
+            )
         return self
 
 

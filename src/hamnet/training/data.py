@@ -191,6 +191,11 @@ def load_dataset(section: DataSection, base_dir: str | Path = ".") -> Dataset:
     else:
         x, y, class_names = _validate(np.asarray(x_raw), np.asarray(y_raw), source)
         x_train, y_train, x_val, y_val, x_test, y_test = _split(x, y, section, len(class_names))
+    if section.train_path is not None:
+        # Separate training data: every row of data.path is for validation and test.
+        x_train, y_train = _read_train_file(section, base_dir, x, targets, class_names)
+        x_val, y_val, x_test, y_test = _eval_split(x, y, section, targets, len(class_names))
+        source += f" + {len(x_train)} training rows from {section.train_path}"
     mean = std = None
     if section.standardize and names:
         raise DataError(
@@ -252,6 +257,9 @@ def data_fingerprint(section: DataSection, base_dir: str | Path = ".") -> str:
         digest.update(f"sklearn=={sklearn.__version__}".encode())
     else:
         update_with_file(digest, _resolve(section, base_dir))
+    if section.train_path is not None:
+        train = Path(section.train_path)
+        update_with_file(digest, train if train.is_absolute() else Path(base_dir) / train)
     return digest.hexdigest()[:16]
 
 
@@ -418,6 +426,80 @@ def _random_split(x: np.ndarray, y: np.ndarray, section: DataSection) -> tuple[n
     order = np.random.default_rng(section.seed).permutation(n)
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return x[train], y[train], x[val], y[val], x[test], y[test]
+
+
+def _read_train_file(
+    section: DataSection, base_dir: str | Path, x_eval: np.ndarray, targets: str,
+    class_names: list[str],
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The rows of ``data.train_path``, checked against the validation/test data."""
+    path = Path(section.train_path or "")
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise DataError(f"data.train_path {str(path)!r} does not exist (expected an .npz file)")
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"data.train_path must be an .npz file, but got {str(path)!r}")
+    x_raw, y_raw, train_targets = _read_npz(path, section.label_column)
+    source = f"training file {path}"
+    if train_targets != targets:
+        raise DataError(
+            f"{source} must hold {targets} like data.path (labels 'y', or the original "
+            f"model's '{REFERENCE_KEY}' outputs), but it holds {train_targets}"
+        )
+    x = _validate_inputs(np.asarray(x_raw), source)
+    if x.dtype != x_eval.dtype or x.shape[1:] != x_eval.shape[1:]:
+        raise DataError(
+            f"{source} must have inputs like data.path ({_layout(x_eval)} per row), but got "
+            f"{_layout(x)}"
+        )
+    if targets == "reference":
+        return x, _validate_reference(y_raw, x_raw)
+    y = np.asarray(y_raw)
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+        y = y.astype(np.int64)
+    labels = np.array([str(v) for v in y.reshape(-1).tolist()])
+    unknown = sorted(set(labels.tolist()) - set(class_names))
+    if unknown:
+        raise DataError(
+            f"{source} has labels {_preview(unknown)} that data.path does not, but training "
+            f"labels must be among the evaluation classes {_preview(class_names)}"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    return x, np.array([index[v] for v in labels], dtype=np.int64)
+
+
+def _layout(x: np.ndarray) -> str:
+    if x.dtype.names:
+        return f"named inputs {list(x.dtype.names)}"
+    return f"shape {list(x.shape[1:])} of {x.dtype}"
+
+
+def _eval_split(
+    x: np.ndarray, y: np.ndarray, section: DataSection, targets: str, num_classes: int
+) -> tuple[np.ndarray, ...]:
+    """Split every row into validation and test, in the ratio of the two fractions."""
+    n = len(x)
+    share = section.val_fraction / (section.val_fraction + section.test_fraction)
+    n_val = int(round(share * n))
+    least = max(1, num_classes)
+    if min(n_val, n - n_val) < least:
+        raise DataError(
+            f"{n} evaluation samples are too few to split into validation and test with at "
+            f"least {least} each (data.path holds only evaluation rows when data.train_path "
+            f"is set)"
+        )
+    if targets == "reference":
+        order = np.random.default_rng(section.seed).permutation(n)
+        val, test = order[:n_val], order[n_val:]
+        return x[val], y[val], x[test], y[test]
+    try:
+        x_val, x_test, y_val, y_test = train_test_split(
+            x, y, train_size=n_val, stratify=y, random_state=section.seed
+        )
+    except ValueError as err:
+        raise DataError(f"cannot split the data stratified by class: {err}") from None
+    return x_val, y_val, x_test, y_test
 
 
 def _split_frame(
