@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from hamnet.core.config import OptimizeConfig
     from hamnet.core.hardware import HardwareProfile
 
-ModelKind = Literal["hamnet", "onnx"]
-"""How the pipeline loads the model: a hamnet checkpoint or an ONNX file."""
+ModelKind = Literal["hamnet", "onnx", "module"]
+"""How the pipeline loads the model: a hamnet checkpoint, an ONNX file, or a user's torch
+module (a module artifact, see :mod:`hamnet.models.sources`)."""
 
 PRUNE_RATIOS: list[float] = [0.3, 0.5, 0.7]
 DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
@@ -189,6 +190,8 @@ def plan_for(
     *,
     model_size_mb: float | None = None,
     family: str | None = None,
+    has_train_data: bool = True,
+    why_not_prunable: str | None = None,
 ) -> AutoPlan:
     """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
 
@@ -203,14 +206,19 @@ def plan_for(
           (:meth:`~hamnet.families.base.ModelFamily.preferred_quantizers`):
           transformers get ONNX Runtime transformer fusion + dynamic INT8, convolutional
           nets OpenVINO INT8 via NNCF (ONNX Runtime static INT8 without OpenVINO);
-        * ONNX models (files and exported modules) are never pruned.
+        * ONNX files that do not convert to PyTorch are never pruned;
+        * a user's torch module is pruned and recovered by distillation only with
+          training data (``train_data``); without it only post-training methods run.
 
     Args:
         constraints: The user's constraints.
-        model_kind: "hamnet" (a checkpoint) or "onnx".
+        model_kind: "hamnet" (a checkpoint), "onnx" or "module" (a user's torch module).
         profile: The target's hardware profile.
         model_size_mb: Size of the model file (needed for the size rule).
         family: The model family (default: "hamnet" for a HAMNet, else "generic").
+        has_train_data: Whether the user gave training data (read for user modules).
+        why_not_prunable: Why this model cannot be pruned (e.g. an ONNX file that did
+            not convert to PyTorch); default: the family's reason.
 
     Returns:
         The plan with one reason per decision.
@@ -219,8 +227,22 @@ def plan_for(
         ConfigError: ``family`` is not a model family.
     """
     adapter = get_family(family or ("hamnet" if model_kind == "hamnet" else "generic"))
-    can_prune = adapter.can_prune and model_kind != "onnx"
     reasons: list[str] = []
+    can_prune = adapter.can_prune and model_kind != "onnx"
+    if not can_prune:
+        adapter = _with_reason(adapter, why_not_prunable)
+    elif model_kind == "module" and not has_train_data:
+        can_prune = False
+        adapter = _with_reason(
+            adapter,
+            "no training data was given (train_data), so only post-training methods run; "
+            "pruning and distillation need it",
+        )
+    if model_kind == "module" and can_prune:
+        reasons.append(
+            f"{adapter.description} given as a torch module: its {_groups(adapter)} can be "
+            f"pruned with torch-pruning's dependency graph and recovered by distillation"
+        )
     precisions = quantize_precisions(profile)
     prec_text = "/".join(precisions) or "none"
     prune = _size_rule(constraints, model_size_mb, prec_text, adapter, can_prune, reasons)
@@ -231,7 +253,12 @@ def plan_for(
         )
         if can_prune:
             prune = True
-            reasons.append(adapter.prune_reason)
+            reasons.append(
+                adapter.prune_reason
+                or f"latency-bound: structured pruning of the {_groups(adapter)} "
+                f"(torch-pruning's dependency graph), recovered by distillation from the "
+                f"original model"
+            )
         else:
             reasons.append(f"no pruning: {adapter.why_not_prunable}")
     if not reasons:
@@ -254,6 +281,19 @@ def plan_for(
     )
 
 
+def _with_reason(adapter: type[ModelFamily], reason: str | None) -> type[ModelFamily]:
+    """``adapter``, or a subclass whose :attr:`why_not_prunable` is ``reason``."""
+    if reason is None:
+        return adapter
+    return type(adapter.__name__, (adapter,), {"why_not_prunable": reason})
+
+
+def _groups(adapter: type[ModelFamily]) -> str:
+    """The family's prunable structures, for a plan reason."""
+    names = [g.name.replace("_", " ") for g in adapter.prunable_groups]
+    return ", ".join(names) or "layers"
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the compiler knows about the model.
@@ -263,17 +303,33 @@ class ModelFacts:
         family: The model's family adapter.
         size_mb: Size of the model file (for the size rule).
         trust_checkpoint: Load checkpoints with pickled code.
+        source_kind: How the pipeline loads it (None: told from the family and path).
+        train_path: The training data file (``data.train_path``), if the user gave one.
+        why_not_prunable: Why the model cannot be pruned, when the family's reason does
+            not say it (an ONNX file that onnx2torch could not convert).
     """
 
     path: Path
     family: type[ModelFamily]
     size_mb: float | None = None
     trust_checkpoint: bool = False
+    source_kind: ModelKind | None = None
+    train_path: Path | None = None
+    why_not_prunable: str | None = None
 
     @property
     def kind(self) -> ModelKind:
         """How the pipeline loads the model."""
-        return "hamnet" if self.family.loads_checkpoint else "onnx"
+        if self.source_kind is not None:
+            return self.source_kind
+        if self.family.loads_checkpoint:
+            return "hamnet"
+        return "module" if self.path.suffix.lower() == ".json" else "onnx"
+
+    @property
+    def can_prune(self) -> bool:
+        """Whether the pipeline can prune (and distill) this model."""
+        return self.family.can_prune and self.kind != "onnx"
 
 
 @dataclass
@@ -302,8 +358,10 @@ def _goal_stages(
         ]
         return _Stages(all_precisions, chosen)
     if goal is Goal.PRUNE:
+        # A user's module is pruned without fine-tuning; distillation recovers it.
+        recover = {"recover_pruned": True} if facts.kind == "module" else None
         return _Stages(prune={"ratios": list(PRUNE_RATIOS), "criteria": ["l1"],
-                              "allocations": ["uniform"]})  # fmt: skip
+                              "allocations": ["uniform"]}, distill=recover)  # fmt: skip
     if goal is Goal.DISTILL:
         return _Stages(
             prune={"ratios": list(DISTILL_PRUNE_RATIOS), "criteria": ["l1"]},
@@ -312,11 +370,14 @@ def _goal_stages(
     stages = _Stages(list(plan.precisions), list(plan.methods))
     if plan.prune_ratios:
         stages.prune = {"ratios": list(plan.prune_ratios), "criteria": ["l1"]}
+        if facts.kind == "module":
+            stages.distill = {"recover_pruned": True}
+    trainable = facts.kind != "module" or facts.train_path is not None
     if escalate:
-        if family.can_prune:
+        if facts.can_prune and trainable:
             ratios = sorted(set(plan.prune_ratios) | set(ESCALATION_PRUNE_RATIOS))
             stages.prune = {"ratios": ratios, "criteria": ["l1"]}
-        if family.can_distill:
+        if facts.can_prune and family.can_distill and trainable:
             stages.distill = {"recover_pruned": True}
         stages.precisions = all_precisions
     return stages
@@ -363,15 +424,19 @@ def compile_config(
 
     backends = choose_backends(preferred_backends, profile)
     family = facts.family
-    if goal in (Goal.PRUNE, Goal.DISTILL) and not family.can_prune:
+    if goal in (Goal.PRUNE, Goal.DISTILL) and not facts.can_prune:
         raise UnsupportedCombinationError(
-            f"structured pruning needs a HAMNet checkpoint, but got {family.description} "
-            f"(goal {goal.value!r}); use Goal.QUANTIZE or Goal.AUTO"
+            f"structured pruning needs a torch model (a HAMNet checkpoint or a user's "
+            f"torch module), but got {family.description} (goal {goal.value!r}): "
+            f"{facts.why_not_prunable or family.why_not_prunable}; use Goal.QUANTIZE or "
+            f"Goal.AUTO"
         )
     if goal is Goal.AUTO and plan is None:
         plan = plan_for(
-            constraints, facts.kind, profile, model_size_mb=facts.size_mb, family=family.name
-        )
+            constraints, facts.kind, profile, model_size_mb=facts.size_mb, family=family.name,
+            has_train_data=facts.train_path is not None,
+            why_not_prunable=facts.why_not_prunable,
+        )  # fmt: skip
     stages = _goal_stages(goal, facts, profile, backends, plan or AutoPlan([], []), escalate)
     methods = default_methods(backends, stages.precisions)
     if stages.chosen:
@@ -385,7 +450,7 @@ def compile_config(
         "train": None,
         "prune": stages.prune,
         "distill": stages.distill,
-        "export": {"formats": backends} if family.loads_checkpoint else None,
+        "export": {"formats": backends} if facts.kind != "onnx" else None,
         "quantize": quantize if methods else None,
     }
     if overrides:
@@ -408,14 +473,17 @@ def _config_dict(
             "path": str(facts.path),
             "trust_checkpoint": facts.trust_checkpoint,
         },
-        "data": _data_section(data_path),
+        "data": _data_section(data_path, facts.train_path),
         "constraints": constraints.section(),
         "stages": {},
         "tracking": {"enabled": track},
     }
 
 
-def _data_section(data_path: str | Path | None) -> dict[str, Any]:
+def _data_section(data_path: str | Path | None, train_path: Path | None) -> dict[str, Any]:
     if data_path is None:
         return {"source": "digits"}
-    return {"source": "file", "path": str(data_path), "format": "npz", "standardize": False}
+    section = {"source": "file", "path": str(data_path), "format": "npz", "standardize": False}
+    if train_path is not None:
+        section["train_path"] = str(train_path)
+    return section

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,110 @@ def ingest_module(
     )
     detected = detect_family(ModelSource(module=model, path=out, checkpoint=False))
     return IngestedModel(out, "onnx", detected.name, root)
+
+
+def ingest_user_module(
+    model: Any,
+    root: Path,
+    *,
+    input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
+    source: Any = None,
+) -> IngestedModel:
+    """Store a user's torch module as a module artifact (prunable and distillable).
+
+    The module is checked to run on the example inputs first. Without a ``source`` (a
+    :class:`~hamnet.models.sources.ModuleSource` it was loaded from) the module object is
+    saved whole with ``torch.save`` under ``root/source``: hamnet wrote that file itself,
+    so the optimizer loads it back with ``trust_checkpoint``.
+
+    Args:
+        model: The module.
+        root: The work directory.
+        input_shape: The shape of one float input, batch first.
+        example_inputs: A tensor or a dict ``{argument name: tensor}``.
+        source: Where the module came from (a file, a name, a directory), if not the
+            object itself.
+
+    Returns:
+        The module artifact (kind ``"module"``) and the family told from the module.
+
+    Raises:
+        ConfigError: Neither ``input_shape`` nor ``example_inputs`` is given, or either
+            is invalid.
+        DataError: The module does not run on the example inputs.
+    """
+    import torch
+
+    from hamnet.models.sources import InputSpec, save_module_artifact
+
+    example = _example(model, input_shape, example_inputs)
+    _check_runs(model, example)
+    if isinstance(example, dict):
+        spec = InputSpec.model_validate(
+            {"named": {
+                name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+                for name, t in example.items()
+            }}
+        )  # fmt: skip
+        dims: dict[str, list[int | None]] = {n: [None, *t.shape[1:]] for n, t in example.items()}
+    else:
+        spec = InputSpec.model_validate(
+            {"shape": list(example.shape), "dtype": str(example.dtype).removeprefix("torch.")}
+        )
+        dims = {"input": [None, *example.shape[1:]]}
+    family = detect_family(ModelSource(module=model, input_dims=dims))
+    model = model.eval()
+    with torch.no_grad():
+        out = save_module_artifact(
+            root / "source", source=source, inputs=spec, module=None if source else model,
+            family=family.name,
+        )  # fmt: skip
+    return IngestedModel(out, "module", family.name, root)
+
+
+def _example(model: Any, input_shape: Sequence[int] | None, example_inputs: Any) -> Any:
+    """The example inputs as one tensor or a dict of tensors."""
+    import torch
+
+    if example_inputs is None:
+        if input_shape is None:
+            raise ConfigError(
+                f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
+                f"{type(model).__name__}, but got None"
+            )
+        check_shape(input_shape)
+        return torch.randn(*[int(d) for d in input_shape])
+    if isinstance(example_inputs, torch.Tensor):
+        return example_inputs
+    if isinstance(example_inputs, Mapping) and all(
+        isinstance(v, torch.Tensor) for v in example_inputs.values()
+    ):
+        return {str(k): v for k, v in example_inputs.items()}
+    raise ConfigError(
+        f"example_inputs must be a tensor or a dict {{argument name: tensor}}, but got "
+        f"{type(example_inputs).__name__}"
+    )
+
+
+def _check_runs(model: Any, example: Any) -> None:
+    import torch
+
+    from hamnet.core.errors import DataError
+
+    try:
+        with torch.no_grad():
+            model.eval()(**example) if isinstance(example, dict) else model.eval()(example)
+    except Exception as err:
+        what = (
+            {k: list(v.shape) for k, v in example.items()}
+            if isinstance(example, dict)
+            else list(example.shape)
+        )
+        raise DataError(
+            f"the example inputs must run the {type(model).__name__}, but calling it with "
+            f"{what} failed: {type(err).__name__}: {err}"
+        ) from None
 
 
 def ingest_tensorflow(

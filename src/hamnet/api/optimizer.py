@@ -69,6 +69,7 @@ from hamnet.api.ingestion import DEFAULT_WORK_ROOT
 from hamnet.api.report import CompressionReport as CompressionReport
 from hamnet.api.report import OptimizationResult, ValidationFn, build_report
 from hamnet.api.rounds import RoundRunner
+from hamnet.api.training_data import prepare_train_data
 from hamnet.core.api_names import API_NAMES
 from hamnet.core.errors import ConfigError, ModelLoadError
 from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_family
@@ -122,12 +123,19 @@ class Optimizer:
         self.trust_checkpoint = trust_checkpoint
         self.input_names: list[str] | None = None
         self._input_dims: dict[str, list[int | None]] = {}
+        self.why_not_prunable: str | None = None
+        self.module_path: Path | None = None
         if kind == "onnx":
             from hamnet.pipeline.plan import onnx_inputs
 
             self._input_dims = onnx_inputs(path)
             self.input_names = list(self._input_dims)
-        source = ModelSource(path=path, checkpoint=kind != "onnx", input_dims=self._input_dims)
+        if kind == "module":
+            source = ModelSource(path=path, checkpoint=False)
+            self._input_dims = dict(source.onnx_inputs())
+            self.input_names = list(self._input_dims)
+        else:
+            source = ModelSource(path=path, checkpoint=kind != "onnx", input_dims=self._input_dims)
         self.family: str = family or detect_family(source).name
 
     @property
@@ -148,46 +156,65 @@ class Optimizer:
         dynamic_axes: dict[str, dict[int, str]] | None = None,
         trust_checkpoint: bool = False,
         work_dir: str | Path | None = None,
+        weights: str | Path | None = None,
+        task: str = "auto",
     ) -> Optimizer:
-        """Take a hamnet checkpoint, a HAMNet, or any traceable ``torch.nn.Module``.
+        """Take a HAMNet, any ``torch.nn.Module``, or where to load one from.
 
-        A checkpoint path or HAMNet instance is optimized as a HAMNet (all goals); any
-        other module is exported to ONNX (opset 17, dynamic batch axis, and a dynamic
-        sequence axis for integer inputs of two or more axes; outputs checked against
-        the module in ONNX Runtime) and optimized as an ONNX model (quantization
-        only). A Hugging Face model whose forward returns a ``ModelOutput`` is exported
-        with its first tensor (``last_hidden_state`` of a ``BertModel``, ``logits`` of a
-        ``*ForSequenceClassification``); it is switched to eager attention first (so
-        ONNX Runtime's transformer fusion matches) and its head count and hidden size
-        are recorded in the ONNX metadata for the fusion (see
-        :func:`hamnet.backends.export.export_module`).
+        A hamnet checkpoint or HAMNet instance is optimized as a HAMNet. Any other
+        module (an MLP, a convolutional net, a Hugging Face encoder or classifier, a
+        module with ``nn.MultiheadAttention``...) is kept as a torch module: every goal
+        works on it (structured pruning with torch-pruning's dependency graph,
+        distillation from the original, quantization of its ONNX export). Named inputs
+        are keyword arguments (``example_inputs`` as a dict). A module taking several
+        positional inputs (``example_inputs`` a tuple) is exported to ONNX instead and
+        only quantized.
+
+        ``model`` may also name a source: a whole-module file saved with
+        ``torch.save(model)`` (loading it runs pickled code, so it needs
+        ``trust_checkpoint=True``), ``"torchvision:NAME"`` or ``"timm:NAME"`` with a
+        ``weights`` state_dict file, or a Hugging Face model directory (config and
+        safetensors; remote code is never run; ``task`` "embedding" mean-pools the
+        encoder's hidden states over the attention mask, "classification" returns
+        the logits, "auto" reads the config).
 
         Args:
-            model: A ``.pt``/``.pth`` hamnet checkpoint path, a HAMNet, or any module.
-            input_shape: The shape of one input, batch first (e.g. ``[1, 64]`` or
-                ``[1, 1, 8, 8]``); random float32 inputs of this shape trace the
-                module. Give ``example_inputs`` instead for several inputs or integer
-                inputs.
-            example_inputs: A tensor, a tuple of tensors (positional arguments) or a
-                dict ``{argument name: tensor}`` (keyword arguments, e.g.
-                ``input_ids``/``attention_mask``) to trace the module with.
-            input_names: Graph input names for a tensor or tuple (a dict's keys name
-                its inputs).
-            dynamic_axes: ``{name: {axis: axis name}}`` overriding the defaults.
-            trust_checkpoint: Load the checkpoint with pickled code (own files only).
+            model: A module, a hamnet checkpoint path, or a source as above.
+            input_shape: The shape of one float input, batch first (e.g. ``[1, 64]``
+                or ``[1, 1, 8, 8]``).
+            example_inputs: A tensor, a dict ``{argument name: tensor}`` (e.g.
+                ``input_ids``/``attention_mask``), or a tuple of tensors (positional
+                arguments; ONNX only).
+            input_names: Graph input names for a tuple of positional inputs.
+            dynamic_axes: ``{name: {axis: axis name}}`` for a tuple of positional inputs.
+            trust_checkpoint: Load files with pickled code (own files only).
             work_dir: Where to write the source model and the runs.
+            weights: The state_dict file of a torchvision/timm architecture.
+            task: What a Hugging Face directory's model outputs (see above).
 
         Raises:
-            ModelLoadError: If the path does not exist or is not a checkpoint.
-            ConfigError: If neither ``input_shape`` nor ``example_inputs`` is given for
-                a generic module, or either is invalid.
-            ExportError: If the module does not export, or ONNX Runtime's outputs
-                differ from the module's.
+            ModelLoadError: The path does not exist or does not load (a whole-module
+                file without ``trust_checkpoint``, a directory that needs remote code).
+            ConfigError: Neither ``input_shape`` nor ``example_inputs`` is given for a
+                module, either is invalid, or a torchvision/timm name is unknown.
+            DataError: The module does not run on the example inputs.
+            ExportError: A module with positional inputs does not export.
         """
         if isinstance(model, (str, Path)):
-            found = ingestion.ingest_checkpoint(model, trust_checkpoint=trust_checkpoint)
-            return cls(found.path, found.kind, work_dir=work_dir, trust_checkpoint=trust_checkpoint)
+            return cls._from_reference(
+                model, input_shape, example_inputs=example_inputs, weights=weights, task=task,
+                trust_checkpoint=trust_checkpoint, work_dir=work_dir,
+            )  # fmt: skip
         root = ingestion.work_directory(work_dir)
+        from hamnet.models import HAMNet
+
+        if not isinstance(model, HAMNet) and not isinstance(example_inputs, tuple):
+            found = ingestion.ingest_user_module(
+                model, root, input_shape=input_shape, example_inputs=example_inputs
+            )
+            # hamnet saved the module object itself (torch.save) in its work directory.
+            return cls(found.path, "module", work_dir=root, trust_checkpoint=True,
+                       family=found.family)  # fmt: skip
         found = ingestion.ingest_module(
             model,
             root,
@@ -197,6 +224,44 @@ class Optimizer:
             dynamic_axes=dynamic_axes,
         )
         return cls(found.path, found.kind, work_dir=root, family=found.family)
+
+    @classmethod
+    def _from_reference(
+        cls, model: str | Path, input_shape: Sequence[int] | None, *, example_inputs: Any,
+        weights: str | Path | None, task: str, trust_checkpoint: bool,
+        work_dir: str | Path | None,
+    ) -> Optimizer:  # fmt: skip
+        """A hamnet checkpoint path, or a module source (see :meth:`from_pytorch`)."""
+        from hamnet.models.sources import is_hamnet_checkpoint, load_source, parse_model_ref
+
+        text = str(model)
+        path = Path(text).expanduser()
+        named = text.startswith(("torchvision:", "timm:"))
+        if not named and not path.exists():
+            raise ModelLoadError(
+                f"model {text!r} does not exist (expected a hamnet .pt checkpoint, a "
+                f"whole-module .pt file, a Hugging Face model directory, or "
+                f"'torchvision:NAME' / 'timm:NAME')"
+            )
+        if path.is_file() and path.suffix.lower() == ".onnx":
+            return cls.from_onnx(path, work_dir=work_dir)
+        if path.is_file() and is_hamnet_checkpoint(path):
+            found = ingestion.ingest_checkpoint(path, trust_checkpoint=trust_checkpoint)
+            return cls(found.path, found.kind, work_dir=work_dir, trust_checkpoint=trust_checkpoint)
+        source = parse_model_ref(
+            text if named else str(path.resolve()),
+            weights=str(Path(weights).expanduser().resolve()) if weights else None,
+            task=task,
+        )
+        module = load_source(source, trust_checkpoint=trust_checkpoint)
+        if example_inputs is None and input_shape is None:
+            example_inputs = _source_example(source)
+        root = ingestion.work_directory(work_dir)
+        found = ingestion.ingest_user_module(
+            module, root, input_shape=input_shape, example_inputs=example_inputs, source=source
+        )
+        return cls(found.path, "module", work_dir=root, trust_checkpoint=trust_checkpoint,
+                   family=found.family)  # fmt: skip
 
     @classmethod
     def from_onnx(
@@ -221,7 +286,32 @@ class Optimizer:
         p = Path(path).expanduser()
         if not p.is_file():
             raise ModelLoadError(f"ONNX file {str(p)!r} does not exist")
-        return cls(p, "onnx", work_dir=work_dir, family=family)
+        optimizer = cls(p, "onnx", work_dir=work_dir, family=family)
+        optimizer._convert_to_torch()
+        return optimizer
+
+    def _convert_to_torch(self) -> None:
+        """Convert the ONNX model to a torch module artifact with onnx2torch, for pruning
+        and distillation; when it does not convert, record why (the plan says it)."""
+        from hamnet.core.errors import DataError, MissingDependencyError
+        from hamnet.models.sources import ModuleSource, load_source
+
+        source = ModuleSource(kind="onnx", path=str(self.model_path))
+        try:
+            module = load_source(source)
+            example = {name: _random_input(dims) for name, dims in self._input_dims.items()}
+            if len(example) == 1:
+                example = next(iter(example.values()))
+            found = ingestion.ingest_user_module(
+                module, self.work_dir, example_inputs=example, source=source
+            )
+        except (ModelLoadError, MissingDependencyError, DataError, ConfigError) as err:
+            self.why_not_prunable = (
+                f"the ONNX model did not convert to PyTorch with onnx2torch ({err}), so it "
+                f"can be quantized but not pruned or distilled"
+            )
+            return
+        self.module_path = found.path
 
     @classmethod
     def from_tensorflow(
@@ -246,10 +336,29 @@ class Optimizer:
         """Size of the source model file in MB."""
         return self.model_path.stat().st_size / 1e6
 
-    def facts(self) -> ModelFacts:
-        """What the config compiler knows about this model."""
+    def facts(self, *, prune: bool = False, train_path: Path | None = None) -> ModelFacts:
+        """What the config compiler knows about this model.
+
+        Args:
+            prune: The configuration prunes or distills: an ONNX model that onnx2torch
+                converted is then given as its torch module.
+            train_path: The training data file, if the user gave training data.
+        """
         size = self.model_size_mb()
-        return ModelFacts(self.model_path, self.adapter, size, self.trust_checkpoint)
+        if prune and self.module_path is not None:
+            return ModelFacts(
+                self.module_path, self.adapter, size, self.trust_checkpoint,
+                source_kind="module", train_path=train_path,
+            )  # fmt: skip
+        return ModelFacts(
+            self.model_path, self.adapter, size, self.trust_checkpoint,
+            source_kind=self.kind, train_path=train_path, why_not_prunable=self.why_not_prunable,
+        )  # fmt: skip
+
+    @property
+    def prunable_kind(self) -> ModelKind:
+        """How the model is loaded when it is pruned ("module" for a converted ONNX)."""
+        return "module" if self.module_path is not None else self.kind
 
     def build_config(
         self,
@@ -263,10 +372,12 @@ class Optimizer:
         plan: AutoPlan | None = None,
         escalate: bool = False,
         overrides: dict[str, Any] | None = None,
+        train_path: str | Path | None = None,
     ) -> OptimizeConfig:
         """Build the pipeline configuration for a goal (what :meth:`optimize` runs).
 
-        See :func:`hamnet.api.compiler.compile_config` for the arguments.
+        See :func:`hamnet.api.compiler.compile_config` for the arguments;
+        ``train_path`` is the training data file (``data.train_path``).
 
         Raises:
             ConfigError: For an unknown goal or backend, or invalid settings.
@@ -276,10 +387,14 @@ class Optimizer:
 
         goal = parse_goal(goal)
         constraints = constraints or Constraints()
+        if goal is Goal.AUTO and plan is None:
+            plan = self.plan(constraints, has_train_data=train_path is not None)
+        prune = goal in (Goal.PRUNE, Goal.DISTILL) or escalate or bool(plan and plan.prune_ratios)
+        train = Path(train_path) if train_path is not None else None
         return compile_config(
             goal,
             constraints,
-            self.facts(),
+            self.facts(prune=prune, train_path=train),
             load_profile(constraints.target_hardware),
             preferred_backends=preferred_backends,
             data_path=data_path,
@@ -290,15 +405,25 @@ class Optimizer:
             overrides=overrides,
         )
 
-    def plan(self, constraints: Constraints | None = None) -> AutoPlan:
-        """The :attr:`Goal.AUTO` plan for this model (see :func:`plan_for`)."""
+    def plan(
+        self, constraints: Constraints | None = None, *, has_train_data: bool = False
+    ) -> AutoPlan:
+        """The :attr:`Goal.AUTO` plan for this model (see :func:`plan_for`).
+
+        Args:
+            constraints: The user's constraints.
+            has_train_data: Whether training data is given (a user's module is pruned
+                and distilled only with it).
+        """
         from hamnet.core.hardware import load_profile
 
         constraints = constraints or Constraints()
         profile = load_profile(constraints.target_hardware)
         return plan_for(
-            constraints, self.kind, profile, model_size_mb=self.model_size_mb(), family=self.family
-        )
+            constraints, self.prunable_kind, profile, model_size_mb=self.model_size_mb(),
+            family=self.family, has_train_data=has_train_data,
+            why_not_prunable=self.why_not_prunable,
+        )  # fmt: skip
 
     def benchmark(
         self, hardware: str = "cpu", num_runs: int = 100, batch_size: int = 1
@@ -335,6 +460,7 @@ class Optimizer:
         constraints: Constraints | None = None,
         *,
         validation_data: tuple[Any, np.ndarray | None] | None = None,
+        train_data: Any = None,
         validation_fn: ValidationFn | None = None,
         preferred_backends: Sequence[str] | None = None,
         work_dir: str | Path | None = None,
@@ -355,6 +481,12 @@ class Optimizer:
                 None to score fidelity to the original model (top-1 agreement for
                 classifier outputs, mean cosine similarity otherwise; see the module
                 docstring).
+            train_data: Training data for pruning, distillation and fine-tuning:
+                ``(x, y)`` with integer labels, or ``x`` alone (unlabelled: the original
+                model labels it, by its predicted class when ``validation_data`` has
+                labels, else by its outputs). With it, every row of
+                ``validation_data`` selects (validation) or reports (test). Without
+                it, AUTO runs only post-training methods on a user's module.
             validation_fn: ``fn(predict) -> float``, called once on the recommended
                 model (``predict`` takes what ``x`` is: an array or a dict of arrays);
                 its value is the report's ``custom_metric``.
@@ -384,7 +516,15 @@ class Optimizer:
         root = ingestion.work_directory(work_dir) if work_dir is not None else self.work_dir
         target = DataTarget(self.adapter, self.model_path, self.trust_checkpoint, self._input_dims)
         data_path, accuracy_kind = prepare_data(target, validation_data, root)
-        plan = self.plan(constraints) if goal is Goal.AUTO else None
+        train_path = None
+        if train_data is not None:
+            labelled = validation_data is None or validation_data[1] is not None
+            train_path = prepare_train_data(target, train_data, root, labelled_eval=labelled)
+        plan = (
+            self.plan(constraints, has_train_data=train_path is not None)
+            if goal is Goal.AUTO
+            else None
+        )
 
         def compile_round(index: int) -> OptimizeConfig:
             return self.build_config(
@@ -397,6 +537,7 @@ class Optimizer:
                 plan=plan,
                 escalate=index > 0,
                 overrides=_overrides or {},
+                train_path=train_path,
             )
 
         runner = RoundRunner(root, verbose=verbose, use_prefect=use_prefect)
@@ -411,6 +552,23 @@ class Optimizer:
             trust_checkpoint=self.trust_checkpoint,
         )
         return OptimizationResult.of_round(kept.result, kept.config, kept.rounds, report)
+
+
+def _random_input(dims: Sequence[int | None]) -> Any:
+    """A float tensor of an ONNX input's dims (dynamic axes: 1)."""
+    import torch
+
+    return torch.randn(*[d if isinstance(d, int) and d > 0 else 1 for d in dims])
+
+
+def _source_example(source: Any) -> Any:
+    """Example inputs of a Hugging Face source (token ids and mask); None otherwise."""
+    if source.kind != "huggingface":
+        return None
+    import torch
+
+    ids = torch.ones(1, 16, dtype=torch.int64)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _check_arguments(constraints: Any, max_rounds: Any, use_prefect: Any) -> Constraints:

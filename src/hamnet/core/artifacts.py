@@ -104,8 +104,16 @@ def artifact_files(main: Path, fmt: str) -> list[Path]:
     """Return the files of an artifact whose main file is ``main``.
 
     The siblings are the format's further file suffixes, as its runtime declares them
-    (OpenVINO IR: ``model.bin`` beside ``model.xml``).
+    (OpenVINO IR: ``model.bin`` beside ``model.xml``), or the files the runtime's
+    ``artifact_files(main, fmt)`` lists (a module artifact names its files in its main
+    JSON file).
     """
+    for name in registry.names("runtime"):
+        runtime = registry.load("runtime", name)
+        lister = getattr(runtime, "artifact_files", None)
+        if lister is not None and fmt in getattr(runtime, "file_suffixes", {}):
+            listed: list[Path] = lister(main, fmt)
+            return listed
     siblings = _format_suffixes().get(fmt, ())[1:]
     return [main, *(main.with_suffix(suffix) for suffix in siblings)]
 

@@ -84,7 +84,20 @@ class ModelSection(_Section):
     """
 
     source: Literal["train", "file"] = "train"
-    path: str | None = None
+    path: str | None = Field(
+        None,
+        description="A hamnet .pt checkpoint, an .onnx file, a whole-module .pt file "
+        "(needs trust_checkpoint), a Hugging Face model directory, or 'torchvision:NAME' / "
+        "'timm:NAME' with ``weights``.",
+    )
+    weights: str | None = Field(
+        None, description="A state_dict file for a 'torchvision:NAME' or 'timm:NAME' path."
+    )
+    task: Literal["auto", "embedding", "classification"] = Field(
+        "auto",
+        description="What a Hugging Face model directory outputs: sentence embeddings (mean "
+        "pooling over the attention mask) or class logits; auto reads its config.",
+    )
     hamnet: HAMNetSection = HAMNetSection()
     trust_checkpoint: bool = Field(
         False,
@@ -269,6 +282,11 @@ class PruneStageConfig(_Section):
         description="Also emit a magnitude-sparsified (unstructured) candidate. Honest "
         "caveat, repeated on the candidate: dense CPU kernels do not get faster from it.",
     )
+    keep: list[str] = Field(
+        [],
+        description="Module names of a user's model that are never pruned (its output "
+        "layers are always kept).",
+    )
     schedule: Literal["one-shot", "linear", "cubic"] = "one-shot"
     steps: int = Field(1, ge=1, le=100)
     finetune: TrainStageConfig | None = TrainStageConfig(
@@ -452,6 +470,18 @@ class DistillStageConfig(_Section):
         description="A transfer set: a .npz (array 'x'), CSV or Parquet file of inputs "
         "without labels, preprocessed like the labelled data and added to the training "
         "split for the distillation terms only (the cross-entropy skips them).",
+    )
+
+    objective: Literal["auto", "logits", "cosine", "mse"] = Field(
+        "auto",
+        description="A user's model (not a HAMNet): what the student matches: the "
+        "teacher's logits (classifiers), or its embeddings by cosine or MSE; auto: logits "
+        "for labelled class scores, cosine otherwise.",
+    )
+    hidden_states: bool = Field(
+        True,
+        description="A user's model: also match hidden states of mapped layers (same-named "
+        "blocks of a pruned copy, evenly spaced layers of a shallower student).",
     )
 
     @model_validator(mode="after")

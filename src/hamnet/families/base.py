@@ -22,6 +22,7 @@ from hamnet.backends.onnx_graph import graph_facts
 from hamnet.core import registry
 from hamnet.core.errors import ConfigError, ExportError, ModelLoadError
 from hamnet.core.registry import Plugin
+from hamnet.families import _modules
 from hamnet.families._onnx import check_onnx_inputs
 
 __all__ = [
@@ -97,14 +98,22 @@ class ModelSource:
         return self.path.suffix.lower() in CHECKPOINT_SUFFIXES
 
     @property
+    def is_module(self) -> bool:
+        """Whether the source is a module artifact (a user's torch module, ``.json``)."""
+        return _modules.is_module_artifact(self.path)
+
+    @property
     def is_onnx(self) -> bool:
         """Whether the source is an ONNX file."""
-        return self.path is not None and not self.is_checkpoint
+        return self.path is not None and not self.is_checkpoint and not self.is_module
 
     def onnx_inputs(self) -> Mapping[str, Sequence[int | None]]:
         """The ONNX graph's inputs (empty when the source is not an ONNX file)."""
         if self.input_dims is not None:
             return self.input_dims
+        if self.is_module:
+            assert self.path is not None
+            return _modules.input_dims(self.path)
         if not self.is_onnx:
             return {}
         assert self.path is not None
@@ -124,7 +133,9 @@ class ModelFamily(Plugin):
     Capability attributes, read by the API and the planner:
         loads_checkpoint: The pipeline loads the family from a hamnet checkpoint
             (and exports it itself); otherwise it is optimized as an ONNX model.
-        can_prune: The pipeline's structured pruning stage can prune it.
+        can_prune: The pipeline's structured pruning stage can prune it when it is a
+            torch model (a HAMNet checkpoint or a user's module; an ONNX file only
+            after onnx2torch converts it).
         can_distill: The pipeline can recover pruned candidates by distillation.
         prunable_groups: The structures structured pruning removes whole.
         distill_targets: What distillation reads from the teacher.
@@ -139,15 +150,16 @@ class ModelFamily(Plugin):
     kind: ClassVar[str] = "family"
     description: ClassVar[str] = ""
     loads_checkpoint: ClassVar[bool] = False
-    can_prune: ClassVar[bool] = False
-    can_distill: ClassVar[bool] = False
+    can_prune: ClassVar[bool] = True
+    can_distill: ClassVar[bool] = True
     prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = ()
     distill_targets: ClassVar[tuple[str, ...]] = ("outputs",)
     extra_quantizers: ClassVar[tuple[str, ...]] = ()
     pruner: ClassVar[str | None] = None
     prune_reason: ClassVar[str] = ""
     why_not_prunable: ClassVar[str] = (
-        "only HAMNet checkpoints can be pruned (ONNX models and exported modules cannot)"
+        "an ONNX file can be pruned only when onnx2torch converts it to PyTorch; give the "
+        "torch module (or its source) to prune and distill it"
     )
     detect_order: ClassVar[int] = 50
 
@@ -181,11 +193,14 @@ class ModelFamily(Plugin):
 
     @classmethod
     def load(cls, path: Path, *, trust_checkpoint: bool = False) -> Any:
-        """Load the model file: an ``onnx.ModelProto`` (a checkpoint family overrides).
+        """Load the model file: the ``nn.Module`` of a module artifact, else an
+        ``onnx.ModelProto`` (a checkpoint family overrides).
 
         Raises:
             ModelLoadError: If the file is not a readable model of this family.
         """
+        if _modules.is_module_artifact(path):
+            return _modules.load_module(path, trust_checkpoint=trust_checkpoint)
         import onnx
 
         try:
@@ -202,6 +217,8 @@ class ModelFamily(Plugin):
         Returns:
             A numpy array, batch first.
         """
+        if _modules.is_module_artifact(path):
+            return _modules.predict_module(path, x, trust_checkpoint=trust_checkpoint)
         import onnxruntime as ort
 
         from hamnet.backends.session import OnnxRuntimeSession
@@ -280,6 +297,9 @@ class ModelFamily(Plugin):
             ModelLoadError: If the file is not a readable model or has no input.
             DataError: If its inputs differ from the data's.
         """
+        if _modules.is_module_artifact(path):
+            _modules.check_module_data(path, dataset, trust_checkpoint=trust_checkpoint)
+            return
         check_onnx_inputs(path, dataset)
 
 
@@ -301,9 +321,22 @@ def get_family(name: str) -> type[ModelFamily]:
 def detect_family(source: ModelSource) -> type[ModelFamily]:
     """The first family (in detection order) whose adapter recognises ``source``.
 
+    A module artifact names its family when it was written; otherwise its module is
+    loaded and told like a module the user gave.
+
     Raises:
         ConfigError: No adapter recognises it (cannot happen with ``generic``).
     """
+    if source.is_module and source.module is None:
+        assert source.path is not None
+        named = _modules.family_name(source.path)
+        if named is not None:
+            return get_family(named)
+        try:
+            module = _modules.load_module(source.path)
+        except ModelLoadError:  # a whole-module pickle needs trust; its family is unknown
+            return get_family("generic")
+        source = ModelSource(module=module, input_dims=source.onnx_inputs())
     for family in families():
         if family.detect(source):
             return family

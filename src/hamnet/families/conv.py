@@ -9,16 +9,12 @@ from hamnet.families.base import ModelFamily, ModelSource, PrunableGroup, Quanti
 
 
 class ConvFamily(ModelFamily):
-    """Convolutional nets, optimized as ONNX: quantized, not pruned (yet)."""
+    """Convolutional nets: filters pruned when given as a torch module; quantized as ONNX."""
 
     name = "conv"
     description = "a convolutional net (a 4-D input)"
     prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = (
         PrunableGroup("conv_filters", "output filter", "every Conv2d"),
-    )
-    why_not_prunable = (
-        "convolutional nets cannot be pruned yet (structured pruning of arbitrary conv "
-        "nets is not supported; only HAMNet checkpoints are)"
     )
     detect_order = 20
 

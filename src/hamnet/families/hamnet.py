@@ -22,8 +22,6 @@ class HamnetFamily(ModelFamily):
     name = "hamnet"
     description = "a HAMNet checkpoint"
     loads_checkpoint = True
-    can_prune = True
-    can_distill = True
     prunable_groups: ClassVar[tuple[PrunableGroup, ...]] = (
         PrunableGroup("attention_heads", "head", "MultiHeadSelfAttention of every block"),
         PrunableGroup("ffn_channels", "hidden channel", "FeedForward of every block"),

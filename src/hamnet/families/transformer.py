@@ -13,11 +13,12 @@ FUSED_METHOD = "ort_fused_dynamic_int8"
 
 
 class TransformerFamily(ModelFamily):
-    """Models with attention (MatMul and Softmax in the graph), optimized as ONNX.
+    """Models with attention (a module with ``config.num_attention_heads``, or MatMul and
+    Softmax in the graph).
 
-    Their heads and FFN channels are prunable by
-    ``hamnet.compress.pruning.hf.prune_bert`` (see :attr:`pruner`) on Hugging Face
-    modules, which the API does not run yet, so :attr:`can_prune` stays False.
+    Given as a torch module (a Hugging Face encoder or classifier, or a module with
+    ``nn.MultiheadAttention``), its attention heads and FFN neurons are pruned by
+    :func:`hamnet.compress.pruning.modules.prune_module`; as ONNX it is quantized.
     """
 
     name = "transformer"

@@ -120,16 +120,24 @@ def run(
 
 @app.command()
 def optimize(
-    model: Annotated[Path, typer.Argument(help="A hamnet .pt checkpoint or an .onnx model.")],
-    goal: Annotated[
-        str, typer.Option(help="auto, quantize, prune or distill (prune/distill: HAMNet only).")
-    ] = "auto",
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A hamnet .pt checkpoint, an .onnx model, a whole-module .pt file (with "
+            "--trust-checkpoint), a Hugging Face model directory, or torchvision:NAME / "
+            "timm:NAME (with --weights)."
+        ),
+    ],
+    goal: Annotated[str, typer.Option(help="auto, quantize, prune or distill.")] = "auto",
     size: Annotated[float | None, typer.Option(help="Target size in MB.")] = None,
     latency: Annotated[float | None, typer.Option(help="Max p50 latency in ms.")] = None,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Max accuracy drop, a fraction (0.01 = 1 point).")
     ] = 0.01,
-    hardware: Annotated[str, typer.Option(help="Hardware profile.")] = "x86-avx2",
+    hardware: Annotated[
+        str,
+        typer.Option(help="A hardware profile name, or cpu / gpu: the best present profile."),
+    ] = "x86-avx2",
     data: Annotated[
         Path | None,
         typer.Option(
@@ -137,6 +145,26 @@ def optimize(
             "inputs), and optionally y labels (without: fidelity to the original model)."
         ),
     ] = None,
+    train_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training data for pruning and distillation: .npz like --data; without "
+            "y the original model labels it. Without it, only post-training methods run."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="state_dict file for torchvision:NAME / timm:NAME.")
+    ] = None,
+    task: Annotated[
+        str, typer.Option(help="Hugging Face directory: auto, embedding or classification.")
+    ] = "auto",
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            help="Load .pt files with pickled code (a whole-module file): only files you "
+            "made yourself."
+        ),
+    ] = False,
     output: Annotated[
         Path | None, typer.Option(help="Where to write the recommended model.")
     ] = None,
@@ -166,19 +194,25 @@ def optimize(
     try:
         from hamnet.api.optimizer import Constraints, Optimizer
 
-        if model.suffix.lower() == ".onnx":
+        if model.lower().endswith(".onnx"):
             optimizer = Optimizer.from_onnx(model, work_dir=work_dir)
         else:
-            optimizer = Optimizer.from_pytorch(model, work_dir=work_dir)
+            optimizer = Optimizer.from_pytorch(
+                model, work_dir=work_dir, weights=weights, task=task,
+                trust_checkpoint=trust_checkpoint,
+            )  # fmt: skip
         validation = _load_npz(data) if data is not None else None
+        training = _load_npz(train_data) if train_data is not None else None
+        if training is not None and training[1] is None:
+            training = training[0]
         constraints = Constraints(
             target_size_mb=size, max_latency_ms=latency, max_accuracy_drop=max_accuracy_drop,
             target_hardware=hardware,
         )  # fmt: skip
-        with console.status(f"optimizing {model.name} (goal {goal}) ..."):
+        with console.status(f"optimizing {Path(model).name} (goal {goal}) ..."):
             result = optimizer.optimize(
-                goal, constraints, validation_data=validation, preferred_backends=backend,
-                work_dir=work_dir, track=track, use_prefect=prefect,
+                goal, constraints, validation_data=validation, train_data=training,
+                preferred_backends=backend, work_dir=work_dir, track=track, use_prefect=prefect,
             )  # fmt: skip
         written = []
         if output is not None:

@@ -481,7 +481,7 @@ def _eval_split(
     """Split every row into validation and test, in the ratio of the two fractions."""
     n = len(x)
     share = section.val_fraction / (section.val_fraction + section.test_fraction)
-    n_val = int(round(share * n))
+    n_val = round(share * n)
     least = max(1, num_classes)
     if min(n_val, n - n_val) < least:
         raise DataError(

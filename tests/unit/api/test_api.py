@@ -127,7 +127,7 @@ def test_bad_arguments_are_value_errors(generic_result: Any) -> None:
 def test_prune_and_distill_of_onnx_are_unsupported(generic_result: Any) -> None:
     opt = generic_result[0]
     for goal in (Goal.PRUNE, Goal.DISTILL):
-        with pytest.raises(UnsupportedCombinationError, match="needs a HAMNet checkpoint") as err:
+        with pytest.raises(UnsupportedCombinationError, match="needs a torch model") as err:
             opt.build_config(goal)
         assert isinstance(err.value, NotImplementedError)
 

@@ -140,7 +140,7 @@ def test_compile_prune_and_distill(cpu: HardwareProfile) -> None:
     assert distill.stages.distill is not None and distill.stages.distill.recover_pruned
     assert distill.data.source == "file" and distill.data.standardize is False
     for family in ("conv", "transformer", "generic"):
-        with pytest.raises(UnsupportedCombinationError, match="needs a HAMNet checkpoint"):
+        with pytest.raises(UnsupportedCombinationError, match="needs a torch model"):
             compile_config(Goal.PRUNE, Constraints(), _facts(family), cpu)
 
 

@@ -75,21 +75,37 @@ def first_tensor(out: Any) -> Any:
 
 
 class TorchRuntime(Runtime):
-    """PyTorch eager execution of a hamnet checkpoint (format ``"torch"``).
+    """PyTorch eager execution of a hamnet checkpoint (format ``"torch"``) or of a user's
+    module (format ``"torch-module"``, see :mod:`hamnet.models.sources`).
 
     ``torch.set_num_threads`` is process-wide: loading with ``threads`` changes it for
     every torch computation in this process.
     """
 
     name: ClassVar[str] = "torch"
-    formats: ClassVar[tuple[str, ...]] = ("torch",)
-    file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {"torch": (".pt",)}
+    formats: ClassVar[tuple[str, ...]] = ("torch", "torch-module")
+    file_suffixes: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "torch": (".pt",),
+        "torch-module": (".json",),
+    }
     package: ClassVar[str] = "torch"
     module: ClassVar[str] = "torch"
 
     @classmethod
+    def artifact_files(cls, main: Path, fmt: str) -> list[Path]:
+        """The files of an artifact: a checkpoint is one file; a module artifact is its
+        JSON file plus the weights and pruning plan it names (see
+        :mod:`hamnet.models.sources`)."""
+        if fmt != "torch-module":
+            return [main]
+        from hamnet.models.sources import module_artifact_files
+
+        return module_artifact_files(main)
+
+    @classmethod
     def input_dims(cls, path: Path) -> list[int | None]:
-        """Read ``[None, input_size]`` from a hamnet checkpoint's config.
+        """Read ``[None, input_size]`` from a hamnet checkpoint's config, or the first
+        input's dims (batch dynamic) from a module artifact.
 
         The feature count is None when the file holds no hamnet config.
 
@@ -99,6 +115,12 @@ class TorchRuntime(Runtime):
         """
         import torch
 
+        if path.suffix.lower() == ".json":
+            from hamnet.models.sources import read_module_artifact
+
+            shapes = read_module_artifact(path).inputs.shapes()
+            first = next(iter(shapes.values()))
+            return [None, *first[1:]]
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
@@ -138,6 +160,12 @@ class TorchRuntime(Runtime):
             )
         if threads is not None:
             torch.set_num_threads(threads)
+        if artifact.format == "torch-module":
+            from hamnet.models.sources import load_module_artifact
+
+            return TorchSession(
+                load_module_artifact(path, trust_checkpoint=trust_checkpoint), device
+            )
         from hamnet.models import load_checkpoint
 
         model = load_checkpoint(path, trust=trust_checkpoint)

@@ -12,6 +12,7 @@ from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import DistillStageConfig, OptimizeConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.families.base import ModelSource, detect_family
+from hamnet.pipeline.stages._user_modules import is_module, recover_candidate
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ class DistillStage(Stage[DistillStageConfig]):
         for pruned in inputs:
             parent = by_id.get(pruned.parent_id or "")
             if pruned.stage != "prune" or not pruned.plan_file or parent is None:
+                continue
+            if is_module(pruned):
+                out.append(recover_candidate(pruned, parent, ctx, cfg, transfer))
                 continue
             family = candidate_family(parent)
             if not family.can_distill:

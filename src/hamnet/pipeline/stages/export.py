@@ -11,6 +11,7 @@ from hamnet.core.artifacts import ArtifactRef
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import ExportStageConfig
 from hamnet.families.base import ModelFamily
+from hamnet.pipeline.stages._user_modules import MODULE_FORMAT, export_arguments, is_module
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
 
 FUSED_NOTE = (
@@ -43,14 +44,14 @@ class ExportStage(Stage[ExportStageConfig]):
         for parent in inputs:
             # A rejected parent (e.g. a pruned model no faster in eager PyTorch, where
             # Python overhead dominates) is still exported: its exports can be faster.
-            if parent.artifact.format != "torch":
+            if parent.artifact.format not in ("torch", MODULE_FORMAT):
                 continue
             family = candidate_family(parent)
-            model = family.load(
-                Path(parent.artifact.path), trust_checkpoint=ctx.config.model.trust_checkpoint
-            )
-            reference = load_session(parent.artifact, "torch", ctx.profile)
-            for runtime, ref, fused in self._targets(family, model, ctx):
+            trust = ctx.config.model.trust_checkpoint
+            model = family.load(Path(parent.artifact.path), trust_checkpoint=trust)
+            reference = load_session(parent.artifact, "torch", ctx.profile, trust_checkpoint=trust)
+            export = self._export_arguments(parent)
+            for runtime, ref, fused in self._targets(family, model, ctx, export):
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
@@ -78,8 +79,17 @@ class ExportStage(Stage[ExportStageConfig]):
             )
         return out
 
+    @staticmethod
+    def _export_arguments(parent: Candidate) -> dict[str, Any]:
+        """Example inputs, input names and dynamic axes of a user's module (a HAMNet's
+        are fixed by its config)."""
+        if not is_module(parent):
+            return {"example_inputs": None}
+        example, names, axes = export_arguments(Path(parent.artifact.path))
+        return {"example_inputs": example, "input_names": names, "dynamic_axes": axes}
+
     def _targets(
-        self, family: type[ModelFamily], model: Any, ctx: StageContext
+        self, family: type[ModelFamily], model: Any, ctx: StageContext, export: dict[str, Any]
     ) -> list[tuple[str, ArtifactRef, bool]]:
         """Export ``model`` of ``family`` to every configured format the profile runs.
 
@@ -91,7 +101,9 @@ class ExportStage(Stage[ExportStageConfig]):
         cfg = self.options(ctx.config)
         runtimes = ctx.profile.runtime_names
         staging = ctx.store.staging_dir()
-        onnx_path = family.export_onnx(model, None, staging / "model.onnx", opset=cfg.opset)
+        onnx_path = family.export_onnx(
+            model, path=staging / "model.onnx", opset=cfg.opset, **export
+        )
         onnx_ref = ctx.store.put(onnx_path, "onnx")
         targets: list[tuple[str, ArtifactRef, bool]] = []
         ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
@@ -103,10 +115,10 @@ class ExportStage(Stage[ExportStageConfig]):
         if ort and cfg.ort_fused_attention and family.fusable_attention(model):
             fused_path = family.export_onnx(
                 model,
-                None,
-                ctx.store.staging_dir() / "model.onnx",
+                path=ctx.store.staging_dir() / "model.onnx",
                 opset=cfg.opset,
                 ort_fused_attention=True,
+                **export,
             )
             targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
         return targets

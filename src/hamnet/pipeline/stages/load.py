@@ -13,8 +13,28 @@ from hamnet.pipeline.stages.base import Stage, StageContext
 
 __all__ = ["LoadStage", "onnx_inputs"]
 
-MODEL_SUFFIXES = (*CHECKPOINT_SUFFIXES, ".onnx")
-"""Suffixes of the model files the stage loads: hamnet checkpoints and ONNX files."""
+MODEL_SUFFIXES = (*CHECKPOINT_SUFFIXES, ".onnx", ".json")
+"""Suffixes of the model files the stage loads: hamnet checkpoints, ONNX files and module
+artifacts (``module.json``, see :mod:`hamnet.models.sources`)."""
+
+
+def is_module_source(ctx: StageContext) -> bool:
+    """Whether ``model.path`` names a user's torch module source rather than a hamnet
+    checkpoint, an ONNX file or a module artifact: ``torchvision:NAME``, ``timm:NAME``, a
+    Hugging Face directory, or a ``.pt``/``.pth`` file that is not a hamnet checkpoint."""
+    ref = ctx.config.model.path
+    if not ref:
+        return False
+    if ref.startswith(("torchvision:", "timm:")):
+        return True
+    path = ctx.resolve(ref)
+    if path.is_dir():
+        return True
+    if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        from hamnet.models.sources import is_hamnet_checkpoint
+
+        return not is_hamnet_checkpoint(path)
+    return False
 
 
 class LoadStage(Stage[NoOptions]):
@@ -43,6 +63,8 @@ class LoadStage(Stage[NoOptions]):
         """
         path, family = LoadStage.model_family(ctx)
         family.check_data(path, ctx.dataset, trust_checkpoint=ctx.config.model.trust_checkpoint)
+        if path.suffix.lower() == ".json":
+            return path, "torch-module"
         return path, "torch" if family.loads_checkpoint else "onnx"
 
     @staticmethod
@@ -65,11 +87,24 @@ class LoadStage(Stage[NoOptions]):
         suffix = path.suffix.lower()
         if suffix not in MODEL_SUFFIXES:
             raise ModelLoadError(
-                f"model file {str(path)!r} has suffix {suffix!r}, but expected .pt, .pth or .onnx"
+                f"model file {str(path)!r} has suffix {suffix!r}, but expected .pt, .pth, "
+                f".onnx, a module artifact .json, a Hugging Face model directory, or "
+                f"'torchvision:NAME' / 'timm:NAME'"
             )
         return path, detect_family(ModelSource(path=path))
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
+        if is_module_source(ctx):
+            from hamnet.pipeline.stages._user_modules import MODULE_FORMAT, ingest_model_ref
+
+            path = ingest_model_ref(ctx)
+            ref = ctx.store.put(path, MODULE_FORMAT)
+            return [
+                Candidate.create(
+                    name="baseline", stage=self.name, method=MODULE_FORMAT, artifact=ref,
+                    runtime="torch", params={"source": ctx.config.model.path},
+                )
+            ]  # fmt: skip
         path, fmt = self.check_model_file(ctx)
         ref = ctx.store.put(path, fmt)  # type: ignore[arg-type]
         return [
@@ -78,7 +113,7 @@ class LoadStage(Stage[NoOptions]):
                 stage=self.name,
                 method=fmt,
                 artifact=ref,
-                runtime="torch" if fmt == "torch" else "onnxruntime",
+                runtime="onnxruntime" if fmt == "onnx" else "torch",
                 params={"source_file": str(path)},
             )
         ]

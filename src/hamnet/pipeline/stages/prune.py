@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from hamnet.core import registry
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import PruneStageConfig, TrainStageConfig
+from hamnet.pipeline.stages._user_modules import is_module, prune_candidate
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class PruneStage(Stage[PruneStageConfig]):
-    """Physically remove attention heads and FFN channels from the baseline HAMNet.
+    """Physically remove attention heads and FFN channels from the baseline HAMNet, or the
+    prunable layer groups (filters, neurons, heads) of a user's torch module.
 
     One candidate per configured ratio; each is fine-tuned after pruning and carries
     its pruning plan (kept head / channel indices) as a JSON file beside the store, so
@@ -37,7 +39,8 @@ class PruneStage(Stage[PruneStageConfig]):
         cfg = self.options(ctx.config)
         bases = [c for c in inputs if c.stage in ("train", "load", "nas", "hpo") and not c.rejected]
         families = {c.id: candidate_family(c) for c in bases}
-        sources = [c for c in bases if families[c.id].can_prune]
+        # A torch model (a HAMNet checkpoint or a user's module) whose family prunes.
+        sources = [c for c in bases if families[c.id].can_prune and c.artifact.format != "onnx"]
         if not sources:
             reasons = sorted({f.why_not_prunable for f in families.values()}) or [
                 "the baseline is not a PyTorch HAMNet checkpoint"
@@ -49,8 +52,14 @@ class PruneStage(Stage[PruneStageConfig]):
             for criterion, allocation, ratio in itertools.product(
                 cfg.criteria, cfg.allocations, cfg.ratios
             ):
+                if is_module(parent):
+                    options = self._allocation_options(allocation, ctx)
+                    out.append(
+                        prune_candidate(parent, criterion, allocation, ratio, ctx, cfg, options)
+                    )
+                    continue
                 out.append(self._prune(parent, criterion, allocation, ratio, ctx))
-            if cfg.unstructured_sparsity:
+            if cfg.unstructured_sparsity and not is_module(parent):
                 out.append(self._sparsify(parent, cfg.unstructured_sparsity, ctx))
         return out
 

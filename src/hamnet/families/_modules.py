@@ -1,0 +1,95 @@
+"""What the families do with a module artifact (a user's torch module, ``module.json``).
+
+A module artifact (:mod:`hamnet.models.sources`) names where the user's module comes
+from and its inputs; the family it belongs to (conv, transformer, generic) is recorded
+in it when it is written, or told from the loaded module otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hamnet.core.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hamnet.training.data import Dataset
+
+MODULE_SUFFIX = ".json"
+"""Suffix of a module artifact's main file."""
+
+
+def is_module_artifact(path: Path | None) -> bool:
+    """Whether ``path`` is a module artifact's main file."""
+    return path is not None and path.suffix.lower() == MODULE_SUFFIX
+
+
+def family_name(path: Path) -> str | None:
+    """The family a module artifact records (None when it records none)."""
+    import json
+
+    try:
+        recorded = json.loads(Path(path).read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def load_module(path: Path, *, trust_checkpoint: bool = False) -> Any:
+    """The module of a module artifact (eval mode, CPU)."""
+    from hamnet.models.sources import load_module_artifact
+
+    return load_module_artifact(path, trust_checkpoint=trust_checkpoint)
+
+
+def input_dims(path: Path) -> dict[str, list[int | None]]:
+    """The module's inputs ``{name: dims}`` with a dynamic batch axis."""
+    from hamnet.models.sources import read_module_artifact
+
+    shapes = read_module_artifact(path).inputs.shapes()
+    return {name: [None, *shape[1:]] for name, shape in shapes.items()}
+
+
+def predict_module(path: Path, x: Any, *, trust_checkpoint: bool = False) -> np.ndarray:
+    """The module's outputs on ``x`` (an array, a dict or a structured array), batched."""
+    from hamnet.backends.runtimes.torch import TorchSession
+    from hamnet.evaluate.measure import predict
+
+    module = load_module(path, trust_checkpoint=trust_checkpoint)
+    return predict(TorchSession(module, "cpu"), x, 64)
+
+
+def check_module_data(path: Path, dataset: Dataset, *, trust_checkpoint: bool = False) -> None:
+    """Check the data's inputs against the module artifact's (names, ranks, sizes).
+
+    Raises:
+        DataError: The data's inputs differ from the module's.
+    """
+    dims = input_dims(path)
+    x = dataset.x_test
+    if dataset.input_names is not None:
+        if sorted(dims) != sorted(dataset.input_names):
+            raise DataError(
+                f"the data's named inputs must match the model's inputs {sorted(dims)}, but "
+                f"got {sorted(dataset.input_names)}"
+            )
+        shapes = {n: [len(x), *x.dtype[n].shape] for n in dataset.input_names}
+    else:
+        if len(dims) != 1:
+            raise DataError(
+                f"data with one input array must match a model with one input, but the "
+                f"model has inputs {sorted(dims)}: store named inputs as 'x__<name>' arrays"
+            )
+        shapes = {next(iter(dims)): list(x.shape)}
+    for name, want in dims.items():
+        got = shapes[name]
+        if len(got) != len(want) or any(
+            w is not None and w != g for w, g in zip(want[1:], got[1:], strict=False)
+        ):
+            raise DataError(
+                f"input {name!r} of the model must have shape "
+                f"{['N', *('?' if w is None else w for w in want[1:])]}, but the data has "
+                f"{['N', *got[1:]]}"
+            )

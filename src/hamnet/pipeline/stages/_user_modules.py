@@ -1,0 +1,314 @@
+"""The stages' path for a user's own torch module (format ``"torch-module"``).
+
+A user's module (an ``nn.Module`` the API was given, a whole-module file, a
+torchvision/timm architecture with weights, a Hugging Face directory, or an ONNX file
+that onnx2torch converts) is stored as a module artifact
+(:mod:`hamnet.models.sources`): where its root comes from, its inputs, and, for pruned
+or distilled children, the replayable pruning plan and the new weights. This module is
+what the ``load``, ``prune``, ``distill`` and ``export`` stages do with such models:
+
+* :func:`ingest_model_ref` turns ``model.path`` (a source reference) into a baseline
+  module artifact, its inputs read from the data;
+* :func:`prune_candidate` prunes it with torch-pruning's dependency graph
+  (:func:`hamnet.compress.pruning.modules.prune_module`);
+* :func:`recover_candidate` recovers a pruned child by distillation from its parent
+  (:func:`hamnet.compress.distill.modules.distill_module`), on the training split plus
+  any unlabelled transfer set;
+* :func:`export_arguments` gives the exporter the module's example inputs and names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hamnet.core.candidate import Candidate
+from hamnet.core.config import DistillStageConfig, PruneStageConfig
+from hamnet.pipeline.stages.base import StageContext, child_name
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hamnet.models.sources import InputSpec
+    from hamnet.training.data import Dataset
+
+MODULE_FORMAT = "torch-module"
+"""The artifact format of a user's module."""
+
+CALIBRATION_SAMPLES = 256
+"""Training rows the pruning criteria and allocations read (gradients, sensitivity)."""
+
+CALIBRATION_BATCH = 32
+
+
+def is_module(candidate: Candidate) -> bool:
+    """Whether ``candidate`` is a user's torch module (not a HAMNet, not ONNX)."""
+    return candidate.artifact.format == MODULE_FORMAT
+
+
+def input_spec(dataset: Dataset) -> InputSpec:
+    """The model inputs the data feeds: one array, or one field per named input."""
+    from hamnet.models.sources import InputSpec
+
+    x = dataset.x_train
+    if x.dtype.names:
+        return InputSpec.model_validate(
+            {"named": {
+                name: {"shape": [1, *x.dtype[name].shape], "dtype": str(x.dtype[name].base)}
+                for name in x.dtype.names
+            }}
+        )  # fmt: skip
+    return InputSpec.model_validate({"shape": [1, *x.shape[1:]], "dtype": str(x.dtype)})
+
+
+def ingest_model_ref(ctx: StageContext) -> Path:
+    """Store ``model.path`` (a module source reference) as the baseline module artifact.
+
+    Returns:
+        The artifact's main file, in a staging folder of the store.
+
+    Raises:
+        ModelLoadError: The source does not load (e.g. a whole-module file without
+            ``model.trust_checkpoint``, a Hugging Face directory that needs remote code).
+        ConfigError: An unknown torchvision/timm name.
+        DataError: The data's inputs do not run the module.
+    """
+    from hamnet.models.sources import load_source, parse_model_ref, save_module_artifact
+
+    cfg = ctx.config.model
+    assert cfg.path is not None
+    ref = cfg.path
+    if ":" not in ref.split("/")[0]:
+        ref = str(ctx.resolve(ref))
+    weights = str(ctx.resolve(cfg.weights)) if cfg.weights else None
+    source = parse_model_ref(ref, weights=weights, task=cfg.task)
+    module = load_source(source, base_dir=ctx.base_dir, trust_checkpoint=cfg.trust_checkpoint)
+    spec = input_spec(ctx.dataset)
+    check_runs(module, ctx.dataset)
+    return save_module_artifact(
+        ctx.store.staging_dir(), source=source, inputs=spec, output_kind=_task_kind(cfg.task)
+    )
+
+
+def _task_kind(task: str) -> str | None:
+    return {"embedding": "embedding", "classification": "class_scores"}.get(task)
+
+
+def check_runs(module: Any, dataset: Dataset) -> None:
+    """Run ``module`` on two training rows.
+
+    Raises:
+        DataError: The data's inputs do not fit the module (names, shapes, dtypes).
+    """
+    import torch
+
+    from hamnet.core.errors import DataError
+
+    x = dataset.x_train[:2]
+    try:
+        with torch.no_grad():
+            _call(module, to_torch(x))
+    except Exception as err:
+        raise DataError(
+            f"the data's inputs must run the model, but {_describe(x)} failed: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+
+
+def _describe(x: np.ndarray) -> str:
+    if x.dtype.names:
+        return "named inputs " + ", ".join(
+            f"{n} {list(x[n].shape)} {x[n].dtype}" for n in x.dtype.names
+        )
+    return f"an input of shape {list(x.shape)} ({x.dtype})"
+
+
+def to_torch(x: np.ndarray) -> Any:
+    """A batch as the module takes it: a tensor, or a dict of tensors for named inputs."""
+    import numpy as np
+    import torch
+
+    if x.dtype.names:
+        return {n: torch.from_numpy(np.ascontiguousarray(x[n])) for n in x.dtype.names}
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _call(module: Any, inputs: Any) -> Any:
+    return module(**inputs) if isinstance(inputs, dict) else module(inputs)
+
+
+def calibration_batches(dataset: Dataset, seed: int) -> list[tuple[Any, Any]]:
+    """``(inputs, labels or None)`` batches of training rows for the pruning criteria.
+
+    Label-free data (reference outputs) gives None: the criteria then compare with the
+    unpruned model's outputs.
+    """
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    count = min(CALIBRATION_SAMPLES, len(dataset.x_train))
+    index = np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))
+    labelled = dataset.targets == "labels"
+    batches = []
+    for start in range(0, count, CALIBRATION_BATCH):
+        rows = index[start : start + CALIBRATION_BATCH]
+        y = torch.from_numpy(dataset.y_train[rows]) if labelled else None
+        batches.append((to_torch(dataset.x_train[rows]), y))
+    return batches
+
+
+def prune_candidate(
+    parent: Candidate, criterion: str, allocation: str, ratio: float, ctx: StageContext,
+    cfg: PruneStageConfig, allocation_options: dict[str, Any],
+) -> Candidate:  # fmt: skip
+    """Prune a module candidate; the child stores the plan and the pruned weights.
+
+    Raises:
+        ConfigError: The module does not trace, has no prunable layer group, is too
+            small for ``ratio``, or ``keep`` names an unknown module (before any work).
+    """
+    from hamnet.compress.pruning.modules import prune_module
+    from hamnet.models.sources import (
+        example_inputs,
+        load_module_artifact,
+        read_module_artifact,
+        save_module_artifact,
+    )
+
+    path = Path(parent.artifact.path)
+    artifact = read_module_artifact(path)
+    model = load_module_artifact(path, trust_checkpoint=ctx.config.model.trust_checkpoint)
+    result = prune_module(
+        model,
+        example_inputs(artifact.inputs),
+        ratio=ratio,
+        criterion=criterion,
+        allocation=allocation,
+        keep=list(cfg.keep),
+        calibration=calibration_batches(ctx.dataset, ctx.config.seed),
+        seed=ctx.config.seed,
+        allocation_options=allocation_options or None,
+    )
+    main = save_module_artifact(
+        ctx.store.staging_dir(), source=artifact.source, inputs=artifact.inputs,
+        module=result.model, plan=result.plan, output_kind=artifact.output_kind,
+    )  # fmt: skip
+    ref = ctx.store.put(main, MODULE_FORMAT)
+    plan_dir = ctx.store.root / "plans"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
+    suffix = f"pruned-{round(100 * ratio)}"
+    if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
+        suffix += f"-{criterion}-{allocation}"
+    return Candidate.create(
+        name=child_name(parent, suffix),
+        stage="prune",
+        method=f"{criterion}-{allocation}",
+        artifact=ref,
+        runtime="torch",
+        parent=parent,
+        params={
+            "ratio": ratio,
+            "criterion": criterion,
+            "allocation": allocation,
+            "groups": [g.name for g in result.groups],
+            "layer_ratios": result.layer_ratios,
+            "params_before": result.params_before,
+            "params_after": result.params_after,
+            "finetune_epochs": 0,
+        },
+        plan_file=str(plan_file),
+    )
+
+
+def recover_candidate(
+    pruned: Candidate, teacher: Candidate, ctx: StageContext, cfg: DistillStageConfig,
+    transfer: np.ndarray | None,
+) -> Candidate:  # fmt: skip
+    """Recover a pruned module by distillation from ``teacher`` (its unpruned parent).
+
+    The student trains on the training split (labels when the data has them) and, when
+    given, the unlabelled transfer set, which the teacher labels by its outputs.
+    """
+    import numpy as np
+
+    from hamnet.compress.distill.modules import distill_module
+    from hamnet.core.candidate import TeacherRef
+    from hamnet.models.sources import (
+        load_module_artifact,
+        read_module_artifact,
+        save_module_artifact,
+    )
+
+    trust = ctx.config.model.trust_checkpoint
+    data = ctx.dataset
+    teacher_model = load_module_artifact(Path(teacher.artifact.path), trust_checkpoint=trust)
+    path = Path(pruned.artifact.path)
+    artifact = read_module_artifact(path)
+    student = load_module_artifact(path, trust_checkpoint=trust)
+    labelled = data.targets == "labels"
+    train_x, train_y = data.x_train, (data.y_train if labelled else None)
+    if transfer is not None:
+        train_x, train_y = np.concatenate([train_x, transfer]), None
+    objective = cfg.objective
+    if objective == "auto":
+        objective = "logits" if artifact.output_kind == "class_scores" or labelled else "auto"
+    result = distill_module(
+        teacher_model,
+        student,
+        train_x,
+        train_y,
+        objective=objective,
+        hidden_map="auto" if cfg.hidden_states else None,
+        epochs=cfg.train.epochs,
+        lr=cfg.train.learning_rate,
+        batch_size=cfg.train.batch_size,
+        val_x=data.x_val,
+        val_y=data.y_val if labelled else None,
+        seed=ctx.config.seed,
+    )
+    main = save_module_artifact(
+        ctx.store.staging_dir(), source=artifact.source, inputs=artifact.inputs,
+        module=result.model, plan=artifact.plan, output_kind=artifact.output_kind,
+    )  # fmt: skip
+    return Candidate.create(
+        name=f"{pruned.name}+kd-{result.objective}",
+        stage="distill",
+        method=f"kd-{result.objective}" + ("+hidden" if result.mapped_layers else ""),
+        artifact=ctx.store.put(main, MODULE_FORMAT),
+        runtime="torch",
+        parent=pruned,
+        teachers=[TeacherRef(name=teacher.name, candidate_id=teacher.id)],
+        params={
+            "recovery_of": pruned.name,
+            "objective": result.objective,
+            "mapped_layers": dict(result.mapped_layers),
+            "epochs": cfg.train.epochs,
+            "distill_loss_before": round(float(result.loss_before), 6),
+            "distill_loss_after": round(float(result.loss_after), 6),
+            "unlabelled_samples": 0 if transfer is None else len(transfer),
+        },
+        plan_file=pruned.plan_file,
+    )
+
+
+def export_arguments(path: Path) -> tuple[Any, list[str] | None, dict[str, dict[int, str]]]:
+    """Example inputs, input names and dynamic axes to export a module artifact with.
+
+    The batch axis is dynamic; for named integer inputs of two or more axes (token ids,
+    masks) the sequence axis too.
+    """
+    from hamnet.models.sources import example_inputs, read_module_artifact
+
+    spec = read_module_artifact(path).inputs
+    example = example_inputs(spec)
+    if isinstance(example, dict):
+        names = list(example)
+        axes: dict[str, dict[int, str]] = {}
+        for name, tensor in example.items():
+            axes[name] = {0: "batch"}
+            if not tensor.is_floating_point() and tensor.dim() >= 2:
+                axes[name][1] = "sequence"
+        return example, names, axes
+    return example, ["input"], {"input": {0: "batch"}}
