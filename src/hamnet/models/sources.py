@@ -725,7 +725,7 @@ def _import_onnx2torch() -> Any:
         return _import_package("onnx2torch", what)
 
 
-def _unsupported_onnx_ops(model: Any, onnx2torch: Any) -> list[str]:
+def _unsupported_onnx_ops(model: Any) -> list[str]:
     """``domain::op (opset N)`` of every top-level operator onnx2torch cannot convert."""
     from onnx2torch.node_converters import get_converter
 
@@ -762,12 +762,13 @@ def _load_onnx(path: Path) -> nn.Module:
         raise ModelLoadError(
             f"{str(path)!r} must be an ONNX file, but reading it failed: {_first_line(err)}"
         ) from None
-    unsupported = _unsupported_onnx_ops(model, onnx2torch)
+    unsupported = _unsupported_onnx_ops(model)
     if unsupported:
         raise ModelLoadError(
             f"ONNX model {str(path)!r} must use operators onnx2torch converts to torch, but "
             f"it uses {unsupported}: the model can still be quantized from its ONNX file, but "
-            f"not pruned or distilled, which need a torch module"
+            f"not pruned or distilled, which need a torch module (give the model's own source "
+            f"instead: a Hugging Face directory, torchvision:/timm: NAME, or torch.save(model))"
         )
     initializers = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in initializers]
