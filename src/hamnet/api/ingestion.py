@@ -277,10 +277,122 @@ def _check_runs(model: Any, example: Any) -> None:
         ) from None
 
 
+@dataclass(frozen=True)
+class TensorSignature:
+    """One input of a TensorFlow model as tf2onnx's ``input_signature`` takes it.
+
+    Attributes:
+        name: The input's name (it becomes the ONNX input's name).
+        shape: Its sizes, batch axis first; None is a dynamic size (always the batch).
+        dtype: Its dtype name, e.g. ``"float32"`` or ``"int32"``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+
+def _is_dims(value: Any) -> bool:
+    """True for one shape (sizes or None), False for a list of shapes."""
+    return isinstance(value, Sequence) and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in value
+    )
+
+
+def tensorflow_signature(
+    shapes: Any,
+    *,
+    names: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> list[TensorSignature]:
+    """The input signature of a Keras model, from its own input shape(s).
+
+    The signature follows the model: any rank, several inputs by name. The batch axis is
+    always dynamic (None); other sizes the model leaves open stay open unless
+    ``input_shape`` fixes them. Nothing here imports TensorFlow.
+
+    Args:
+        shapes: ``model.input_shape``: one shape such as ``(None, 28, 28, 1)``, a list of
+            shapes (several inputs), or a mapping ``{name: shape}``.
+        names: The inputs' names (``model.inputs[i].name``); a ``:0`` suffix is dropped.
+            Default ``input`` for one input, ``input_<i>`` for several.
+        dtypes: The inputs' dtype names; default ``float32``.
+        input_shape: For a one-input model: sizes (batch first) for the axes after the
+            batch axis; it must have the model's rank and agree with its fixed sizes.
+
+    Returns:
+        One :class:`TensorSignature` per input, in the model's order.
+
+    Raises:
+        ConfigError: ``shapes`` is no shape or list of shapes; ``input_shape`` is invalid,
+            given for a model with several inputs, of another rank than the model's, or
+            conflicts with a size the model fixes; ``names``/``dtypes`` of the wrong length.
+    """
+    if isinstance(shapes, Mapping):
+        names = [str(k) for k in shapes] if names is None else names
+        shapes = list(shapes.values())
+    if _is_dims(shapes) and shapes:
+        model_shapes = [tuple(shapes)]
+    elif isinstance(shapes, Sequence) and shapes and all(_is_dims(s) and s for s in shapes):
+        model_shapes = [tuple(s) for s in shapes]
+    else:
+        raise ConfigError(
+            f"the Keras model's input_shape must be a shape such as (None, 28, 28, 1) or a "
+            f"list of shapes, but got {shapes!r}"
+        )
+    count = len(model_shapes)
+    for label, given in (("names", names), ("dtypes", dtypes)):
+        if given is not None and len(given) != count:
+            raise ConfigError(
+                f"{label} must list one entry per model input ({count}), but got {list(given)}"
+            )
+    if input_shape is not None:
+        if count != 1:
+            raise ConfigError(
+                f"input_shape applies to a model with one input, but the model has {count} "
+                f"inputs with shapes {[list(s) for s in model_shapes]}"
+            )
+        check_shape(input_shape)
+        model = model_shapes[0]
+        if len(input_shape) != len(model):
+            raise ConfigError(
+                f"input_shape must have the model's rank {len(model)} (model input shape "
+                f"{list(model)}), but got {list(input_shape)} (rank {len(input_shape)})"
+            )
+        fixed = [
+            (axis, m, int(g))
+            for axis, (m, g) in enumerate(zip(model, input_shape, strict=True))
+            if axis > 0 and m is not None and m != g
+        ]
+        if fixed:
+            raise ConfigError(
+                f"input_shape must agree with the sizes the model fixes (model input shape "
+                f"{list(model)}), but got {list(input_shape)} (axis, model, given: {fixed})"
+            )
+        model_shapes = [(None, *(int(d) for d in input_shape[1:]))]
+    default_names = ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+    clean = [str(n).split(":")[0] for n in names] if names is not None else default_names
+    if len(set(clean)) != count or not all(clean):
+        clean = default_names
+    return [
+        TensorSignature(
+            name=name,
+            shape=(None, *shape[1:]),
+            dtype=str(dtypes[i]) if dtypes is not None else "float32",
+        )
+        for i, (name, shape) in enumerate(zip(clean, model_shapes, strict=True))
+    ]
+
+
 def ingest_tensorflow(
     path: str | Path, work_dir: str | Path | None, input_shape: Sequence[int] | None
 ) -> tuple[Path, Path]:
     """Convert a Keras file or SavedModel to ``<work dir>/source/model.onnx`` with tf2onnx.
+
+    The input signature follows the Keras model's own input shape(s) (any rank, several
+    inputs by name; see :func:`tensorflow_signature`); ``input_shape`` fixes the sizes
+    after the batch axis of a one-input model.
 
     Returns:
         The ONNX file and the work directory (see :func:`work_directory`).
@@ -288,6 +400,8 @@ def ingest_tensorflow(
     Raises:
         MissingDependencyError: If tensorflow or tf2onnx is not installed.
         ModelLoadError: If the path does not exist.
+        ConfigError: If ``input_shape`` does not fit the model (see
+            :func:`tensorflow_signature`).
     """
     import importlib.util
 
@@ -305,14 +419,15 @@ def ingest_tensorflow(
     import tf2onnx
 
     keras_model = tf.keras.models.load_model(str(p))
-    features = (
-        check_shape(input_shape, features_only=True)
-        if input_shape
-        else int(keras_model.input_shape[-1])
+    tensors = list(getattr(keras_model, "inputs", None) or [])
+    names = [str(getattr(t, "name", "")) for t in tensors] or None
+    dtypes = [str(getattr(t.dtype, "name", t.dtype)) for t in tensors] or None
+    signature = tensorflow_signature(
+        keras_model.input_shape, names=names, dtypes=dtypes, input_shape=input_shape
     )
     root = work_directory(work_dir)
     out = root / "source" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    spec = (tf.TensorSpec([None, features], tf.float32, name="input"),)
+    spec = tuple(tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=s.name) for s in signature)
     tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=17, output_path=str(out))
     return out, root
