@@ -210,19 +210,10 @@ def ingest_user_module(
 
     example = _example(model, input_shape, example_inputs)
     _check_runs(model, example)
-    if isinstance(example, dict):
-        spec = InputSpec.model_validate(
-            {"named": {
-                name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                for name, t in example.items()
-            }}
-        )  # fmt: skip
-        dims: dict[str, list[int | None]] = {n: [None, *t.shape[1:]] for n, t in example.items()}
-    else:
-        spec = InputSpec.model_validate(
-            {"shape": list(example.shape), "dtype": str(example.dtype).removeprefix("torch.")}
-        )
-        dims = {"input": [None, *example.shape[1:]]}
+    spec = InputSpec.of(example)
+    dims: dict[str, list[int | None]] = {
+        name: [None, *shape[1:]] for name, shape in spec.shapes().items()
+    }
     family = detect_family(ModelSource(module=model, input_dims=dims))
     model = model.eval()
     with torch.no_grad():

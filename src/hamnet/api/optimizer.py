@@ -333,7 +333,11 @@ class Optimizer:
     # --- optimization ---------------------------------------------------------------
 
     def model_size_mb(self) -> float:
-        """Size of the source model file in MB."""
+        """Size of the source model in MB (a module's weights)."""
+        if self.kind == "module":
+            from hamnet.models.sources import module_weight_files
+
+            return sum(p.stat().st_size for p in module_weight_files(self.model_path)) / 1e6
         return self.model_path.stat().st_size / 1e6
 
     def facts(self, *, prune: bool = False, train_path: Path | None = None) -> ModelFacts:

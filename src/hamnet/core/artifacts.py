@@ -118,6 +118,19 @@ def artifact_files(main: Path, fmt: str) -> list[Path]:
     return [main, *(main.with_suffix(suffix) for suffix in siblings)]
 
 
+def weight_files(main: Path, fmt: str) -> list[Path]:
+    """The files of an artifact that make up the model's size: all of them, unless the
+    format's runtime says otherwise with ``weight_files(main, fmt)`` (a module artifact
+    counts its weights, not its JSON, plan or a copy of its source)."""
+    for name in registry.names("runtime"):
+        runtime = registry.load("runtime", name)
+        lister = getattr(runtime, "weight_files", None)
+        if lister is not None and fmt in getattr(runtime, "file_suffixes", {}):
+            listed: list[Path] = lister(main, fmt)
+            return listed
+    return artifact_files(main, fmt)
+
+
 def hash_files(paths: list[Path]) -> str:
     """Return the sha256 over the names and contents of ``paths`` (in the given order)."""
     return hash_named_files(paths)
@@ -224,5 +237,5 @@ class ArtifactStore:
                     raise
                 # else another writer stored the same content first
         stored = target_dir / main.name
-        size = sum(p.stat().st_size for p in artifact_files(stored, fmt))
+        size = sum(p.stat().st_size for p in weight_files(stored, fmt))
         return ArtifactRef(path=str(stored), sha256=sha, format=fmt, size_bytes=size)

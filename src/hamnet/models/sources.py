@@ -877,6 +877,12 @@ class InputSpec(RootModel[TensorSpec | dict[str, TensorSpec]]):
         """The input names, or None for one unnamed tensor."""
         return tuple(self.root) if isinstance(self.root, dict) else None
 
+    def shapes(self) -> dict[str, list[int]]:
+        """``{name: shape}``; one unnamed tensor is called ``"input"``."""
+        if isinstance(self.root, dict):
+            return {name: list(one.shape) for name, one in self.root.items()}
+        return {"input": list(self.root.shape)}
+
     @classmethod
     def of(cls, example: Any) -> InputSpec:
         """The spec of example inputs: a tensor/array, a mapping of them, or a structured array.
@@ -963,6 +969,8 @@ class ModuleArtifact(BaseModel):
         output_kind: ``"class_scores"``, ``"embedding"`` or None (unknown).
         plan: The pruning plan's file name beside ``module.json``, or None.
         weights: The weights' file name beside ``module.json``, or None (the source's own).
+        family: The model family it was told to be when written (a name of
+            ``registry.names("family")``), or None.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -973,6 +981,7 @@ class ModuleArtifact(BaseModel):
     output_kind: OutputKind | None = None
     plan: str | None = None
     weights: str | None = None
+    family: str | None = None
 
 
 def _main_file(path: str | Path) -> Path:
@@ -1020,6 +1029,22 @@ def module_artifact_files(path: str | Path) -> list[Path]:
     return [main, *(main.parent / n for n in named if n)]
 
 
+def module_weight_files(path: str | Path) -> list[Path]:
+    """The files that hold the module's weights: what its size is (the saved weights, else
+    the artifact's own root pickle, else nothing stored: the source's own files)."""
+    main = _main_file(path)
+    artifact = read_module_artifact(main)
+    if artifact.weights:
+        return [main.parent / artifact.weights]
+    if artifact.source.path and not Path(artifact.source.path).is_absolute():
+        return [main.parent / artifact.source.path]
+    if artifact.source.kind == "huggingface" and artifact.source.path:
+        found = sorted(Path(artifact.source.path).glob("*.safetensors"))
+        if found:
+            return found
+    return [main]
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp-{dst.name}.")
     os.close(fd)
@@ -1062,6 +1087,7 @@ def save_module_artifact(
     module: nn.Module | None = None,
     plan: Any = None,
     output_kind: OutputKind | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write a module artifact: ``module.json`` and the files it names.
 
@@ -1083,6 +1109,7 @@ def save_module_artifact(
         plan: A ``ModulePlan`` (or the path of its JSON file) that turns the root into
             ``module``'s architecture.
         output_kind: What the output means; None for a Hugging Face source takes its task.
+        family: The model family to record (see :attr:`ModuleArtifact.family`).
 
     Returns:
         The path of ``module.json``.
@@ -1128,8 +1155,9 @@ def save_module_artifact(
         task = hf_task(str(stored.path)) if stored.task == "auto" else stored.task
         output_kind = "class_scores" if task == "classification" else "embedding"
     artifact = ModuleArtifact(
-        source=stored, inputs=inputs, output_kind=output_kind, plan=plan_name, weights=weights
-    )
+        source=stored, inputs=inputs, output_kind=output_kind, plan=plan_name, weights=weights,
+        family=family,
+    )  # fmt: skip
     return atomic_write_text(out / MODULE_FILE, artifact.model_dump_json(indent=2))
 
 

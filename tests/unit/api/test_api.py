@@ -124,12 +124,31 @@ def test_bad_arguments_are_value_errors(generic_result: Any) -> None:
         opt.optimize(Goal.QUANTIZE)
 
 
-def test_prune_and_distill_of_onnx_are_unsupported(generic_result: Any) -> None:
-    opt = generic_result[0]
+def test_prune_and_distill_of_an_unconvertible_onnx_are_unsupported(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["y"])], "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )  # fmt: skip
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    opt = Optimizer.from_onnx(path, work_dir=tmp_path)
+    assert opt.module_path is None and "onnx2torch" in (opt.why_not_prunable or "")
     for goal in (Goal.PRUNE, Goal.DISTILL):
         with pytest.raises(UnsupportedCombinationError, match="needs a torch model") as err:
             opt.build_config(goal)
         assert isinstance(err.value, NotImplementedError)
+        assert "Det" in str(err.value)
+
+
+def test_a_user_module_is_prunable(generic_result: Any) -> None:
+    opt = generic_result[0]
+    assert opt.kind == "module"
+    cfg = opt.build_config(Goal.PRUNE)
+    assert cfg.stages.prune is not None and cfg.stages.distill is not None
 
 
 def test_quantize_generic_module(generic_result: Any, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def conv_data() -> tuple[np.ndarray, np.ndarray]:
 def test_conv_net_quantize_and_auto(tmp_path: Path, conv_data: Any) -> None:
     torch.manual_seed(0)
     opt = Optimizer.from_pytorch(SmallConv(), [1, 1, 8, 8], work_dir=tmp_path)
-    assert opt.kind == "onnx" and opt.family == "conv" and opt.input_names == ["input"]
+    assert opt.kind == "module" and opt.family == "conv" and opt.input_names == ["input"]
     result = opt.optimize(
         Goal.QUANTIZE,
         Constraints(max_accuracy_drop=1.0),
@@ -103,7 +103,7 @@ def test_conv_net_quantize_and_auto(tmp_path: Path, conv_data: Any) -> None:
     plan = opt.plan(Constraints(max_latency_ms=1.0))
     assert plan.family == "conv" and not plan.prune_ratios
     assert plan.methods == ["nncf_int8"]
-    assert any("cannot be pruned" in r for r in plan.reasons)
+    assert any("only post-training methods run" in r for r in plan.reasons)
     auto = opt.build_config(Goal.AUTO, Constraints(max_latency_ms=1.0))
     assert auto.stages.quantize is not None and auto.stages.quantize.methods[0] == "nncf_int8"
     assert "ort_static_int8" in auto.stages.quantize.methods
@@ -223,13 +223,15 @@ def test_argument_errors(tmp_path: Path) -> None:
         Optimizer.from_pytorch(model, work_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"input_shape must have a batch axis .* but got \[64\]"):
         Optimizer.from_pytorch(model, [64], work_dir=tmp_path)
-    with pytest.raises(ExportError, match="ONNX export of SmallConv") as err:
+    with pytest.raises(DataError, match=r"must run the SmallConv, but calling it with \[1, 64\]"):
         Optimizer.from_pytorch(model, [1, 64], work_dir=tmp_path)
-    assert isinstance(err.value, RuntimeError) and isinstance(err.value, HamnetError)
-    with pytest.raises(ExportError, match=r"example_inputs must hold .* only tensors, but got"):
+    with pytest.raises(ConfigError, match=r"example_inputs must be a tensor or a dict"):
         Optimizer.from_pytorch(model, example_inputs=[1, 2], work_dir=tmp_path)
-    with pytest.raises(ExportError, match="example_inputs must be a tensor, a tuple"):
+    with pytest.raises(ConfigError, match="example_inputs must be a tensor or a dict"):
         Optimizer.from_pytorch(model, example_inputs="x", work_dir=tmp_path)
+    # A tuple of positional inputs is exported to ONNX (quantized only), checked there.
+    with pytest.raises(ExportError, match=r"example_inputs must hold .* only tensors, but got"):
+        Optimizer.from_pytorch(model, example_inputs=(1, 2), work_dir=tmp_path)
     with pytest.raises(FileNotFoundError):
         Optimizer.from_onnx(tmp_path / "absent.onnx")
     bad = tmp_path / "bad.onnx"

@@ -103,6 +103,15 @@ class TorchRuntime(Runtime):
         return module_artifact_files(main)
 
     @classmethod
+    def weight_files(cls, main: Path, fmt: str) -> list[Path]:
+        """The files a model's size counts: a module artifact's weights (or its root)."""
+        if fmt != "torch-module":
+            return [main]
+        from hamnet.models.sources import module_weight_files
+
+        return module_weight_files(main)
+
+    @classmethod
     def input_dims(cls, path: Path) -> list[int | None]:
         """Read ``[None, input_size]`` from a hamnet checkpoint's config, or the first
         input's dims (batch dynamic) from a module artifact.

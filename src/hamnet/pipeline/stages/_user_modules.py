@@ -50,15 +50,7 @@ def input_spec(dataset: Dataset) -> InputSpec:
     """The model inputs the data feeds: one array, or one field per named input."""
     from hamnet.models.sources import InputSpec
 
-    x = dataset.x_train
-    if x.dtype.names:
-        return InputSpec.model_validate(
-            {"named": {
-                name: {"shape": [1, *x.dtype[name].shape], "dtype": str(x.dtype[name].base)}
-                for name in x.dtype.names
-            }}
-        )  # fmt: skip
-    return InputSpec.model_validate({"shape": [1, *x.shape[1:]], "dtype": str(x.dtype)})
+    return InputSpec.of(dataset.x_train[:1])
 
 
 def ingest_model_ref(ctx: StageContext) -> Path:
@@ -85,9 +77,14 @@ def ingest_model_ref(ctx: StageContext) -> Path:
     module = load_source(source, base_dir=ctx.base_dir, trust_checkpoint=cfg.trust_checkpoint)
     spec = input_spec(ctx.dataset)
     check_runs(module, ctx.dataset)
+    from hamnet.families.base import ModelSource, detect_family
+
+    dims = {name: [None, *shape[1:]] for name, shape in spec.shapes().items()}
+    family = detect_family(ModelSource(module=module, input_dims=dims))
     return save_module_artifact(
-        ctx.store.staging_dir(), source=source, inputs=spec, output_kind=_task_kind(cfg.task)
-    )
+        ctx.store.staging_dir(), source=source, inputs=spec, output_kind=_task_kind(cfg.task),
+        family=family.name,
+    )  # fmt: skip
 
 
 def _task_kind(task: str) -> str | None:
@@ -191,8 +188,9 @@ def prune_candidate(
         allocation_options=allocation_options or None,
     )
     main = save_module_artifact(
-        ctx.store.staging_dir(), source=artifact.source, inputs=artifact.inputs,
+        ctx.store.staging_dir(), source=_source(path, artifact), inputs=artifact.inputs,
         module=result.model, plan=result.plan, output_kind=artifact.output_kind,
+        family=artifact.family,
     )  # fmt: skip
     ref = ctx.store.put(main, MODULE_FORMAT)
     plan_dir = ctx.store.root / "plans"
@@ -269,8 +267,9 @@ def recover_candidate(
         seed=ctx.config.seed,
     )
     main = save_module_artifact(
-        ctx.store.staging_dir(), source=artifact.source, inputs=artifact.inputs,
-        module=result.model, plan=artifact.plan, output_kind=artifact.output_kind,
+        ctx.store.staging_dir(), source=_source(path, artifact), inputs=artifact.inputs,
+        module=result.model, plan=path.parent / artifact.plan if artifact.plan else None,
+        output_kind=artifact.output_kind, family=artifact.family,
     )  # fmt: skip
     return Candidate.create(
         name=f"{pruned.name}+kd-{result.objective}",
@@ -291,6 +290,15 @@ def recover_candidate(
         },
         plan_file=pruned.plan_file,
     )
+
+
+def _source(path: Path, artifact: Any) -> Any:
+    """The artifact's source with a path inside the artifact (its root pickle) made
+    absolute, so a child artifact written elsewhere finds (and copies) it."""
+    source = artifact.source
+    if source.path and not Path(source.path).is_absolute():
+        return source.model_copy(update={"path": str(path.parent / source.path)})
+    return source
 
 
 def export_arguments(path: Path) -> tuple[Any, list[str] | None, dict[str, dict[int, str]]]:

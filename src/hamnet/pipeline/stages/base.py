@@ -56,14 +56,19 @@ class StageContext:
         """The configured data set, loaded once per context.
 
         A HAMNet (trained here, or a ``.pt`` checkpoint) takes feature vectors, so N-D
-        inputs (e.g. images) are flattened for it; an ONNX model gets them as stored.
+        inputs (e.g. images) are flattened for it; any other model (ONNX, a user's
+        module) gets them as stored.
         """
+        from hamnet.models.sources import is_hamnet_checkpoint
         from hamnet.training.data import load_dataset
 
         data = load_dataset(self.config.data, base_dir=self.base_dir)
         model = self.config.model
-        is_onnx = model.source == "file" and str(model.path).lower().endswith(".onnx")
-        return data if is_onnx else data.flattened()
+        if model.source == "train":
+            return data.flattened()
+        path = self.resolve(str(model.path))
+        hamnet = path.suffix.lower() in (".pt", ".pth") and is_hamnet_checkpoint(path)
+        return data.flattened() if hamnet else data
 
     @property
     def device(self) -> str:
