@@ -48,6 +48,10 @@ def _tensor(value: Any, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def _shape_dtype(t: torch.Tensor) -> str:
+    return f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+
+
 class ModuleInputs:
     """A module's inputs held as torch tensors, sliced into batches along axis 0.
 
@@ -77,7 +81,9 @@ class ModuleInputs:
             }
             bad = {k: list(t.shape) for k, t in self.named.items() if t.dim() < 1}
             if bad:
-                raise DataError(f"every named input of {what} must have a batch axis, but got {bad}")
+                raise DataError(
+                    f"every named input of {what} must have a batch axis, but got {bad}"
+                )
             sizes = {k: len(t) for k, t in self.named.items()}
             if len(set(sizes.values())) != 1:
                 raise DataError(
@@ -106,7 +112,9 @@ class ModuleInputs:
         """Shapes and dtypes, e.g. ``"tensor [64, 3, 8, 8] float32"``."""
         if self.named is None:
             assert self.tensor is not None
-            return f"tensor {list(self.tensor.shape)} {str(self.tensor.dtype).removeprefix('torch.')}"
+            return (
+                f"tensor {list(self.tensor.shape)} {str(self.tensor.dtype).removeprefix('torch.')}"
+            )
         return (
             "{"
             + ", ".join(

@@ -24,10 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hamnet.compress.distill.kd import soft_target_kl
+from hamnet.compress.distill.module_losses import HiddenLoss, OutputLoss
 from hamnet.compress.distill.module_outputs import (
     Batch,
     LayerCapture,
@@ -42,7 +41,6 @@ from hamnet.compress.distill.module_outputs import (
 from hamnet.core.errors import ConfigError, DataError, StageError
 from hamnet.core.registry import did_you_mean
 from hamnet.training.optim import split_decay
-from hamnet.training.trainer import labelled_cross_entropy
 
 logger = logging.getLogger("hamnet.distill")
 
@@ -51,7 +49,6 @@ OBJECTIVES: tuple[str, ...] = ("auto", "logits", "cosine", "mse")
 DEFAULT_LR = 1e-4
 DEFAULT_HIDDEN_WEIGHT = 1.0
 WEIGHT_DECAY = 0.01
-_EPS = 1e-8
 
 
 @dataclass
@@ -78,121 +75,6 @@ class ModuleDistillResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     loss_before: float = math.nan
     loss_after: float = math.nan
-
-
-class OutputLoss(nn.Module):
-    """The loss between the student's and the teacher's (primary) outputs.
-
-    - ``logits``: ``KL(softmax(t/T) || softmax(s/T)) * T²``, plus ``alpha`` times the
-      cross-entropy on the labels of the samples that have one (label ``>= 0``).
-    - ``cosine``: ``1 - cos(s, t)`` over the last dim, averaged.
-    - ``mse``: the mean squared error.
-
-    Args:
-        objective: ``"logits"``, ``"cosine"`` or ``"mse"``.
-        temperature: ``T`` of the ``logits`` objective.
-        alpha: Weight of the cross-entropy of the ``logits`` objective.
-    """
-
-    def __init__(self, objective: str, temperature: float = 2.0, alpha: float = 0.5) -> None:
-        super().__init__()
-        self.objective = objective
-        self.temperature = temperature
-        self.alpha = alpha
-
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        teacher = teacher.detach().to(student.dtype)
-        if self.objective == "logits":
-            target = F.log_softmax(teacher / self.temperature, dim=-1)
-            loss = soft_target_kl(student, target, self.temperature)
-            if labels is not None and self.alpha:
-                loss = loss + self.alpha * labelled_cross_entropy(student, labels)
-            return loss
-        if self.objective == "cosine":
-            return (1.0 - F.cosine_similarity(student, teacher, dim=-1, eps=_EPS)).mean()
-        return F.mse_loss(student, teacher)
-
-
-class AxisProjection(nn.Module):
-    """A learned linear map along one axis of a feature (e.g. channels of ``[B, C, H, W]``).
-
-    Args:
-        axis: The tensor dim to map (1 for conv channels, -1 for transformer widths).
-        in_features: Its size in the student.
-        out_features: Its size in the teacher.
-    """
-
-    def __init__(self, axis: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.axis = axis
-        self.linear = nn.Linear(in_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.movedim(self.axis, -1)).movedim(-1, self.axis)
-
-
-class HiddenLoss(nn.Module):
-    """Matching of paired hidden states: mean over pairs of ``MSE(P(s), t) / mean(t²)``.
-
-    Dividing by the teacher feature's mean square makes layers of any scale count alike.
-    ``P`` is the identity when the shapes agree, else an :class:`AxisProjection` along the
-    one axis whose size differs (a pruned width), trained with the student.
-
-    Args:
-        pairs: ``{student_layer: teacher_layer}``.
-        shapes: ``{layer: per-sample shape}`` for the student's and teacher's layers,
-            keyed ``("student", name)`` and ``("teacher", name)``.
-        strict: Raise on a pair that cannot be compared instead of dropping it.
-
-    Raises:
-        ConfigError: With ``strict``, a pair whose shapes differ in rank or in more than
-            one axis (the message gives both shapes).
-    """
-
-    def __init__(
-        self,
-        pairs: Mapping[str, str],
-        shapes: Mapping[tuple[str, str], tuple[int, ...]],
-        *,
-        strict: bool,
-    ) -> None:
-        super().__init__()
-        self.pairs: dict[str, str] = {}
-        projections: dict[str, nn.Module] = {}
-        for s_name, t_name in pairs.items():
-            s, t = shapes[("student", s_name)], shapes[("teacher", t_name)]
-            differ = [i for i, (a, b) in enumerate(zip(s, t, strict=False)) if a != b]
-            if len(s) != len(t) or len(differ) > 1:
-                problem = (
-                    f"hidden states of paired layers must have the same shape but for one axis, "
-                    f"but got student {s_name!r} {list(s)} and teacher {t_name!r} {list(t)} "
-                    f"per sample"
-                )
-                if strict:
-                    raise ConfigError(problem)
-                logger.info("hidden-state matching skips a pair: %s", problem)
-                continue
-            self.pairs[s_name] = t_name
-            projections[str(len(projections))] = (
-                AxisProjection(differ[0] + 1, s[differ[0]], t[differ[0]])
-                if differ
-                else nn.Identity()
-            )
-        self.projections = nn.ModuleDict(projections)
-
-    def forward(
-        self, student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]
-    ) -> torch.Tensor:
-        losses = []
-        for projection, (s_name, t_name) in zip(
-            self.projections.values(), self.pairs.items(), strict=True
-        ):
-            s = projection(student[s_name])
-            t = teacher[t_name].detach().to(s.dtype)
-            losses.append(F.mse_loss(s, t) / (t.pow(2).mean() + _EPS))
-        return torch.stack(losses).mean()
 
 
 def distill_module(
@@ -260,9 +142,10 @@ def distill_module(
         output loss before and after training.
 
     Raises:
-        ConfigError: An invalid option; an unknown layer in ``hidden_map`` (with a
-            did-you-mean hint); ``"logits"`` on outputs that are not ``[B, C]``; teacher and
-            student outputs of different shapes.
+        ConfigError: An invalid option; a student with nothing to train; an unknown layer
+            in ``hidden_map`` (with a did-you-mean hint) or one that does not run;
+            ``"logits"`` on outputs that are not ``[B, C]``; teacher and student outputs
+            of different shapes.
         DataError: Empty inputs; named inputs the models do not take; inputs a model
             fails to run on (the inputs' shapes and the error are reported); labels that
             are not integers, whose count differs from the inputs', or out of range.
@@ -280,6 +163,12 @@ def distill_module(
         if val_inputs is not inputs:
             check_input_names(model, val_inputs.names, side=side)
     pairs, strict = _layer_map(student, teacher, hidden_map)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError(
+            f"the student must have trainable parameters, but {type(student).__name__} has "
+            f"none (all {sum(p.numel() for p in student.parameters())} are frozen)"
+        )
 
     teacher_was_training = teacher.training
     teacher.eval()
@@ -287,17 +176,15 @@ def distill_module(
     devices = [d.index or 0 for d in {p.device for p in student.parameters()} if d.type == "cuda"]
     try:
         probe = _probe(teacher, student, inputs, min(batch_size, len(inputs)), pairs)
-        objective = _resolve_objective(
-            objective, labels is not None or class_scores, probe, inputs
-        )
+        chosen = _resolve_objective(objective, labels is not None or class_scores, probe, inputs)
         for y in (labels, val_labels):
-            if y is not None and objective == "logits":
+            if y is not None and chosen == "logits":
                 _check_label_range(y, probe["student_out"].shape[-1])
-        if labels is not None and objective != "logits":
-            logger.warning("objective %r does not read labels; they are ignored", objective)
+        if labels is not None and chosen != "logits":
+            logger.warning("objective %r does not read labels; they are ignored", chosen)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            output_loss = OutputLoss(objective, temperature, alpha)
+            output_loss = OutputLoss(chosen, temperature, alpha)
             hidden = HiddenLoss(pairs, probe["shapes"], strict=strict).to(device)
             run = _Run(teacher, student, output_loss, hidden if hidden.pairs else None)
             run.hidden_weight = hidden_weight
@@ -313,7 +200,7 @@ def distill_module(
     student.eval()
     return ModuleDistillResult(
         model=student,
-        objective=objective,
+        objective=chosen,
         mapped_layers=dict(hidden.pairs),
         history=history,
         loss_before=loss_before,
@@ -413,16 +300,17 @@ class _Run:
                 total += float(loss.detach()) * len(index)
                 seen += len(index)
             val_loss = None if val is None else self.evaluate(val[0], val[1], batch_size)
+            elapsed = time.perf_counter() - start
             record = {
                 "epoch": epoch,
                 "loss": total / seen,
                 "val_loss": val_loss,
-                "seconds": time.perf_counter() - start,
+                "seconds": elapsed,
             }
             history.append(record)
             if progress is not None:
                 progress(dict(record))
-            if max_seconds is not None and record["seconds"] >= max_seconds and epoch < epochs:
+            if max_seconds is not None and elapsed >= max_seconds and epoch < epochs:
                 logger.info("distillation stops after epoch %d: %.1f s spent", epoch, max_seconds)
                 break
         self.student.eval()
@@ -471,8 +359,7 @@ def _labels(y: Any, n: int, what: str) -> torch.Tensor | None:
         raise DataError(f"{what} must be integer class indices, but got dtype {labels.dtype}")
     if labels.dim() != 1 or len(labels) != n:
         raise DataError(
-            f"{what} must be one label per sample ({n} samples), but got shape "
-            f"{list(labels.shape)}"
+            f"{what} must be one label per sample ({n} samples), but got shape {list(labels.shape)}"
         )
     return labels.long()
 
@@ -538,13 +425,8 @@ def _probe(
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             outs[side] = primary_output(raw, side=side)
-            for name in names:
-                if name not in capture.outputs:
-                    raise ConfigError(
-                        f"hidden_map layers must run in the {side}'s forward pass, but "
-                        f"{name!r} did not"
-                    )
-                shapes[(side, name)] = tuple(capture.outputs[name].shape[1:])
+            for name, value in capture.outputs.items():
+                shapes[(side, name)] = tuple(value.shape[1:])
     finally:
         student.train(student_was_training)
     return {"student_out": outs["student"], "teacher_out": outs["teacher"], "shapes": shapes}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ def _conv_net(width: int, classes: int = 4, seed: int = 0) -> nn.Sequential:
 def _mlp(*widths: int, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
@@ -169,9 +170,12 @@ def test_explicit_hidden_map_and_projection_along_channels() -> None:
         hidden_map={"1.0": "1.0"}, epochs=1, lr=1e-2,
     )  # fmt: skip
     assert result.mapped_layers == {"1.0": "1.0"}
-    assert distill_module(
-        teacher, student, _random((32, 1, 8, 8)), class_scores=True, hidden_map=None, epochs=1
-    ).mapped_layers == {}
+    assert (
+        distill_module(
+            teacher, student, _random((32, 1, 8, 8)), class_scores=True, hidden_map=None, epochs=1
+        ).mapped_layers
+        == {}
+    )
 
 
 def test_max_seconds_stops_between_epochs() -> None:
@@ -231,7 +235,9 @@ def test_named_inputs_the_model_does_not_take() -> None:
 
 
 def test_labels_of_another_length() -> None:
-    with pytest.raises(DataError, match=r"one label per sample \(16 samples\), but got shape \[15\]"):
+    with pytest.raises(
+        DataError, match=r"one label per sample \(16 samples\), but got shape \[15\]"
+    ):
         distill_module(_mlp(4, 3), _mlp(4, 3), _random((16, 4)), np.zeros(15, dtype=np.int64))
 
 
@@ -267,3 +273,24 @@ def test_unknown_layers_and_options() -> None:
         distill_module(teacher, student, _random((8, 1, 8, 8)), objective="cosin")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="epochs must be a positive integer, but got 0"):
         distill_module(teacher, student, _random((8, 1, 8, 8)), epochs=0)
+
+
+def test_student_with_nothing_to_train() -> None:
+    student = _mlp(4, 3)
+    student.requires_grad_(False)
+    with pytest.raises(ConfigError, match="trainable parameters, but Sequential has none"):
+        distill_module(_mlp(4, 3), student, _random((8, 4)))
+
+
+def test_mapped_layer_that_does_not_run() -> None:
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = nn.Linear(4, 3)
+            self.spare = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    with pytest.raises(ConfigError, match="teacher layer 'spare' did not"):
+        distill_module(WithSpare(), WithSpare(), _random((8, 4)), hidden_map={"used": "spare"})
