@@ -176,6 +176,8 @@ def distill_module(
     devices = [d.index or 0 for d in {p.device for p in student.parameters()} if d.type == "cuda"]
     try:
         probe = _probe(teacher, student, inputs, min(batch_size, len(inputs)), pairs)
+        if val_inputs is not inputs:
+            _probe(teacher, student, val_inputs, min(batch_size, len(val_inputs)), {})
         chosen = _resolve_objective(objective, labels is not None or class_scores, probe, inputs)
         for y in (labels, val_labels):
             if y is not None and chosen == "logits":
@@ -186,8 +188,8 @@ def distill_module(
             torch.manual_seed(seed)
             output_loss = OutputLoss(chosen, temperature, alpha)
             hidden = HiddenLoss(pairs, probe["shapes"], strict=strict).to(device)
-            run = _Run(teacher, student, output_loss, hidden if hidden.pairs else None)
-            run.hidden_weight = hidden_weight
+            matched = hidden if hidden.pairs else None
+            run = _Run(teacher, student, output_loss, matched, hidden_weight)
             loss_before = run.evaluate(val_inputs, val_labels, batch_size)
             history = run.train(
                 inputs, labels, epochs, lr, batch_size, seed,
@@ -217,16 +219,19 @@ class _Run:
         student: nn.Module,
         output_loss: OutputLoss,
         hidden: HiddenLoss | None,
+        hidden_weight: float,
     ) -> None:
         self.teacher = teacher
         self.student = student
         self.output_loss = output_loss
         self.hidden = hidden
-        self.hidden_weight = 0.0
+        self.hidden_weight = hidden_weight
         self.device = model_device(student)
 
-    def _teacher_outputs(self, xb: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        names = list(self.hidden.pairs.values()) if self.hidden else []
+    def _teacher_outputs(
+        self, xb: Batch, with_hidden: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        names = list(self.hidden.pairs.values()) if self.hidden and with_hidden else []
         with torch.no_grad(), LayerCapture(self.teacher, names) as capture:
             out = primary_output(call_module(self.teacher, xb), side="teacher")
         feats = {k: v.to(self.device) for k, v in capture.outputs.items()}
@@ -235,7 +240,7 @@ class _Run:
     def _loss(
         self, xb: Batch, yb: torch.Tensor | None, *, with_hidden: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        t_out, t_feats = self._teacher_outputs(xb)
+        t_out, t_feats = self._teacher_outputs(xb, with_hidden)
         names = list(self.hidden.pairs) if self.hidden and with_hidden else []
         with LayerCapture(self.student, names) as capture:
             s_out = primary_output(call_module(self.student, xb), side="student")

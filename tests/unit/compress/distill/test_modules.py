@@ -227,6 +227,11 @@ def test_inputs_the_student_cannot_run_on() -> None:
         distill_module(teacher, student, _random((8, 1, 8, 8)), epochs=1)
 
 
+def test_validation_inputs_the_teacher_cannot_run_on() -> None:
+    with pytest.raises(DataError, match=r"teacher .*tensor \[4, 5\] float32"):
+        distill_module(_mlp(4, 3), _mlp(4, 3), _random((8, 4)), val_x=_random((4, 5)), epochs=1)
+
+
 def test_named_inputs_the_model_does_not_take() -> None:
     model = TwoInputs(6, 8, 4)
     x = {"features": _random((8, 6)), "categroy": np.zeros(8, dtype=np.int64)}
