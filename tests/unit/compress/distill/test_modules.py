@@ -299,3 +299,16 @@ def test_mapped_layer_that_does_not_run() -> None:
 
     with pytest.raises(ConfigError, match="teacher layer 'spare' did not"):
         distill_module(WithSpare(), WithSpare(), _random((8, 4)), hidden_map={"used": "spare"})
+
+
+def test_module_inputs_forms() -> None:
+    assert ModuleInputs(np.zeros((3, 2))).batch(slice(0, 2)).dtype == torch.float32  # type: ignore[union-attr]
+    tensor = torch.zeros(3, 2, dtype=torch.float64)
+    assert ModuleInputs(tensor).batch(slice(0, 1)).dtype == torch.float64  # type: ignore[union-attr]
+    named = ModuleInputs({"ids": torch.ones(4, 5, dtype=torch.int32), "x": np.ones((4, 1))})
+    assert named.names == ("ids", "x")
+    assert named.describe() == "{ids: [4, 5] int32, x: [4, 1] float32}"
+    with pytest.raises(DataError, match=r"same number of samples, but got \{'a': 4, 'b': 3\}"):
+        ModuleInputs({"a": np.ones((4, 1)), "b": np.ones((3, 1))})
+    with pytest.raises(DataError, match="empty mapping"):
+        ModuleInputs({})
