@@ -47,7 +47,7 @@ logger = logging.getLogger("hamnet.distill")
 Objective = Literal["auto", "logits", "cosine", "mse"]
 OBJECTIVES: tuple[str, ...] = ("auto", "logits", "cosine", "mse")
 DEFAULT_LR = 1e-4
-DEFAULT_HIDDEN_WEIGHT = 1.0
+DEFAULT_HIDDEN_WEIGHT = 0.1
 WEIGHT_DECAY = 0.01
 
 
@@ -124,7 +124,10 @@ def distill_module(
             :func:`~hamnet.compress.distill.module_outputs.auto_layer_map`; pairs whose
             shapes cannot be compared are skipped), an explicit
             ``{student_layer: teacher_layer}`` mapping, or None for no hidden matching.
-        hidden_weight: Weight of the hidden-state loss.
+        hidden_weight: Weight of the hidden-state loss (a relative MSE, about 1 for
+            unrelated features). The default 0.1 did best of 0 / 0.1 / 1 on a 75%
+            channel-pruned digits CNN (3 seeds); at 1 it pulled the student away from
+            the output objective.
         temperature: Softening temperature of the ``logits`` objective.
         alpha: Weight of the cross-entropy on the labels (``logits`` objective).
         epochs: Passes over the training inputs.
