@@ -132,7 +132,7 @@ class Optimizer:
             self.input_names = list(self._input_dims)
         if kind == "module":
             source = ModelSource(path=path, checkpoint=False)
-            self._input_dims = dict(source.onnx_inputs())
+            self._input_dims = {k: list(v) for k, v in source.onnx_inputs().items()}
             self.input_names = list(self._input_dims)
         else:
             source = ModelSource(path=path, checkpoint=kind != "onnx", input_dims=self._input_dims)
@@ -251,7 +251,7 @@ class Optimizer:
         source = parse_model_ref(
             text if named else str(path.resolve()),
             weights=str(Path(weights).expanduser().resolve()) if weights else None,
-            task=task,
+            task=task,  # type: ignore[arg-type]  # checked by ModuleSource
         )
         module = load_source(source, trust_checkpoint=trust_checkpoint)
         if example_inputs is None and input_shape is None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hamnet.api.optimizer import Constraints, Goal, Optimizer, plan_for
-from hamnet.core.errors import ConfigError, DataError, ExportError, HamnetError, ModelLoadError
+from hamnet.core.errors import ConfigError, DataError, ExportError, ModelLoadError
 from hamnet.core.hardware import load_profile
 
 FAST: dict[str, Any] = {"measure": {"warmup": 1, "repeats": 5, "max_eval_samples": 64}}

@@ -114,7 +114,6 @@ def _assert_pruned_distilled_quantized(result: Any) -> None:
 
 
 def test_conv_net_module_is_kept_as_torch_and_planned_by_training_data(tmp_path: Path) -> None:
-    x, y = _digits()
     opt = Optimizer.from_pytorch(ConvNet(), [1, 1, 8, 8], work_dir=tmp_path)
     assert opt.kind == "module" and opt.family == "conv"
     no_data = opt.plan(Constraints(max_latency_ms=0.01))
@@ -175,9 +174,7 @@ def test_auto_on_a_bert_encoder_scores_cosine(tmp_path: Path) -> None:
 
 def test_training_data_must_fit_the_model(tmp_path: Path) -> None:
     x, y = _digits()
-    opt = Optimizer.from_pytorch(
-        nn.Sequential(nn.Linear(64, 10)), [1, 64], work_dir=tmp_path
-    )
+    opt = Optimizer.from_pytorch(nn.Sequential(nn.Linear(64, 10)), [1, 64], work_dir=tmp_path)
     with pytest.raises(Exception, match=r"shape \['N', 64\], but got \[50, 32\]"):
         opt.optimize(
             "auto", validation_data=(x, y), train_data=(x[:50, :32], y[:50]), _overrides=FAST

@@ -24,9 +24,7 @@ def _npz(path: Path, n: int, seed: int, **extra: np.ndarray) -> Path:
 def test_train_rows_train_and_path_rows_split_into_val_and_test(tmp_path: Path) -> None:
     _npz(tmp_path / "eval.npz", 60, 0)
     _npz(tmp_path / "train.npz", 90, 1)
-    section = DataSection(
-        source="file", path="eval.npz", train_path="train.npz", standardize=False
-    )
+    section = DataSection(source="file", path="eval.npz", train_path="train.npz", standardize=False)
     data = load_dataset(section, base_dir=tmp_path)
     assert len(data.x_train) == 90 and len(data.x_val) + len(data.x_test) == 60
     assert len(data.x_val) == round(60 * 0.15 / 0.35)
@@ -51,5 +49,5 @@ def test_train_file_must_match_the_evaluation_data(tmp_path: Path) -> None:
         section = DataSection(source="file", path="eval.npz", train_path=name)
         with pytest.raises(DataError, match=message):
             load_dataset(section, base_dir=tmp_path)
-    with pytest.raises(ValueError, match="train_path needs data.source 'file'"):
+    with pytest.raises(ValueError, match=r"train_path needs data\.source 'file'"):
         DataSection(train_path="train.npz")

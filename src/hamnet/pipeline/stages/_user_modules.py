@@ -20,7 +20,7 @@ what the ``load``, ``prune``, ``distill`` and ``export`` stages do with such mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import DistillStageConfig, PruneStageConfig
@@ -87,8 +87,10 @@ def ingest_model_ref(ctx: StageContext) -> Path:
     )  # fmt: skip
 
 
-def _task_kind(task: str) -> str | None:
-    return {"embedding": "embedding", "classification": "class_scores"}.get(task)
+def _task_kind(task: str) -> Literal["class_scores", "embedding"] | None:
+    if task == "embedding":
+        return "embedding"
+    return "class_scores" if task == "classification" else None
 
 
 def check_runs(module: Any, dataset: Dataset) -> None:
@@ -249,15 +251,13 @@ def recover_candidate(
     train_x, train_y = data.x_train, (data.y_train if labelled else None)
     if transfer is not None:
         train_x, train_y = np.concatenate([train_x, transfer]), None
-    objective = cfg.objective
-    if objective == "auto":
-        objective = "logits" if artifact.output_kind == "class_scores" or labelled else "auto"
     result = distill_module(
         teacher_model,
         student,
         train_x,
         train_y,
-        objective=objective,
+        objective=cfg.objective,
+        class_scores=artifact.output_kind == "class_scores" or labelled,
         hidden_map="auto" if cfg.hidden_states else None,
         epochs=cfg.train.epochs,
         lr=cfg.train.learning_rate,
