@@ -344,13 +344,26 @@ def apply_module_plan(
             f"{type(module).__name__} has none of that name"
         )
     graph = build_dependency_graph(work, example_inputs)
-    try:
-        graph.load_pruning_history(plan.torch_pruning_history())
-    except (IndexError, RuntimeError, AssertionError, ValueError) as err:
-        raise ConfigError(
-            f"the pruning plan's history must fit the model's channels, but replaying it on "
-            f"{type(module).__name__} failed with {type(err).__name__}: {err}"
-        ) from None
+    modules = dict(work.named_modules())
+    for number, step in enumerate(plan.torch_pruning_history()):
+        target = modules[step[0]]
+        width = graph.get_out_channels(target) if step[1] else graph.get_in_channels(target)
+        indices = step[2]
+        if width is None or len(set(indices)) != len(indices) or not indices or not (
+            0 <= min(indices) and max(indices) < width and len(indices) < width
+        ):
+            raise ConfigError(
+                f"the pruning plan's history must fit the model's channels, but step {number} "
+                f"removes {len(indices)} indices up to {max(indices, default=None)} from "
+                f"{step[0]!r}, which has {width} {'output' if step[1] else 'input'} channels"
+            )
+        try:  # one step at a time, so a failure names its step
+            graph.load_pruning_history([step])
+        except (IndexError, RuntimeError, AssertionError, ValueError) as err:
+            raise ConfigError(
+                f"the pruning plan's history must fit the model's channels, but step {number} "
+                f"on {step[0]!r} failed with {type(err).__name__}: {err}"
+            ) from None
     set_int_attributes(work, plan.attributes)
     work.zero_grad(set_to_none=True)
     return work

@@ -12,8 +12,10 @@ must go together. Its *kind* says what a unit is:
 * ``embed``: an embedding channel of a group holding ``nn.MultiheadAttention``; it
   loses a multiple of its head count so that ``embed_dim`` stays divisible.
 
-Groups whose channels reach a model output (the output layers) and groups that prune
-the output side of a module named in ``keep`` are not prunable.
+Groups whose channels reach a model output (the output layers), groups that prune
+the output side of a module named in ``keep``, and the hidden width feeding a
+``heads`` attention's query/key/value (as for Hugging Face encoders, whose hidden size
+stays) are not prunable.
 
 This module is internal to :mod:`hamnet.compress.pruning.modules`; torch-pruning is
 imported inside the functions.
@@ -175,7 +177,12 @@ def find_groups(
             for item in group
             if graph.is_out_channel_pruning_fn(item.dep.handler)
         )
-        if reaches_output or any(m in kept_modules for m in outs):
+        feeds_attention = any(
+            item.dep.target.module in attentions
+            for item in group
+            if graph.is_in_channel_pruning_fn(item.dep.handler)
+        )  # the hidden width of a transformer encoder stays
+        if reaches_output or feeds_attention or any(m in kept_modules for m in outs):
             kept.add(name)
             continue
         found = _classify(graph, group, root, fn, name, outs, attentions)
