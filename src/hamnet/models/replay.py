@@ -123,7 +123,7 @@ class ModulePlan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: Literal["hamnet-module-plan/1"] = MODULE_PLAN_FORMAT
+    format: Literal["hamnet-module-plan/1"] = "hamnet-module-plan/1"
     model_class: str
     history: list[HistoryStep]
     attributes: dict[str, int] = Field(default_factory=dict)
@@ -179,8 +179,7 @@ class ModulePlan(BaseModel):
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise ModelLoadError(
-                f"expected a module pruning plan JSON file at {path}, but could not read it: "
-                f"{err}"
+                f"expected a module pruning plan JSON file at {path}, but could not read it: {err}"
             ) from None
         return cls.from_json(text, source=str(path))
 
@@ -332,8 +331,7 @@ def apply_module_plan(
     """
     if type(module).__name__ != plan.model_class:
         raise ConfigError(
-            f"the pruning plan was made for a {plan.model_class}, but got a "
-            f"{type(module).__name__}"
+            f"the pruning plan was made for a {plan.model_class}, but got a {type(module).__name__}"
         )
     work = copy.deepcopy(module).eval()
     names = {name for name, _ in work.named_modules()}
@@ -349,8 +347,11 @@ def apply_module_plan(
         target = modules[step[0]]
         width = graph.get_out_channels(target) if step[1] else graph.get_in_channels(target)
         indices = step[2]
-        if width is None or len(set(indices)) != len(indices) or not indices or not (
-            0 <= min(indices) and max(indices) < width and len(indices) < width
+        if (
+            width is None
+            or len(set(indices)) != len(indices)
+            or not indices
+            or not (min(indices) >= 0 and max(indices) < width and len(indices) < width)
         ):
             raise ConfigError(
                 f"the pruning plan's history must fit the model's channels, but step {number} "

@@ -52,7 +52,9 @@ def _pruned(model: Heads, x: torch.Tensor) -> tuple[Heads, ModulePlan]:
     work.num_heads = 2
     plan = ModulePlan(
         model_class="Heads",
-        history=[HistoryStep(module=n, out_channels=o, indices=i) for n, o, i in graph.pruning_history()],
+        history=[
+            HistoryStep(module=n, out_channels=o, indices=i) for n, o, i in graph.pruning_history()
+        ],
         attributes=changed_int_attributes(before, int_attributes(work)),
         ratio=0.5,
         criterion="manual",
@@ -66,8 +68,10 @@ def _pruned(model: Heads, x: torch.Tensor) -> tuple[Heads, ModulePlan]:
 def test_plan_records_history_and_changed_attributes() -> None:
     torch.manual_seed(0)
     model, x = Heads(), torch.randn(3, 8)
-    pruned, plan = _pruned(model, x)
-    assert plan.history == [HistoryStep(module="proj", out_channels=True, indices=list(range(4, 12)))]
+    _, plan = _pruned(model, x)
+    assert plan.history == [
+        HistoryStep(module="proj", out_channels=True, indices=list(range(4, 12)))
+    ]
     assert plan.attributes == {"num_heads": 2, "proj.out_features": 8, "out.in_features": 8}
     assert plan.format == MODULE_PLAN_FORMAT
 
@@ -93,10 +97,14 @@ def test_plan_for_another_class_or_modules_is_refused() -> None:
     _, plan = _pruned(model, x)
     with pytest.raises(ConfigError, match=r"made for a Heads, but got a Sequential"):
         apply_module_plan(nn.Sequential(nn.Linear(8, 3)), plan, x)
-    renamed = plan.model_copy(update={"history": [HistoryStep(module="nope", out_channels=True, indices=[0])]})
+    renamed = plan.model_copy(
+        update={"history": [HistoryStep(module="nope", out_channels=True, indices=[0])]}
+    )
     with pytest.raises(ConfigError, match=r"prunes modules \['nope'\]"):
         apply_module_plan(model, renamed, x)
-    too_far = plan.model_copy(update={"history": [HistoryStep(module="proj", out_channels=True, indices=[99])]})
+    too_far = plan.model_copy(
+        update={"history": [HistoryStep(module="proj", out_channels=True, indices=[99])]}
+    )
     with pytest.raises(ConfigError, match=r"history must fit the model's channels"):
         apply_module_plan(model, too_far, x)
 
@@ -110,7 +118,9 @@ def test_plan_file_errors(tmp_path: Path) -> None:
         ModulePlan.load(bad)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"format": "hamnet-pruning-plan/1"}), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"'hamnet-module-plan/1'.*but got format 'hamnet-pruning-plan/1'"):
+    with pytest.raises(
+        ConfigError, match=r"'hamnet-module-plan/1'.*but got format 'hamnet-pruning-plan/1'"
+    ):
         ModulePlan.load(other)
     incomplete = tmp_path / "incomplete.json"
     incomplete.write_text(json.dumps({"format": MODULE_PLAN_FORMAT}), encoding="utf-8")
@@ -164,5 +174,7 @@ def test_untraceable_model_is_a_config_error() -> None:
                 raise RuntimeError("needs no_grad")
             return self.a(x)
 
-    with pytest.raises(ConfigError, match=r"tracing Broken failed with RuntimeError: needs no_grad"):
+    with pytest.raises(
+        ConfigError, match=r"tracing Broken failed with RuntimeError: needs no_grad"
+    ):
         build_dependency_graph(Broken(), torch.ones(1, 2))

@@ -308,7 +308,8 @@ def _trackable(module: nn.Module) -> bool:
 
 def _n_in(module: nn.Module) -> int:
     """Inputs of one output unit: ``in_features``, or ``in_channels·kh·kw`` of a conv."""
-    return int(module.weight[0].numel())
+    weight: Any = module.weight
+    return int(weight[0].numel())
 
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -328,10 +329,11 @@ def _positions_last(grad: torch.Tensor) -> torch.Tensor:
 
 
 def _weight_aug(module: nn.Module) -> torch.Tensor:
-    w = module.weight.detach().double().flatten(1)
-    if module.bias is None:
+    layer: Any = module
+    w = layer.weight.detach().double().flatten(1)
+    if layer.bias is None:
         return w
-    return torch.cat([w, module.bias.detach().double()[:, None]], dim=1)
+    return torch.cat([w, layer.bias.detach().double()[:, None]], dim=1)
 
 
 class HOBSSensitivityAnalyzer:

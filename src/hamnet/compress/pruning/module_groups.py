@@ -123,19 +123,23 @@ def _attentions(model: nn.Module) -> dict[nn.Module, _Attention]:
     """Each q/k/v linear of a recognised attention module → that attention."""
     found: dict[nn.Module, _Attention] = {}
     for module in model.modules():
-        count_attr = next((a for a in _HEAD_COUNT if isinstance(getattr(module, a, None), int)), None)
+        count_attr = next(
+            (a for a in _HEAD_COUNT if isinstance(getattr(module, a, None), int)), None
+        )
         if count_attr is None or isinstance(module, nn.MultiheadAttention):
             continue
         for naming in _ATTENTION_NAMINGS:
-            linears = [getattr(module, n, None) for n in naming]
-            if not all(isinstance(lin, nn.Linear) for lin in linears):
+            q, k, v = (getattr(module, n, None) for n in naming)
+            if not (
+                isinstance(q, nn.Linear) and isinstance(k, nn.Linear) and isinstance(v, nn.Linear)
+            ):
                 continue
             heads = int(getattr(module, count_attr))
             size = next((getattr(module, a) for a in _HEAD_SIZE if hasattr(module, a)), None)
-            head_size = int(size) if isinstance(size, int) else linears[0].out_features // heads
-            if heads > 0 and all(lin.out_features == heads * head_size for lin in linears):
-                attention = _Attention(module, tuple(linears), count_attr, head_size)  # type: ignore[arg-type]
-                found.update({lin: attention for lin in linears})
+            head_size = int(size) if isinstance(size, int) else q.out_features // max(heads, 1)
+            if heads > 0 and all(lin.out_features == heads * head_size for lin in (q, k, v)):
+                attention = _Attention(module, (q, k, v), count_attr, head_size)
+                found.update({q: attention, k: attention, v: attention})
             break
     return found
 
@@ -217,7 +221,9 @@ def _classify(
     params = sum(
         p.numel() for m in members.values() if isinstance(m, nn.Module) for p in m.parameters()
     )
-    owners = list({id(attentions[m].module): attentions[m] for m in outs if m in attentions}.values())
+    owners = list(
+        {id(attentions[m].module): attentions[m] for m in outs if m in attentions}.values()
+    )
     mhas = [m for m in outs if isinstance(m, nn.MultiheadAttention)]
     if owners:
         head_sizes = {a.head_size for a in owners}
@@ -296,9 +302,7 @@ def global_counts(
 ) -> list[int]:
     """Units removed per group when every unit is ranked across all groups."""
     drop = round(ratio * sum(g.size for g in groups))
-    ranked = sorted(
-        (float(s[j]), i, j) for i, s in enumerate(scores) for j in range(len(s))
-    )
+    ranked = sorted((float(s[j]), i, j) for i, s in enumerate(scores) for j in range(len(s)))
     counts = [0] * len(groups)
     for _, i, _ in ranked:
         if drop == 0:
@@ -366,7 +370,9 @@ class ModuleCalibration:
     ) -> None:
         batches = list(batches)
         if not batches:
-            raise DataError("calibration must hold at least one (inputs, targets) batch, but got none")
+            raise DataError(
+                "calibration must hold at least one (inputs, targets) batch, but got none"
+            )
         for i, batch in enumerate(batches):
             if not isinstance(batch, tuple | list) or len(batch) != 2:
                 raise DataError(
@@ -584,7 +590,7 @@ def rspar_module_ratios(
         else:
             raw, log_prob = agent.select_action(state)
         ratios = project_to_budget(raw, probe.sizes, ratio, max_layer_ratio)
-        loss, cost = probe.loss(ratios), probe.flops(ratios)
+        loss, cost = probe.loss(list(ratios)), probe.flops(list(ratios))
         if episode == 0:
             reference = (max(loss, 1e-12), cost)
         reward = episode_reward(

@@ -187,7 +187,9 @@ def prune_module(
     reference = copy.deepcopy(model).cpu().eval()
     calib = ModuleCalibration(reference, calibration, loss_fn) if calibration else None
     scores = _score(work, graph, groups, scorer, calib, seed)
-    counts = _counts(allocator, infos, scores, ratio, seed, original, example_inputs, groups, calib, keep)
+    counts = _counts(
+        allocator, infos, scores, ratio, seed, original, example_inputs, groups, calib, keep
+    )
     before = int_attributes(work)
     prune_groups(graph, groups, scores, counts)
     work.zero_grad(set_to_none=True)

@@ -28,6 +28,11 @@ from hamnet.compress.pruning.modules import prune_module
 from hamnet.core import registry
 from hamnet.models.replay import ModulePlan, apply_module_plan, call_module, primary_output
 
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings("ignore:Exporting aten.index operator:UserWarning"),
+]
+
 CRITERIA = [n for n in registry.names("criterion") if criterion_class(n).supports_modules]
 ALLOCATIONS = [n for n in registry.names("allocation") if allocation_class(n).supports_modules]
 OPTIONS: dict[str, dict[str, Any]] = {"rspar": {"episodes": 2}}

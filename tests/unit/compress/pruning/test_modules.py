@@ -28,7 +28,9 @@ def one_thread() -> Iterator[None]:
 
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)
+    )
 
 
 class Convs(nn.Module):
@@ -94,7 +96,9 @@ def test_inputs_that_do_not_run_the_model() -> None:
 
 
 def test_untraceable_model_names_the_tracing_error() -> None:
-    with pytest.raises(ConfigError, match=r"traceable by torch-pruning.*InferenceCache failed with"):
+    with pytest.raises(
+        ConfigError, match=r"traceable by torch-pruning.*InferenceCache failed with"
+    ):
         prune_module(InferenceCache(), torch.randn(2, 4), ratio=0.5)
 
 
@@ -153,7 +157,9 @@ def test_custom_loss_and_seeded_random_are_reproducible() -> None:
         return (outputs - targets).abs().mean()
 
     calibration = [(X, torch.zeros(4, 3))]
-    a = prune_module(mlp(), X, ratio=0.5, criterion="taylor", calibration=calibration, loss_fn=loss_fn)
+    a = prune_module(
+        mlp(), X, ratio=0.5, criterion="taylor", calibration=calibration, loss_fn=loss_fn
+    )
     assert calls
     assert all(p.grad is None for p in a.model.parameters())
     r1 = prune_module(mlp(), X, ratio=0.5, criterion="random", seed=3)
@@ -212,7 +218,10 @@ def test_bert_heads_under_a_wrapper_keep_the_hidden_width() -> None:
     )  # fmt: skip
     torch.manual_seed(0)
     model = BertForSequenceClassification(config).eval()
-    inputs = {"input_ids": torch.randint(0, 40, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    inputs = {
+        "input_ids": torch.randint(0, 40, (2, 6)),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+    }
     result = prune_module(model, inputs, ratio=0.5, keep=["bert.encoder.layer.1.intermediate"])
     kinds = {g.name: g.kind for g in result.groups}
     assert kinds == {
@@ -232,3 +241,14 @@ def test_bert_heads_under_a_wrapper_keep_the_hidden_width() -> None:
     replayed.load_state_dict(result.model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(replayed(**inputs).logits, result.model(**inputs).logits)
+
+
+def test_rspar_runs_agent_updates_and_keeps_the_budget() -> None:
+    calibration = [(X, torch.tensor([0, 1, 2, 0]))]
+    result = prune_module(
+        mlp(), X, ratio=0.5, allocation="rspar", calibration=calibration,
+        allocation_options={"episodes": 5},  # the agent updates after 4 episodes
+    )  # fmt: skip
+    sizes = [g.params for g in result.groups]
+    spent = sum(r * s for r, s in zip(result.layer_ratios, sizes, strict=True)) / sum(sizes)
+    assert spent == pytest.approx(0.5, abs=0.1)  # rounded to whole neurons

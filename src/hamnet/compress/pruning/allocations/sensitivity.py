@@ -69,7 +69,10 @@ class Sensitivity(Allocation):
         count = len(probe.sizes)
         increases = np.array(
             [
-                max(probe.loss([ratio if j == i else 0.0 for j in range(count)]) - probe.base_loss, 0)
+                max(
+                    probe.loss([ratio if j == i else 0.0 for j in range(count)]) - probe.base_loss,
+                    0,
+                )
                 for i in range(count)
             ],
             dtype=np.float64,
