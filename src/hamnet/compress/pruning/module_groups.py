@@ -348,10 +348,12 @@ class ModuleCalibration:
     The default loss is cross-entropy for integer targets, MSE to float targets, and MSE
     to the unpruned model's outputs (computed once, on the fly) when targets are None.
     Gradient criteria need a loss whose gradient is not zero at the unpruned model:
-    :meth:`fisher_losses` draws the targets from the model's own predictive distribution
-    (a class from the softmax for integer targets, the output plus unit Gaussian noise
-    otherwise), which makes ``E[g gᵀ]`` the true Fisher; a user ``loss_fn`` is used as
-    given, with the unpruned outputs standing in for missing targets.
+    :meth:`fisher_losses` (read by the K-FAC fit) draws the targets from the model's own
+    predictive distribution (a class from the softmax for integer targets, the output
+    plus unit Gaussian noise otherwise), which makes ``E[g gᵀ]`` the true Fisher;
+    :meth:`accumulate_gradients` (read by Taylor) uses the data's targets where there
+    are some. A user ``loss_fn`` is used as given, with the unpruned outputs standing in
+    for missing targets.
 
     Args:
         reference: The unpruned model (not modified).
@@ -441,11 +443,23 @@ class ModuleCalibration:
         return [make(x, y, ref) for (x, y), ref in zip(self.batches, refs, strict=True)]
 
     def accumulate_gradients(self, model: nn.Module, seed: int = 0) -> None:
-        """Sum the gradients of :meth:`fisher_losses` over all batches into ``param.grad``."""
+        """Sum the calibration-loss gradients of all batches into ``param.grad``.
+
+        Batches with targets (or with a user ``loss_fn``) use the loss as given (the
+        empirical gradient that first-order Taylor reads); batches without targets use
+        :meth:`fisher_losses`' model-drawn targets, since the gradient of the MSE to the
+        unpruned outputs is zero at the unpruned model.
+        """
+        refs = self.references()
+        sampled = self.fisher_losses(seed)
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            for loss_of in self.fisher_losses(seed):
-                loss_of(model).backward()
+            for (x, y), ref, fisher in zip(self.batches, refs, sampled, strict=True):
+                if y is None and self.loss_fn is None:
+                    loss = fisher(model)
+                else:
+                    loss = self._loss(primary_output(call_module(model, x)), y, ref)
+                loss.backward()
 
 
 class ModuleProbe:
