@@ -34,12 +34,10 @@ from hamnet.compress.pruning.allocation import get_allocator
 from hamnet.compress.pruning.allocations.base import Allocation
 from hamnet.compress.pruning.criteria.base import Criterion
 from hamnet.compress.pruning.importance import get_criterion
+from hamnet.compress.pruning.module_calibration import Batch, ModuleCalibration, ModuleProbe
 from hamnet.compress.pruning.module_groups import (
-    Batch,
     FoundGroup,
-    ModuleCalibration,
     ModuleGroup,
-    ModuleProbe,
     check_prunable,
     find_groups,
     global_counts,

@@ -65,7 +65,7 @@ class Rspar(Allocation):
             ConfigError: For ``target='latency'``, ``recovery`` or a ``sensitivity`` of
                 the wrong length (not available for modules).
         """
-        from hamnet.compress.pruning.module_groups import rspar_module_ratios
+        from hamnet.compress.pruning.module_calibration import rspar_module_ratios
 
         options = self.options
         assert isinstance(options, RsparOptions)
