@@ -68,7 +68,13 @@ class _Stats:
 
 
 class KFACHessianApproximator:
-    """K-FAC factors ``A`` and ``G`` (and the exact Fisher diagonal) of ``nn.Linear`` layers.
+    """K-FAC factors ``A`` and ``G`` (and the exact Fisher diagonal) of linears and convolutions.
+
+    ``nn.Linear`` and ``nn.Conv2d`` (``groups=1``, numeric padding, zero padding mode)
+    layers are tracked. A convolution is treated as a linear map on its unfolded input
+    patches (``in_channels·kh·kw`` inputs, one "token" per output position): ``A``
+    averages the patch outer products and ``G`` the output-gradient outer products over
+    the positions, so its rows are the output filters.
 
     Usage: :meth:`register_hooks`, then for each batch a forward pass and a backward pass
     of the batch-mean loss followed by :meth:`update_factors` (or simply
@@ -77,13 +83,13 @@ class KFACHessianApproximator:
     Args:
         model: The network.
         damping: λ of the π-damping applied by :meth:`damped_factors`.
-        layers: Qualified names of the ``nn.Linear`` layers to track; None tracks all.
+        layers: Qualified names of the layers to track; None tracks every supported one.
         fisher: ``"true"`` (labels sampled from the model) or ``"empirical"`` (data
             labels); read by :meth:`accumulate`.
 
     Raises:
         ConfigError: If ``damping`` is negative, ``fisher`` unknown, or a name in
-            ``layers`` is not an ``nn.Linear`` of ``model``.
+            ``layers`` is not a supported ``nn.Linear``/``nn.Conv2d`` of ``model``.
     """
 
     def __init__(
@@ -98,20 +104,20 @@ class KFACHessianApproximator:
             raise ConfigError(f"damping must be non-negative, but got {damping}")
         if fisher not in ("true", "empirical"):
             raise ConfigError(f"fisher must be 'true' or 'empirical', but got {fisher!r}")
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        linears = {n: m for n, m in model.named_modules() if _trackable(m)}
         if layers is not None:
             unknown = [n for n in layers if n not in linears]
             if unknown:
                 few = sorted(linears)[:5]
                 raise ConfigError(
-                    f"layers must name nn.Linear modules of the model (e.g. {few}), but got "
-                    f"unknown {unknown}"
+                    f"layers must name nn.Linear or nn.Conv2d modules of the model (e.g. "
+                    f"{few}), but got unknown {unknown}"
                 )
             linears = {n: linears[n] for n in layers}
         self.model = model
         self.damping = float(damping)
         self.fisher: FisherKind = fisher
-        self.modules: dict[str, nn.Linear] = linears
+        self.modules: dict[str, nn.Linear | nn.Conv2d] = linears
         self._stats: dict[str, _Stats] = {}
         self._pending: dict[str, list[tuple[str, torch.Tensor, int]]] = {}
         self._handles: list[Any] = []
@@ -136,7 +142,7 @@ class KFACHessianApproximator:
 
     def _forward_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            a = _augment(inputs[0].detach(), module.bias is not None)
+            a = _augment(_patches(module, inputs[0].detach()), module.bias is not None)
             rows = a.reshape(-1, a.shape[-1])
             self._pending.setdefault(name, []).append(("a", rows.T @ rows, rows.shape[0]))
             if output.requires_grad:
@@ -147,7 +153,7 @@ class KFACHessianApproximator:
     def _grad_hook(self, name: str, a: torch.Tensor) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
             batch = grad.shape[0]
-            g = grad.detach().double() * batch
+            g = _positions_last(grad.detach()).double() * batch
             rows = g.reshape(-1, g.shape[-1])
             pending = self._pending.setdefault(name, [])
             pending.append(("g", rows.T @ rows, batch))
@@ -178,12 +184,12 @@ class KFACHessianApproximator:
     def _stats_of(self, name: str) -> _Stats:
         if name not in self._stats:
             m = self.modules[name]
-            n_in = m.in_features + (m.bias is not None)
+            n_out, n_in = m.weight.shape[0], m.weight[0].numel() + (m.bias is not None)
             kw: dict[str, Any] = {"dtype": torch.float64, "device": m.weight.device}
             self._stats[name] = _Stats(
                 a_sum=torch.zeros(n_in, n_in, **kw),
-                g_sum=torch.zeros(m.out_features, m.out_features, **kw),
-                diag_sum=torch.zeros(m.out_features, n_in, **kw),
+                g_sum=torch.zeros(n_out, n_out, **kw),
+                diag_sum=torch.zeros(n_out, n_in, **kw),
             )
         return self._stats[name]
 
@@ -252,7 +258,7 @@ class KFACHessianApproximator:
                 exact diagonal ``E[(∇W ℓ_n)²]`` of per-sample gradients, accumulated by the
                 hooks (differs from K-FAC when ``a`` and ``g`` are correlated).
         """
-        return self._fisher_diagonal_aug(name, exact=exact)[:, : self.modules[name].in_features]
+        return self._fisher_diagonal_aug(name, exact=exact)[:, : _n_in(self.modules[name])]
 
     def _fisher_diagonal_aug(self, name: str, *, exact: bool) -> torch.Tensor:
         if exact:
@@ -288,11 +294,46 @@ def _augment(a: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([a, torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)], dim=-1)
 
 
-def _weight_aug(module: nn.Linear) -> torch.Tensor:
-    w = module.weight.detach().double()
-    if module.bias is None:
+def _trackable(module: nn.Module) -> bool:
+    """Whether K-FAC handles ``module``: a linear, or a plain 2-D convolution."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and not isinstance(module.padding, str)
+        and module.padding_mode == "zeros"
+    )
+
+
+def _n_in(module: nn.Module) -> int:
+    """Inputs of one output unit: ``in_features``, or ``in_channels·kh·kw`` of a conv."""
+    weight: Any = module.weight
+    return int(weight[0].numel())
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A linear's input as is; a conv's input as unfolded patches ``[B, positions, C·kh·kw]``."""
+    if not isinstance(module, nn.Conv2d):
+        return x
+    conv: Any = module
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    return cols.transpose(1, 2)
+
+
+def _positions_last(grad: torch.Tensor) -> torch.Tensor:
+    """An output gradient with channels last: a conv's ``[B, C, H, W]`` becomes ``[B, HW, C]``."""
+    if grad.dim() == 4:
+        return grad.flatten(2).transpose(1, 2)
+    return grad
+
+
+def _weight_aug(module: nn.Module) -> torch.Tensor:
+    layer: Any = module
+    w = layer.weight.detach().double().flatten(1)
+    if layer.bias is None:
         return w
-    return torch.cat([w, module.bias.detach().double()[:, None]], dim=1)
+    return torch.cat([w, layer.bias.detach().double()[:, None]], dim=1)
 
 
 class HOBSSensitivityAnalyzer:
@@ -384,7 +425,7 @@ class HOBSSensitivityAnalyzer:
             if not self.kfac.has_factors(name):
                 continue
             w = _weight_aug(module)
-            n_in = module.in_features
+            n_in = _n_in(module)
             if self.use_kfac:
                 a, g = self.kfac.damped_factors(name)
                 g_inv = torch.diagonal(torch.linalg.inv(g))
@@ -395,6 +436,8 @@ class HOBSSensitivityAnalyzer:
                 diag = self.kfac._fisher_diagonal_aug(name, exact=True)
                 rows = 0.5 * (w.square() * diag).sum(1)
                 cols = 0.5 * (w[:, :n_in].square() * diag[:, :n_in]).sum(0)
+            if isinstance(module, nn.Conv2d):  # one score per input channel
+                cols = cols.reshape(module.in_channels, -1).sum(1)
             self.row_saliency[name] = rows
             self.column_saliency[name] = cols
 
@@ -645,3 +688,141 @@ def _allocate(preference: np.ndarray, weights: np.ndarray, ratio: float, cap: fl
             break
         clipped |= over
     return [float(r) for r in np.clip(ratios, 0.0, cap)]
+
+
+def allocate_by_preference(
+    preference: np.ndarray, weights: np.ndarray, ratio: float, cap: float
+) -> list[float]:
+    """Ratios proportional to ``preference`` whose ``weights``-weighted mean is ``ratio``.
+
+    Ratios above ``cap`` are clipped to it and the rest re-solved (water-filling); if
+    ``ratio >= cap`` every ratio is ``cap``.
+    """
+    return _allocate(preference, weights, ratio, cap)
+
+
+def fit_module_analyzer(
+    model: nn.Module,
+    losses: Iterable[Callable[[nn.Module], torch.Tensor]],
+    *,
+    damping: float = 1e-3,
+) -> HOBSSensitivityAnalyzer:
+    """Fit K-FAC on every linear and plain convolution of ANY module.
+
+    Args:
+        model: The network (its mode is restored; ``.grad`` is not touched).
+        losses: One callable per calibration batch, returning the batch-MEAN loss of the
+            model it is given with targets drawn from the model's own predictive
+            distribution (the true Fisher; see the module docstring).
+        damping: λ of the π-damping.
+
+    Returns:
+        The fitted analyzer (``row_saliency``: one score per output neuron or filter;
+        ``column_saliency``: one per input neuron or input channel).
+
+    Raises:
+        DataError: If ``losses`` is empty.
+    """
+    analyzer = HOBSSensitivityAnalyzer(model, damping=damping)
+    kfac = analyzer.kfac
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    used = 0
+    try:
+        kfac.register_hooks()
+        for loss_of in losses:
+            with torch.enable_grad():
+                loss = loss_of(model)
+                if params:
+                    torch.autograd.grad(loss, params, allow_unused=True)
+            kfac.update_factors()
+            used += 1
+    finally:
+        kfac.remove_hooks()
+        model.train(was_training)
+    if used == 0:
+        raise DataError("the hessian criterion needs at least one calibration batch, but got none")
+    analyzer._score()
+    return analyzer
+
+
+@functools.cache
+def module_hessian_importance_class() -> type:
+    """The ``ModuleHessianImportance`` class (a ``torch_pruning.importance.Importance``).
+
+    Like ``HessianImportance`` but for any module: the members of a group that prune the
+    output (rows) or input (columns) of a tracked ``nn.Linear`` or ``nn.Conv2d`` add the
+    OBS saliencies of the removed units at the group's root indices (seed 003: a
+    saliency per convolution filter and per linear neuron). Scores are not normalised,
+    so they stay comparable across groups (global ranking).
+    """
+    import torch_pruning as tp
+
+    function = tp.pruner.function
+    rows_fns = {function.prune_linear_out_channels, function.prune_conv_out_channels}
+    cols_fns = {function.prune_linear_in_channels, function.prune_conv_in_channels}
+
+    class ModuleHessianImportance(tp.importance.Importance):  # type: ignore[misc]
+        """Group importance summed from K-FAC/OBS saliencies of linears and convolutions.
+
+        Args:
+            analyzer: A fitted :class:`HOBSSensitivityAnalyzer` (see
+                :func:`fit_module_analyzer`).
+        """
+
+        def __init__(self, analyzer: HOBSSensitivityAnalyzer) -> None:
+            analyzer._require_scores()
+            self.analyzer = analyzer
+            self._names = analyzer.module_names
+
+        def __call__(self, group: Any) -> torch.Tensor | None:
+            total = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+            found = False
+            for i, (dep, idxs) in enumerate(group):
+                name = self._names.get(dep.layer)
+                root_idxs = group[i].root_idxs
+                if name is None or any(r is None for r in root_idxs):
+                    continue
+                if dep.pruning_fn in rows_fns:
+                    scores = self.analyzer.row_saliency.get(name)
+                    width = dep.layer.weight.shape[0]
+                elif dep.pruning_fn in cols_fns:
+                    scores = self.analyzer.column_saliency.get(name)
+                    width = dep.layer.weight.shape[1]
+                else:
+                    continue
+                if scores is None:
+                    continue
+                if len(scores) != width:
+                    raise ConfigError(
+                        f"saliencies of {name!r} cover {len(scores)} channels, but the layer "
+                        f"now has {width}; fit them again after pruning"
+                    )
+                local = scores.cpu()[torch.as_tensor(list(idxs), dtype=torch.long)]
+                total.scatter_add_(0, torch.as_tensor(list(root_idxs), dtype=torch.long), local)
+                found = True
+            return total.float() if found else None
+
+    return ModuleHessianImportance
+
+
+def make_module_hessian_importance(
+    model: nn.Module,
+    losses: Iterable[Callable[[nn.Module], torch.Tensor]],
+    *,
+    damping: float = 1e-3,
+) -> Any:
+    """The ``"hessian"`` criterion for ANY module: fit K-FAC and wrap the saliencies.
+
+    Args:
+        model: The module about to be pruned (the importance is tied to its layers).
+        losses: Per calibration batch, a callable giving the batch-mean loss with
+            targets drawn from the model (see :func:`fit_module_analyzer`).
+        damping: λ of the π-damping.
+
+    Returns:
+        A ``ModuleHessianImportance`` instance.
+    """
+    analyzer = fit_module_analyzer(model, losses, damping=damping)
+    return module_hessian_importance_class()(analyzer)

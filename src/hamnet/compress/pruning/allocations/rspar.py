@@ -54,5 +54,34 @@ class Rspar(Allocation):
         ratios, _history = rspar_layer_ratios(model, dataset, ratio, seed=seed, **settings)
         return ratios
 
+    def module_ratios(self, probe: Any, ratio: float, *, seed: int = 0) -> list[float]:
+        """Run the agent over the prunable groups of ANY module; return the best allocation.
+
+        The reward is the calibration loss of the pruned copy relative to the uniform
+        allocation's (no recovery training), penalised when its FLOPs exceed the
+        uniform allocation's.
+
+        Raises:
+            ConfigError: For ``target='latency'``, ``recovery`` or a ``sensitivity`` of
+                the wrong length (not available for modules).
+        """
+        from hamnet.compress.pruning.module_calibration import rspar_module_ratios
+
+        options = self.options
+        assert isinstance(options, RsparOptions)
+        ratios, _history = rspar_module_ratios(
+            probe,
+            ratio,
+            target=options.target,
+            recovery=options.recovery,
+            episodes=options.episodes,
+            sensitivity=options.sensitivity,
+            seed=seed,
+            max_layer_ratio=options.max_layer_ratio,
+            penalty=options.penalty,
+            tolerance=options.tolerance,
+        )
+        return ratios
+
 
 PLUGIN = Rspar

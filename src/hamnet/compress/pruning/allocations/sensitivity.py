@@ -26,7 +26,11 @@ class SensitivityOptions(BaseModel):
 
 
 class Sensitivity(Allocation):
-    """Per-layer ratios inversely related to each block's OBS saliency."""
+    """Per-layer ratios inversely related to each block's sensitivity.
+
+    HAMNet: the blocks' K-FAC/OBS saliency. Any module: the calibration-loss increase
+    when each group alone is pruned.
+    """
 
     name = "sensitivity"
     Options = SensitivityOptions
@@ -47,6 +51,36 @@ class Sensitivity(Allocation):
             seed=seed,
             max_layer_ratio=options.max_layer_ratio,
         )
+
+    def module_ratios(self, probe: Any, ratio: float, *, seed: int = 0) -> list[float]:
+        """Prune each group of ANY module alone; groups whose loss grows least lose more.
+
+        Group ``i``'s sensitivity is the calibration-loss increase when it alone loses
+        ``ratio`` of its units; its ratio is proportional to ``1 / sensitivity``, with
+        the size-weighted mean equal to ``ratio`` and each ratio at most
+        ``max_layer_ratio`` (water-filling, as for HAMNet).
+        """
+        import numpy as np
+
+        from hamnet.compress.pruning.hessian import allocate_by_preference
+
+        options = self.options
+        assert isinstance(options, SensitivityOptions)
+        count = len(probe.sizes)
+        increases = np.array(
+            [
+                max(
+                    probe.loss([ratio if j == i else 0.0 for j in range(count)]) - probe.base_loss,
+                    0,
+                )
+                for i in range(count)
+            ],
+            dtype=np.float64,
+        )
+        floor = max(float(increases.mean()), 1e-12) * 1e-3
+        preference = 1.0 / np.maximum(increases, floor)
+        weights = np.asarray(probe.sizes, dtype=np.float64)
+        return allocate_by_preference(preference, weights, ratio, options.max_layer_ratio)
 
 
 PLUGIN = Sensitivity

@@ -19,12 +19,15 @@ class Criterion(Plugin):
         needs_data: :meth:`build` needs the model and a hamnet ``Dataset``.
         supports_hf: Usable on Hugging Face BERT-style encoders (``prune_bert``),
             which have no hamnet ``Dataset``.
+        supports_modules: Usable on any torch module (``prune_module``), through
+            :meth:`build_for_module`.
     """
 
     kind: ClassVar[str] = "criterion"
     needs_gradients: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     supports_hf: ClassVar[bool] = True
+    supports_modules: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         self.options = self.parse_options(options)
@@ -41,6 +44,27 @@ class Criterion(Plugin):
             ConfigError: A data criterion got no model or no data.
         """
         raise NotImplementedError
+
+    def build_for_module(self, model: Any, calibration: Any = None, seed: int = 0) -> Any:
+        """Return a fresh torch-pruning importance for ANY module (``prune_module``).
+
+        Args:
+            model: The module about to be pruned.
+            calibration: ``prune_module``'s calibration data (read when
+                :attr:`needs_data`): an object whose ``fisher_losses(seed)`` gives one
+                callable per batch returning the batch-mean loss of the model it is
+                given, with targets drawn from the model itself.
+            seed: Seeds any sampling the criterion does.
+
+        Raises:
+            ConfigError: The criterion does not support modules.
+        """
+        if not self.supports_modules:
+            raise ConfigError(
+                f"the pruning criterion for torch modules must support them, but {self.name!r} "
+                "is HAMNet-only"
+            )
+        return self.build(model, None, seed)
 
     def _require_data(self, model: Any, dataset: Any) -> None:
         if model is None or dataset is None:

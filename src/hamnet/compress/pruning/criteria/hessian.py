@@ -41,5 +41,19 @@ class Hessian(Criterion):
             model, dataset, num_batches=options.num_batches, damping=options.damping, seed=seed
         )
 
+    def build_for_module(self, model: Any, calibration: Any = None, seed: int = 0) -> Any:
+        """Fit K-FAC on ANY module's linears and convolutions; return their OBS importance.
+
+        Raises:
+            ConfigError: Without calibration data.
+        """
+        self._require_data(model, calibration)
+        from hamnet.compress.pruning.hessian import make_module_hessian_importance
+
+        options = self.options
+        assert isinstance(options, HessianOptions)
+        losses = calibration.fisher_losses(seed)[: options.num_batches]
+        return make_module_hessian_importance(model, losses, damping=options.damping)
+
 
 PLUGIN = Hessian

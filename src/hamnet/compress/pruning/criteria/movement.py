@@ -34,6 +34,7 @@ class Movement(Criterion):
     Options = MovementOptions
     needs_data = True
     supports_hf = False
+    supports_modules = False
 
     def build(self, model: Any = None, dataset: Any = None, seed: int = 0) -> Any:
         """Fine-tune ``model`` briefly, score it, restore it; return a ``MovementImportance``."""

@@ -1,0 +1,370 @@
+"""Replayable structured-pruning plans for ANY torch module.
+
+A structurally pruned module cannot be rebuilt from its original class alone: its
+linears, convolutions and attentions have fewer channels or heads. A
+:class:`ModulePlan` records what is needed to rebuild it from the ORIGINAL module:
+
+* torch-pruning's pruning history (``DependencyGraph.pruning_history()``: which root
+  module lost which channels, step by step), replayed by
+  ``DependencyGraph.load_pruning_history``;
+* the integer attributes of submodules that pruning changed and torch-pruning does not
+  maintain itself (e.g. ``num_attention_heads`` / ``all_head_size`` of a Hugging Face
+  attention), found generically by diffing every submodule's ``int`` attributes before
+  and after pruning.
+
+:func:`apply_module_plan` rebuilds the pruned architecture on a copy of the original;
+its weights then come from the pruned model's saved ``state_dict``.
+
+Inputs follow hamnet's convention: one tensor, a tuple of tensors (positional), or a
+mapping ``name -> tensor`` passed as keyword arguments. Outputs may be a tensor, a
+tuple/list (the first item counts), or a mapping / Hugging Face ``ModelOutput``
+(``logits``, else ``last_hidden_state``, else the first value).
+
+torch and torch-pruning are imported inside the functions.
+
+Example:
+    >>> plan = result.plan
+    >>> plan.save("out/plan.json")
+    >>> pruned = apply_module_plan(original, ModulePlan.load("out/plan.json"), example)
+    >>> pruned.load_state_dict(torch.load("out/weights.pt", weights_only=True))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hamnet.core.artifacts import atomic_write_text
+from hamnet.core.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MODULE_PLAN_FORMAT = "hamnet-module-plan/1"
+
+ModuleInputs = Any
+"""One tensor, a tuple/list of tensors (positional) or a ``name -> tensor`` mapping."""
+
+__all__ = [
+    "MODULE_PLAN_FORMAT",
+    "HistoryStep",
+    "ModuleInputs",
+    "ModulePlan",
+    "PlanGroup",
+    "apply_module_plan",
+    "build_dependency_graph",
+    "call_module",
+    "changed_int_attributes",
+    "int_attributes",
+    "primary_output",
+    "set_int_attributes",
+]
+
+
+class HistoryStep(BaseModel):
+    """One entry of torch-pruning's pruning history.
+
+    Attributes:
+        module: Qualified name of the group's root module.
+        out_channels: True when the root's output channels were pruned.
+        indices: Channel indices removed, as they were numbered at that step.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    module: str
+    out_channels: bool
+    indices: list[int]
+
+
+class PlanGroup(BaseModel):
+    """What pruning did to one prunable group (descriptive).
+
+    Attributes:
+        name: Qualified name of the group's root module.
+        kind: ``conv``, ``linear``, ``heads`` (whole attention heads) or ``embed``
+            (an ``nn.MultiheadAttention`` embedding width).
+        size: Units before pruning (channels, or heads for ``heads``).
+        removed: Units removed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: str
+    size: int
+    removed: int
+
+
+class ModulePlan(BaseModel):
+    """A replayable description of a structurally pruned module.
+
+    Attributes:
+        format: The file format tag (:data:`MODULE_PLAN_FORMAT`).
+        model_class: Class name of the pruned root module (checked on replay).
+        history: torch-pruning's pruning history, in order.
+        attributes: ``"sub.module.attr" -> value`` for the integer attributes that
+            pruning changed (an attribute of the root itself has no prefix).
+        ratio: The fraction of units that was to be removed.
+        criterion: The importance criterion used.
+        allocation: How the budget was spread over the groups.
+        kept: Modules left unpruned on purpose (output layers and ``keep``).
+        layer_ratios: Per-group removal fractions, in the order of ``groups``.
+        params_before: Parameters of the original module.
+        params_after: Parameters of the pruned module.
+        groups: What happened to every prunable group.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["hamnet-module-plan/1"] = "hamnet-module-plan/1"
+    model_class: str
+    history: list[HistoryStep]
+    attributes: dict[str, int] = Field(default_factory=dict)
+    ratio: float
+    criterion: str
+    allocation: str
+    kept: list[str] = Field(default_factory=list)
+    layer_ratios: list[float] = Field(default_factory=list)
+    params_before: int
+    params_after: int
+    groups: list[PlanGroup] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        """The plan as a JSON string."""
+        return json.dumps(self.model_dump(mode="json"), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "the pruning plan") -> Self:
+        """Parse a plan written by :meth:`to_json`.
+
+        Raises:
+            ConfigError: If ``text`` is not JSON or not a plan of this format.
+        """
+        try:
+            payload = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"expected JSON in {source}, but got: {err}") from None
+        found = payload.get("format") if isinstance(payload, dict) else None
+        if found != MODULE_PLAN_FORMAT:
+            raise ConfigError(
+                f"expected a {MODULE_PLAN_FORMAT!r} JSON object in {source}, but got format "
+                f"{found!r}"
+            )
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as err:
+            raise ConfigError(f"{source} is not a valid ModulePlan: {err}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON (parent folders are created); return the path."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a plan written by :meth:`save`.
+
+        Raises:
+            ModelLoadError: If the file is missing or unreadable.
+            ConfigError: If the file is not a plan of this format.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ModelLoadError(
+                f"expected a module pruning plan JSON file at {path}, but could not read it: {err}"
+            ) from None
+        return cls.from_json(text, source=str(path))
+
+    def torch_pruning_history(self) -> list[list[Any]]:
+        """The history in torch-pruning's own form ``[[name, is_out, idxs], ...]``."""
+        return [[s.module, s.out_channels, list(s.indices)] for s in self.history]
+
+
+def call_module(module: nn.Module, inputs: ModuleInputs) -> Any:
+    """Run ``module`` on hamnet-convention inputs (tensor, tuple, or keyword mapping)."""
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    if isinstance(inputs, tuple | list):
+        return module(*inputs)
+    return module(inputs)
+
+
+def primary_output(output: Any) -> torch.Tensor:
+    """The tensor that stands for a model's output.
+
+    A tensor is itself; a tuple/list gives its first item; a mapping or Hugging Face
+    ``ModelOutput`` gives ``logits``, else ``last_hidden_state``, else its first value.
+
+    Raises:
+        ConfigError: If no tensor is found.
+    """
+    import torch
+
+    found = output
+    for _ in range(4):
+        if isinstance(found, torch.Tensor):
+            return found
+        if isinstance(found, Mapping):
+            values = list(found.values())
+            found = next(
+                (found[k] for k in ("logits", "last_hidden_state") if found.get(k) is not None),
+                values[0] if values else None,
+            )
+        elif isinstance(found, tuple | list) and found:
+            found = found[0]
+        else:
+            break
+    raise ConfigError(
+        "a model output must be a tensor, a tuple/list or a mapping holding one (logits, "
+        f"last_hidden_state), but got {type(output).__name__}"
+    )
+
+
+def build_dependency_graph(module: nn.Module, example_inputs: ModuleInputs) -> Any:
+    """Trace ``module`` with torch-pruning's ``DependencyGraph``.
+
+    The graph also gets ``hamnet_output_grad_fns``: the ``grad_fn`` of every output
+    tensor of the traced forward pass, so callers can tell which nodes produce a model
+    output (torch-pruning adds an output node only where no module does).
+
+    Raises:
+        ConfigError: If tracing fails (the message names torch-pruning's error).
+    """
+    import warnings
+
+    import torch
+    import torch_pruning as tp
+
+    outputs: list[Any] = []
+
+    def forward(model: nn.Module, inputs: ModuleInputs) -> Any:
+        return call_module(model, inputs)
+
+    def keep_outputs(out: Any) -> Any:
+        outputs.extend(
+            t.grad_fn for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)
+        )
+        return out
+
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():  # tracing reads autograd
+            warnings.simplefilter("ignore")
+            graph = tp.DependencyGraph().build_dependency(
+                module,
+                example_inputs=example_inputs,
+                forward_fn=forward,
+                output_transform=keep_outputs,
+                verbose=False,
+            )
+    except Exception as err:
+        raise ConfigError(
+            f"the model must be traceable by torch-pruning's DependencyGraph, but tracing "
+            f"{type(module).__name__} failed with {type(err).__name__}: {err}"
+        ) from None
+    graph.hamnet_output_grad_fns = [fn for fn in outputs if fn is not None]
+    return graph
+
+
+def int_attributes(module: nn.Module) -> dict[str, int]:
+    """Every public ``int`` attribute (bools excluded) of every submodule, by qualified name."""
+    found: dict[str, int] = {}
+    for prefix, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if key.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
+                continue
+            found[f"{prefix}.{key}" if prefix else key] = value
+    return found
+
+
+def changed_int_attributes(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """The attributes of ``after`` whose value differs from (or is absent in) ``before``."""
+    return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+def set_int_attributes(module: nn.Module, attributes: Mapping[str, int]) -> None:
+    """Set ``"sub.module.attr" -> value`` on ``module``'s submodules.
+
+    Raises:
+        ConfigError: If a submodule or attribute does not exist.
+    """
+    modules = dict(module.named_modules())
+    for qualified, value in attributes.items():
+        prefix, _, attr = qualified.rpartition(".")
+        owner = modules.get(prefix)
+        if owner is None or not hasattr(owner, attr):
+            raise ConfigError(
+                f"the plan sets {qualified!r}, so the model must have a submodule "
+                f"{prefix or '<root>'!r} with attribute {attr!r}, but got none"
+            )
+        setattr(owner, attr, int(value))
+
+
+def apply_module_plan(
+    module: nn.Module, plan: ModulePlan, example_inputs: ModuleInputs
+) -> nn.Module:
+    """Rebuild the pruned architecture from the ORIGINAL (unpruned) module and a plan.
+
+    A deep copy of ``module`` is traced with torch-pruning's ``DependencyGraph``, the
+    plan's history is replayed on it, and the recorded integer attributes are set. The
+    weights are those of ``module`` sliced by the plan; load the pruned model's
+    ``state_dict`` into the result (``strict=True``) to get the pruned model back.
+
+    Args:
+        module: The module the plan was made from (same architecture and class).
+        plan: A plan from ``prune_module`` or :meth:`ModulePlan.load`.
+        example_inputs: Inputs that run ``module`` (for tracing).
+
+    Returns:
+        The pruned-architecture copy, in eval mode; ``module`` is unchanged.
+
+    Raises:
+        ConfigError: If the plan was made for another class, or its history does not fit
+            the module (a name missing, indices out of range).
+    """
+    if type(module).__name__ != plan.model_class:
+        raise ConfigError(
+            f"the pruning plan was made for a {plan.model_class}, but got a {type(module).__name__}"
+        )
+    work = copy.deepcopy(module).eval()
+    names = {name for name, _ in work.named_modules()}
+    missing = sorted({s.module for s in plan.history} - names)
+    if missing:
+        raise ConfigError(
+            f"the pruning plan prunes modules {missing}, so the model must have them, but "
+            f"{type(module).__name__} has none of that name"
+        )
+    graph = build_dependency_graph(work, example_inputs)
+    modules = dict(work.named_modules())
+    for number, step in enumerate(plan.torch_pruning_history()):
+        target = modules[step[0]]
+        width = graph.get_out_channels(target) if step[1] else graph.get_in_channels(target)
+        indices = step[2]
+        if (
+            width is None
+            or len(set(indices)) != len(indices)
+            or not indices
+            or not (min(indices) >= 0 and max(indices) < width and len(indices) < width)
+        ):
+            raise ConfigError(
+                f"the pruning plan's history must fit the model's channels, but step {number} "
+                f"removes {len(indices)} indices up to {max(indices, default=None)} from "
+                f"{step[0]!r}, which has {width} {'output' if step[1] else 'input'} channels"
+            )
+        try:  # one step at a time, so a failure names its step
+            graph.load_pruning_history([step])
+        except (IndexError, RuntimeError, AssertionError, ValueError) as err:
+            raise ConfigError(
+                f"the pruning plan's history must fit the model's channels, but step {number} "
+                f"on {step[0]!r} failed with {type(err).__name__}: {err}"
+            ) from None
+    set_int_attributes(work, plan.attributes)
+    work.zero_grad(set_to_none=True)
+    return work
