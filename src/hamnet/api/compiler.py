@@ -190,7 +190,7 @@ def plan_for(
     *,
     model_size_mb: float | None = None,
     family: str | None = None,
-    has_train_data: bool = True,
+    has_train_data: bool = False,
     why_not_prunable: str | None = None,
 ) -> AutoPlan:
     """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
@@ -253,12 +253,7 @@ def plan_for(
         )
         if can_prune:
             prune = True
-            reasons.append(
-                adapter.prune_reason
-                or f"latency-bound: structured pruning of the {_groups(adapter)} "
-                f"(torch-pruning's dependency graph), recovered by distillation from the "
-                f"original model"
-            )
+            reasons.append(adapter.prune_reason)
         else:
             reasons.append(f"no pruning: {adapter.why_not_prunable}")
     if not reasons:

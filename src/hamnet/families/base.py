@@ -156,7 +156,10 @@ class ModelFamily(Plugin):
     distill_targets: ClassVar[tuple[str, ...]] = ("outputs",)
     extra_quantizers: ClassVar[tuple[str, ...]] = ()
     pruner: ClassVar[str | None] = None
-    prune_reason: ClassVar[str] = ""
+    prune_reason: ClassVar[str] = (
+        "latency-bound: structured pruning with torch-pruning's dependency graph, recovered "
+        "by distillation from the original model"
+    )
     why_not_prunable: ClassVar[str] = (
         "an ONNX file can be pruned only when onnx2torch converts it to PyTorch; give the "
         "torch module (or its source) to prune and distill it"

@@ -104,7 +104,15 @@ def test_plan_reasons_come_from_the_family(cpu: HardwareProfile) -> None:
     assert f"no pruning: {get_family('conv').why_not_prunable}" in conv.reasons
     generic = plan_for(latency, "onnx", cpu)
     assert generic.family == "generic" and generic.methods == []
-    assert any("only HAMNet checkpoints can be pruned" in r for r in generic.reasons)
+    assert any("onnx2torch converts it" in r for r in generic.reasons)
+    module = plan_for(latency, "module", cpu, family="conv", has_train_data=True)
+    assert module.prune_ratios and get_family("conv").prune_reason in module.reasons
+    assert any("its conv filters can be pruned" in r for r in module.reasons)
+    no_data = plan_for(latency, "module", cpu, family="conv")
+    assert not no_data.prune_ratios
+    assert any("no training data was given" in r for r in no_data.reasons)
+    unconverted = plan_for(latency, "onnx", cpu, why_not_prunable="it uses Det")
+    assert "no pruning: it uses Det" in unconverted.reasons
     big = plan_for(Constraints(target_size_mb=0.1), "onnx", cpu, model_size_mb=1.0)
     assert any("10.0x reduction is more than quantization gives" in r for r in big.reasons)
     near = plan_for(Constraints(target_size_mb=0.9), "onnx", cpu, model_size_mb=1.0)

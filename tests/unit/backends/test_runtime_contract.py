@@ -41,8 +41,17 @@ def _write_openvino(model: torch.nn.Module, folder: Path) -> Path:
     return convert_openvino(_write_onnx(model, folder), folder / "ir" / "model.xml")
 
 
+def _write_module(model: torch.nn.Module, folder: Path) -> Path:
+    """A user's module artifact: the module object saved whole, its input spec beside it."""
+    from hamnet.models.sources import InputSpec, save_module_artifact
+
+    spec = InputSpec.of(torch.zeros(1, INPUT_SIZE))
+    return save_module_artifact(folder / "module", inputs=spec, module=model)
+
+
 WRITERS: dict[str, Callable[[torch.nn.Module, Path], Path]] = {
     "torch": _write_torch,
+    "torch-module": _write_module,
     "onnx": _write_onnx,
     "openvino": _write_openvino,
 }
@@ -86,7 +95,8 @@ def test_runtime_reproduces_torch_at_batch_1_and_3(
     assert fmt in WRITERS, f"add a writer for format {fmt!r} (read by {runtime!r}) to WRITERS"
     ref: ArtifactRef = store.put(WRITERS[fmt](model, tmp_path), fmt)
     assert ref.is_present()
-    session = cls().load(ref, _spec(runtime), 1)
+    # A module artifact written here from a module object is a pickle hamnet made itself.
+    session = cls().load(ref, _spec(runtime), 1, trust_checkpoint=fmt == "torch-module")
     assert isinstance(session, InferenceSession) and session.runtime == runtime
     x = np.random.default_rng(1).normal(size=(3, INPUT_SIZE)).astype(np.float32)
     with torch.no_grad():

@@ -75,7 +75,7 @@ def test_registry_names_formats_and_availability() -> None:
         assert get_runtime(name).name == name
     assert runtime_class("onnxruntime").formats == ("onnx",)
     assert set(runtime_class("openvino").formats) == {"openvino", "onnx"}
-    assert runtime_class("torch").formats == ("torch",)
+    assert runtime_class("torch").formats == ("torch", "torch-module")
 
 
 def test_formats_and_files_come_from_the_runtimes(tmp_path: Path) -> None:
@@ -83,8 +83,9 @@ def test_formats_and_files_come_from_the_runtimes(tmp_path: Path) -> None:
         "onnx": (".onnx",),
         "openvino": (".xml", ".bin"),
         "torch": (".pt",),
+        "torch-module": (".json",),
     }
-    assert artifact_formats() == ("onnx", "openvino", "torch")
+    assert artifact_formats() == ("onnx", "openvino", "torch", "torch-module")
     assert format_of("a/model.XML") == "openvino" and format_of("m.onnx") == "onnx"
     assert format_of("weights.bin") is None
     assert artifact_files(tmp_path / "model.xml", "openvino") == [

@@ -99,8 +99,9 @@ def test_conv_module_and_its_onnx(tmp_path: Path) -> None:
     path = _export(model, torch.zeros(1, 1, 8, 8), tmp_path / "conv.onnx")
     assert detect_family(ModelSource(path=path)).name == "conv"
     assert detect_family(ModelSource(module=model, path=path)).name == "conv"
-    assert not get_family("conv").can_prune
-    assert "convolutional nets cannot be pruned" in get_family("conv").why_not_prunable
+    # A conv net given as a torch module is pruned; as an ONNX file only once converted.
+    assert get_family("conv").can_prune
+    assert "onnx2torch" in get_family("conv").why_not_prunable
 
 
 def test_mlp_module_and_onnx_file_are_generic(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def test_file_references_need_an_existing_file_a_runtime_owns(tmp_path: Path) ->
     with pytest.raises(ModelLoadError, match="must exist"):
         ModelRef.parse(str(tmp_path / "none.onnx"))
     weird = _touch(tmp_path / "model.bin")
-    with pytest.raises(ModelLoadError, match=r"one of \['.onnx', '.pt', '.xml'\]"):
+    with pytest.raises(ModelLoadError, match=r"one of \['.json', '.onnx', '.pt', '.xml'\]"):
         ModelRef.parse(str(weird))
     ref = ModelRef.parse(str(_touch(tmp_path / "model.XML")))
     assert not ref.is_registry and ref.path == (tmp_path / "model.XML").resolve()
@@ -110,7 +110,7 @@ def test_main_file_prefers_the_tagged_format_and_skips_siblings(tmp_path: Path) 
     assert main_file(tmp_path, "torch") == tmp_path / "model" / "a.onnx"
     empty = tmp_path / "empty"
     _touch(empty / "weights.bin")
-    with pytest.raises(ModelLoadError, match=r"include a \.onnx, \.xml or \.pt file.*weights\.bin"):
+    with pytest.raises(ModelLoadError, match=r"include a \.onnx, \.xml, \.pt or \.json file.*weights\.bin"):
         main_file(empty, None)
 
 
