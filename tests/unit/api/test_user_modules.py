@@ -14,11 +14,19 @@ from torch import nn
 
 from hamnet import Constraints, Goal, Optimizer
 from hamnet.core.candidate import Candidate
+from hamnet.core.config import deep_merge
 from hamnet.core.errors import DataError
 
 SEQ = 12
 FAST: dict[str, Any] = {
-    "measure": {"warmup": 1, "repeats": 5, "max_eval_samples": 64, "paired_rounds": 0},
+    # Mechanics, not speed: a child up to 2x slower than its parent is kept.
+    "measure": {
+        "warmup": 1,
+        "repeats": 5,
+        "max_eval_samples": 64,
+        "paired_rounds": 0,
+        "slower_margin": 0.99,
+    },
     "stages": {
         "prune": {"finetune": None},
         "distill": {"train": {"epochs": 2, "batch_size": 32}},
@@ -29,16 +37,15 @@ FAST: dict[str, Any] = {
 
 
 class ConvNet(nn.Module):
-    """[N, 1, 8, 8] -> two convolutions with BatchNorm -> 10 logits."""
+    """[N, 1, 8, 8] -> two convolutions with BatchNorm -> 10 logits (~30k parameters)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Linear(16, 10)
+        self.head = nn.Linear(32 * 8 * 8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
@@ -134,22 +141,24 @@ def test_auto_prunes_distills_and_quantizes_a_conv_net(tmp_path: Path) -> None:
     opt = Optimizer.from_pytorch(model, [1, 1, 8, 8], work_dir=tmp_path)
     result = opt.optimize(
         "auto",
-        Constraints(max_accuracy_drop=1.0, target_size_mb=0.0005),
+        Constraints(max_accuracy_drop=1.0, target_size_mb=opt.model_size_mb() / 8),
         validation_data=(xi[400:], y[400:]),
         train_data=(xi[:400], y[:400]),
-        _overrides=FAST,
+        _overrides=deep_merge(FAST, {"stages": {"quantize": {"methods": ["ort_static_int8"]}}}),
     )
     _assert_pruned_distilled_quantized(result)
 
 
 def test_auto_on_an_mlp_with_unlabelled_training_data(tmp_path: Path) -> None:
     x, y = _digits(600)
-    model = _trained(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), x, y)
+    mlp = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                        nn.Linear(256, 10))  # fmt: skip
+    model = _trained(mlp, x, y, epochs=10)
     opt = Optimizer.from_pytorch(model, [1, 64], work_dir=tmp_path)
     assert opt.kind == "module" and opt.family == "generic"
     result = opt.optimize(
         "auto",
-        Constraints(max_accuracy_drop=1.0, target_size_mb=0.0005),
+        Constraints(max_accuracy_drop=1.0, target_size_mb=opt.model_size_mb() / 8),
         validation_data=(x[400:], y[400:]),
         train_data=x[:400],
         _overrides=FAST,
@@ -163,7 +172,7 @@ def test_auto_on_a_bert_encoder_scores_cosine(tmp_path: Path) -> None:
     assert opt.kind == "module" and opt.family == "transformer"
     result = opt.optimize(
         "auto",
-        Constraints(max_accuracy_drop=1.0, target_size_mb=0.0005),
+        Constraints(max_accuracy_drop=1.0, target_size_mb=opt.model_size_mb() / 8),
         validation_data=(_tokens(120, 1), None),
         train_data=_tokens(200, 2),
         _overrides=FAST,

@@ -49,7 +49,6 @@ class DistillStage(Stage[DistillStageConfig]):
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         cfg = self.options(ctx.config)
-        teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers]
         transfer = None
         if cfg.unlabelled_data:
             from hamnet.compress.distill.transfer import load_transfer_set
@@ -61,6 +60,12 @@ class DistillStage(Stage[DistillStageConfig]):
                 f"distill: {len(transfer)} unlabelled inputs from {cfg.unlabelled_data} "
                 f"added for the distillation terms"
             )
+        # A user's module is recovered from its own parent; HAMNet recoveries and fresh
+        # students use the configured teachers, loaded only when there are some.
+        hamnet_work = bool(cfg.students or cfg.nas_students) or any(
+            c.stage == "prune" and not is_module(c) for c in inputs
+        )
+        teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers] if hamnet_work else []
         out: list[Candidate] = []
         if cfg.recover_pruned:
             out += self._recoveries(inputs, teachers, ctx, transfer)
@@ -202,7 +207,10 @@ class DistillStage(Stage[DistillStageConfig]):
                 f"{candidate.name!r} is a {candidate.artifact.format} model that gives logits "
                 f"only; use logit-based methods (soft, relational, multi_teacher)"
             )
-        session = load_session(candidate.artifact, candidate.runtime, ctx.profile)
+        session = load_session(
+            candidate.artifact, candidate.runtime, ctx.profile,
+            trust_checkpoint=ctx.config.model.trust_checkpoint,
+        )  # fmt: skip
         return SessionTeacher(session, candidate.artifact.sha256)
 
     def _distill(

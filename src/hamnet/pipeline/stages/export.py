@@ -41,10 +41,18 @@ class ExportStage(Stage[ExportStageConfig]):
         runtimes = ctx.profile.runtime_names
         x = ctx.dataset.x_test[: cfg.parity_samples]
         out: list[Candidate] = []
+        recovered = {c.parent_id for c in inputs if c.stage == "distill" and is_module(c)}
+        superseded = [c for c in inputs if c.id in recovered and c.stage == "prune"]
+        if superseded:
+            ctx.notes.append(
+                f"export: {len(superseded)} pruned module(s) not exported, their distilled "
+                f"recoveries are ({', '.join(c.name for c in superseded)})"
+            )
         for parent in inputs:
             # A rejected parent (e.g. a pruned model no faster in eager PyTorch, where
             # Python overhead dominates) is still exported: its exports can be faster.
-            if parent.artifact.format not in ("torch", MODULE_FORMAT):
+            # A user's pruned module is not fine-tuned: its recovery replaces it.
+            if parent.artifact.format not in ("torch", MODULE_FORMAT) or parent in superseded:
                 continue
             family = candidate_family(parent)
             trust = ctx.config.model.trust_checkpoint
