@@ -4,7 +4,9 @@
 metric is fidelity to the original model, whose outputs come from its family adapter
 (:meth:`~hamnet.families.base.ModelFamily.predict`): for a checkpoint family the
 labels are its own predictions; for an ONNX model its outputs are stored as the
-``reference`` every candidate is scored against.
+``reference`` every candidate is scored against, by top-1 agreement or mean cosine
+similarity as :func:`hamnet.evaluate.fidelity.fidelity_kind` chooses from the
+``fidelity`` setting, the model's declared ``output_kind`` and the outputs themselves.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class DataTarget:
         path: The model file.
         trust_checkpoint: Load checkpoints with pickled code.
         input_dims: The ONNX model's inputs ``{name: dims}`` (empty for a checkpoint).
+        output_kind: What the model declares its output to be (``"class_scores"``,
+            ``"embedding"``, ``"hidden_states"``), or None when it says nothing.
     """
 
     family: type[ModelFamily]
     path: Path
     trust_checkpoint: bool = False
     input_dims: Mapping[str, Sequence[int | None]] = field(default_factory=dict)
+    output_kind: str | None = None
 
     def predict(self, x: Any) -> np.ndarray:
         """The original model's outputs on ``x``."""
@@ -47,12 +52,27 @@ class DataTarget:
 
 
 def prepare_data(
-    target: DataTarget, validation_data: tuple[Any, Any] | None, root: Path
+    target: DataTarget,
+    validation_data: tuple[Any, Any] | None,
+    root: Path,
+    *,
+    fidelity: str = "auto",
 ) -> tuple[Path | None, str]:
     """Check ``validation_data`` and write it to ``root/data.npz``.
 
+    Args:
+        target: The model the data is for.
+        validation_data: ``(x, y)``, ``(x, None)`` for fidelity to the original model,
+            or None for the built-in digits data.
+        root: Where ``data.npz`` is written.
+        fidelity: ``data.fidelity`` for label-free data: ``"auto"``, ``"agreement"``
+            or ``"cosine"`` (the run's config should carry the same value, see
+            :func:`hamnet.evaluate.fidelity.declared_fidelity`).
+
     Returns:
-        The data file (None: the built-in digits data) and what accuracy means.
+        The data file (None: the built-in digits data) and what accuracy means: the
+        metric's name (``"top1_accuracy"``, ``"top1_agreement"``,
+        ``"mean_cosine_similarity"``) followed by its meaning in words.
 
     Raises:
         ConfigError: Missing or malformed data.
@@ -73,11 +93,61 @@ def prepare_data(
         )
     if target.family.loads_checkpoint:
         return _prepare_feature_data(target, validation_data, root)
-    return _prepare_onnx_data(target, validation_data, root)
+    return _prepare_onnx_data(target, validation_data, root, fidelity)
+
+
+def reference_kind(
+    reference: np.ndarray, *, fidelity: str = "auto", declared: str | None = None
+) -> str:
+    """What the fidelity score of label-free data means, for the report's ``accuracy_kind``.
+
+    Args:
+        reference: The original model's outputs ``[N, ...]``.
+        fidelity: ``data.fidelity`` (``"auto"``, ``"agreement"``, ``"cosine"``).
+        declared: The model's declared output kind, or None.
+
+    Returns:
+        E.g. ``"mean_cosine_similarity_to_original_model (no labels: mean cosine similarity to the
+        original model's outputs [384]; the outputs are unit-norm embeddings)"``.
+
+    Raises:
+        ConfigError: If ``fidelity`` or ``declared`` is not a known value.
+    """
+    from hamnet.evaluate.fidelity import (
+        METRIC_OF,
+        REPORT_NAMES,
+        describe_accuracy_kind,
+        fidelity_kind,
+    )
+
+    kind = fidelity_kind(reference, declared, setting=fidelity)
+    metric = METRIC_OF[kind]
+    if fidelity != "auto":
+        why = f"data.fidelity is {fidelity!r}"
+    elif declared is not None:
+        why = f"the model declares its output as {declared!r}"
+    else:
+        why = _rule_reason(reference, kind)
+    return (
+        f"{REPORT_NAMES[metric]} (no labels: {describe_accuracy_kind(metric)} "
+        f"{list(reference.shape[1:])}; {why})"
+    )
+
+
+def _rule_reason(reference: np.ndarray, kind: str) -> str:
+    from hamnet.evaluate.fidelity import is_probabilities, is_unit_norm
+
+    if reference.ndim != 2:
+        return f"outputs of rank {reference.ndim} are hidden states or embeddings"
+    if kind == "cosine" and is_unit_norm(reference):
+        return "the outputs are unit-norm embeddings"
+    if is_probabilities(reference):
+        return "the outputs are class probabilities"
+    return "2-D outputs are read as class scores"
 
 
 def _prepare_onnx_data(
-    target: DataTarget, validation_data: tuple[Any, Any], root: Path
+    target: DataTarget, validation_data: tuple[Any, Any], root: Path, fidelity: str
 ) -> tuple[Path, str]:
     import numpy as np
 
@@ -90,13 +160,7 @@ def _prepare_onnx_data(
     if validation_data[1] is None:
         reference = target.predict(x)
         stored["reference"] = reference.astype(np.float32)
-        kind = (
-            "top1_agreement_with_original_model (no labels: fidelity to the original "
-            "model's top-1 class)"
-            if reference.ndim == 2
-            else "mean_cosine_similarity_to_original_model (no labels: fidelity of the "
-            f"outputs {list(reference.shape[1:])} to the original model's)"
-        )
+        kind = reference_kind(reference, fidelity=fidelity, declared=target.output_kind)
     else:
         stored["y"] = check_labels(validation_data[1], n)
         kind = "top1_accuracy"

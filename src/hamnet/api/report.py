@@ -33,9 +33,12 @@ class CompressionReport:
         size_reduction_ratio: Baseline size / recommended size.
         latency_improvement_ratio: Best FP32 baseline latency (over runtimes) /
             recommended latency.
-        accuracy_drop: Baseline accuracy minus the recommended one (fraction).
-        accuracy_kind: What "accuracy" means (top-1 accuracy, or top-1 agreement with
-            the original model for unlabelled data).
+        accuracy_drop: Baseline accuracy minus the recommended one (fraction), on the
+            validation split the selection used.
+        accuracy_kind: What "accuracy" means: top-1 accuracy, or for unlabelled data
+            top-1 agreement with the original model's class (class scores) or the mean
+            cosine similarity to its outputs (embeddings, hidden states); it names the
+            metric the candidates were actually measured by.
         constraints_satisfied: Whether the recommended model meets every constraint.
         constraint_violations: One sentence per violated constraint.
         execution_time: Seconds the optimization took.
@@ -45,6 +48,12 @@ class CompressionReport:
         plan_reasons: Why these techniques were chosen.
         recommended: Name of the recommended candidate.
         gates: Deployment checks of the recommended model.
+        validation_accuracy: The recommended model's score on the validation split
+            (what the selection read).
+        test_accuracy: Its score on the test split, measured once after selection.
+        baseline_validation_accuracy: The baseline's score on the validation split.
+        baseline_test_accuracy: The baseline's score on the test split.
+        test_accuracy_drop: Baseline minus recommended on the test split.
     """
 
     size_reduction_ratio: float | None
@@ -60,6 +69,11 @@ class CompressionReport:
     plan_reasons: list[str] = field(default_factory=list)
     recommended: str | None = None
     gates: dict[str, Any] = field(default_factory=dict)
+    validation_accuracy: float | None = None
+    test_accuracy: float | None = None
+    baseline_validation_accuracy: float | None = None
+    baseline_test_accuracy: float | None = None
+    test_accuracy_drop: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -74,7 +88,13 @@ class CompressionReport:
             f"- constraints satisfied: {self.constraints_satisfied}",
             f"- size reduction: {_times(self.size_reduction_ratio)}",
             f"- latency improvement: {_times(self.latency_improvement_ratio)}",
-            f"- accuracy drop: {_pct(self.accuracy_drop)} ({self.accuracy_kind})",
+            f"- accuracy: {self.accuracy_kind}",
+            f"- recommended: validation {_score(self.validation_accuracy)}, test "
+            f"{_score(self.test_accuracy)} (test split scored once, after selection)",
+            f"- baseline: validation {_score(self.baseline_validation_accuracy)}, test "
+            f"{_score(self.baseline_test_accuracy)}",
+            f"- accuracy drop: validation {_pct(self.accuracy_drop)}, test "
+            f"{_pct(self.test_accuracy_drop)}",
             f"- custom metric: {self.custom_metric}",
             f"- execution time: {self.execution_time:.1f} s",
             f"- gates: {json.dumps(self.gates, default=_json_default)}",
@@ -117,6 +137,10 @@ def _times(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f} points"
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @dataclass
@@ -325,6 +349,8 @@ def build_report(
     row = table[table["id"] == rec.id].iloc[0]
     report.size_reduction_ratio = _finite(row["size_ratio"])
     report.accuracy_drop = _finite(row["accuracy_drop"])
+    report.accuracy_kind = measured_kind(accuracy_kind, rec.metrics.accuracy_kind)
+    _add_split_scores(report, rec, _baseline_of(result))
     best = _best_baseline_latency(table)
     report.latency_improvement_ratio = _finite(best / rec.metrics.latency_p50_ms)
     assessment = selection.assessments.get(rec.id)
@@ -347,6 +373,47 @@ def build_report(
 
         report.custom_metric = float(validation_fn(predict))
     return report
+
+
+def measured_kind(prepared: str, measured: str) -> str:
+    """The report's ``accuracy_kind``: the data's description when it names the metric
+    the candidates were measured by, else that metric in words.
+
+    Args:
+        prepared: What the validation data said accuracy would mean (e.g.
+            ``"top1_agreement_with_original_model (labels are the original
+            predictions)"``).
+        measured: The recommended candidate's ``Metrics.accuracy_kind``.
+
+    Returns:
+        ``prepared`` when it starts with the measured metric's report name, else the
+        measured metric's report name and meaning.
+    """
+    from hamnet.evaluate.fidelity import REPORT_NAMES, describe_accuracy_kind
+
+    name = REPORT_NAMES.get(measured, measured)
+    if prepared.startswith(name) or (measured == "top1_accuracy" and prepared.startswith("top1_")):
+        return prepared
+    return f"{name} ({describe_accuracy_kind(measured)})"
+
+
+def _baseline_of(result: PipelineResult) -> Candidate | None:
+    baseline_id = result.selection.baseline_id
+    return next((c for c in result.candidates if c.id == baseline_id), None)
+
+
+def _add_split_scores(
+    report: CompressionReport, rec: Candidate, baseline: Candidate | None
+) -> None:
+    """Validation and test scores of the recommended model and the baseline."""
+    if rec.metrics is not None:
+        report.validation_accuracy = _finite(rec.metrics.accuracy)
+        report.test_accuracy = _finite(rec.metrics.test_accuracy)
+    if baseline is not None and baseline.metrics is not None:
+        report.baseline_validation_accuracy = _finite(baseline.metrics.accuracy)
+        report.baseline_test_accuracy = _finite(baseline.metrics.test_accuracy)
+    if report.test_accuracy is not None and report.baseline_test_accuracy is not None:
+        report.test_accuracy_drop = report.baseline_test_accuracy - report.test_accuracy
 
 
 def _best_baseline_latency(table: pd.DataFrame) -> float:

@@ -22,14 +22,24 @@ def is_number(value: Any) -> bool:
 class Metrics(BaseModel):
     """What measurement found for one candidate (one code path for all candidates).
 
-    ``accuracy`` is top-1 accuracy on the test split when labels are known; otherwise
-    it is the metric named by ``accuracy_kind`` (e.g. top-1 agreement with the baseline).
+    Attributes:
+        accuracy: The selection figure, measured on the validation split: top-1
+            accuracy when labels are known, otherwise the fidelity named by
+            ``accuracy_kind``. The Pareto front, the constraints and the recommended
+            pick all read it.
+        accuracy_kind: What ``accuracy`` is: ``"top1_accuracy"``,
+            ``"top1_agreement"`` (with the original model's top-1 class),
+            ``"mean_cosine_similarity"`` (to the original model's outputs) or ``"none"``.
+        test_accuracy: The same metric on the test split, scored once after selection;
+            set only on the recommended candidate and the baseline (None on every
+            other candidate, and in metrics saved before this field existed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     accuracy: float
     accuracy_kind: str = "top1_accuracy"
+    test_accuracy: float | None = None
     latency_p50_ms: float
     latency_p90_ms: float
     latency_batch_size: int

@@ -118,7 +118,16 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    """The labelled data set and its deterministic split."""
+    """The data set, its deterministic split, and how outputs are scored without labels.
+
+    Candidates are measured and selected on the validation split; the recommended one
+    and the baseline are scored once on the test split. ``fidelity`` applies to data
+    that holds the original model's outputs instead of labels (``reference``):
+    ``agreement`` compares top-1 classes, ``cosine`` the outputs' direction, ``auto``
+    follows the model's declared output kind, else the outputs themselves (see
+    :func:`hamnet.evaluate.fidelity.fidelity_kind`). Labels are always scored by top-1
+    accuracy.
+    """
 
     source: Literal["digits", "file"] = "digits"
     path: str | None = None
@@ -134,6 +143,13 @@ class DataSection(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     seed: int = 0
     standardize: bool = True
+    fidelity: Literal["auto", "agreement", "cosine"] = Field(
+        "auto",
+        description="How outputs are compared with the original model's when the data "
+        "holds its outputs instead of labels: top-1 agreement (class scores), mean "
+        "cosine similarity (embeddings, hidden states), or auto (declared output kind, "
+        "else a rule on the outputs).",
+    )
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> DataSection:

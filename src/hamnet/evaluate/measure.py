@@ -3,7 +3,8 @@
 :func:`measure_artifact` loads a stored model in a runtime with the hardware
 profile's settings and returns :class:`~hamnet.core.candidate.Metrics`: top-1 accuracy
 or, without labels, fidelity to the original model's outputs (top-1 agreement for
-classifier logits, mean cosine similarity for other outputs), latency p50/p90 at
+class scores, mean cosine similarity for embeddings and hidden states: see
+:mod:`hamnet.evaluate.fidelity`), latency p50/p90 at
 the profile's latency batch size, throughput at its throughput batch size, file size,
 peak memory, and the thread count used. The building blocks (:func:`latency_ms`,
 :func:`throughput_sps`, :func:`accuracy`, :func:`agreement`, :func:`peak_memory_mb`)
@@ -31,6 +32,8 @@ from hamnet.backends.session import get_runtime, pack_inputs, runtime_spec, unpa
 from hamnet.core.candidate import Metrics
 from hamnet.core.errors import DataError
 from hamnet.core.hardware import resolved_threads
+from hamnet.evaluate.fidelity import cosine_similarity as cosine_similarity  # re-exported
+from hamnet.evaluate.fidelity import fidelity_kind, score_fidelity
 
 if TYPE_CHECKING:
     from hamnet.backends.session import InferenceSession, Inputs, Runtime
@@ -206,54 +209,37 @@ def predict(session: InferenceSession, x: Inputs, batch_size: int) -> np.ndarray
     )
 
 
-def cosine_similarity(outputs: np.ndarray, reference: np.ndarray) -> float:
-    """Return the mean cosine similarity of each sample's output to the reference's.
-
-    Each sample's output (all axes but the first, flattened) is compared with the
-    reference's; two all-zero vectors count as identical.
-
-    Raises:
-        DataError: If the shapes differ.
-    """
-    a = np.asarray(outputs, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape:
-        raise DataError(
-            f"outputs and reference must have the same shape, but got {list(a.shape)} and "
-            f"{list(b.shape)}"
-        )
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.sum(a * b, axis=1)
-    both_zero = norms == 0
-    cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
-    return float(np.mean(cos))
-
-
-def fidelity(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, str]:
+def fidelity(
+    outputs: np.ndarray,
+    reference: np.ndarray,
+    *,
+    setting: str = "auto",
+    output_kind: str | None = None,
+) -> tuple[float, str]:
     """Score outputs against the original model's outputs (no labels needed).
 
-    Classifier outputs (2-D ``[batch, classes]``) score top-1 agreement; any other
-    output (e.g. ``[batch, seq, hidden]`` hidden states) scores the mean cosine
-    similarity.
+    How is chosen by :func:`hamnet.evaluate.fidelity.fidelity_kind` from ``setting``,
+    ``output_kind`` and the reference outputs themselves: top-1 agreement for class
+    scores, mean cosine similarity for embeddings and hidden states.
+
+    Args:
+        outputs: The candidate's outputs ``[N, ...]``.
+        reference: The original model's outputs on the same inputs.
+        setting: ``data.fidelity``: ``"auto"``, ``"agreement"`` or ``"cosine"``.
+        output_kind: What the model declares its output to be (``"class_scores"``,
+            ``"embedding"``, ``"hidden_states"``), or None.
 
     Returns:
         The score and its kind: ``"top1_agreement"`` or ``"mean_cosine_similarity"``.
 
     Raises:
         DataError: If the lengths or shapes differ.
+        ConfigError: If ``setting`` or ``output_kind`` is unknown.
     """
     reference = np.asarray(reference)
     _check_same_length("reference outputs and x_test", len(reference), len(outputs))
-    if outputs.ndim == 2 and reference.ndim == 2:
-        if reference.shape != outputs.shape:
-            raise DataError(
-                f"outputs and reference must have the same shape, but got "
-                f"{list(outputs.shape)} and {list(reference.shape)}"
-            )
-        agree = outputs.argmax(axis=1) == reference.argmax(axis=1)
-        return float(np.mean(agree)), "top1_agreement"
-    return cosine_similarity(outputs, reference), "mean_cosine_similarity"
+    kind = fidelity_kind(reference, output_kind, setting=setting)
+    return score_fidelity(np.asarray(outputs), reference, kind)
 
 
 def is_reference(y: np.ndarray | None) -> bool:
@@ -294,24 +280,44 @@ def _top1_rate(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(predictions == labels))
 
 
-def _score(
+def score_outputs(
     logits: np.ndarray,
     y: np.ndarray | None,
-    reference_logits: np.ndarray | None,
+    reference_logits: np.ndarray | None = None,
     *,
     required: bool = True,
+    fidelity_setting: str = "auto",
+    output_kind: str | None = None,
 ) -> tuple[float | None, str]:
+    """Score a model's outputs: top-1 accuracy on labels, else fidelity to a reference.
+
+    Args:
+        logits: The model's outputs ``[N, ...]``.
+        y: Integer labels ``[N]``, the original model's float outputs (scored by
+            fidelity), or None.
+        reference_logits: The original model's outputs, scored by fidelity when ``y``
+            is None.
+        required: Raise when there is nothing to score against; False gives None.
+        fidelity_setting: ``data.fidelity`` (see :func:`fidelity`).
+        output_kind: The model's declared output kind (see :func:`fidelity`).
+
+    Returns:
+        The score (None when not required and nothing to score against) and its kind:
+        ``"top1_accuracy"``, ``"top1_agreement"``, ``"mean_cosine_similarity"`` or
+        ``"none"``.
+
+    Raises:
+        DataError: If there is nothing to score against, or the arrays do not line up.
+    """
     if is_reference(y):
         assert y is not None
-        return fidelity(logits, y)
-    if y is None and reference_logits is not None and np.asarray(reference_logits).ndim != 2:
-        return fidelity(logits, reference_logits)
+        return fidelity(logits, y, setting=fidelity_setting, output_kind=output_kind)
+    if y is None and reference_logits is not None:
+        _check_same_length("reference_logits and x_test", len(reference_logits), len(logits))
+        return fidelity(logits, reference_logits, setting=fidelity_setting, output_kind=output_kind)
     if y is not None:
         _check_same_length("x_test and y_test", len(logits), len(y))
         return _top1_rate(logits, y), "top1_accuracy"
-    if reference_logits is not None:
-        _check_same_length("reference_logits and x_test", len(reference_logits), len(logits))
-        return _top1_rate(logits, reference_logits.argmax(axis=1)), "top1_agreement"
     if not required:
         return None, "none"
     raise DataError(
@@ -388,13 +394,14 @@ def measure_session(
     reference_logits: np.ndarray | None = None,
     eval_logits: np.ndarray | None = None,
     require_score: bool = True,
+    fidelity: str = "auto",
+    output_kind: str | None = None,
 ) -> SessionMeasurement:
     """Measure accuracy, latency and throughput of a loaded model.
 
-    The score is, in this order: top-1 accuracy for integer labels ``y_test``;
-    fidelity (see :func:`fidelity`) when ``y_test`` holds float reference outputs
-    (2-D or more) or ``reference_logits`` is given: top-1 agreement for 2-D
-    classifier outputs, mean cosine similarity for any other output.
+    The score is, in this order: fidelity (see :func:`fidelity`) when ``y_test`` holds
+    float reference outputs (2-D or more), or when ``y_test`` is None and
+    ``reference_logits`` is given; top-1 accuracy for integer labels ``y_test``.
 
     Args:
         session: The model.
@@ -412,6 +419,10 @@ def measure_session(
             second pass over the test set).
         require_score: Raise when there is nothing to score against; False gives an
             ``accuracy`` of None instead.
+        fidelity: ``data.fidelity``: ``"auto"``, ``"agreement"`` or ``"cosine"``
+            (how reference outputs are compared, see
+            :func:`hamnet.evaluate.fidelity.fidelity_kind`).
+        output_kind: What the model declares its output to be, or None.
 
     Returns:
         The measurement.
@@ -423,8 +434,13 @@ def measure_session(
     logits = (
         eval_logits if eval_logits is not None else predict(session, x_eval, throughput_batch_size)
     )
-    score, kind = _score(
-        logits[:n], _head(y_test, n), _head(reference_logits, n), required=require_score
+    score, kind = score_outputs(
+        logits[:n],
+        _head(y_test, n),
+        _head(reference_logits, n),
+        required=require_score,
+        fidelity_setting=fidelity,
+        output_kind=output_kind,
     )
     p50, p90 = latency_ms(
         session,
@@ -461,6 +477,8 @@ def measure_artifact(
     trust_checkpoint: bool = False,
     reference_logits: np.ndarray | None = None,
     require_score: bool = True,
+    fidelity: str = "auto",
+    output_kind: str | None = None,
 ) -> Metrics:
     """Load a stored model in ``runtime`` and measure it on the profile's settings.
 
@@ -485,6 +503,8 @@ def measure_artifact(
             None and ``require_score`` is True).
         require_score: With False and nothing to score against, ``accuracy`` is NaN
             and ``accuracy_kind`` is ``"none"`` (the benchmarker's unlabelled case).
+        fidelity: How reference outputs are compared (see :func:`measure_session`).
+        output_kind: What the model declares its output to be, or None.
 
     Returns:
         The candidate's metrics.
@@ -518,10 +538,61 @@ def measure_artifact(
         reference_logits=_head(reference_logits, n),
         eval_logits=logits,
         require_score=require_score,
+        fidelity=fidelity,
+        output_kind=output_kind,
     )
     return _artifact_metrics(
         found, artifact, runtime, profile, params=params, flops=flops, memory=memory
     )
+
+
+def score_artifact(
+    artifact: ArtifactRef,
+    runtime: str,
+    profile: HardwareProfile,
+    x: Inputs,
+    y: np.ndarray | None,
+    settings: MeasureSection,
+    *,
+    trust_checkpoint: bool = False,
+    fidelity: str = "auto",
+    output_kind: str | None = None,
+) -> tuple[float, str]:
+    """Load a stored model and score it on ``x``, ``y`` only (nothing timed).
+
+    The pipeline selects on the validation split with :func:`measure_artifact`, then
+    scores the recommended model and the baseline once on the test split with this.
+
+    Args:
+        artifact: The model.
+        runtime: A runtime the profile lists.
+        profile: Threads and batch size of the prediction pass.
+        x: Inputs ``[N, ...]`` (one array of any rank) or named inputs.
+        y: Integer labels ``[N]`` or the original model's float outputs.
+        settings: The optional cap on evaluated samples (as for :func:`measure_artifact`).
+        trust_checkpoint: Allow pickled code in torch checkpoints.
+        fidelity: How reference outputs are compared (see :func:`measure_session`).
+        output_kind: What the model declares its output to be, or None.
+
+    Returns:
+        The score and its ``accuracy_kind``.
+
+    Raises:
+        DataError: If ``x`` is empty, ``y`` is None or they do not line up.
+    """
+    spec = runtime_spec(profile, runtime)
+    engine = get_runtime(runtime)
+    engine.prepare(spec)
+    x_eval, n = eval_rows(x, settings.max_eval_samples)
+    if len(x_eval) == 0:
+        raise DataError("scoring needs at least one sample, but got an empty array")
+    session = engine.load(artifact, spec, profile.threads, trust_checkpoint=trust_checkpoint)
+    outputs = predict(session, x_eval, profile.throughput_batch_size)
+    score, kind = score_outputs(
+        outputs, _head(y, n), fidelity_setting=fidelity, output_kind=output_kind
+    )
+    assert score is not None  # required=True raises instead
+    return score, kind
 
 
 def _load_and_predict(

@@ -1,5 +1,9 @@
 """Constraints, the Pareto front and the recommended candidate.
 
+Selection reads ``Metrics.accuracy``, the validation-split figure; the test split is
+scored once afterwards, for the recommended candidate and the baseline only
+(:func:`with_test_scores` adds those figures to the selection's message).
+
 Every measured candidate is *assessed* against the run's constraints (accuracy drop
 from the baseline, latency, size). The Pareto front is the set of candidates no other
 candidate beats on accuracy, latency p50 and size at once. The recommended candidate is
@@ -19,8 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from hamnet.core.candidate import Candidate, Metrics
@@ -216,12 +220,46 @@ class Selection:
     message: str
 
 
+_SCORE_LABELS: dict[str, str] = {
+    "top1_accuracy": "accuracy",
+    "top1_agreement": "top-1 agreement",
+    "mean_cosine_similarity": "cosine similarity",
+}
+
+
+def score_text(accuracy_kind: str, value: float | None) -> str:
+    """A score with its name, e.g. ``"accuracy 97.22%"`` or ``"cosine similarity 0.9921"``."""
+    label = _SCORE_LABELS.get(accuracy_kind, "accuracy")
+    if value is None or math.isnan(value):
+        return f"{label} n/a"
+    if accuracy_kind == "mean_cosine_similarity":
+        return f"{label} {value:.4f}"
+    return f"{label} {100 * value:.2f}%"
+
+
 def summary_line(metrics: Metrics) -> str:
-    """Accuracy, latency p50 and size of ``metrics`` as a short phrase."""
+    """Score, latency p50 and size of ``metrics`` as a short phrase."""
     return (
-        f"accuracy {100 * metrics.accuracy:.2f}%, latency p50 {metrics.latency_p50_ms:.3f} ms, "
-        f"size {metrics.size_mb:.3f} MB"
+        f"{score_text(metrics.accuracy_kind, metrics.accuracy)}, latency p50 "
+        f"{metrics.latency_p50_ms:.3f} ms, size {metrics.size_mb:.3f} MB"
     )
+
+
+def split_scores_line(recommended: Metrics, baseline: Metrics | None) -> str:
+    """The validation and test scores of the recommended model (and of the baseline),
+    e.g. ``"accuracy: validation 97.22%, test 96.94% (baseline: validation 97.50%,
+    test 97.10%)"``."""
+
+    def both(m: Metrics) -> str:
+        validation = score_text(m.accuracy_kind, m.accuracy).rsplit(" ", 1)[1]
+        test = score_text(m.accuracy_kind, m.test_accuracy).rsplit(" ", 1)[1]
+        return f"validation {validation}, test {test}"
+
+    label = _SCORE_LABELS.get(recommended.accuracy_kind, "accuracy")
+    line = f"{label}: {both(recommended)}"
+    if baseline is not None and baseline is not recommended:
+        line += f" (baseline: {both(baseline)})"
+    return line
 
 
 def selection_message(name: str | None, meets: bool, violations: Sequence[str]) -> str:
@@ -288,6 +326,29 @@ def select(
         baseline_id=baseline.id,
         message=message,
     )
+
+
+def with_test_scores(selection: Selection, scored: Mapping[str, Candidate]) -> Selection:
+    """The selection with the test-split scores of the recommended model and baseline.
+
+    Args:
+        selection: The result of :func:`select` (made on the validation split).
+        scored: Candidates by id whose ``metrics.test_accuracy`` is set (at least the
+            recommended one and the baseline; see
+            :func:`hamnet.pipeline.measuring.score_on_test`).
+
+    Returns:
+        A selection whose ``recommended`` carries its test score and whose message
+        ends with both figures (validation, test) of it and of the baseline; the
+        choice itself is unchanged.
+    """
+    rec = selection.recommended
+    if rec is None or rec.id not in scored:
+        return selection
+    rec = scored[rec.id]
+    baseline = scored.get(selection.baseline_id)
+    line = split_scores_line(_metrics(rec), baseline.metrics if baseline is not None else None)
+    return replace(selection, recommended=rec, message=f"{selection.message}. {line}")
 
 
 def _best_feasible(feasible: Sequence[Candidate], selection_cfg: SelectionSection) -> Candidate:
@@ -406,6 +467,8 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "runtime",
     "precision",
     "accuracy",
+    "accuracy_kind",
+    "test_accuracy",
     "accuracy_drop",
     "latency_p50_ms",
     "latency_p90_ms",
@@ -430,11 +493,14 @@ TABLE_COLUMNS: tuple[str, ...] = (
 def candidates_table(candidates: Sequence[Candidate], selection: Selection) -> pd.DataFrame:
     """One row per candidate with its lineage, metrics and verdicts.
 
-    ``accuracy`` and ``accuracy_drop`` are fractions (0.01 = one point), like the
-    constraints. ``size_ratio`` and ``latency_ratio`` are baseline / candidate ("times
-    smaller", "times faster"). ``params`` is the parameter count; the parameters of the
-    method that made the candidate are in ``method_params`` (JSON). Unmeasured
-    candidates get NaN metrics.
+    ``accuracy`` (the validation-split figure the selection used) and ``accuracy_drop``
+    are fractions (0.01 = one point), like the constraints; ``accuracy_kind`` names the
+    metric (top-1 accuracy, top-1 agreement or mean cosine similarity to the original
+    model); ``test_accuracy`` is the test-split score, set for the recommended
+    candidate and the baseline only. ``size_ratio`` and ``latency_ratio`` are
+    baseline / candidate ("times smaller", "times faster"). ``params`` is the parameter
+    count; the parameters of the method that made the candidate are in
+    ``method_params`` (JSON). Unmeasured candidates get NaN metrics.
 
     Args:
         candidates: The candidates, in the order wanted in the table.
@@ -466,6 +532,10 @@ def candidates_table(candidates: Sequence[Candidate], selection: Selection) -> p
                 "runtime": c.runtime,
                 "precision": c.precision,
                 "accuracy": m.accuracy if m else nan,
+                "accuracy_kind": m.accuracy_kind if m else None,
+                "test_accuracy": (
+                    m.test_accuracy if m is not None and m.test_accuracy is not None else nan
+                ),
                 "accuracy_drop": verdict.accuracy_drop if verdict else nan,
                 "latency_p50_ms": m.latency_p50_ms if m else nan,
                 "latency_p90_ms": m.latency_p90_ms if m else nan,

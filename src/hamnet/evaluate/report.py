@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hamnet.evaluate.fidelity import describe_accuracy_kind
 from hamnet.evaluate.pareto import TABLE_COLUMNS, selection_message
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ _DETAIL_COLUMNS = frozenset(
     {
         "id",
         "method",
+        "accuracy_kind",
         "params",
         "flops",
         "peak_memory_mb",
@@ -58,6 +60,45 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     if math.isinf(number):
         return "inf"
     return f"{number:{spec}}{suffix}"
+
+
+def score_meaning(df: pd.DataFrame) -> str:
+    """What the table's accuracy column is, in words, e.g. ``"mean cosine similarity to
+    the original model's outputs, on the validation split"``.
+
+    Args:
+        df: The table from :func:`hamnet.evaluate.pareto.candidates_table`.
+
+    Returns:
+        The metric's meaning (several, joined, if the rows differ), and the split.
+    """
+    kinds: list[str] = []
+    if "accuracy_kind" in df.columns:
+        kinds = [k for k in dict.fromkeys(df["accuracy_kind"]) if _text(k) not in ("", "none")]
+    meaning = "; ".join(describe_accuracy_kind(str(k)) for k in kinds) or "top-1 accuracy"
+    return f"{meaning}, on the validation split"
+
+
+def held_out_scores_line(df: pd.DataFrame) -> str | None:
+    """The test-split scores of the table's rows that have one (recommended, baseline).
+
+    Returns:
+        E.g. ``"test split (scored once, after selection): ort-int8 96.94% (validation
+        97.22%), baseline 97.10% (validation 97.50%)"``; None when no row has one.
+    """
+    if "test_accuracy" not in df.columns:
+        return None
+    rows = df[df["test_accuracy"].notna()]
+    if rows.empty:
+        return None
+    parts = []
+    for _, row in rows.iterrows():
+        cosine = row.get("accuracy_kind") == "mean_cosine_similarity"
+        spec, factor, unit = (".4f", 1.0, "") if cosine else (".2f", 100.0, "%")
+        test = _fmt(_scaled(row["test_accuracy"], factor), spec, unit)
+        validation = _fmt(_scaled(row["accuracy"], factor), spec, unit)
+        parts.append(f"{row['name']} {test} (validation {validation})")
+    return "test split (scored once, after selection): " + ", ".join(parts)
 
 
 def _message_from_table(df: pd.DataFrame, recommended_name: str | None) -> str:
@@ -115,8 +156,9 @@ def render_table(
     console.print(table)
     console.print(
         Text(
-            "drop: accuracy points lost vs the baseline; ×small, ×fast: baseline / candidate; "
-            "★ on the Pareto front; ok: meets the constraints; ▶ recommended",
+            f"acc: {score_meaning(df)}; drop: points lost vs the baseline; ×small, ×fast: "
+            "baseline / candidate; ★ on the Pareto front; ok: meets the constraints; "
+            "▶ recommended",
             style="dim",
         )
     )
@@ -127,6 +169,9 @@ def render_table(
     text = message or _message_from_table(df, recommended_name)
     ok = bool(df.loc[df["name"] == recommended_name, "meets_constraints"].any())
     console.print(Text(text, style="bold green" if ok else "bold yellow"))
+    tested = held_out_scores_line(df)
+    if tested and message is None:
+        console.print(Text(tested))
 
 
 def _table_cells(row: pd.Series, is_recommended: bool) -> list[str | Text]:
@@ -473,9 +518,13 @@ def write_report(df: pd.DataFrame, selection: Selection, out_dir: str | Path) ->
     }
     df.to_csv(files["csv"], index=False)
     front = [str(n) for n in df.loc[df["on_front"].astype(bool), "name"]]
+    tested = held_out_scores_line(df)
     text = (
         "# hamnet candidates\n\n"
         f"{selection.message}\n\n"
+        f"Accuracy: {score_meaning(df)} (the selection reads it); test_accuracy: the "
+        "same metric on the test split, scored once after selection for the recommended "
+        f"model and the baseline.{' ' + tested[0].upper() + tested[1:] + '.' if tested else ''}\n\n"
         f"Pareto front (accuracy, latency p50, size): {', '.join(front) or 'none'}. "
         "Accuracy and drop are fractions (0.01 = one point); ratios are baseline / "
         "candidate (higher is better).\n\n"

@@ -1,12 +1,16 @@
 """Measuring what a stage made: metrics, and rejection of children slower than their parent.
 
 Every new candidate is measured by :func:`measure_candidate`, whatever stage made it,
-so all candidates of a run are compared on the same footing.
+so all candidates of a run are compared on the same footing: on the validation split,
+which the selection reads. After the selection, :func:`score_on_test` scores the
+recommended candidate and the baseline once on the test split (``test_accuracy``).
+Without labels every score is the fidelity :func:`run_fidelity` chooses for the run.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from hamnet.core.candidate import Candidate
 from hamnet.pipeline.plan import StageContext
@@ -14,10 +18,54 @@ from hamnet.pipeline.plan import StageContext
 logger = logging.getLogger("hamnet.pipeline")
 
 
+def run_fidelity(ctx: StageContext, output_kind: str | None = None) -> str:
+    """How this run compares outputs with the original model's when there are no labels.
+
+    Chosen once per run by :func:`hamnet.evaluate.fidelity.fidelity_kind` from
+    ``data.fidelity``, the model's declared ``output_kind`` and the reference outputs of
+    every split together, so the validation and the test scores mean the same thing.
+
+    Args:
+        ctx: The stage context (config and data set).
+        output_kind: What the model declares its output to be (``"class_scores"``,
+            ``"embedding"``, ``"hidden_states"``), or None.
+
+    Returns:
+        ``"agreement"`` or ``"cosine"`` for label-free data; ``data.fidelity`` as set
+        for labelled data (labels are scored by top-1 accuracy whatever it says).
+    """
+    import numpy as np
+
+    from hamnet.evaluate.fidelity import fidelity_kind
+
+    setting = ctx.config.data.fidelity
+    data = ctx.dataset
+    if data.targets != "reference":
+        return setting
+    reference = np.concatenate([data.y_train, data.y_val, data.y_test], axis=0)
+    return fidelity_kind(reference, output_kind, setting=setting)
+
+
 def measure_candidate(
-    candidate: Candidate, known: dict[str, Candidate], ctx: StageContext
+    candidate: Candidate,
+    known: dict[str, Candidate],
+    ctx: StageContext,
+    *,
+    output_kind: str | None = None,
 ) -> Candidate:
-    """Measure ``candidate`` and mark it rejected when it is slower than its parent."""
+    """Measure ``candidate`` on the validation split and mark it rejected when it is
+    slower than its parent.
+
+    Args:
+        candidate: The new candidate.
+        known: Candidates measured before, by id (its parent among them).
+        ctx: The stage context.
+        output_kind: What the model declares its output to be (see
+            :func:`run_fidelity`); None to leave it to ``data.fidelity`` and the outputs.
+
+    Returns:
+        The candidate with its metrics (and ``rejected`` when slower than its parent).
+    """
     from hamnet.evaluate.measure import measure_artifact
 
     params, flops = _model_size(candidate, known, ctx)
@@ -25,12 +73,13 @@ def measure_candidate(
         candidate.artifact,
         candidate.runtime,
         ctx.profile,
-        ctx.dataset.x_test,
-        ctx.dataset.y_test,
+        ctx.dataset.x_val,
+        ctx.dataset.y_val,
         ctx.config.measure,
         params=params,
         flops=flops,
         trust_checkpoint=ctx.config.model.trust_checkpoint,
+        fidelity=run_fidelity(ctx, output_kind),
     )
     rejected = candidate.rejected
     parent = known.get(candidate.parent_id or "")
@@ -79,13 +128,66 @@ def _paired_latency(
         load_session(c.artifact, c.runtime, ctx.profile, trust_checkpoint=trust)
         for c in (candidate, parent)
     ]
-    x_one = pack_inputs(ctx.dataset.x_test)[: ctx.profile.latency_batch_size]
+    x_one = pack_inputs(ctx.dataset.x_val)[: ctx.profile.latency_batch_size]
     settings = ctx.config.measure
     child_ms, parent_ms = paired_latency_ms(
         sessions, x_one, warmup=settings.warmup, repeats=settings.repeats,
         rounds=settings.paired_rounds,
     )  # fmt: skip
     return child_ms, parent_ms
+
+
+def score_on_test(
+    candidates: Iterable[Candidate],
+    ctx: StageContext,
+    *,
+    output_kind: str | None = None,
+) -> dict[str, Candidate]:
+    """Score measured candidates once on the test split (after the selection).
+
+    Args:
+        candidates: The candidates to score: the recommended one and the baseline
+            (duplicates are scored once).
+        ctx: The stage context.
+        output_kind: As for :func:`measure_candidate`.
+
+    Returns:
+        Each candidate, by id, with ``metrics.test_accuracy`` set.
+
+    Raises:
+        StageError: If a candidate was not measured before.
+    """
+    from hamnet.core.errors import StageError
+    from hamnet.evaluate.measure import score_artifact
+
+    fidelity = run_fidelity(ctx, output_kind)
+    scored: dict[str, Candidate] = {}
+    for candidate in candidates:
+        if candidate.id in scored:
+            continue
+        if candidate.metrics is None:
+            raise StageError(
+                f"candidate {candidate.name!r} must be measured on the validation split "
+                f"before it is scored on the test split, but it has no metrics"
+            )
+        score, kind = score_artifact(
+            candidate.artifact,
+            candidate.runtime,
+            ctx.profile,
+            ctx.dataset.x_test,
+            ctx.dataset.y_test,
+            ctx.config.measure,
+            trust_checkpoint=ctx.config.model.trust_checkpoint,
+            fidelity=fidelity,
+        )
+        if kind != candidate.metrics.accuracy_kind:
+            raise StageError(
+                f"the test score of {candidate.name!r} must be of the same kind as its "
+                f"validation score {candidate.metrics.accuracy_kind!r}, but got {kind!r}"
+            )
+        metrics = candidate.metrics.model_copy(update={"test_accuracy": score})
+        scored[candidate.id] = candidate.model_copy(update={"metrics": metrics})
+    return scored
 
 
 def _model_size(

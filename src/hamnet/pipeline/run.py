@@ -35,7 +35,7 @@ from hamnet.core.config import OptimizeConfig
 from hamnet.core.errors import StageError
 from hamnet.core.hardware import HardwareProfile, load_profile
 from hamnet.pipeline.hooks import before_stage
-from hamnet.pipeline.measuring import measure_candidate
+from hamnet.pipeline.measuring import measure_candidate, score_on_test
 from hamnet.pipeline.observers import MlflowObserver, RunObserver, default_observers
 from hamnet.pipeline.plan import Stage, StageContext, build_plan, stage_by_name
 
@@ -214,9 +214,13 @@ class PipelineResult:
     def summary(self) -> dict[str, Any]:
         """A small JSON-able summary (the flow's return value)."""
         rec = self.selection.recommended
+        metrics = rec.metrics if rec else None
         return {
             "recommended": rec.name if rec else None,
             "recommended_id": rec.id if rec else None,
+            "accuracy_kind": metrics.accuracy_kind if metrics else None,
+            "validation_accuracy": metrics.accuracy if metrics else None,
+            "test_accuracy": metrics.test_accuracy if metrics else None,
             "constraints_satisfied": self.selection.constraints_satisfied,
             "message": self.selection.message,
             "candidates": len(self.candidates),
@@ -385,16 +389,28 @@ class PipelineRun:
         return next((c.name for c in self.candidates if c.id == candidate_id), None)
 
     def finish(self) -> PipelineResult:
-        """Select the recommended candidate, write the report, tell the observers.
+        """Select the recommended candidate, score it on the test split, write the report,
+        tell the observers.
+
+        Every candidate was measured on the validation split, and the selection (Pareto
+        front, constraints, recommended pick) reads those figures. Then the recommended
+        candidate and the baseline, only they, are scored once on the test split
+        (``metrics.test_accuracy``); the report shows both figures.
 
         Returns:
             The result; its ``registration`` is set when MLflow registered a model.
         """
-        from hamnet.evaluate.pareto import candidates_table, select
+        from hamnet.evaluate.pareto import candidates_table, select, with_test_scores
         from hamnet.evaluate.report import write_report
 
         cfg = self.config
         selection = select(self.candidates, self.baseline, cfg.constraints, cfg.selection)
+        if selection.recommended is not None:
+            scored = score_on_test(
+                [selection.recommended, self.baseline], make_context(cfg, self.base_dir)
+            )
+            self.candidates = [scored.get(c.id, c) for c in self.candidates]
+            selection = with_test_scores(selection, scored)
         table = candidates_table(self.candidates, selection)
         files = write_report(table, selection, self.report_dir)
         result = PipelineResult(

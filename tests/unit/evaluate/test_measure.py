@@ -26,6 +26,7 @@ from hamnet.evaluate.measure import (
     measure_artifact,
     measure_session,
     peak_memory_mb,
+    score_artifact,
     throughput_sps,
 )
 
@@ -170,6 +171,32 @@ def test_measure_caps_samples_and_scores_agreement_without_labels(
     assert metrics.eval_samples == 40 and metrics.threads == 1
     with pytest.raises(DataError, match=r"labels .* or reference logits"):
         measure_artifact(refs["onnxruntime"], "onnxruntime", cpu, x, None, FAST, params=0, flops=0)
+
+
+def test_score_artifact_scores_without_timing_and_follows_the_fidelity(
+    refs: dict[str, ArtifactRef],
+    cpu: HardwareProfile,
+    data: tuple[np.ndarray, np.ndarray],
+    model: nn.Module,
+) -> None:
+    x, y = data
+    ref = refs["onnxruntime"]
+    assert score_artifact(ref, "onnxruntime", cpu, x, y, FAST) == (
+        pytest.approx(0.9),
+        "top1_accuracy",
+    )
+    logits = TorchSession(model).run(x)  # float reference outputs: fidelity
+    assert score_artifact(ref, "onnxruntime", cpu, x, logits, FAST)[1] == "top1_agreement"
+    score, kind = score_artifact(ref, "onnxruntime", cpu, x, logits, FAST, fidelity="cosine")
+    assert kind == "mean_cosine_similarity" and score == pytest.approx(1.0, abs=1e-5)
+    declared = score_artifact(ref, "onnxruntime", cpu, x, logits, FAST, output_kind="embedding")
+    assert declared[1] == "mean_cosine_similarity"
+    capped = MeasureSection(warmup=0, repeats=5, max_eval_samples=30)
+    assert score_artifact(ref, "onnxruntime", cpu, x[:30], y[:30], FAST) == score_artifact(
+        ref, "onnxruntime", cpu, x, y, capped
+    )
+    with pytest.raises(DataError, match=r"labels .* or reference logits"):
+        score_artifact(ref, "onnxruntime", cpu, x, None, FAST)
 
 
 def test_measure_session_pads_small_test_sets(model: nn.Module) -> None:
