@@ -71,7 +71,9 @@ from hamnet.api.report import OptimizationResult, ValidationFn, build_report
 from hamnet.api.rounds import RoundRunner
 from hamnet.api.training_data import prepare_train_data
 from hamnet.core.api_names import API_NAMES
+from hamnet.core.config import deep_merge
 from hamnet.core.errors import ConfigError, ModelLoadError
+from hamnet.evaluate.fidelity import declared_fidelity
 from hamnet.families.base import ModelFamily, ModelSource, detect_family, get_family
 
 if TYPE_CHECKING:
@@ -332,6 +334,15 @@ class Optimizer:
 
     # --- optimization ---------------------------------------------------------------
 
+    def output_kind(self) -> str | None:
+        """What the model says its output is ("class_scores", "embedding"), if it says."""
+        path = self.module_path or (self.model_path if self.kind == "module" else None)
+        if path is None:
+            return None
+        from hamnet.models.sources import read_module_artifact
+
+        return read_module_artifact(path).output_kind
+
     def model_size_mb(self) -> float:
         """Size of the source model in MB (a module's weights)."""
         if self.kind == "module":
@@ -466,6 +477,7 @@ class Optimizer:
         validation_data: tuple[Any, np.ndarray | None] | None = None,
         train_data: Any = None,
         validation_fn: ValidationFn | None = None,
+        fidelity: str = "auto",
         preferred_backends: Sequence[str] | None = None,
         work_dir: str | Path | None = None,
         track: bool = False,
@@ -491,6 +503,11 @@ class Optimizer:
                 labels, else by its outputs). With it, every row of
                 ``validation_data`` selects (validation) or reports (test). Without
                 it, AUTO runs only post-training methods on a user's module.
+            fidelity: Without labels, how outputs are compared with the original
+                model's: "agreement" (top-1 class), "cosine" (mean cosine similarity),
+                or "auto": what the model declares (a Hugging Face encoder: embeddings,
+                a classifier: class scores), else a rule on its outputs (see
+                :func:`hamnet.evaluate.fidelity.fidelity_kind`).
             validation_fn: ``fn(predict) -> float``, called once on the recommended
                 model (``predict`` takes what ``x`` is: an array or a dict of arrays);
                 its value is the report's ``custom_metric``.
@@ -518,8 +535,12 @@ class Optimizer:
         goal = parse_goal(goal)
         constraints = _check_arguments(constraints, max_rounds, use_prefect)
         root = ingestion.work_directory(work_dir) if work_dir is not None else self.work_dir
-        target = DataTarget(self.adapter, self.model_path, self.trust_checkpoint, self._input_dims)
-        data_path, accuracy_kind = prepare_data(target, validation_data, root)
+        output_kind = self.output_kind()
+        target = DataTarget(
+            self.adapter, self.model_path, self.trust_checkpoint, self._input_dims, output_kind
+        )
+        data_path, accuracy_kind = prepare_data(target, validation_data, root, fidelity=fidelity)
+        fidelity = declared_fidelity(fidelity, output_kind)
         train_path = None
         if train_data is not None:
             labelled = validation_data is None or validation_data[1] is not None
@@ -540,7 +561,7 @@ class Optimizer:
                 track=track,
                 plan=plan,
                 escalate=index > 0,
-                overrides=_overrides or {},
+                overrides=deep_merge({"data": {"fidelity": fidelity}}, _overrides or {}),
                 train_path=train_path,
             )
 

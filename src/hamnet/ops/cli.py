@@ -158,6 +158,13 @@ def optimize(
     task: Annotated[
         str, typer.Option(help="Hugging Face directory: auto, embedding or classification.")
     ] = "auto",
+    fidelity: Annotated[
+        str,
+        typer.Option(
+            help="Without labels: agreement (top-1 class), cosine (embeddings) or auto (what "
+            "the model declares, else a rule on its outputs)."
+        ),
+    ] = "auto",
     trust_checkpoint: Annotated[
         bool,
         typer.Option(
@@ -212,6 +219,7 @@ def optimize(
         with console.status(f"optimizing {Path(model).name} (goal {goal}) ..."):
             result = optimizer.optimize(
                 goal, constraints, validation_data=validation, train_data=training,
+                fidelity=fidelity,
                 preferred_backends=backend, work_dir=work_dir, track=track, use_prefect=prefect,
             )  # fmt: skip
         written = []

@@ -28,7 +28,8 @@ def run_fidelity(ctx: StageContext, output_kind: str | None = None) -> str:
     Args:
         ctx: The stage context (config and data set).
         output_kind: What the model declares its output to be (``"class_scores"``,
-            ``"embedding"``, ``"hidden_states"``), or None.
+            ``"embedding"``, ``"hidden_states"``), or None: then a user's module says it
+            (its module artifact's ``output_kind``, a Hugging Face directory's task).
 
     Returns:
         ``"agreement"`` or ``"cosine"`` for label-free data; ``data.fidelity`` as set
@@ -43,6 +44,10 @@ def run_fidelity(ctx: StageContext, output_kind: str | None = None) -> str:
     if data.targets != "reference":
         return setting
     reference = np.concatenate([data.y_train, data.y_val, data.y_test], axis=0)
+    if output_kind is None:
+        from hamnet.pipeline.stages._user_modules import declared_output_kind
+
+        output_kind = declared_output_kind(ctx)
     return fidelity_kind(reference, output_kind, setting=setting)
 
 

@@ -59,7 +59,7 @@ class Encoder(nn.Module):
         transformers = pytest.importorskip("transformers")
         torch.manual_seed(0)
         cfg = transformers.BertConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
             vocab_size=60, max_position_embeddings=32,
         )  # fmt: skip
         self.model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
@@ -108,16 +108,24 @@ def _lineage(result: Any, candidate: Candidate) -> list[Candidate]:
     return chain
 
 
-def _assert_pruned_distilled_quantized(result: Any) -> None:
+def _assert_pruned_distilled_quantized(result: Any, *, recommended_int8: bool = True) -> None:
+    """The recommended model was pruned, distilled and quantized (or, ``recommended_int8``
+    False, at least pruned), and pruned + distilled + quantized candidates exist."""
     rec = result.recommended
     assert rec is not None
     stages = {c.stage for c in _lineage(result, rec)}
-    assert {"prune", "distill", "quantize"} <= stages, (stages, result.rounds)
-    assert rec.precision == "int8"
+    expected = {"prune", "distill", "quantize"} if recommended_int8 else {"prune"}
+    assert expected <= stages, (stages, result.rounds)
+    assert rec.precision == "int8" or not recommended_int8
+    full = [c for c in result.candidates if {"prune", "distill", "quantize"} <= {
+        a.stage for a in _lineage(result, c)
+    }]  # fmt: skip
+    assert full and all(c.precision == "int8" for c in full)
     pruned = next(c for c in _lineage(result, rec) if c.stage == "prune")
     assert pruned.params["params_after"] < pruned.params["params_before"]
-    kd = next(c for c in _lineage(result, rec) if c.stage == "distill")
-    assert kd.params["distill_loss_after"] < kd.params["distill_loss_before"]
+    kd = next(c for c in _lineage(result, full[0]) if c.stage == "distill")
+    # Distillation keeps its best validation epoch: never worse than it started.
+    assert kd.params["distill_loss_after"] <= kd.params["distill_loss_before"]
 
 
 def test_conv_net_module_is_kept_as_torch_and_planned_by_training_data(tmp_path: Path) -> None:
@@ -175,10 +183,14 @@ def test_auto_on_a_bert_encoder_scores_cosine(tmp_path: Path) -> None:
         Constraints(max_accuracy_drop=1.0, target_size_mb=opt.model_size_mb() / 8),
         validation_data=(_tokens(120, 1), None),
         train_data=_tokens(200, 2),
+        fidelity="cosine",  # an embedding, not class scores (it is not L2-normalized)
         _overrides=FAST,
     )
     assert "cosine" in result.report.accuracy_kind
-    _assert_pruned_distilled_quantized(result)
+    # The embeddings stay FP32 under dynamic INT8, so on this tiny encoder the INT8
+    # export is not smaller than the pruned module itself; a random encoder barely
+    # changes when pruned, so KD may keep its starting weights (then pruned == pruned+KD).
+    _assert_pruned_distilled_quantized(result, recommended_int8=False)
 
 
 def test_training_data_must_fit_the_model(tmp_path: Path) -> None:

@@ -110,7 +110,9 @@ def test_main_file_prefers_the_tagged_format_and_skips_siblings(tmp_path: Path) 
     assert main_file(tmp_path, "torch") == tmp_path / "model" / "a.onnx"
     empty = tmp_path / "empty"
     _touch(empty / "weights.bin")
-    with pytest.raises(ModelLoadError, match=r"include a \.onnx, \.xml, \.pt or \.json file.*weights\.bin"):
+    with pytest.raises(
+        ModelLoadError, match=r"include a \.onnx, \.xml, \.pt or \.json file.*weights\.bin"
+    ):
         main_file(empty, None)
 
 

@@ -198,6 +198,7 @@ def distill_module(
                 inputs, labels, epochs, lr, batch_size, seed,
                 val=(val_inputs, val_labels) if val_x is not None else None,
                 progress=progress, max_seconds=max_seconds,
+                best_so_far=loss_before if val_x is not None else None,
             )  # fmt: skip
             loss_after = run.evaluate(val_inputs, val_labels, batch_size)
     finally:
@@ -277,8 +278,14 @@ class _Run:
         val: tuple[ModuleInputs, torch.Tensor | None] | None,
         progress: Callable[[dict[str, Any]], None] | None,
         max_seconds: float | None,
+        best_so_far: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Train for ``epochs`` (fewer when ``max_seconds`` runs out); the history."""
+        """Train for ``epochs`` (fewer when ``max_seconds`` runs out); the history.
+
+        With validation inputs and ``best_so_far`` (the loss before training), the
+        student ends with the weights of its best validation loss, the starting weights
+        included: distillation never returns a student worse than it started.
+        """
         modules: list[nn.Module] = [self.student] + ([self.hidden] if self.hidden else [])
         decay, no_decay = split_decay(modules)
         optimizer = torch.optim.AdamW(
@@ -291,6 +298,12 @@ class _Run:
         generator = torch.Generator().manual_seed(seed)
         history: list[dict[str, Any]] = []
         start = time.perf_counter()
+        best = best_so_far
+        best_state = (
+            {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            if best is not None
+            else None
+        )
         for epoch in range(1, epochs + 1):
             self.student.train()
             total, seen = 0.0, 0
@@ -315,12 +328,18 @@ class _Run:
                 "val_loss": val_loss,
                 "seconds": elapsed,
             }
+            if best is not None and val_loss is not None and val_loss < best:
+                best = val_loss
+                best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+            record["kept"] = best == val_loss
             history.append(record)
             if progress is not None:
                 progress(dict(record))
             if max_seconds is not None and elapsed >= max_seconds and epoch < epochs:
                 logger.info("distillation stops after epoch %d: %.1f s spent", epoch, max_seconds)
                 break
+        if best_state is not None:
+            self.student.load_state_dict(best_state)
         self.student.eval()
         return history
 

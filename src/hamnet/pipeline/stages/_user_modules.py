@@ -87,6 +87,28 @@ def ingest_model_ref(ctx: StageContext) -> Path:
     )  # fmt: skip
 
 
+def declared_output_kind(ctx: StageContext) -> str | None:
+    """What the run's model says its output is: a module artifact's ``output_kind``, a
+    Hugging Face directory's task, ``model.task``; None when nothing says."""
+    cfg = ctx.config.model
+    if cfg.source != "file" or not cfg.path:
+        return None
+    if cfg.task != "auto":
+        return _task_kind(cfg.task)
+    if cfg.path.startswith(("torchvision:", "timm:")):
+        return None
+    path = ctx.resolve(cfg.path)
+    if path.suffix.lower() == ".json" and path.is_file():
+        from hamnet.models.sources import read_module_artifact
+
+        return read_module_artifact(path).output_kind
+    if path.is_dir():
+        from hamnet.models.sources import hf_task
+
+        return _task_kind(hf_task(path))
+    return None
+
+
 def _task_kind(task: str) -> Literal["class_scores", "embedding"] | None:
     if task == "embedding":
         return "embedding"
@@ -284,6 +306,7 @@ def recover_candidate(
             "objective": result.objective,
             "mapped_layers": dict(result.mapped_layers),
             "epochs": cfg.train.epochs,
+            "best_epoch": max((r["epoch"] for r in result.history if r.get("kept")), default=0),
             "distill_loss_before": round(float(result.loss_before), 6),
             "distill_loss_after": round(float(result.loss_after), 6),
             "unlabelled_samples": 0 if transfer is None else len(transfer),

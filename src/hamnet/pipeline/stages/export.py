@@ -39,7 +39,7 @@ class ExportStage(Stage[ExportStageConfig]):
 
         cfg = self.options(ctx.config)
         runtimes = ctx.profile.runtime_names
-        x = ctx.dataset.x_test[: cfg.parity_samples]
+        x = ctx.dataset.x_val[: cfg.parity_samples]
         out: list[Candidate] = []
         recovered = {c.parent_id for c in inputs if c.stage == "distill" and is_module(c)}
         superseded = [c for c in inputs if c.id in recovered and c.stage == "prune"]

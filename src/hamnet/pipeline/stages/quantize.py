@@ -35,7 +35,7 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
             ctx.notes.append("quantize: no FP32 ONNX candidate to quantize (is export enabled?)")
             return []
         calibration = ctx.dataset.calibration_samples(cfg.calibration_samples, ctx.config.seed)
-        x = ctx.dataset.x_test[:64]
+        x = ctx.dataset.x_val[:64]
         out: list[Candidate] = []
         for source in sources:
             source_session = load_session(source.artifact, source.runtime, ctx.profile)

@@ -77,7 +77,7 @@ def test_conv_teacher_to_width_halved_student_with_labels() -> None:
     assert result.mapped_layers == {"0": "0", "1": "1"}
     assert result.loss_after < result.loss_before
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
-    assert set(records[0]) == {"epoch", "loss", "val_loss", "seconds"}
+    assert set(records[0]) == {"epoch", "loss", "val_loss", "seconds", "kept"}
     assert records[0]["val_loss"] is None
     assert result.model is student and not student.training
     for key, value in teacher.state_dict().items():
