@@ -62,7 +62,9 @@ class ModuleDistillResult:
             when hidden-state matching was off or found no pair).
         history: One record per epoch: ``epoch`` (1-based), ``loss`` (mean training loss,
             hidden terms included), ``val_loss`` (output loss on the validation inputs, None
-            without them) and ``seconds`` (since training started).
+            without them), ``seconds`` (since training started) and ``kept`` (its weights
+            are the best on validation so far; the student ends with the best epoch's
+            weights, or its starting weights when no epoch improved on them).
         loss_before: Output distillation loss (the objective's loss, hidden terms excluded:
             their projections are learned) on the validation inputs, or the training
             inputs when there are none, before training.
