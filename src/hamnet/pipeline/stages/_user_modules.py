@@ -53,6 +53,35 @@ def input_spec(dataset: Dataset) -> InputSpec:
     return InputSpec.of(dataset.x_train[:1])
 
 
+def check_model_ref(ctx: StageContext) -> Path:
+    """Load ``model.path`` (a module source reference) and run it on the data, before any
+    stage runs; return the path it names (the reference itself for a name).
+
+    Raises:
+        ModelLoadError, ConfigError, MissingDependencyError, DataError: As
+            :func:`ingest_model_ref`.
+    """
+    _load_ref(ctx)
+    ref = str(ctx.config.model.path)
+    return Path(ref) if ":" in ref.split("/")[0] else ctx.resolve(ref)
+
+
+def _load_ref(ctx: StageContext) -> tuple[Any, Any]:
+    """The source ``model.path`` names and its module, checked to run on the data."""
+    from hamnet.models.sources import load_source, parse_model_ref
+
+    cfg = ctx.config.model
+    assert cfg.path is not None
+    ref = cfg.path
+    if ":" not in ref.split("/")[0]:
+        ref = str(ctx.resolve(ref))
+    weights = str(ctx.resolve(cfg.weights)) if cfg.weights else None
+    source = parse_model_ref(ref, weights=weights, task=cfg.task)
+    module = load_source(source, base_dir=ctx.base_dir, trust_checkpoint=cfg.trust_checkpoint)
+    check_runs(module, ctx.dataset)
+    return source, module
+
+
 def ingest_model_ref(ctx: StageContext) -> Path:
     """Store ``model.path`` (a module source reference) as the baseline module artifact.
 
@@ -65,18 +94,11 @@ def ingest_model_ref(ctx: StageContext) -> Path:
         ConfigError: An unknown torchvision/timm name.
         DataError: The data's inputs do not run the module.
     """
-    from hamnet.models.sources import load_source, parse_model_ref, save_module_artifact
+    from hamnet.models.sources import save_module_artifact
 
     cfg = ctx.config.model
-    assert cfg.path is not None
-    ref = cfg.path
-    if ":" not in ref.split("/")[0]:
-        ref = str(ctx.resolve(ref))
-    weights = str(ctx.resolve(cfg.weights)) if cfg.weights else None
-    source = parse_model_ref(ref, weights=weights, task=cfg.task)
-    module = load_source(source, base_dir=ctx.base_dir, trust_checkpoint=cfg.trust_checkpoint)
+    source, module = _load_ref(ctx)
     spec = input_spec(ctx.dataset)
-    check_runs(module, ctx.dataset)
     from hamnet.families.base import ModelSource, detect_family
 
     dims = {name: [None, *shape[1:]] for name, shape in spec.shapes().items()}
@@ -322,6 +344,41 @@ def _source(path: Path, artifact: Any) -> Any:
     if source.path and not Path(source.path).is_absolute():
         return source.model_copy(update={"path": str(path.parent / source.path)})
     return source
+
+
+def load_module_transfer(path: Path, dataset: Dataset) -> np.ndarray:
+    """The unlabelled transfer set of a user's module: an ``.npz`` with ``x`` or named
+    ``x__<input>`` arrays laid out like the data's inputs (labels, if any, are ignored).
+
+    Raises:
+        DataError: A missing or unreadable file, or inputs unlike the data's.
+    """
+    import numpy as np
+
+    from hamnet.backends.session import pack_inputs
+    from hamnet.core.errors import DataError
+
+    if not path.is_file() or path.suffix.lower() != ".npz":
+        raise DataError(
+            f"distill.unlabelled_data must be an existing .npz file for a user's model, "
+            f"but got {str(path)!r}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            named = {k[3:]: archive[k] for k in archive.files if k.startswith("x__")}
+            x = pack_inputs(named) if named else archive["x"] if "x" in archive.files else None
+    except (OSError, ValueError) as err:
+        raise DataError(f"distill.unlabelled_data {str(path)!r} is not readable: {err}") from None
+    want = dataset.x_train
+    if x is None or x.dtype.names != want.dtype.names or x.shape[1:] != want.shape[1:]:
+        raise DataError(
+            f"distill.unlabelled_data must hold inputs like the data ({_describe(want[:0])}), "
+            f"but {str(path)!r} holds "
+            + ("no 'x' or 'x__<input>' array" if x is None else _describe(x[:0]))
+        )
+    if not x.dtype.names:
+        x = x.astype(want.dtype)
+    return x
 
 
 def export_arguments(path: Path) -> tuple[Any, list[str] | None, dict[str, dict[int, str]]]:

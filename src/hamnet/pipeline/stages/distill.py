@@ -12,7 +12,11 @@ from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import DistillStageConfig, OptimizeConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.families.base import ModelSource, detect_family
-from hamnet.pipeline.stages._user_modules import is_module, recover_candidate
+from hamnet.pipeline.stages._user_modules import (
+    is_module,
+    load_module_transfer,
+    recover_candidate,
+)
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family
 
 if TYPE_CHECKING:
@@ -50,12 +54,15 @@ class DistillStage(Stage[DistillStageConfig]):
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         cfg = self.options(ctx.config)
         transfer = None
-        if cfg.unlabelled_data:
+        if cfg.unlabelled_data and any(is_module(c) for c in inputs):
+            transfer = load_module_transfer(ctx.resolve(cfg.unlabelled_data), ctx.dataset)
+        elif cfg.unlabelled_data:
             from hamnet.compress.distill.transfer import load_transfer_set
 
             transfer = load_transfer_set(
                 ctx.resolve(cfg.unlabelled_data), ctx.dataset, ctx.config.data.label_column
             )
+        if transfer is not None:
             ctx.notes.append(
                 f"distill: {len(transfer)} unlabelled inputs from {cfg.unlabelled_data} "
                 f"added for the distillation terms"

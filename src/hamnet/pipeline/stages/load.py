@@ -61,6 +61,10 @@ class LoadStage(Stage[NoOptions]):
             ModelLoadError: If the file is missing, unreadable or of an unknown format.
             DataError: If its inputs (names, ranks, sizes) differ from the data's.
         """
+        if is_module_source(ctx):
+            from hamnet.pipeline.stages._user_modules import check_model_ref
+
+            return check_model_ref(ctx), "torch-module"
         path, family = LoadStage.model_family(ctx)
         family.check_data(path, ctx.dataset, trust_checkpoint=ctx.config.model.trust_checkpoint)
         if path.suffix.lower() == ".json":
