@@ -26,7 +26,7 @@ Runtime static INT8 (QDQ, calibrated on 300 training rows, per-channel,
 ``reduce_range``), NNCF post-training quantization (``model_type=TRANSFORMER`` for the
 encoder), OpenVINO FP16, and hamnet AUTO::
 
-    optimizer = hamnet.Optimizer.from_pytorch(module, example_inputs=...)
+    optimizer = Optimizer.from_pytorch(module, example_inputs=...)
     optimizer.optimize("auto", hamnet.Constraints(max_accuracy_drop=0.01),
                        train_data=..., validation_data=...)
 
@@ -332,7 +332,7 @@ def run_hamnet(user: UserModel, seed: int, work_dir: Path, profile: HardwareProf
     by fidelity to the original). Only the Pareto front and the recommended candidate
     are kept, renamed so the recommended one is :data:`HAMNET_AUTO` in every seed.
     """
-    import hamnet
+    from hamnet.api import Constraints, Optimizer  # hamnet.Optimizer / hamnet.Constraints
 
     data = user.data
     labelled = user.score == "top1_accuracy"
@@ -340,12 +340,12 @@ def run_hamnet(user: UserModel, seed: int, work_dir: Path, profile: HardwareProf
     train = (x_train, data.y_train) if labelled else x_train
     validation = (x_val, data.y_val) if labelled else (x_val, None)
     started = time.perf_counter()
-    optimizer = hamnet.Optimizer.from_pytorch(
+    optimizer = Optimizer.from_pytorch(
         user.module, example_inputs=user.example_inputs, work_dir=work_dir
     )
     result = optimizer.optimize(  # type: ignore[call-arg]  # train_data: issue 17
         "auto",
-        hamnet.Constraints(max_accuracy_drop=MAX_DROP, target_hardware=profile.name),
+        Constraints(max_accuracy_drop=MAX_DROP, target_hardware=profile.name),
         train_data=train,
         validation_data=validation,
         seed=seed,
