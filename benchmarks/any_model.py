@@ -45,6 +45,7 @@ VNNI / AMX flags.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -222,9 +223,10 @@ class OrtStaticInt8Calibrated(PeerRecipe):
         prepared, notes = _ort_preprocess(_module_baseline(baseline).onnx(), work_dir)
         target = work_dir / "model.onnx"
         reader = make_calibration_reader(calibration_inputs(data), "input")
-        quantization.quantize_static(
-            str(prepared), str(target), reader, per_channel=True, reduce_range=reduce_range()
-        )
+        with contextlib.chdir(work_dir):
+            quantization.quantize_static(
+                str(prepared), str(target), reader, per_channel=True, reduce_range=reduce_range()
+            )
         return artifact_model(
             target, "onnx", "onnxruntime", "int8",
             f"{notes}QDQ, MinMax, per-channel, reduce_range={reduce_range()}",
@@ -272,13 +274,16 @@ def _ort_preprocess(source: Path, work_dir: Path) -> tuple[Path, str]:
     shape_inference = require("onnxruntime.quantization.shape_inference", "onnxruntime")
     work_dir.mkdir(parents=True, exist_ok=True)
     target = work_dir / "preprocessed.onnx"
-    try:
-        shape_inference.quant_pre_process(str(source), str(target))
-        return target, ""
-    except Exception as err:
-        if "symbolic shape" not in str(err):
-            raise
-    shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    # ONNX Runtime writes temporary files (shape inference, external data) to the
+    # current directory: keep them in the recipe's folder.
+    with contextlib.chdir(work_dir):
+        try:
+            shape_inference.quant_pre_process(str(source), str(target))
+            return target, ""
+        except Exception as err:
+            if "symbolic shape" not in str(err):
+                raise
+        shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
     return target, "pre-processed without symbolic shape inference (incomplete on this graph); "
 
 
