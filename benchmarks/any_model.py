@@ -348,11 +348,12 @@ def run_hamnet(user: UserModel, seed: int, work_dir: Path, profile: HardwareProf
     optimizer = Optimizer.from_pytorch(
         user.module, example_inputs=user.example_inputs, work_dir=work_dir
     )
-    result = optimizer.optimize(  # type: ignore[call-arg]  # train_data: issue 17
+    result = optimizer.optimize(
         "auto",
         Constraints(max_accuracy_drop=MAX_DROP, target_hardware=profile.name),
         train_data=train,
         validation_data=validation,
+        fidelity="auto" if labelled else "cosine",
         seed=seed,
         work_dir=work_dir / "auto",
     )
@@ -402,10 +403,10 @@ def chosen(choices: list[dict[str, Any]], stage: str) -> str:
 def rescore_cosine(points: Sequence[BenchPoint], data: Dataset, profile: HardwareProfile) -> None:
     """Score embedding models by mean cosine similarity to the FP32 embeddings.
 
-    :func:`hamnet.evaluate.measure.fidelity` scores any 2-D output by top-1 agreement
-    (right for class scores, meaningless for embeddings), so each measured point's
-    test outputs are computed again and its score replaced by
-    :func:`~hamnet.evaluate.measure.cosine_similarity`.
+    The peers' shared measurement scores label-free outputs by hamnet's rule
+    (:func:`hamnet.evaluate.fidelity.fidelity_kind`); an encoder's points are scored
+    explicitly by :func:`~hamnet.evaluate.measure.cosine_similarity` so the comparison
+    does not depend on that rule.
     """
     from hamnet.evaluate.measure import cosine_similarity, predict
 

@@ -433,6 +433,8 @@ def compile_config(
             why_not_prunable=facts.why_not_prunable,
         )  # fmt: skip
     stages = _goal_stages(goal, facts, profile, backends, plan or AutoPlan([], []), escalate)
+    if stages.distill is not None and facts.kind == "module":
+        stages.distill = {**stages.distill, "train": dict(family.recovery_training)}
     methods = default_methods(backends, stages.precisions)
     if stages.chosen:
         # The family's methods go first (rules order the work); every other method of

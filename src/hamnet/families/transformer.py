@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from hamnet.backends.onnx_graph import ATTENTION_OPS
 from hamnet.families.base import ModelFamily, ModelSource, PrunableGroup, QuantizerChoice
@@ -33,6 +33,10 @@ class TransformerFamily(ModelFamily):
     extra_quantizers: ClassVar[tuple[str, ...]] = (FUSED_METHOD,)
     pruner: ClassVar[str | None] = "hamnet.compress.pruning.hf:prune_bert"
     detect_order = 10
+    # Pretrained encoders take small steps: a few epochs at fine-tuning rates.
+    recovery_training: ClassVar[Mapping[str, Any]] = {
+        "epochs": 3, "learning_rate": 1e-4, "batch_size": 32, "warmup_epochs": 0,
+    }  # fmt: skip
 
     @classmethod
     def detect(cls, source: ModelSource) -> bool:
