@@ -22,34 +22,32 @@ Work directory: unless ``work_dir`` is given, each optimizer works in a new fold
 model (a saved checkpoint or an ONNX export), the validation data (``data.npz``) and
 one pipeline run per round (``round-1``, ``round-2``: artifacts and reports).
 
-Models: a HAMNet (checkpoint or instance) supports every goal. Any other
-``torch.nn.Module`` that traces (MLPs, convolutional nets, modules with several named
-inputs, Hugging Face BERT-style encoders whose forward returns a ``ModelOutput``) is
-exported to ONNX (opset 17, dynamic batch axis, dynamic sequence axis for integer
-token inputs, parity-checked in ONNX Runtime) and optimized as an ONNX model, as is a
-model given with :meth:`Optimizer.from_onnx` (any number of inputs of any rank):
-quantization only.
+Models: every goal works on a HAMNet (checkpoint or instance) and on a user's own
+module: any ``torch.nn.Module`` (MLPs, convolutional nets, Hugging Face encoders and
+classifiers, modules with ``nn.MultiheadAttention``), a whole-module file, a
+torchvision/timm name with weights, or a Hugging Face directory. A user's module is
+kept as a module artifact (:mod:`hamnet.models.sources`): pruned with torch-pruning's
+dependency graph, recovered by distillation from the original, exported to ONNX and
+quantized. A module with several positional inputs is exported to ONNX and only
+quantized; an ONNX file (:meth:`Optimizer.from_onnx`) is converted with onnx2torch for
+pruning, or only quantized when it does not convert (the plan says why).
 
-Validation data: ``validation_data=(x, y)`` is taken as-is (not standardized) and
-split by the pipeline into train/validation/test. ``x`` is one array of any rank
-(``[N, features]``, ``[N, 1, 8, 8]``...) or a dict ``{input name: [N, ...]}`` for
-models with several inputs (token ids stay int64). Without labels (``y=None``) the
-metric is fidelity to the original model: for a HAMNet the labels are its own
-predictions (top-1 agreement); for other models the original model's outputs are
-stored with the data and every candidate scores top-1 agreement with them when they
-are classifier logits (2-D), or the mean cosine similarity to them for any other
-output (e.g. ``[batch, seq, hidden]`` hidden states). The report's
-``accuracy_kind`` says which, and ``max_accuracy_drop`` applies to that metric.
-Without validation data a HAMNet with 64 inputs and 10 classes is evaluated on the
-built-in digits data.
+Data: ``validation_data=(x, y)`` is taken as-is (not standardized). ``x`` is one array
+of any rank or a dict ``{input name: [N, ...]}`` (token ids stay int64). With
+``train_data`` the training rows train (pruning calibration, distillation) and the
+validation data is split into validation (selection) and test (scored once, for the
+recommended model and the baseline); without it the pipeline splits the validation
+data into all three, and AUTO runs only post-training methods on a user's module.
+Without labels (``y=None``) the metric is fidelity to the original model, chosen by
+what the output means (:func:`hamnet.evaluate.fidelity.fidelity_kind`): top-1
+agreement for class scores, mean cosine similarity for embeddings and hidden states.
+The report's ``accuracy_kind`` says which, and ``max_accuracy_drop`` applies to that
+metric. Without validation data a HAMNet with 64 inputs and 10 classes is evaluated on
+the built-in digits data.
 
 Prefect: ``optimize(..., use_prefect=True)`` runs the same configuration through the
 ``hamnet-optimize`` flow (an ephemeral Prefect server unless ``PREFECT_API_URL`` is
 set) instead of in this process; the result is the same :class:`OptimizationResult`.
-
-Not supported yet: structured pruning or distillation of anything but HAMNet
-checkpoints (in particular of arbitrary convolutional nets and of transformers
-through the API).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ NPZ files may hold inputs of any rank and models with several inputs:
 * instead of labels, an array ``reference`` (float ``[samples, ...]``: the original
   model's outputs) makes the set label-free: the split is random instead of
   stratified, ``num_classes`` is 0 and the ``y_*`` arrays hold the reference outputs,
-  which measurement scores by fidelity (top-1 agreement for 2-D outputs, mean
-  cosine similarity otherwise).
+  which measurement scores by fidelity (top-1 agreement or mean cosine similarity, by
+  what the output means: see :func:`hamnet.evaluate.fidelity.fidelity_kind`).
 
 Labels of any type are mapped to ``0..K-1`` in sorted order; the original values are
 kept, as strings, in :attr:`Dataset.class_names`.

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
     from hamnet.compress.distill.losses.base import DistillLoss
     from hamnet.compress.distill.mapping import LayerPair, depth_pairs, map_layers
+    from hamnet.compress.distill.modules import ModuleDistillResult, distill_module
     from hamnet.compress.distill.outputs import CaptureSpec, DistillOutputs
     from hamnet.compress.distill.teacher_cache import (
         TeacherOutputs,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     )
 
 _HOMES: dict[str, tuple[str, ...]] = {
+    "modules": ("ModuleDistillResult", "distill_module"),
     "capture": (
         "FeatureCapture",
         "attention_layers",
@@ -94,6 +96,7 @@ __all__ = [
     "FeatureCapture",
     "FeatureLoss",
     "LayerPair",
+    "ModuleDistillResult",
     "MultiTeacherLoss",
     "RelationalLoss",
     "SelfDistillLoss",
@@ -106,6 +109,7 @@ __all__ = [
     "cache_key",
     "compute_teacher_outputs",
     "depth_pairs",
+    "distill_module",
     "map_layers",
     "model_outputs",
 ]

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from hamnet.compress.pruning.allocation import get_allocation, is_layer_allocation
     from hamnet.compress.pruning.hf import HFPruningPlan, apply_hf_plan, prune_bert
     from hamnet.compress.pruning.importance import get_importance, needs_gradients
+    from hamnet.compress.pruning.module_groups import ModuleGroup
+    from hamnet.compress.pruning.modules import ModulePruneResult, module_groups, prune_module
     from hamnet.compress.pruning.structured import (
         SCHEDULES,
         LayerPlan,
@@ -34,6 +36,10 @@ _EXPORTS: dict[str, str] = {
     "prune_bert": "hf",
     "get_importance": "importance",
     "needs_gradients": "importance",
+    "ModuleGroup": "module_groups",
+    "ModulePruneResult": "modules",
+    "module_groups": "modules",
+    "prune_module": "modules",
     "SCHEDULES": "structured",
     "LayerPlan": "structured",
     "PruneResult": "structured",
@@ -47,6 +53,8 @@ __all__ = [
     "SCHEDULES",
     "HFPruningPlan",
     "LayerPlan",
+    "ModuleGroup",
+    "ModulePruneResult",
     "PruneResult",
     "PruningPlan",
     "apply_hf_plan",
@@ -55,9 +63,11 @@ __all__ = [
     "get_allocation",
     "get_importance",
     "is_layer_allocation",
+    "module_groups",
     "needs_gradients",
     "prune_bert",
     "prune_hamnet",
+    "prune_module",
 ]
 
 
