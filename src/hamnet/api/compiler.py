@@ -256,7 +256,15 @@ def plan_for(
             reasons.append(adapter.prune_reason)
         else:
             reasons.append(f"no pruning: {adapter.why_not_prunable}")
-    if not reasons:
+    unbounded = constraints.max_latency_ms is None and constraints.target_size_mb is None
+    if unbounded and model_kind == "module" and can_prune:
+        prune = True
+        reasons.append(
+            f"no size or latency bound, but training data was given: pruning + "
+            f"distillation are tried beside quantization ({prec_text}), since a smaller "
+            f"model is faster (the selection objective); the measurement decides"
+        )
+    elif unbounded:
         reasons.append(f"no size or latency bound: quantization ({prec_text}) only")
     choice = adapter.preferred_quantizers(precisions, profile.runtime_names, profile.name)
     if choice.reason:
