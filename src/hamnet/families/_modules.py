@@ -45,11 +45,21 @@ def load_module(path: Path, *, trust_checkpoint: bool = False) -> Any:
 
 
 def input_dims(path: Path) -> dict[str, list[int | None]]:
-    """The module's inputs ``{name: dims}`` with a dynamic batch axis."""
+    """The module's inputs ``{name: dims}`` with a dynamic batch axis, and a dynamic
+    sequence axis for integer inputs of two or more axes (token ids, masks)."""
     from hamnet.models.sources import read_module_artifact
 
-    shapes = read_module_artifact(path).inputs.shapes()
-    return {name: [None, *shape[1:]] for name, shape in shapes.items()}
+    spec = read_module_artifact(path).inputs
+    dtypes = (
+        {name: one.dtype for name, one in spec.root.items()}
+        if isinstance(spec.root, dict)
+        else {"input": spec.root.dtype}
+    )
+    dims: dict[str, list[int | None]] = {}
+    for name, shape in spec.shapes().items():
+        tokens = len(shape) >= 2 and not dtypes[name].startswith(("float", "bfloat"))
+        dims[name] = [None, None, *shape[2:]] if tokens else [None, *shape[1:]]
+    return dims
 
 
 def predict_module(path: Path, x: Any, *, trust_checkpoint: bool = False) -> np.ndarray:

@@ -273,3 +273,39 @@ def test_optimize_named_inputs_without_labels_and_prefect_option(tmp_path: Path)
     assert "top1_agreement_with_original_model" in result.output
     helptext = runner.invoke(app, ["optimize", "--help"])
     assert "--prefect" in helptext.output
+
+
+def test_optimize_a_hugging_face_directory_with_training_data(tmp_path: Path) -> None:
+    """``hamnet optimize DIR --task embedding --train-data ...``: pruned, distilled and
+    scored by cosine similarity; a whole-module file without --trust-checkpoint exits 2."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50, max_position_embeddings=16,
+    )  # fmt: skip
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "enc")
+    rng = np.random.default_rng(0)
+
+    def tokens(n: int) -> dict[str, np.ndarray]:
+        ids = rng.integers(1, 50, size=(n, 8))
+        return {"x__input_ids": ids, "x__attention_mask": np.ones_like(ids)}
+
+    np.savez(tmp_path / "val.npz", **tokens(60))
+    np.savez(tmp_path / "train.npz", **tokens(80))
+    result = runner.invoke(
+        app,
+        [
+            "optimize", str(tmp_path / "enc"), "--task", "embedding", "--goal", "distill",
+            "--max-accuracy-drop", "1.0", "--data", str(tmp_path / "val.npz"),
+            "--train-data", str(tmp_path / "train.npz"), "--backend", "onnx",
+            "--work-dir", str(tmp_path / "work"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "cosine" in result.output and "pruned-" in result.output
+    torch.save(torch.nn.Linear(4, 2), tmp_path / "whole.pt")
+    untrusted = runner.invoke(app, ["optimize", str(tmp_path / "whole.pt")])
+    assert untrusted.exit_code == 2 and "trust" in untrusted.output
