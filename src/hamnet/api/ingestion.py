@@ -155,13 +155,7 @@ def ingest_module(
         out = save_checkpoint(model, root / "source" / "model.pt")
         return IngestedModel(out, "hamnet", family.name, root)
     if example_inputs is None:
-        if input_shape is None:
-            raise ConfigError(
-                f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
-                f"{type(model).__name__}, but got None"
-            )
-        check_shape(input_shape)
-        example_inputs = torch.randn(*[int(d) for d in input_shape])
+        example_inputs = _random_example(model, input_shape)
     out = family.export_onnx(
         model,
         example_inputs,
@@ -229,13 +223,7 @@ def _example(model: Any, input_shape: Sequence[int] | None, example_inputs: Any)
     import torch
 
     if example_inputs is None:
-        if input_shape is None:
-            raise ConfigError(
-                f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
-                f"{type(model).__name__}, but got None"
-            )
-        check_shape(input_shape)
-        return torch.randn(*[int(d) for d in input_shape])
+        return _random_example(model, input_shape)
     if isinstance(example_inputs, torch.Tensor):
         return example_inputs
     if isinstance(example_inputs, Mapping) and all(
@@ -246,6 +234,23 @@ def _example(model: Any, input_shape: Sequence[int] | None, example_inputs: Any)
         f"example_inputs must be a tensor or a dict {{argument name: tensor}}, but got "
         f"{type(example_inputs).__name__}"
     )
+
+
+def _random_example(model: Any, input_shape: Sequence[int] | None) -> Any:
+    """Random float32 inputs of ``input_shape`` (checked).
+
+    Raises:
+        ConfigError: ``input_shape`` is None or invalid.
+    """
+    import torch
+
+    if input_shape is None:
+        raise ConfigError(
+            f"input_shape (e.g. [1, features]) or example_inputs must be given for a "
+            f"{type(model).__name__}, but got None"
+        )
+    check_shape(input_shape)
+    return torch.randn(*[int(d) for d in input_shape])
 
 
 def _check_runs(model: Any, example: Any) -> None:

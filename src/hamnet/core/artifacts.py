@@ -108,12 +108,9 @@ def artifact_files(main: Path, fmt: str) -> list[Path]:
     ``artifact_files(main, fmt)`` lists (a module artifact names its files in its main
     JSON file).
     """
-    for name in registry.names("runtime"):
-        runtime = registry.load("runtime", name)
-        lister = getattr(runtime, "artifact_files", None)
-        if lister is not None and fmt in getattr(runtime, "file_suffixes", {}):
-            listed: list[Path] = lister(main, fmt)
-            return listed
+    listed = _runtime_listing("artifact_files", main, fmt)
+    if listed is not None:
+        return listed
     siblings = _format_suffixes().get(fmt, ())[1:]
     return [main, *(main.with_suffix(suffix) for suffix in siblings)]
 
@@ -122,13 +119,20 @@ def weight_files(main: Path, fmt: str) -> list[Path]:
     """The files of an artifact that make up the model's size: all of them, unless the
     format's runtime says otherwise with ``weight_files(main, fmt)`` (a module artifact
     counts its weights, not its JSON, plan or a copy of its source)."""
+    listed = _runtime_listing("weight_files", main, fmt)
+    return artifact_files(main, fmt) if listed is None else listed
+
+
+def _runtime_listing(hook: str, main: Path, fmt: str) -> list[Path] | None:
+    """What the runtime owning ``fmt`` lists with its ``hook(main, fmt)``; None when the
+    owner has no such hook."""
     for name in registry.names("runtime"):
         runtime = registry.load("runtime", name)
-        lister = getattr(runtime, "weight_files", None)
+        lister = getattr(runtime, hook, None)
         if lister is not None and fmt in getattr(runtime, "file_suffixes", {}):
             listed: list[Path] = lister(main, fmt)
             return listed
-    return artifact_files(main, fmt)
+    return None
 
 
 def hash_files(paths: list[Path]) -> str:

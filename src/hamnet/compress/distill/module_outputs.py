@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from hamnet.backends.inputs import unpack_inputs
+from hamnet.compress.distill.capture import FeatureCapture
 from hamnet.compress.distill.mapping import depth_pairs
 from hamnet.core.errors import ConfigError, DataError
 from hamnet.core.registry import did_you_mean
@@ -220,8 +220,10 @@ def check_layer_names(model: nn.Module, names: Iterable[str], *, side: str) -> N
             )
 
 
-class LayerCapture:
-    """Context manager recording the outputs of named submodules (by :func:`primary_output`).
+class LayerCapture(FeatureCapture):
+    """Context manager recording the outputs of named submodules of any module, each by
+    :func:`primary_output` (a :class:`FeatureCapture` without HAMNet's name check: the
+    names were checked by :func:`check_layer_names`).
 
     Args:
         model: The model.
@@ -229,27 +231,11 @@ class LayerCapture:
     """
 
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
-        self.model = model
         self.names = list(dict.fromkeys(names))
+        self.model = model
+        self.detach = False
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> LayerCapture:
-        modules = dict(self.model.named_modules())
-        self.outputs = {}
-        for name in self.names:
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str) -> Any:
         def record(module: nn.Module, inputs: Any, output: Any) -> None:

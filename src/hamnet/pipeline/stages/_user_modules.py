@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import DistillStageConfig, PruneStageConfig
-from hamnet.pipeline.stages.base import StageContext, child_name
+from hamnet.pipeline.stages.base import StageContext, child_name, pruned_suffix, store_plan
 
 if TYPE_CHECKING:
     import numpy as np
@@ -239,12 +239,8 @@ def prune_candidate(
         family=artifact.family,
     )  # fmt: skip
     ref = ctx.store.put(main, MODULE_FORMAT)
-    plan_dir = ctx.store.root / "plans"
-    plan_dir.mkdir(parents=True, exist_ok=True)
-    plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
-    suffix = f"pruned-{round(100 * ratio)}"
-    if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
-        suffix += f"-{criterion}-{allocation}"
+    plan_file = store_plan(ctx, result.plan, ref)
+    suffix = pruned_suffix(ratio, criterion, allocation, cfg)
     return Candidate.create(
         name=child_name(parent, suffix),
         stage="prune",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
-from hamnet.core.artifacts import ArtifactStore
+from hamnet.core.artifacts import ArtifactRef, ArtifactStore
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import OptimizeConfig
 from hamnet.core.errors import ConfigError
@@ -165,3 +165,20 @@ def candidate_family(candidate: Candidate) -> type[ModelFamily]:
         path=Path(candidate.artifact.path), checkpoint=formats[candidate.artifact.format]
     )
     return detect_family(source)
+
+
+def store_plan(ctx: StageContext, plan: Any, ref: ArtifactRef) -> Path:
+    """Save a pruning plan beside the store as ``plans/<artifact sha256>.json``."""
+    plan_dir = ctx.store.root / "plans"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    saved: Path = plan.save(plan_dir / f"{ref.sha256}.json")
+    return saved
+
+
+def pruned_suffix(ratio: float, criterion: str, allocation: str, cfg: Any) -> str:
+    """A pruned child's name suffix: ``pruned-50``, plus the criterion and allocation
+    when the stage tries several."""
+    suffix = f"pruned-{round(100 * ratio)}"
+    if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
+        suffix += f"-{criterion}-{allocation}"
+    return suffix

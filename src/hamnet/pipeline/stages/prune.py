@@ -12,7 +12,14 @@ from hamnet.core import registry
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import PruneStageConfig, TrainStageConfig
 from hamnet.pipeline.stages._user_modules import is_module, prune_candidate
-from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
+from hamnet.pipeline.stages.base import (
+    Stage,
+    StageContext,
+    candidate_family,
+    child_name,
+    pruned_suffix,
+    store_plan,
+)
 
 if TYPE_CHECKING:
     from hamnet.compress.pruning.allocations.base import Allocation
@@ -109,12 +116,8 @@ class PruneStage(Stage[PruneStageConfig]):
         )
         checkpoint = save_checkpoint(result.model, ctx.store.staging_dir() / "model.pt")
         ref = ctx.store.put(checkpoint, "torch")
-        plan_dir = ctx.store.root / "plans"
-        plan_dir.mkdir(parents=True, exist_ok=True)
-        plan_file = result.plan.save(plan_dir / f"{ref.sha256}.json")
-        suffix = f"pruned-{round(100 * ratio)}"
-        if (len(cfg.criteria), len(cfg.allocations)) != (1, 1):
-            suffix += f"-{criterion}-{allocation}"
+        plan_file = store_plan(ctx, result.plan, ref)
+        suffix = pruned_suffix(ratio, criterion, allocation, cfg)
         return Candidate.create(
             name=child_name(parent, suffix),
             stage=self.name,
