@@ -250,9 +250,15 @@ def _transformer_shape(model: nn.Module) -> tuple[int, int] | None:
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
     hidden = getattr(config, "hidden_size", None)
-    if isinstance(heads, int) and isinstance(hidden, int):
-        return heads, hidden
-    return None
+    if not (isinstance(heads, int) and isinstance(hidden, int)):
+        return None
+    # Pruned attention (fewer heads than the config says): the config's shape would
+    # tell ONNX Runtime's fusion the wrong head count, so none is recorded.
+    for module in model.modules():
+        layer_heads = getattr(module, "num_attention_heads", heads)
+        if isinstance(layer_heads, int) and layer_heads != heads:
+            return None
+    return heads, hidden
 
 
 TRANSFORMER_METADATA = ("hamnet.num_heads", "hamnet.hidden_size")

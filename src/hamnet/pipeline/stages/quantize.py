@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,6 +15,9 @@ from hamnet.pipeline.stages.base import Stage, StageContext, child_name
 
 if TYPE_CHECKING:
     from hamnet.compress.quantize.base import QuantizationMethod
+
+
+logger = logging.getLogger("hamnet.pipeline")
 
 
 class QuantizeStage(Stage[QuantizeStageConfig]):
@@ -47,16 +51,25 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 if reason:
                     ctx.notes.append(f"quantize: {method_name} skipped for {source.name}: {reason}")
                     continue
-                main = method.quantize(
-                    Path(source.artifact.path),
-                    ctx.store.staging_dir(),
-                    calibration=calibration if method.needs_calibration else None,
-                    cfg=cfg,
-                    profile=ctx.profile,
-                )
-                ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]
+                try:
+                    main = method.quantize(
+                        Path(source.artifact.path),
+                        ctx.store.staging_dir(),
+                        calibration=calibration if method.needs_calibration else None,
+                        cfg=cfg,
+                        profile=ctx.profile,
+                    )
+                    ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]
+                    session = load_session(ref, method.runtime, ctx.profile)
+                    diff = max_abs_diff(source_session, session, x)
+                except Exception as err:  # one method failing on one model: the rest go on
+                    logger.warning("quantize: %s failed for %s", method_name, source.name)
+                    ctx.notes.append(
+                        f"quantize: {method_name} failed for {source.name} and was left out: "
+                        f"{type(err).__name__}: {str(err)[:300]}"
+                    )
+                    continue
                 parent = _runtime_sibling(source, inputs, method.runtime)
-                session = load_session(ref, method.runtime, ctx.profile)
                 out.append(
                     Candidate.create(
                         name=child_name(parent, method_name.replace("_", "-")),
@@ -67,7 +80,7 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                         parent=parent,
                         precision=method.precision,
                         params=_quantize_params(method, cfg, ctx.profile),
-                        parity_max_abs_diff=max_abs_diff(source_session, session, x),
+                        parity_max_abs_diff=diff,
                         notes=[*method.notes, *method.extra_notes],
                     )
                 )
