@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hamnet.compress.quantize.methods.ort_dynamic_int8 import OrtDynamicInt8
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import OptimizeConfig
 from hamnet.core.registry import NoOptions
@@ -19,3 +22,12 @@ class AuditStage(Stage[NoOptions]):
 
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         return []
+
+
+class BrokenInt8(OrtDynamicInt8):
+    """An INT8 method that fails on every model (a quantizer bug, an unsupported graph)."""
+
+    name = "broken_int8"
+
+    def _convert(self, job: Any) -> None:
+        raise RuntimeError("QAttention: hidden_size should be divisible by num_heads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config
@@ -78,3 +79,26 @@ def test_an_outside_stage_joins_the_plan_by_its_order() -> None:
         assert [s.name for s in build_plan(cfg)] == ["train", "export", "audit", "quantize"]
     finally:
         registry.unregister("stage", "audit")
+
+
+def test_a_quantizer_failing_on_a_model_is_left_out_and_the_run_goes_on(tmp_path: Path) -> None:
+    from hamnet.pipeline.run import run_pipeline
+
+    registry.register("quantizer", "broken_int8", "stage_plugins:BrokenInt8")
+    try:
+        cfg = config_from_dict(
+            tiny_config(
+                stages={
+                    "export": {"formats": ["onnx"]},
+                    "quantize": {"methods": ["broken_int8", "ort_dynamic_int8"]},
+                },
+                constraints={"max_accuracy_drop": 1.0},
+            )
+        )
+        result = run_pipeline(cfg, base_dir=tmp_path)
+    finally:
+        registry.unregister("quantizer", "broken_int8")
+    methods = {c.method for c in result.candidates if c.stage == "quantize"}
+    assert methods == {"ort_dynamic_int8"}
+    notes = [n for s in result.stages for n in s.notes]
+    assert any("broken_int8 failed for" in n and "divisible by num_heads" in n for n in notes)
