@@ -32,9 +32,10 @@ def test_optimize_as_prefect_flow_run(tmp_path: Path) -> None:
         },
     )
     assert isinstance(result, OptimizationResult)
-    assert [s.name for s in result.pipeline.stages] == ["load", "quantize"]
+    # The module stays a torch module: the flow exports it, then quantizes the export.
+    assert [s.name for s in result.pipeline.stages] == ["load", "export", "quantize"]
     assert not any(s.cached for s in result.pipeline.stages)
-    assert {c.stage for c in result.candidates} == {"load", "quantize"}
+    assert {c.stage for c in result.candidates} == {"load", "export", "quantize"}
     assert result.recommended is not None
     assert result.report.accuracy_kind.startswith("top1_agreement_with_original_model")
     assert result.report.candidates_table and result.report.gates["loads_in_runtime"]

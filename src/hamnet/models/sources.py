@@ -385,6 +385,12 @@ def _load_pickle(path: Path, trust: bool) -> nn.Module:
         )
     if not trust:
         unsafe = _unsafe_globals(path)
+        if unsafe is None:
+            raise ModelLoadError(
+                f"{str(path)!r} is not a readable torch file (truncated or not saved with "
+                f"torch.save): expected a whole module saved with torch.save(model) or a "
+                f"hamnet checkpoint"
+            )
         if unsafe == []:
             raise ModelLoadError(
                 f"{str(path)!r} holds weights only (no module), but a 'pickle' source must be "
@@ -393,9 +399,9 @@ def _load_pickle(path: Path, trust: bool) -> nn.Module:
             )
         shown = f" (it pickles {', '.join(unsafe[:3])})" if unsafe else ""
         raise ModelLoadError(
-            f"{str(path)!r} is a whole-module pickle{shown}: loading it runs code pickled in "
-            f"the file, so it needs trust_checkpoint=True, but got trust_checkpoint=False; "
-            f"{_TRUST_HINT}"
+            f"{str(path)!r} pickles Python code{shown} (a whole module, or a checkpoint "
+            f"holding objects): loading it runs that code, so it needs "
+            f"trust_checkpoint=True, but got trust_checkpoint=False; {_TRUST_HINT}"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
