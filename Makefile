@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# onnx2torch (ONNX -> PyTorch, to prune an ONNX model) declares torchvision, whose PyPI
+	# wheel is a CUDA build that fails to import with the CPU torch; it needs torchvision
+	# only for two operators (NMS, RoiAlign), so it is installed without it.
+	$(BIN)/pip install --quiet --no-deps 'onnx2torch==1.5.15'
 	touch $(STAMP)
 
 lint: $(STAMP)

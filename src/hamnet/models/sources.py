@@ -722,7 +722,7 @@ def _import_onnx2torch() -> Any:
     what = "converting an ONNX model to a torch module (to prune or distill it)"
     if not _module_found("onnx2torch"):
         raise MissingDependencyError(
-            f"{what} needs onnx2torch, which is not installed: pip install onnx2torch "
+            f"{what} needs onnx2torch, which is not installed: pip install 'hamnet[onnx2torch]' "
             f"(without it the ONNX model can still be quantized)"
         )
     if "onnx2torch" in sys.modules or _module_found("torchvision"):
