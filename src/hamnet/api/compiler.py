@@ -351,6 +351,7 @@ def _goal_stages(
 ) -> _Stages:  # fmt: skip
     """Precisions, family methods, pruning and distillation for ``goal``."""
     family = facts.family
+    criteria = [family.prune_criterion]
     all_precisions: list[str] = [p for p in ("int8", "fp16") if p in profile.precisions]
     if goal is Goal.QUANTIZE:
         targets = quantizer_targets()
@@ -363,23 +364,23 @@ def _goal_stages(
     if goal is Goal.PRUNE:
         # A user's module is pruned without fine-tuning; distillation recovers it.
         recover = {"recover_pruned": True} if facts.kind == "module" else None
-        return _Stages(prune={"ratios": list(PRUNE_RATIOS), "criteria": ["l1"],
+        return _Stages(prune={"ratios": list(PRUNE_RATIOS), "criteria": criteria,
                               "allocations": ["uniform"]}, distill=recover)  # fmt: skip
     if goal is Goal.DISTILL:
         return _Stages(
-            prune={"ratios": list(DISTILL_PRUNE_RATIOS), "criteria": ["l1"]},
+            prune={"ratios": list(DISTILL_PRUNE_RATIOS), "criteria": criteria},
             distill={"recover_pruned": True},
         )
     stages = _Stages(list(plan.precisions), list(plan.methods))
     if plan.prune_ratios:
-        stages.prune = {"ratios": list(plan.prune_ratios), "criteria": ["l1"]}
+        stages.prune = {"ratios": list(plan.prune_ratios), "criteria": criteria}
         if facts.kind == "module":
             stages.distill = {"recover_pruned": True}
     trainable = facts.kind != "module" or facts.train_path is not None
     if escalate:
         if facts.can_prune and trainable:
             ratios = sorted(set(plan.prune_ratios) | set(ESCALATION_PRUNE_RATIOS))
-            stages.prune = {"ratios": ratios, "criteria": ["l1"]}
+            stages.prune = {"ratios": ratios, "criteria": criteria}
         if facts.can_prune and family.can_distill and trainable:
             stages.distill = {"recover_pruned": True}
         stages.precisions = all_precisions

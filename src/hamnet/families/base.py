@@ -145,6 +145,7 @@ class ModelFamily(Plugin):
         prune_reason: The plan's sentence when a latency bound adds pruning.
         why_not_prunable: The plan's sentence when pruning would help but cannot run.
         detect_order: Detection tries families by increasing order (generic last).
+        prune_criterion: The pruning criterion the API's goals use for this family.
         recovery_training: Training settings (``stages.distill.train``) AUTO gives the
             distillation that recovers a pruned user's module of this family.
     """
@@ -167,6 +168,7 @@ class ModelFamily(Plugin):
         "torch module (or its source) to prune and distill it"
     )
     detect_order: ClassVar[int] = 50
+    prune_criterion: ClassVar[str] = "l1"
     recovery_training: ClassVar[Mapping[str, Any]] = {
         "epochs": 10, "learning_rate": 1e-3, "batch_size": 32, "warmup_epochs": 0,
     }  # fmt: skip
