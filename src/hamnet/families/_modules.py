@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hamnet.core.errors import DataError
+from hamnet.families._onnx import check_inputs_against
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,29 +77,4 @@ def check_module_data(path: Path, dataset: Dataset, *, trust_checkpoint: bool = 
     Raises:
         DataError: The data's inputs differ from the module's.
     """
-    dims = input_dims(path)
-    x = dataset.x_test
-    if dataset.input_names is not None:
-        if sorted(dims) != sorted(dataset.input_names):
-            raise DataError(
-                f"the data's named inputs must match the model's inputs {sorted(dims)}, but "
-                f"got {sorted(dataset.input_names)}"
-            )
-        shapes = {n: [len(x), *x.dtype[n].shape] for n in dataset.input_names}
-    else:
-        if len(dims) != 1:
-            raise DataError(
-                f"data with one input array must match a model with one input, but the "
-                f"model has inputs {sorted(dims)}: store named inputs as 'x__<name>' arrays"
-            )
-        shapes = {next(iter(dims)): list(x.shape)}
-    for name, want in dims.items():
-        got = shapes[name]
-        if len(got) != len(want) or any(
-            w is not None and w != g for w, g in zip(want[1:], got[1:], strict=False)
-        ):
-            raise DataError(
-                f"input {name!r} of the model must have shape "
-                f"{['N', *('?' if w is None else w for w in want[1:])]}, but the data has "
-                f"{['N', *got[1:]]}"
-            )
+    check_inputs_against(input_dims(path), dataset, "the model")

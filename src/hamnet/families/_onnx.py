@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,22 +32,33 @@ def check_onnx_inputs(path: Path, dataset: Dataset) -> None:
         ModelLoadError: If the file is not a readable ONNX model or has no input.
         DataError: If its inputs differ from the data's.
     """
+    check_inputs_against(onnx_inputs(path), dataset, f"ONNX model {str(path)!r}")
+
+
+def check_inputs_against(
+    inputs: Mapping[str, Sequence[int | None]], dataset: Dataset, model: str
+) -> None:
+    """Check a model's inputs ``{name: dims}`` (None: any size) against the data's names,
+    ranks and sizes; ``model`` names the model in the messages.
+
+    Raises:
+        DataError: If the model's inputs differ from the data's.
+    """
     import numpy as np
 
-    inputs = onnx_inputs(path)
     x = dataset.x_test
     if dataset.input_names is not None:
         if sorted(inputs) != sorted(dataset.input_names):
             raise DataError(
-                f"the data's named inputs must match the inputs of ONNX model {str(path)!r} "
+                f"the data's named inputs must match the inputs of {model} "
                 f"{sorted(inputs)}, but got {sorted(dataset.input_names)}"
             )
         shapes = {n: (len(x), *x.dtype[n].shape) for n in dataset.input_names}
     else:
         if len(inputs) != 1:
             raise DataError(
-                f"data with one input array must match an ONNX model with one input, but "
-                f"{str(path)!r} has inputs {sorted(inputs)}: store named inputs as "
+                f"data with one input array must match a model with one input, but "
+                f"{model} has inputs {sorted(inputs)}: store named inputs as "
                 f"'x__<name>' arrays"
             )
         shapes = {next(iter(inputs)): tuple(np.shape(x))}
@@ -54,7 +66,7 @@ def check_onnx_inputs(path: Path, dataset: Dataset) -> None:
         shape = shapes[name]
         if len(dims) != len(shape):
             raise DataError(
-                f"input {name!r} of ONNX model {str(path)!r} must be {len(dims)}-D "
+                f"input {name!r} of {model} must be {len(dims)}-D "
                 f"{['?' if d is None else d for d in dims]}, but the data has shape "
                 f"{['N', *shape[1:]]}"
             )
@@ -63,6 +75,6 @@ def check_onnx_inputs(path: Path, dataset: Dataset) -> None:
         for axis, (want, got) in enumerate(zip(dims, shape, strict=True)):
             if axis > 0 and want is not None and want != got:
                 raise DataError(
-                    f"input {name!r} of ONNX model {str(path)!r} must have size {want} on "
-                    f"axis {axis}, but the data has {got}"
+                    f"input {name!r} of {model} must have size {want} on axis {axis}, but "
+                    f"the data has {got}"
                 )

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
-from hamnet.core.artifacts import atomic_write_text
+from hamnet.core.artifacts import atomic_write_text, atomic_writer
 from hamnet.core.errors import ConfigError, MissingDependencyError, ModelLoadError
 from hamnet.core.registry import did_you_mean
 
@@ -1052,25 +1052,15 @@ def module_weight_files(path: str | Path) -> list[Path]:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp-{dst.name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_writer(dst) as out, src.open("rb") as source:
+        shutil.copyfileobj(source, out)
 
 
 def _atomic_torch_save(obj: Any, dst: Path) -> None:
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".tmp-{dst.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_writer(dst) as out:
+        torch.save(obj, out)
 
 
 def _save_weights(module: nn.Module, dst: Path) -> None:
