@@ -131,26 +131,6 @@ def encoder_dir(explicit: str | Path | None = None) -> Path:
     return path
 
 
-class MeanPooledEncoder(nn.Module):
-    """A Hugging Face encoder, mean-pooled over the attention mask, L2-normalized.
-
-    ``config`` is the encoder's, so exporters see a Hugging Face model (eager
-    attention, head count and hidden size for ONNX Runtime's fusion). A module-level
-    class, so a whole-module pickle of it loads where ``user_models`` imports.
-    """
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.config = encoder.config
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2.0, dim=1)
-
-
 def load_encoder(directory: Path) -> nn.Module:
     """all-MiniLM-L6-v2 from ``directory`` (local files only, eager attention), pooled."""
     from transformers import AutoModel
@@ -158,7 +138,9 @@ def load_encoder(directory: Path) -> nn.Module:
     encoder = AutoModel.from_pretrained(
         str(directory), local_files_only=True, attn_implementation="eager"
     )
-    return MeanPooledEncoder(encoder).eval()
+    from hamnet.models.hf_modules import MeanPoolingEncoder
+
+    return MeanPoolingEncoder(encoder, normalize=True).eval()
 
 
 def stdlib_sentences(limit: int, *, min_words: int = 6, max_words: int = 48) -> list[str]:

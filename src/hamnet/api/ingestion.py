@@ -203,7 +203,10 @@ def ingest_user_module(
     from hamnet.models.sources import InputSpec, save_module_artifact
 
     example = _example(model, input_shape, example_inputs)
-    _check_runs(model, example)
+    from hamnet.core.errors import DataError
+    from hamnet.models.replay import check_module_runs
+
+    check_module_runs(model, example, what="the example inputs", error=DataError)
     spec = InputSpec.of(example)
     dims: dict[str, list[int | None]] = {
         name: [None, *shape[1:]] for name, shape in spec.shapes().items()
@@ -251,26 +254,6 @@ def _random_example(model: Any, input_shape: Sequence[int] | None) -> Any:
         )
     check_shape(input_shape)
     return torch.randn(*[int(d) for d in input_shape])
-
-
-def _check_runs(model: Any, example: Any) -> None:
-    import torch
-
-    from hamnet.core.errors import DataError
-
-    try:
-        with torch.no_grad():
-            model.eval()(**example) if isinstance(example, dict) else model.eval()(example)
-    except Exception as err:
-        what = (
-            {k: list(v.shape) for k, v in example.items()}
-            if isinstance(example, dict)
-            else list(example.shape)
-        )
-        raise DataError(
-            f"the example inputs must run the {type(model).__name__}, but calling it with "
-            f"{what} failed: {type(err).__name__}: {err}"
-        ) from None
 
 
 @dataclass(frozen=True)

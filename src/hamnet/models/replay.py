@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hamnet.core.artifacts import atomic_write_text
-from hamnet.core.errors import ConfigError, ModelLoadError
+from hamnet.core.errors import ConfigError, HamnetError, ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -195,6 +195,48 @@ def call_module(module: nn.Module, inputs: ModuleInputs) -> Any:
     if isinstance(inputs, tuple | list):
         return module(*inputs)
     return module(inputs)
+
+
+def describe_inputs(inputs: ModuleInputs) -> str:
+    """The shapes of hamnet-convention inputs, for error messages: ``[1, 64]`` or
+    ``{'input_ids': [1, 8], ...}``."""
+    if isinstance(inputs, Mapping):
+        return str({k: list(getattr(v, "shape", ())) for k, v in inputs.items()})
+    if isinstance(inputs, tuple | list):
+        return str([list(getattr(v, "shape", ())) for v in inputs])
+    return str(list(getattr(inputs, "shape", ())))
+
+
+def check_module_runs(
+    module: nn.Module, inputs: ModuleInputs, *, what: str, error: type[HamnetError]
+) -> Any:
+    """Run ``module`` once (eval mode, no gradients) on ``inputs`` and return its output.
+
+    The one check every entry point makes before it spends time on a user's module.
+
+    Args:
+        module: The module to call.
+        inputs: A tensor, a tuple of tensors, or a mapping of named tensors.
+        what: What the inputs are, for the message (e.g. ``"the example inputs"``).
+        error: The error type to raise (``DataError`` for the user's data,
+            ``ConfigError`` for a configured example).
+
+    Raises:
+        HamnetError: Of type ``error``, naming the module, the inputs' shapes and the
+            module's own error.
+    """
+    import torch
+
+    try:
+        with torch.no_grad():
+            return call_module(module.eval(), inputs)
+    except HamnetError:
+        raise
+    except Exception as err:
+        raise error(
+            f"{what} must run the {type(module).__name__}, but calling it with "
+            f"{describe_inputs(inputs)} failed: {type(err).__name__}: {err}"
+        ) from None
 
 
 def primary_output(output: Any) -> torch.Tensor:

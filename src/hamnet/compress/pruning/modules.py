@@ -53,8 +53,8 @@ from hamnet.models.replay import (
     ModulePlan,
     PlanGroup,
     build_dependency_graph,
-    call_module,
     changed_int_attributes,
+    check_module_runs,
     int_attributes,
     primary_output,
 )
@@ -255,23 +255,11 @@ def _check_runs(model: nn.Module, example_inputs: ModuleInputs) -> None:
     """Run the model once on the example inputs.
 
     Raises:
-        ConfigError: Naming the model's error.
+        ConfigError: Naming the model's error, or an output that holds no tensor.
     """
-    try:
-        with torch.no_grad():
-            primary_output(call_module(model, example_inputs))
-    except ConfigError:
-        raise
-    except Exception as err:
-        shape = (
-            {k: tuple(getattr(v, "shape", ())) for k, v in example_inputs.items()}
-            if isinstance(example_inputs, Mapping)
-            else tuple(getattr(example_inputs, "shape", ()))
-        )
-        raise ConfigError(
-            f"example_inputs must run {type(model).__name__}, but inputs of shape {shape} "
-            f"failed with {type(err).__name__}: {err}"
-        ) from None
+    primary_output(
+        check_module_runs(model, example_inputs, what="example_inputs", error=ConfigError)
+    )
 
 
 def _score(

@@ -143,19 +143,12 @@ def check_runs(module: Any, dataset: Dataset) -> None:
     Raises:
         DataError: The data's inputs do not fit the module (names, shapes, dtypes).
     """
-    import torch
-
     from hamnet.core.errors import DataError
+    from hamnet.models.replay import check_module_runs
 
-    x = dataset.x_train[:2]
-    try:
-        with torch.no_grad():
-            _call(module, to_torch(x))
-    except Exception as err:
-        raise DataError(
-            f"the data's inputs must run the model, but {_describe(x)} failed: "
-            f"{type(err).__name__}: {err}"
-        ) from None
+    check_module_runs(
+        module, to_torch(dataset.x_train[:2]), what="the data's inputs", error=DataError
+    )
 
 
 def _describe(x: np.ndarray) -> str:
@@ -174,10 +167,6 @@ def to_torch(x: np.ndarray) -> Any:
     if x.dtype.names:
         return {n: torch.from_numpy(np.ascontiguousarray(x[n])) for n in x.dtype.names}
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def _call(module: Any, inputs: Any) -> Any:
-    return module(**inputs) if isinstance(inputs, dict) else module(inputs)
 
 
 def calibration_batches(dataset: Dataset, seed: int) -> list[tuple[Any, Any]]:

@@ -91,7 +91,9 @@ def test_ratio_must_be_inside_the_unit_interval(ratio: float) -> None:
 
 
 def test_inputs_that_do_not_run_the_model() -> None:
-    with pytest.raises(ConfigError, match=r"example_inputs must run Sequential.*\(4, 5\).*failed"):
+    with pytest.raises(
+        ConfigError, match=r"example_inputs must run the Sequential.*\[4, 5\].*failed"
+    ):
         prune_module(mlp(), torch.randn(4, 5), ratio=0.5)
 
 
