@@ -200,13 +200,16 @@ def blocking_ancestor(path: Path, uid: int, groups: Iterable[int]) -> Path | Non
         groups: Its group ids.
 
     Returns:
-        The first ancestor (from ``/`` down) without the search permission that applies
-        to the account (owner, group or other bits), else ``None``.
+        The first existing ancestor (from ``/`` down) without the search permission that
+        applies to the account (owner, group or other bits), else ``None``. Missing
+        folders are not checked: they are created open to it (mode 0755 by default).
     """
     group_ids = set(groups)
     for folder in reversed(Path(path).absolute().parents):
         try:
             info = folder.stat()
+        except FileNotFoundError:
+            return None
         except OSError:
             return folder
         if info.st_uid == uid:
