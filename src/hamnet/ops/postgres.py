@@ -163,7 +163,7 @@ def find_binaries(
 
 @dataclass(frozen=True)
 class Account:
-    """The system account a server runs as (``None`` fields: this process's own)."""
+    """The system account a server runs as: its name, user id, group id and groups."""
 
     name: str
     uid: int
