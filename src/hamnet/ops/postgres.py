@@ -477,19 +477,21 @@ class PostgresServer:
         return subprocess.CompletedProcess(args, proc.returncode, output, "")
 
     def _prepare_root(self, account: Account | None) -> None:
+        blocked = (
+            None if account is None else blocking_ancestor(self.root, account.uid, account.groups)
+        )
+        if account is not None and blocked is not None:
+            raise HamnetError(
+                f"PostgreSQL refuses to run as root, so it runs as {account.name!r}, which "
+                f"must be able to reach {self.root}; but {blocked} "
+                f"({stat.filemode(blocked.stat().st_mode)}) is closed to it. Put the server "
+                "folder (for `hamnet stack up`, the project) where that account can reach it, "
+                "or run hamnet as an unprivileged user."
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         if account is None:
             return
-        blocked = blocking_ancestor(self.root, account.uid, account.groups)
-        if blocked is not None:
-            mode = stat.filemode(blocked.stat().st_mode) if blocked.exists() else "missing"
-            raise HamnetError(
-                f"PostgreSQL refuses to run as root, so it runs as {account.name!r}, which "
-                f"must be able to reach {self.root}; but {blocked} ({mode}) is closed to it. "
-                "Put the server folder where that account can reach it, or run hamnet as an "
-                "unprivileged user."
-            )
         for path in [self.root, *self.root.rglob("*")]:
             os.chown(path, account.uid, account.gid, follow_symlinks=False)
 

@@ -333,8 +333,8 @@ def _start_database(
     if url is None:
         server = PostgresServer(state / POSTGRES_FOLDER, host=host, port=port)
         stack.postgres_dir = str(server.root)
-        server.start()
         stack.save(state)  # `hamnet stack down` stops it even if a later step fails
+        server.start()
         url = server.url()
         say(f"postgresql ready on {host}:{server.port} (data in {server.data_dir})")
     stack.database_urls = create_databases(url, DATABASES)
@@ -363,10 +363,11 @@ def down(
         stop_process_group(pid)
         if echo:
             print(f"stopped {name} (pid {pid})")
-    if stack.postgres_dir:
-        PostgresServer(stack.postgres_dir).stop()
+    server = PostgresServer(stack.postgres_dir) if stack.postgres_dir else None
+    if server is not None and server.is_running():
+        server.stop()
         if echo:
-            print(f"stopped postgresql (its data stays in {stack.postgres_dir})")
+            print(f"stopped postgresql (its data stays in {server.root})")
     (state / STATE_FILE).unlink(missing_ok=True)
 
 
