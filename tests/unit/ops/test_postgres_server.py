@@ -217,3 +217,21 @@ def test_cli_refuses_an_unknown_database_before_starting_anything(
     assert not (tmp_path / ".stack").exists()
     shown = CliRunner().invoke(app, ["stack", "up", "--help"])
     assert "--database" in shown.output and "--database-url" in shown.output
+
+
+def test_as_root_a_server_folder_closed_to_its_account_is_refused_before_anything(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the server to another account")
+    try:
+        server_account()
+        find_binaries()
+    except (HamnetError, MissingDependencyError) as err:
+        pytest.skip(str(err))
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    server = PostgresServer(closed / "project" / ".stack" / "postgres")
+    with pytest.raises(HamnetError, match=r"runs as 'postgres'.*\(drwx------\) is closed to it"):
+        server.init()
+    assert not (closed / "project").exists()
