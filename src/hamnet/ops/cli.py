@@ -375,6 +375,20 @@ def stack_up(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow")] = True,
+    database: Annotated[
+        str,
+        typer.Option(
+            help="Where MLflow, Optuna and Prefect keep their data: sqlite (files in the "
+            "project) or postgresql (a server started in .stack/postgres, or --database-url)."
+        ),
+    ] = "sqlite",
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="A running PostgreSQL server to use (postgresql://user:pw@host/db)."),
+    ] = None,
+    postgres_port: Annotated[
+        int | None, typer.Option(help="Port of the PostgreSQL server it starts (free one).")
+    ] = None,
 ) -> None:
     """Start Prefect server, work pool, deployments, worker and MLflow server."""
     apply_defaults()
@@ -382,15 +396,20 @@ def stack_up(
 
     try:
         started = stack.up(
-            ".", host=host, prefect_port=prefect_port, mlflow=mlflow, mlflow_port=mlflow_port
-        )
+            ".", host=host, prefect_port=prefect_port, mlflow=mlflow, mlflow_port=mlflow_port,
+            database=database, database_url=database_url, postgres_port=postgres_port,
+        )  # fmt: skip
     except HamnetError as err:
         raise _fail(err) from None
+    studies = started.database_urls.get("optuna")
     console.print(
         f"\nPoint your shell at it:\n  export PREFECT_API_URL={started.prefect_api_url}"
         + (f"\n  export MLFLOW_TRACKING_URI={started.mlflow_uri}" if started.mlflow_uri else "")
-        + "\nthen: prefect deployment run hamnet-optimize/default --watch"
-    )
+        + (f"\nOptuna studies (stages.nas.storage / stages.hpo.storage):\n  {studies}"
+           if studies else "")
+        + "\nthen: prefect deployment run hamnet-optimize/default --watch",
+        soft_wrap=True,
+    )  # fmt: skip
 
 
 @stack_app.command("down")

@@ -10,6 +10,11 @@
 5. optionally ``mlflow server`` on 127.0.0.1 with a SQLite store, whose URL the worker
    gets as ``MLFLOW_TRACKING_URI``.
 
+With ``database="postgresql"`` a PostgreSQL server is started first (its folder is
+``.stack/postgres``; or a running server's URL is used) with one database each for
+MLflow's backend store, the Optuna studies and the Prefect server, and MLflow and
+Prefect run on those instead of SQLite (see :mod:`hamnet.ops.postgres`).
+
 Everything binds to 127.0.0.1 unless a host is given. Process ids, URLs and logs go
 under ``.stack/`` so ``hamnet stack down`` can stop them.
 """
@@ -30,10 +35,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hamnet.core.errors import HamnetError
+from hamnet.core.errors import ConfigError, HamnetError
+from hamnet.ops.postgres import PostgresServer, create_databases, database_url
 
 WORK_POOL = "hamnet-pool"
 STATE_FILE = "state.json"
+DATABASES = {"mlflow": "hamnet_mlflow", "optuna": "hamnet_optuna", "prefect": "hamnet_prefect"}
+"""The databases of a PostgreSQL-backed stack: one per service."""
+DATABASE_KINDS = ("sqlite", "postgresql")
+"""What ``hamnet stack up --database`` accepts."""
+POSTGRES_FOLDER = "postgres"
+"""The folder, in the stack's state folder, of the PostgreSQL server the stack starts."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +91,11 @@ class Stack:
     mlflow_uri: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    database: str = "sqlite"
+    database_urls: dict[str, str] = field(default_factory=dict)
+    """``{"mlflow"|"optuna"|"prefect": psycopg URL}`` on PostgreSQL (password included)."""
+    postgres_dir: str | None = None
+    """The folder of the PostgreSQL server this stack started (stopped by ``down``)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -96,6 +113,7 @@ class Stack:
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STATE_FILE
         path.write_text(json.dumps(asdict(self), indent=2))
+        path.chmod(0o600)  # database URLs carry a password
         return path
 
     def track(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -145,6 +163,9 @@ def up(
     mlflow_port: int | None = None,
     state_dir: str | Path = ".stack",
     echo: bool = True,
+    database: str = "sqlite",
+    database_url: str | None = None,
+    postgres_port: int | None = None,
 ) -> Stack:
     """Start Prefect server, work pool, deployments, worker and (optionally) MLflow.
 
@@ -156,16 +177,28 @@ def up(
         mlflow_port: MLflow server port (a free one when None).
         state_dir: Where pids, URLs and logs go.
         echo: Print progress.
+        database: ``"sqlite"`` (files in the project) or ``"postgresql"``: MLflow's
+            store, the Optuna studies and the Prefect server on PostgreSQL.
+        database_url: A running PostgreSQL server to use (implies ``"postgresql"``);
+            ``None`` starts one in ``<state_dir>/postgres``.
+        postgres_port: Port of the PostgreSQL server it starts (a free one when None).
 
     Returns:
         The started stack.
+
+    Raises:
+        ConfigError: If ``database`` is not one of :data:`DATABASE_KINDS`.
+        HamnetError: If a server does not start (with its log's tail).
     """
     project = Path(project_dir).resolve()
     state = (project / state_dir).resolve()
     say = print if echo else (lambda *_a, **_k: None)
+    kind = database_kind(database, database_url)
     prefect_port = prefect_port or free_port(host)
     stack = Stack(project_dir=str(project), prefect_api_url=f"http://{host}:{prefect_port}/api")
     env = server_env(stack, state)
+    if kind == "postgresql":
+        _start_database(stack, state, host, database_url, postgres_port, say=say)
     if mlflow:
         _start_mlflow(stack, env, host, mlflow_port or free_port(host), state=state, say=say)
     _start_prefect_server(stack, env, host, prefect_port, state=state, say=say)
@@ -204,20 +237,23 @@ def server_env(stack: Stack, state: Path) -> dict[str, str]:
     return env
 
 
-def mlflow_server_command(project: Path, host: str, port: int) -> list[str]:
+def mlflow_server_command(
+    project: Path, host: str, port: int, *, backend_store_uri: str | None = None
+) -> list[str]:
     """The ``mlflow server`` command line: a SQLite store and artifacts in ``project``.
 
     Args:
         project: The project folder (``mlflow.db`` and ``mlartifacts/`` live there).
         host: Address the server binds to.
         port: Its port.
+        backend_store_uri: Another store (a PostgreSQL URL) instead of ``mlflow.db``.
 
     Returns:
         The arguments, the console script first.
     """
     return [
         _bin("mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{project / 'mlflow.db'}",
         "--default-artifact-root", str(project / "mlartifacts"),
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
@@ -232,7 +268,9 @@ def _start_mlflow(
     project = Path(stack.project_dir)
     log = state / "logs" / "mlflow.log"
     proc = _spawn(
-        mlflow_server_command(project, host, port),
+        mlflow_server_command(
+            project, host, port, backend_store_uri=stack.database_urls.get("mlflow")
+        ),
         cwd=project, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, log=log,
     )  # fmt: skip
     stack.track("mlflow", proc, log)
@@ -246,13 +284,62 @@ def _start_prefect_server(
     log = state / "logs" / "prefect-server.log"
     proc = _spawn(
         [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)],
-        cwd=Path(stack.project_dir), env=env, log=log,
+        cwd=Path(stack.project_dir), env={**env, **prefect_database_env(stack)}, log=log,
     )  # fmt: skip
     stack.track("prefect-server", proc, log)
     stack.save(state)
     say(f"prefect server starting on {stack.prefect_api_url} (log {log})")
     wait_http(f"{stack.prefect_api_url}/health", 120, what="prefect server", log=log)
     say("prefect server ready")
+
+
+def database_kind(database: str, database_url: str | None = None) -> str:
+    """``"sqlite"`` or ``"postgresql"`` (``"postgres"`` too; a URL means PostgreSQL).
+
+    Raises:
+        ConfigError: If ``database`` is neither.
+    """
+    kind = {"postgres": "postgresql"}.get(str(database).lower(), str(database).lower())
+    if kind not in DATABASE_KINDS:
+        raise ConfigError(
+            f"the stack's database must be one of {list(DATABASE_KINDS)}, but got {database!r}."
+        )
+    return "postgresql" if database_url is not None else kind
+
+
+def prefect_database_env(stack: Stack) -> dict[str, str]:
+    """The Prefect server's database setting: its PostgreSQL database (asyncpg), else none."""
+    url = stack.database_urls.get("prefect")
+    if url is None:
+        return {}
+    return {
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url(
+            url, DATABASES["prefect"], driver="asyncpg"
+        )
+    }
+
+
+def _start_database(
+    stack: Stack,
+    state: Path,
+    host: str,
+    url: str | None,
+    port: int | None,
+    *,
+    say: Callable[..., Any],
+) -> None:
+    """Start PostgreSQL (unless ``url`` names a running one) and create the stack's databases."""
+    stack.database = "postgresql"
+    if url is None:
+        server = PostgresServer(state / POSTGRES_FOLDER, host=host, port=port)
+        stack.postgres_dir = str(server.root)
+        stack.save(state)  # `hamnet stack down` stops it even if a later step fails
+        server.start()
+        url = server.url()
+        say(f"postgresql ready on {host}:{server.port} (data in {server.data_dir})")
+    stack.database_urls = create_databases(url, DATABASES)
+    stack.save(state)
+    say(f"databases {sorted(DATABASES.values())} ready")
 
 
 def _deploy(project: Path, env: dict[str, str]) -> None:
@@ -276,6 +363,11 @@ def down(
         stop_process_group(pid)
         if echo:
             print(f"stopped {name} (pid {pid})")
+    server = PostgresServer(stack.postgres_dir) if stack.postgres_dir else None
+    if server is not None and server.is_running():
+        server.stop()
+        if echo:
+            print(f"stopped postgresql (its data stays in {server.root})")
     (state / STATE_FILE).unlink(missing_ok=True)
 
 

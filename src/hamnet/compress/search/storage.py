@@ -1,7 +1,9 @@
 """The study's database: an Optuna RDB storage every Ray worker can open.
 
 :func:`open_study` creates or loads a study in an SQLAlchemy database (SQLite by
-default; a multi-node cluster needs a server database reachable from every node). Its
+default; a multi-node cluster, or a team sharing its studies, needs a server database
+reachable from every node: ``postgresql://`` URLs get the psycopg 3 driver of the
+``postgres`` extra, a connect timeout and pre-ping of pooled connections). Its
 storage records a heartbeat of each running trial (the driver beats for the trials it
 has in flight), so a trial whose driver was killed goes stale after the grace period
 and Optuna fails it and queues a retry of it
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -22,12 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hamnet.core.errors import ConfigError
+from hamnet.core.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import RDBStorage
+    from sqlalchemy.engine import URL
 
+POSTGRES_DRIVERNAME = "postgresql+psycopg"
+"""The SQLAlchemy driver a ``postgresql://`` URL gets (psycopg 3, the ``postgres`` extra)."""
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+"""How long a PostgreSQL connection attempt waits: a server that is down fails fast."""
 SQLITE_TIMEOUT_SECONDS = 60
 """How long a SQLite connection waits for a lock: driver and workers write concurrently."""
 HEARTBEAT_INTERVAL_SECONDS = 5
@@ -67,6 +75,8 @@ def _storage_url_and_kwargs(storage_url: str) -> tuple[str, dict[str, Any], str]
             f"(expected e.g. 'sqlite:///search.db'): {err}"
         ) from None
     shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        return _postgres_url_and_kwargs(parsed, shown)
     if parsed.get_backend_name() != "sqlite":
         return storage_url, {}, shown
     database = parsed.database or ""
@@ -86,6 +96,21 @@ def _storage_url_and_kwargs(storage_url: str) -> tuple[str, dict[str, Any], str]
         raise ConfigError(f"study storage {shown!r} cannot be created: {err}") from None
     url = parsed.set(database=str(path)).render_as_string(hide_password=False)
     return url, {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}, shown
+
+
+def _postgres_url_and_kwargs(parsed: URL, shown: str) -> tuple[str, dict[str, Any], str]:
+    """A PostgreSQL URL with the psycopg driver unless one is named; engine kwargs for it."""
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername=POSTGRES_DRIVERNAME)
+    if parsed.drivername == POSTGRES_DRIVERNAME and importlib.util.find_spec("psycopg") is None:
+        raise MissingDependencyError(
+            f"study storage {shown!r} is a PostgreSQL database, which needs the psycopg "
+            "package, but it is not installed: pip install 'hamnet[postgres]'"
+        )
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.drivername == POSTGRES_DRIVERNAME:
+        kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
+    return parsed.render_as_string(hide_password=False), kwargs, shown
 
 
 def _open_storage(
@@ -134,7 +159,9 @@ def open_study(
 
     Args:
         storage_url: An SQLAlchemy database URL (``sqlite:///path.db``,
-            ``postgresql://...``). In-memory storage is refused: workers must reach it.
+            ``postgresql://user:password@host:5432/db``; ``postgresql://`` and
+            ``postgres://`` use psycopg 3). In-memory storage is refused: workers must
+            reach it.
         study_name: The study's name in the storage.
         directions: ``"minimize"`` or ``"maximize"`` per objective.
         sampler: Optuna sampler (``None``: Optuna's default).
@@ -152,6 +179,7 @@ def open_study(
     Raises:
         ConfigError: If the storage cannot be opened (naming the URL, password hidden),
             a direction is unknown, or an existing study has other directions.
+        MissingDependencyError: A PostgreSQL URL without psycopg installed.
     """
     import optuna
 
