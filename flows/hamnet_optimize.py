@@ -11,6 +11,7 @@ or through a deployment on a Prefect server (see README)::
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from hamnet.pipeline.plan import Stage
 from hamnet.pipeline.run import PipelineRun
 from tasks.stages import stage_task
 
+FLOW_NAME = "hamnet-optimize"
+logger = logging.getLogger("hamnet.flows")
 
-@flow(name="hamnet-optimize", description="Train, export, quantize, measure and select.")
+
+@flow(name=FLOW_NAME, description="Train, export, quantize, measure and select.")
 def hamnet_optimize(
     config_path: str = "configs/default.yaml",
     overrides: dict[str, Any] | None = None,
@@ -41,6 +45,7 @@ def hamnet_optimize(
     Returns:
         A summary: recommended candidate, cached stages, MLflow run, registry outcome.
     """
+    _mark_process_and_reap(str(flow_run.id))
     base = Path(base_dir).resolve()
     config = load_config(base / config_path, overrides)
     tags = {
@@ -58,6 +63,21 @@ def hamnet_optimize(
             run.add(stage, new, notes=notes, cached=cached, seconds=time.perf_counter() - started)
         result = run.finish()
     return result.summary()
+
+
+def _mark_process_and_reap(flow_run_id: str) -> None:
+    """Label this flow run with its process; mark CRASHED runs whose process died.
+
+    A flow run killed together with its worker stays RUNNING in Prefect; the next run on
+    the same host ends it (``hamnet.tracking.reaper``). Neither step may stop the run.
+    """
+    from hamnet.tracking.reaper import crash_abandoned_flow_runs, label_flow_run
+
+    try:
+        label_flow_run(flow_run_id)
+        crash_abandoned_flow_runs(FLOW_NAME, current_flow_run_id=flow_run_id)
+    except Exception as err:  # the API is reachable (we run in it); keep optimizing
+        logger.warning("could not label or reap Prefect flow runs: %s", err)
 
 
 def _run_stage(

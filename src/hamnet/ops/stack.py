@@ -102,7 +102,8 @@ class Stack:
         """Environment for clients of this stack (prefect CLI, worker, flows)."""
         env = dict(os.environ)
         env["PREFECT_API_URL"] = self.prefect_api_url
-        env["HAMNET_PROJECT_DIR"] = self.project_dir
+        # No HAMNET_PROJECT_DIR: `prefect deploy` records the project folder in the
+        # deployment's pull step (prefect.yaml); a value set by the user passes through.
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri

@@ -4,6 +4,12 @@ A flow process killed with SIGKILL (or by the OOM killer, or a reboot) cannot cl
 MLflow parent run, which would stay RUNNING forever. Every parent run carries tags that
 identify its process (:func:`process_tags`); the next run of the same config ends those
 whose process is gone (:func:`close_abandoned`).
+
+The same holds for the Prefect flow run around it: a worker killed together with its
+flow run leaves the run RUNNING in Prefect, and no one reports it. Each
+``hamnet-optimize`` flow run labels itself with the same process tags
+(:func:`label_flow_run`); the next flow run on the host marks CRASHED those RUNNING
+runs whose process is gone (:func:`crash_abandoned_flow_runs`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from hamnet.tracking.connection import Connection
 
 logger = logging.getLogger("hamnet.tracking")
@@ -93,3 +101,83 @@ def close_abandoned(
         logger.warning("MLflow run %s: %s", run.info.run_id, error)
         closed.append(run.info.run_id)
     return closed
+
+
+def label_flow_run(flow_run_id: str | UUID) -> dict[str, str]:
+    """Label a Prefect flow run with :func:`process_tags` of this process.
+
+    Call it from inside the flow run (the process that runs the flow), with a Prefect
+    API configured.
+
+    Args:
+        flow_run_id: The flow run to label.
+
+    Returns:
+        The labels written.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    labels = process_tags()
+    with get_client(sync_client=True) as client:
+        client.update_flow_run_labels(UUID(str(flow_run_id)), labels)  # type: ignore[arg-type]
+    return labels
+
+
+def crash_abandoned_flow_runs(
+    flow_name: str, *, current_flow_run_id: str | UUID | None = None
+) -> list[str]:
+    """Mark CRASHED the RUNNING runs of ``flow_name`` whose process died on this host.
+
+    A run counts as abandoned when its labels (:func:`label_flow_run`) name this host and
+    a process that no longer exists, or a later process that reused the pid. Runs
+    without the labels, runs of other hosts and the current run are left alone. The
+    state is forced (a run whose process is gone cannot take part in the transition)
+    and its message says which process ended and who found it.
+
+    Args:
+        flow_name: The flow whose runs are checked (``hamnet-optimize``).
+        current_flow_run_id: The run doing the check (skipped, named in the message).
+
+    Returns:
+        The ids of the runs marked CRASHED.
+    """
+    import socket
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    host = socket.gethostname()
+    current = str(current_flow_run_id) if current_flow_run_id is not None else None
+    crashed: list[str] = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+        for run in runs:
+            labels = {key: str(value) for key, value in (run.labels or {}).items()}
+            if str(run.id) == current or TAG_PID not in labels:
+                continue
+            if labels.get(TAG_HOST) != host or process_alive(labels):
+                continue
+            message = (
+                f"abandoned: process {labels[TAG_PID]} on {host} ended without reporting "
+                f"this flow run (killed with its worker?); marked CRASHED by flow run "
+                f"{current or 'unknown'}"
+            )
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            logger.warning("Prefect flow run %s (%s): %s", run.name, run.id, message)
+            crashed.append(str(run.id))
+    return crashed
