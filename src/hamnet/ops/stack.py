@@ -107,6 +107,9 @@ class Stack:
         env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        if self.database_urls.get("optuna"):
+            # the search stages' studies go to the team database unless a config names one
+            env["HAMNET_SEARCH_STORAGE"] = self.database_urls["optuna"]
         return env
 
     def save(self, state_dir: Path) -> Path:

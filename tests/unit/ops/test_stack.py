@@ -16,12 +16,15 @@ def _stack(tmp_path: Path) -> Stack:
     return Stack(project_dir=str(tmp_path), prefect_api_url="http://127.0.0.1:4200/api")
 
 
-def test_server_env_adds_prefect_home_and_turns_tracking_off(tmp_path: Path) -> None:
+def test_server_env_adds_prefect_home_and_turns_tracking_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HAMNET_PROJECT_DIR", raising=False)
     stack = _stack(tmp_path)
     stack.mlflow_uri = "http://127.0.0.1:5000"
     env = server_env(stack, tmp_path / ".stack")
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
-    assert env["HAMNET_PROJECT_DIR"] == str(tmp_path)
+    assert "HAMNET_PROJECT_DIR" not in env  # prefect deploy records the folder
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     assert env["PREFECT_HOME"] == str(tmp_path / ".stack" / "prefect-home")
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
