@@ -55,8 +55,6 @@ from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 from hamnet.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    import optuna
-
     from hamnet.core.config import QuantizeStageConfig
     from hamnet.core.hardware import HardwareProfile
 
@@ -210,9 +208,7 @@ class TuningResult:
     def layers_for(self, assignment: TriedAssignment | None) -> list[LayerAttribution]:
         """The attribution records with ``precision`` as ``assignment`` chose it."""
         fallback = set(assignment.fallback) if assignment else set()
-        return [
-            replace(r, precision="fp32") if r.name in fallback else r for r in self.attribution
-        ]
+        return [replace(r, precision="fp32") if r.name in fallback else r for r in self.attribution]
 
     def summary(self) -> str:
         """One line: trials, how many ran and were reused, the best assignment."""
@@ -497,19 +493,17 @@ def tune_fallback(
             "accuracy-aware INT8 needs a graph with MatMul/Gemm/Conv layers that have "
             "constant weights, but got none"
         )
-    attribution = _attribution(study, builder, scorer, layers, Path(work) / "attribution",
-                               deadline)  # fmt: skip
-    ranked = [r.name for r in attribution][: budget.top_k]
-    result = TuningResult(scorer.baseline, budget, attribution, study_name=study.study_name)
+    result = TuningResult(scorer.baseline, budget, [], study_name=study.study_name)
     done = _finished(study, result)
-    run = _Runner(builder, scorer, budget, Path(work), x_latency, latency_repeats, study, ranked)
+    run = _Runner(builder, scorer, budget, Path(work), x_latency, latency_repeats, study, [])
 
     def evaluate(fallback: tuple[str, ...], origin: str) -> TriedAssignment:
         key = frozenset(fallback)
         if key in done:
             result.reused += 1
             return done[key]
-        tried = run.fixed(fallback, origin)
+        names = [layer.name for layer in layers] if origin == "int8" else run.ranked
+        tried = run.fixed(fallback, origin, names)
         result.ran += 1
         done[key] = tried
         return tried
@@ -521,12 +515,17 @@ def tune_fallback(
             return f"time budget ({budget.time_budget_s:g} s) spent"
         return None
 
-    result.stopped = out_of_budget() or ""
-    tried = evaluate((), "int8") if not result.stopped else done.get(frozenset())
-    if tried is not None and tried.meets_budget:
-        result.stopped = result.stopped or "every layer INT8 meets the budget"
-    elif not result.stopped:
-        result.stopped = _greedy(ranked, evaluate, out_of_budget) or ""
+    # Plain INT8 first: the attribution (one build per layer) only when it misses.
+    plain = None
+    if frozenset() in done or not out_of_budget():
+        plain = evaluate((), "int8")
+    if plain is not None and plain.meets_budget:
+        result.stopped = "every layer INT8 meets the budget"
+    else:
+        result.attribution = _attribution(study, builder, scorer, layers,
+                                          Path(work) / "attribution", deadline)  # fmt: skip
+        run.ranked = [r.name for r in result.attribution][: budget.top_k]
+        result.stopped = out_of_budget() or _greedy(run.ranked, evaluate, out_of_budget) or ""
         if not result.stopped:
             result.stopped = _search(run, done, result, out_of_budget)
     result.tried = sorted(done.values(), key=lambda t: t.trial)
@@ -630,16 +629,17 @@ class _Runner:
             path=main,
         )  # fmt: skip
 
-    def fixed(self, fallback: tuple[str, ...], origin: str) -> TriedAssignment:
+    def fixed(self, fallback: tuple[str, ...], origin: str, names: list[str]) -> TriedAssignment:
         """Measure an assignment chosen outside the sampler and add it as a finished trial.
 
-        The trial is added only once measured, so a kill leaves nothing half-done.
+        The trial is added only once measured, so a kill leaves nothing half-done; its
+        params say for each of ``names`` whether it stays float.
         """
         import optuna
 
         number = len(self.study.get_trials(deepcopy=False))
         tried = self.measure(number, fallback, origin)
-        params = {_PARAM_PREFIX + n: n in fallback for n in self.ranked}
+        params = {_PARAM_PREFIX + n: n in fallback for n in names}
         distributions: dict[str, Any] = {
             k: optuna.distributions.CategoricalDistribution([False, True]) for k in params
         }

@@ -180,8 +180,7 @@ class ValidationScorer:
             raise DataError("accuracy-aware tuning needs validation inputs, but got an empty array")
         if y is not None and len(y) != len(self.x):
             raise DataError(
-                f"validation targets must have one row per input ({len(self.x)}), but got "
-                f"{len(y)}"
+                f"validation targets must have one row per input ({len(self.x)}), but got {len(y)}"
             )
         self.y = None if y is None else np.asarray(y)
         self.runtime = runtime
@@ -207,9 +206,7 @@ class ValidationScorer:
         """The score of ``outputs``: accuracy on labels, else fidelity to the target."""
         from hamnet.evaluate.measure import score_outputs
 
-        value, _ = score_outputs(
-            outputs, self.y, self.reference, fidelity_setting=self.fidelity
-        )
+        value, _ = score_outputs(outputs, self.y, self.reference, fidelity_setting=self.fidelity)
         assert value is not None
         return float(value)
 

@@ -89,7 +89,6 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 )
         return out
 
-
     def _tuned(
         self, method: QuantizationMethod, source: Candidate, inputs: list[Candidate],
         calibration: Any, cfg: QuantizeStageConfig, ctx: StageContext,
@@ -135,7 +134,12 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
         out = []
         for tried in chosen:
             main = method.materialize(  # type: ignore[attr-defined]
-                result, tried, Path(source.artifact.path), ctx.store.staging_dir(), data, cfg,
+                result,
+                tried,
+                Path(source.artifact.path),
+                ctx.store.staging_dir(),
+                data,
+                cfg,
                 ctx.profile,
             )
             ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]

@@ -164,8 +164,8 @@ def test_fallback_meets_a_budget_plain_int8_misses_and_resumes(
 def test_quantize_alone_writes_the_best_assignment(
     broken_mlp: Path, digits: tuple, cpu: HardwareProfile, tmp_path: Path
 ) -> None:
-    from hamnet.compress.quantize.attribution import trial_artifact
     from hamnet.backends.session import load_session
+    from hamnet.compress.quantize.attribution import trial_artifact
 
     x_train, _, x_val, _ = digits
     method = get_quantizer("int8_accuracy_aware")
@@ -185,7 +185,7 @@ def test_bad_budgets_are_config_errors(
     drop: float, broken_mlp: Path, digits: tuple, cpu: HardwareProfile, tmp_path: Path
 ) -> None:
     x_train, _, x_val, y_val = digits
-    with pytest.raises(ConfigError, match=r"max_accuracy_drop must be a fraction between 0 and 1 .* but got"):
+    with pytest.raises(ConfigError, match=r"must be a fraction between 0 and 1 .* but got"):
         AccuracyBudget(drop)
     with pytest.raises(ConfigError, match=r"max_accuracy_drop must be a fraction"):
         get_quantizer("int8_accuracy_aware").tune(  # type: ignore[attr-defined]

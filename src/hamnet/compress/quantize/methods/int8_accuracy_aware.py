@@ -1,4 +1,4 @@
-"""ONNX Runtime static INT8 that keeps its most harmful layers FP32 until an accuracy budget holds."""
+"""ONNX Runtime static INT8 keeping its most harmful layers FP32 until an accuracy budget holds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NNCF INT8 for OpenVINO that keeps its most harmful layers FP32 until an accuracy budget holds."""
+"""NNCF INT8 (OpenVINO) keeping its most harmful layers FP32 until an accuracy budget holds."""
 
 from __future__ import annotations
 
