@@ -97,7 +97,6 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
         tuning's Pareto front (score vs latency), or none when plain INT8 already meets
         the budget and a plain INT8 method of the same runtime runs beside it."""
         from hamnet.compress.quantize.attribution import LAYERS_PARAM
-        from hamnet.pipeline.measuring import run_fidelity
 
         name = method.name
         budget_drop = ctx.config.constraints.max_accuracy_drop
@@ -105,7 +104,7 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
             result = method.tune(  # type: ignore[attr-defined]
                 Path(source.artifact.path), ctx.store.staging_dir(), calibration=calibration,
                 x_val=ctx.dataset.x_val, y_val=ctx.dataset.y_val, cfg=cfg, profile=ctx.profile,
-                fidelity=run_fidelity(ctx), max_accuracy_drop=budget_drop,
+                fidelity=_fidelity(ctx), max_accuracy_drop=budget_drop,
                 storage_dir=ctx.store.root.parent / "quantize", seed=ctx.config.seed,
             )  # fmt: skip
         except Exception as err:  # one method failing on one model: the rest go on
@@ -174,6 +173,23 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 )
             )
         return out
+
+
+def _fidelity(ctx: StageContext) -> str:
+    """How label-free outputs are compared, as :func:`hamnet.pipeline.measuring.run_fidelity`
+    chooses it for the run (that module imports the plan, which imports this stage)."""
+    import numpy as np
+
+    from hamnet.evaluate.fidelity import fidelity_kind
+
+    setting = ctx.config.data.fidelity
+    data = ctx.dataset
+    if data.targets != "reference":
+        return setting
+    from hamnet.pipeline.stages._user_modules import declared_output_kind
+
+    reference = np.concatenate([data.y_train, data.y_val, data.y_test], axis=0)
+    return fidelity_kind(reference, declared_output_kind(ctx), setting=setting)
 
 
 def _is_plain_int8(method_name: str, runtime: str) -> bool:

@@ -232,3 +232,66 @@ def test_layers_figure_and_records_param() -> None:
     fig = layers_figure(records)
     assert len(fig.axes[0].patches) == 2
     assert LAYERS_PARAM == "quantization_layers"
+
+
+def test_quantize_stage_returns_fallback_children_with_layer_records(
+    broken_mlp: Path, cpu: HardwareProfile, tmp_path: Path
+) -> None:
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.candidate import Candidate
+    from hamnet.pipeline.stages.base import StageContext
+    from hamnet.pipeline.stages.quantize import QuantizeStage
+
+    config = config_from_dict({
+        "model": {"source": "file", "path": str(broken_mlp)},
+        "data": {"source": "digits"},
+        "constraints": {"max_accuracy_drop": 0.01},
+        "stages": {"train": None, "export": None, "quantize": {
+            "methods": ["ort_static_int8", "int8_accuracy_aware"], "per_channel": False,
+            "calibration_samples": 200, "max_trials": 3, "fallback_top_k": 3,
+        }},
+    })  # fmt: skip
+    store = ArtifactStore(tmp_path / "run" / "artifacts")
+    ctx = StageContext(config=config, profile=cpu, store=store, base_dir=tmp_path)
+    source = Candidate.create(
+        name="baseline", stage="load", method="file", artifact=store.put(broken_mlp, "onnx"),
+        runtime="onnxruntime",
+    )  # fmt: skip
+    out = QuantizeStage().run([source], ctx)
+    assert [c.method for c in out][0] == "ort_static_int8"
+    tuned = [c for c in out if c.method == "int8_accuracy_aware"]
+    assert tuned, ctx.notes
+    assert all(c.precision == "mixed" and c.params["fallback_layers"] for c in tuned)
+    assert any("/2/Gemm" in c.params["fallback_layers"] for c in tuned)
+    assert all(any("layers kept FP32" in n for n in c.notes) for c in tuned)
+    records = tuned[0].params[LAYERS_PARAM]
+    assert records[0]["weight"] == BROKEN_WEIGHT and records[0]["precision"] == "fp32"
+    assert any("int8_accuracy_aware for baseline" in n for n in ctx.notes)
+    assert (tmp_path / "run" / "quantize" / "accuracy_aware.db").is_file()
+
+
+def test_layer_records_are_logged_to_mlflow(tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from hamnet.compress.quantize.attribution import log_quantization_layers
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.candidate import Candidate
+
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"x")
+    records = [
+        {"name": "/2/Gemm", "op_type": "Gemm", "weight": "2.weight", "precision": "fp32",
+         "error": 0.8, "output_error": 0.5},
+        {"name": "/0/Gemm", "op_type": "Gemm", "weight": "0.weight", "precision": "int8",
+         "error": 0.0, "output_error": 0.001},
+    ]  # fmt: skip
+    candidate = Candidate.create(
+        name="c", stage="quantize", method="int8_accuracy_aware",
+        artifact=ArtifactStore(tmp_path / "s").put(f, "onnx"), runtime="onnxruntime",
+        params={LAYERS_PARAM: records},
+    )  # fmt: skip
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("q", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment).info.run_id
+    log_quantization_layers(client, run_id, candidate)
+    listed = {a.path for a in client.list_artifacts(run_id, "quantization")}
+    assert listed == {"quantization/layers.json", "quantization/layers.png"}
