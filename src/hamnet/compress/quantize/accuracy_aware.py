@@ -90,7 +90,7 @@ class AccuracyBudget:
             included); the per-layer attribution is not counted.
         time_budget_s: Wall-clock seconds this call may spend (attribution included).
         top_k: How many of the most harmful layers the greedy pass and the search may
-            keep in float.
+            keep in float (at most all layers but one: some layer always stays INT8).
 
     Raises:
         ConfigError: A value is out of range (the message names what was expected and
@@ -524,7 +524,8 @@ def tune_fallback(
     else:
         result.attribution = _attribution(study, builder, scorer, layers,
                                           Path(work) / "attribution", deadline)  # fmt: skip
-        run.ranked = [r.name for r in result.attribution][: budget.top_k]
+        # At least one layer stays INT8: every layer float is the FP32 model, no candidate.
+        run.ranked = [r.name for r in result.attribution][: min(budget.top_k, len(layers) - 1)]
         result.stopped = out_of_budget() or _greedy(run.ranked, evaluate, out_of_budget) or ""
         if not result.stopped:
             result.stopped = _search(run, done, result, out_of_budget)

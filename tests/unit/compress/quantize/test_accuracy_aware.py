@@ -258,7 +258,7 @@ def test_quantize_stage_returns_fallback_children_with_layer_records(
         runtime="onnxruntime",
     )  # fmt: skip
     out = QuantizeStage().run([source], ctx)
-    assert [c.method for c in out][0] == "ort_static_int8"
+    assert out[0].method == "ort_static_int8"
     tuned = [c for c in out if c.method == "int8_accuracy_aware"]
     assert tuned, ctx.notes
     assert all(c.precision == "mixed" and c.params["fallback_layers"] for c in tuned)
