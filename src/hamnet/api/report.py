@@ -58,8 +58,10 @@ class CompressionReport:
             recommended one, else the run's first): ``name``, ``op_type``, ``weight``,
             the chosen ``precision`` and the ``error`` (score lost with only that layer
             INT8) and ``output_error`` it contributes.
-        quantization_note: Why the recommended model is not the selection's choice when
-            quantization was the goal (the selection chose an unquantized model).
+        quantization_note: When quantization was the goal but the selection recommends
+            an unquantized model: says so, and why the quantized ones lost.
+        nearest_quantized: Then the quantized candidate to take instead: the fastest
+            one that meets the constraints, else the nearest one.
     """
 
     size_reduction_ratio: float | None
@@ -82,6 +84,7 @@ class CompressionReport:
     test_accuracy_drop: float | None = None
     quantization_layers: list[dict[str, Any]] = field(default_factory=list)
     quantization_note: str | None = None
+    nearest_quantized: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -188,18 +191,10 @@ class OptimizationResult:
     ) -> OptimizationResult:  # fmt: skip
         """The result of the kept round's pipeline run."""
         selection = pipeline.selection
-        recommended = selection.recommended
-        satisfied = selection.constraints_satisfied
-        if report.quantization_note and recommended is not None:
-            # Quantization was the goal: the report's quantized pick stands.
-            recommended = next(
-                (c for c in pipeline.candidates if c.name == report.recommended), recommended
-            )
-            satisfied = report.constraints_satisfied
         return cls(
             candidates=list(pipeline.candidates),
-            recommended=recommended,
-            constraints_satisfied=satisfied,
+            recommended=selection.recommended,
+            constraints_satisfied=selection.constraints_satisfied,
             report=report,
             config=config,
             rounds=rounds,
@@ -354,9 +349,10 @@ def build_report(
     table = result.table
     selection = result.selection
     rec = selection.recommended
-    note = None
+    note = nearest = None
     if rec is not None and rec.precision == "fp32" and quantization_is_the_goal(config):
-        rec, note = nearest_quantized(result.candidates, selection)
+        pick, note = nearest_quantized(result.candidates, selection)
+        nearest = pick.name if pick is not None and pick.precision != "fp32" else None
     report = CompressionReport(
         size_reduction_ratio=None,
         latency_improvement_ratio=None,
@@ -371,6 +367,7 @@ def build_report(
         recommended=rec.name if rec else None,
         quantization_layers=_quantization_layers(rec, result.candidates),
         quantization_note=note,
+        nearest_quantized=nearest,
     )
     if rec is None or rec.metrics is None:
         return report
@@ -383,8 +380,6 @@ def build_report(
     report.latency_improvement_ratio = _finite(best / rec.metrics.latency_p50_ms)
     assessment = selection.assessments.get(rec.id)
     report.constraint_violations = list(assessment.violations) if assessment else []
-    if note is not None:
-        report.constraints_satisfied = bool(assessment and assessment.meets_constraints)
     report.backend_used = f"{rec.runtime} {rec.precision}"
     session = _load_recommended(rec, config, trust_checkpoint)
     report.gates = {
@@ -415,11 +410,11 @@ def quantization_is_the_goal(config: OptimizeConfig) -> bool:
 
 
 def nearest_quantized(candidates: list[Candidate], selection: Any) -> tuple[Candidate | None, str]:
-    """The quantized candidate to give when the selection chose an unquantized one.
+    """The quantized candidate to point to when the selection chose an unquantized one.
 
     The fastest quantized candidate that meets the constraints (and is not slower than
-    its parent), else the nearest one (smallest violation score); with the sentence the
-    report shows.
+    its parent), else the nearest one (rejected ones last, then the smallest violation
+    score); with the sentence the report shows.
 
     Args:
         candidates: The run's candidates.
@@ -445,9 +440,9 @@ def nearest_quantized(candidates: list[Candidate], selection: Any) -> tuple[Cand
     if feasible:
         pick = min(feasible, key=_latency)
         return pick, (
-            f"quantization was the goal: {pick.name} is the fastest quantized model that "
-            f"meets the constraints (the selection preferred the unquantized "
-            f"{chosen.name if chosen else 'model'})"
+            f"quantization was the goal, but the selection recommends the unquantized "
+            f"{chosen.name if chosen else 'model'} (faster); {pick.name} is the fastest "
+            f"quantized model that meets the constraints"
         )
     pick = min(
         quantized,
@@ -455,9 +450,9 @@ def nearest_quantized(candidates: list[Candidate], selection: Any) -> tuple[Cand
     )  # fmt: skip
     why = "; ".join(assessments[pick.id].violations) or str(pick.rejected or "")
     return pick, (
-        f"no quantized model meets the constraints: the nearest quantized one is "
-        f"{pick.name} ({why}); the unquantized {chosen.name if chosen else 'model'} is not "
-        f"returned because quantization was the goal"
+        f"no quantized model meets the constraints, so the selection recommends the "
+        f"unquantized {chosen.name if chosen else 'model'}; the nearest quantized one is "
+        f"{pick.name} ({why})"
     )
 
 

@@ -39,12 +39,17 @@ def test_quantize_goal_gives_the_nearest_quantized_model(tmp_path: Path) -> None
     assert selection.recommended is base  # only the baseline meets a one-point budget
     pick, note = nearest_quantized([base, lossy, less], selection)
     assert pick is less  # the smallest violation among the quantized ones
-    assert "no quantized model meets the constraints" in note and "mixed" in note
+    assert (
+        "no quantized model meets the constraints" in note
+        and "nearest quantized one is mixed" in note
+    )
 
     relaxed = select([base, lossy, less], base, ConstraintsSection(max_accuracy_drop=0.05),
                      SelectionSection())  # fmt: skip
     pick, note = nearest_quantized([base, lossy, less], relaxed)
-    assert pick is less and "fastest quantized model that meets the constraints" in note
+    assert (
+        pick is less and "mixed is the fastest quantized model that meets the constraints" in note
+    )
 
 
 def test_quantization_is_the_goal_reads_the_stages() -> None:
