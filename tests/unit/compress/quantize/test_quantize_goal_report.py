@@ -61,3 +61,30 @@ def test_quantization_is_the_goal_reads_the_stages() -> None:
     )
     assert quantization_is_the_goal(only)
     assert not quantization_is_the_goal(config_from_dict({}))  # train + export + quantize
+
+
+def test_auto_and_quantize_plan_the_accuracy_aware_methods() -> None:
+    from hamnet.api.compiler import (
+        ModelFacts,
+        accuracy_aware_methods,
+        compile_config,
+        default_methods,
+        plan_for,
+    )
+    from hamnet.api.constraints import Constraints, Goal
+    from hamnet.core.hardware import load_profile
+    from hamnet.families.base import get_family
+
+    cpu = load_profile("x86-avx2", require_present=False)
+    facts = ModelFacts(Path("/models/model.onnx"), get_family("generic"), size_mb=1.0)
+    tuned = ["int8_accuracy_aware", "nncf_int8_accuracy_aware"]
+    assert accuracy_aware_methods(["onnx", "openvino"], ["int8", "fp16"]) == tuned
+    assert accuracy_aware_methods(["onnx"], ["fp16"]) == []
+    assert not set(tuned) & set(default_methods(["onnx", "openvino"], ["int8"]))
+    plan = plan_for(Constraints(max_accuracy_drop=0.02), "onnx", cpu)
+    reason = next(r for r in plan.reasons if r.startswith("accuracy-aware INT8"))
+    assert "2.00 points" in reason and "plain INT8 stands" in reason
+    for goal in (Goal.AUTO, Goal.QUANTIZE):
+        cfg = compile_config(goal, Constraints(), facts, cpu)
+        assert cfg.stages.quantize is not None
+        assert set(tuned) <= set(cfg.stages.quantize.methods)
