@@ -41,6 +41,8 @@ __all__ = [
     "AutoPlan",
     "ModelFacts",
     "QuantizerTarget",
+    "accuracy_aware_methods",
+    "accuracy_aware_reason",
     "backend_of",
     "choose_backends",
     "compile_config",
@@ -100,8 +102,36 @@ def default_methods(backends: Sequence[str], precisions: Sequence[str]) -> list[
         name
         for backend in backends
         for precision in precisions
-        for name in quantizers_where(backend=backend, precision=precision, needs_attention=False)
+        for name in quantizers_where(
+            backend=backend, precision=precision, needs_attention=False, tunes_accuracy=False
+        )
     ]
+
+
+def accuracy_aware_methods(backends: Sequence[str], precisions: Sequence[str]) -> list[str]:
+    """The accuracy-aware INT8 methods of ``backends`` (none without INT8): they run beside
+    plain INT8 and fall back harmful layers to FP32 only when plain INT8 breaks the
+    accuracy budget."""
+    from hamnet.compress.quantize.base import quantizers_where
+
+    if "int8" not in precisions:
+        return []
+    return [
+        name
+        for backend in backends
+        for name in quantizers_where(backend=backend, precision="int8", tunes_accuracy=True)
+    ]
+
+
+def accuracy_aware_reason(methods: Sequence[str], max_accuracy_drop: float | None) -> str:
+    """The plan's sentence for the accuracy-aware methods."""
+    budget = "1.00" if max_accuracy_drop is None else f"{100 * max_accuracy_drop:.2f}"
+    return (
+        f"accuracy-aware INT8 ({', '.join(methods)}): when plain INT8 loses more than the "
+        f"accuracy budget ({budget} points on the validation split), the layers that hurt "
+        f"most (measured one by one) stay FP32, greedily then by a bounded Optuna search "
+        f"for the fastest mix that meets it; when plain INT8 meets it, plain INT8 stands"
+    )
 
 
 def choose_backends(preferred: Sequence[str] | str | None, profile: HardwareProfile) -> list[str]:
@@ -270,6 +300,9 @@ def plan_for(
     if choice.reason:
         reasons.append(choice.reason)
     sequence = [Goal.PRUNE] if prune else []
+    tuned = accuracy_aware_methods(choose_backends(None, profile), precisions)
+    if tuned:
+        reasons.append(accuracy_aware_reason(tuned, constraints.max_accuracy_drop))
     if precisions:
         sequence.append(Goal.QUANTIZE)
     else:
@@ -449,6 +482,8 @@ def compile_config(
         # The family's methods go first (rules order the work); every other method of
         # the chosen backends runs beside them, and measurement picks the winner.
         methods = [m for m in stages.chosen if backend_of(m) in backends] + methods
+    if goal in (Goal.AUTO, Goal.QUANTIZE):
+        methods += accuracy_aware_methods(backends, stages.precisions)
     methods = list(dict.fromkeys(methods))
     quantize = {"methods": methods, "calibration_samples": constraints.calibration_samples}
     cfg = _config_dict(constraints, facts, data_path, seed, track)

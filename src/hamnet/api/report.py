@@ -54,6 +54,14 @@ class CompressionReport:
         baseline_validation_accuracy: The baseline's score on the validation split.
         baseline_test_accuracy: The baseline's score on the test split.
         test_accuracy_drop: Baseline minus recommended on the test split.
+        quantization_layers: Per-layer INT8 records of an accuracy-aware candidate (the
+            recommended one, else the run's first): ``name``, ``op_type``, ``weight``,
+            the chosen ``precision`` and the ``error`` (score lost with only that layer
+            INT8) and ``output_error`` it contributes.
+        quantization_note: When quantization was the goal but the selection recommends
+            an unquantized model: says so, and why the quantized ones lost.
+        nearest_quantized: Then the quantized candidate to take instead: the fastest
+            one that meets the constraints, else the nearest one.
     """
 
     size_reduction_ratio: float | None
@@ -74,6 +82,9 @@ class CompressionReport:
     baseline_validation_accuracy: float | None = None
     baseline_test_accuracy: float | None = None
     test_accuracy_drop: float | None = None
+    quantization_layers: list[dict[str, Any]] = field(default_factory=list)
+    quantization_note: str | None = None
+    nearest_quantized: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -102,6 +113,7 @@ class CompressionReport:
             "## Constraint violations",
             "",
             *([f"- {v}" for v in self.constraint_violations] or ["- none"]),
+            *([f"- {self.quantization_note}"] if self.quantization_note else []),
             "",
             "## Plan",
             "",
@@ -116,6 +128,12 @@ class CompressionReport:
         lines.append("|" + "---|" * len(columns))
         for row in self.candidates_table:
             lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+        if self.quantization_layers:
+            layer_columns = ["name", "op_type", "precision", "error", "output_error"]
+            lines += ["", "## Quantization layers", "", "| " + " | ".join(layer_columns) + " |"]
+            lines.append("|" + "---|" * len(layer_columns))
+            for record in self.quantization_layers:
+                lines.append("| " + " | ".join(_cell(record.get(c)) for c in layer_columns) + " |")
         return "\n".join(lines) + "\n"
 
 
@@ -331,6 +349,10 @@ def build_report(
     table = result.table
     selection = result.selection
     rec = selection.recommended
+    note = nearest = None
+    if rec is not None and rec.precision == "fp32" and quantization_is_the_goal(config):
+        pick, note = nearest_quantized(result.candidates, selection)
+        nearest = pick.name if pick is not None and pick.precision != "fp32" else None
     report = CompressionReport(
         size_reduction_ratio=None,
         latency_improvement_ratio=None,
@@ -343,6 +365,9 @@ def build_report(
         candidates_table=json.loads(table.to_json(orient="records")),
         plan_reasons=list(reasons),
         recommended=rec.name if rec else None,
+        quantization_layers=_quantization_layers(rec, result.candidates),
+        quantization_note=note,
+        nearest_quantized=nearest,
     )
     if rec is None or rec.metrics is None:
         return report
@@ -373,6 +398,79 @@ def build_report(
 
         report.custom_metric = float(validation_fn(predict))
     return report
+
+
+def quantization_is_the_goal(config: OptimizeConfig) -> bool:
+    """Whether the run only quantizes (``goal=QUANTIZE``: no training, search, pruning
+    or distillation), so an unquantized recommendation would return the baseline."""
+    stages = config.stages
+    return stages.quantize is not None and all(
+        getattr(stages, name, None) is None for name in ("train", "nas", "hpo", "prune", "distill")
+    )
+
+
+def nearest_quantized(candidates: list[Candidate], selection: Any) -> tuple[Candidate | None, str]:
+    """The quantized candidate to point to when the selection chose an unquantized one.
+
+    The fastest quantized candidate that meets the constraints (and is not slower than
+    its parent), else the nearest one (rejected ones last, then the smallest violation
+    score); with the sentence the report shows.
+
+    Args:
+        candidates: The run's candidates.
+        selection: The run's :class:`~hamnet.evaluate.pareto.Selection`.
+
+    Returns:
+        The candidate (None when no quantized model was measured) and the note.
+    """
+    chosen = selection.recommended
+    quantized = [
+        c for c in candidates
+        if c.precision != "fp32" and c.metrics is not None and c.id in selection.assessments
+    ]  # fmt: skip
+    if not quantized:
+        return chosen, (
+            f"quantization was the goal, but no quantized model was measured: the "
+            f"unquantized {chosen.name if chosen else 'model'} is returned"
+        )
+    assessments = selection.assessments
+    feasible = [
+        c for c in quantized if assessments[c.id].meets_constraints and c.rejected is None
+    ]  # fmt: skip
+    if feasible:
+        pick = min(feasible, key=_latency)
+        return pick, (
+            f"quantization was the goal, but the selection recommends the unquantized "
+            f"{chosen.name if chosen else 'model'} (faster); {pick.name} is the fastest "
+            f"quantized model that meets the constraints"
+        )
+    pick = min(
+        quantized,
+        key=lambda c: (c.rejected is not None, assessments[c.id].violation_score, _latency(c)),
+    )  # fmt: skip
+    why = "; ".join(assessments[pick.id].violations) or str(pick.rejected or "")
+    return pick, (
+        f"no quantized model meets the constraints, so the selection recommends the "
+        f"unquantized {chosen.name if chosen else 'model'}; the nearest quantized one is "
+        f"{pick.name} ({why})"
+    )
+
+
+def _latency(candidate: Candidate) -> float:
+    return candidate.metrics.latency_p50_ms if candidate.metrics else math.inf
+
+
+def _quantization_layers(
+    rec: Candidate | None, candidates: list[Candidate]
+) -> list[dict[str, Any]]:
+    """Per-layer INT8 records: the recommended candidate's, else the first candidate's."""
+    from hamnet.compress.quantize.attribution import LAYERS_PARAM
+
+    for c in [rec, *candidates] if rec is not None else candidates:
+        records = c.params.get(LAYERS_PARAM) if c is not None else None
+        if records:
+            return [dict(r) for r in records]
+    return []
 
 
 def measured_kind(prepared: str, measured: str) -> str:

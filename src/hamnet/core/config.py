@@ -544,6 +544,22 @@ class QuantizeStageConfig(_Section):
     reduce_range: bool | Literal["auto"] = Field(
         "auto", description="'auto' follows the hardware profile (True on CPUs without VNNI)."
     )
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Accuracy budget of the accuracy-aware INT8 methods (fraction, 0.01 = one "
+        "point, on the validation split); None uses constraints.max_accuracy_drop.",
+    )
+    max_trials: int = Field(
+        12, ge=1, description="Accuracy-aware INT8: most precision assignments tried."
+    )
+    time_budget_s: float = Field(
+        600.0, gt=0.0, description="Accuracy-aware INT8: seconds one tuning may spend."
+    )
+    fallback_top_k: int = Field(
+        8, ge=1, description="Accuracy-aware INT8: most harmful layers that may stay float."
+    )
 
 
 class StagesSection(_Section):

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hamnet.compress.quantize.attribution import log_quantization_layers
 from hamnet.core.candidate import Candidate, is_number
 from hamnet.core.config import OptimizeConfig
 from hamnet.tracking.connection import Connection, bool_tag, chunks, clip_tags, flatten
@@ -153,6 +154,7 @@ class RunLogger:
                 metrics=_candidate_metrics(candidate, assessment),
             )
             self._client.log_text(run_id, candidate.model_dump_json(indent=2), "candidate.json")
+            log_quantization_layers(self._client, run_id, candidate)
             if model_file:
                 log_model_files(self.connection, run_id, candidate)
         except Exception:

@@ -119,6 +119,9 @@ class QuantizationMethod(Plugin, ABC):
             ``export.ort_fused_attention``); the others skip such graphs.
         needs_attention: Whether it applies only to graphs with attention (a
             transformer-only method, not one for any graph of its backend).
+        tunes_accuracy: Whether it tunes against an accuracy budget on validation data
+            (``tune`` of :class:`~hamnet.compress.quantize.accuracy_aware.AccuracyAwareQuantizer`),
+            so the quantize stage gives it the validation split and the budget.
         settings: The ``stages.quantize`` keys that change its output.
         requires: The Python packages :meth:`quantize` imports.
         notes: Honest caveats, copied onto every candidate it makes.
@@ -136,6 +139,7 @@ class QuantizationMethod(Plugin, ABC):
     needs_calibration: ClassVar[bool]
     reads_ort_contrib_ops: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
+    tunes_accuracy: ClassVar[bool] = False
     settings: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[list[str]] = []

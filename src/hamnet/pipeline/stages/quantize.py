@@ -51,6 +51,9 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 if reason:
                     ctx.notes.append(f"quantize: {method_name} skipped for {source.name}: {reason}")
                     continue
+                if method.tunes_accuracy:
+                    out.extend(self._tuned(method, source, inputs, calibration, cfg, ctx))
+                    continue
                 try:
                     main = method.quantize(
                         Path(source.artifact.path),
@@ -85,6 +88,119 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                     )
                 )
         return out
+
+    def _tuned(
+        self, method: QuantizationMethod, source: Candidate, inputs: list[Candidate],
+        calibration: Any, cfg: QuantizeStageConfig, ctx: StageContext,
+    ) -> list[Candidate]:  # fmt: skip
+        """The candidates of an accuracy-aware method: the tried assignments on the
+        tuning's Pareto front (score vs latency), or none when plain INT8 already meets
+        the budget and a plain INT8 method of the same runtime runs beside it."""
+        from hamnet.compress.quantize.attribution import LAYERS_PARAM
+
+        name = method.name
+        budget_drop = ctx.config.constraints.max_accuracy_drop
+        try:
+            result = method.tune(  # type: ignore[attr-defined]
+                Path(source.artifact.path), ctx.store.staging_dir(), calibration=calibration,
+                x_val=ctx.dataset.x_val, y_val=ctx.dataset.y_val, cfg=cfg, profile=ctx.profile,
+                fidelity=_fidelity(ctx), max_accuracy_drop=budget_drop,
+                storage_dir=ctx.store.root.parent / "quantize", seed=ctx.config.seed,
+            )  # fmt: skip
+        except Exception as err:  # one method failing on one model: the rest go on
+            logger.warning("quantize: %s failed for %s", name, source.name)
+            ctx.notes.append(
+                f"quantize: {name} failed for {source.name} and was left out: "
+                f"{type(err).__name__}: {str(err)[:300]}"
+            )
+            return []
+        ctx.notes.append(f"quantize: {name} for {source.name}: {result.summary()}")
+        plain = [
+            m for m in cfg.methods
+            if m != name and _is_plain_int8(m, method.runtime)
+        ]  # fmt: skip
+        all_int8 = next((t for t in result.tried if not t.fallback), None)
+        if all_int8 is not None and all_int8.meets_budget and plain:
+            ctx.notes.append(
+                f"quantize: {name}: plain INT8 meets the accuracy budget for {source.name}, so "
+                f"no layer falls back and {plain[0]} stands for it"
+            )
+            return []
+        # The all-INT8 assignment is the plain method's model: left to it when it runs.
+        chosen = [t for t in result.front() if t.fallback or not plain]
+        parent = _runtime_sibling(source, inputs, method.runtime)
+        data = method._calibration(calibration)
+        out = []
+        for tried in chosen:
+            main = method.materialize(  # type: ignore[attr-defined]
+                result,
+                tried,
+                Path(source.artifact.path),
+                ctx.store.staging_dir(),
+                data,
+                cfg,
+                ctx.profile,
+            )
+            ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]
+            kept = ", ".join(tried.fallback) or "none"
+            verdict = "meets" if tried.meets_budget else "misses"
+            params = _quantize_params(method, cfg, ctx.profile)
+            params.update(
+                max_accuracy_drop=result.budget.max_accuracy_drop,
+                fallback_layers=list(tried.fallback),
+                trial=tried.trial,
+                origin=tried.origin,
+                study=result.study_name,
+            )
+            params[LAYERS_PARAM] = [r.as_record() for r in result.layers_for(tried)]
+            suffix = f"t{tried.trial}" if tried.fallback else "all"
+            out.append(
+                Candidate.create(
+                    name=child_name(parent, f"{name.replace('_', '-')}-{suffix}"),
+                    stage=self.name,
+                    method=name,
+                    artifact=ref,
+                    runtime=method.runtime,
+                    parent=parent,
+                    precision=tried.precision,
+                    params=params,
+                    notes=[
+                        *method.notes,
+                        f"layers kept FP32 ({tried.origin}, trial {tried.trial}): {kept}; "
+                        f"validation drop {100 * tried.drop:.2f} points {verdict} the budget "
+                        f"of {100 * result.budget.max_accuracy_drop:.2f}",
+                    ],
+                )
+            )
+        return out
+
+
+def _fidelity(ctx: StageContext) -> str:
+    """How label-free outputs are compared, as :func:`hamnet.pipeline.measuring.run_fidelity`
+    chooses it for the run (that module imports the plan, which imports this stage)."""
+    import numpy as np
+
+    from hamnet.evaluate.fidelity import fidelity_kind
+
+    setting = ctx.config.data.fidelity
+    data = ctx.dataset
+    if data.targets != "reference":
+        return setting
+    from hamnet.pipeline.stages._user_modules import declared_output_kind
+
+    reference = np.concatenate([data.y_train, data.y_val, data.y_test], axis=0)
+    return fidelity_kind(reference, declared_output_kind(ctx), setting=setting)
+
+
+def _is_plain_int8(method_name: str, runtime: str) -> bool:
+    """Whether ``method_name`` is a static INT8 method of ``runtime`` that tunes nothing."""
+    from hamnet.compress.quantize.base import quantizer_class
+
+    cls = quantizer_class(method_name)
+    return (
+        cls.runtime == runtime and cls.precision == "int8" and cls.needs_calibration
+        and not cls.tunes_accuracy and not cls.needs_attention
+    )  # fmt: skip
 
 
 def _runtime_sibling(source: Candidate, inputs: list[Candidate], runtime: str) -> Candidate:

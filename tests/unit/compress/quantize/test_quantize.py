@@ -213,7 +213,7 @@ def test_supported_reasons() -> None:
 def test_registry_matches_config_and_declares_itself() -> None:
     assert set(registry.names("quantizer")) == {
         "ort_dynamic_int8", "ort_fused_dynamic_int8", "ort_static_int8", "nncf_int8",
-        "openvino_fp16", "onnx_fp16",
+        "openvino_fp16", "onnx_fp16", "int8_accuracy_aware", "nncf_int8_accuracy_aware",
     }  # fmt: skip
     for name in registry.names("quantizer"):
         cls = registry.load("quantizer", name)

@@ -200,7 +200,7 @@ print(json.dumps(sorted(m for m in sys.argv[1:] if m in sys.modules)))
 
 
 def test_methods_are_found_by_capability() -> None:
-    general = {"needs_attention": False}
+    general = {"needs_attention": False, "tunes_accuracy": False}
     assert quantizers_where(backend="onnx", precision="int8", **general) == [
         "ort_dynamic_int8",
         "ort_static_int8",
@@ -210,5 +210,9 @@ def test_methods_are_found_by_capability() -> None:
     assert quantizers_where(backend="openvino", precision="fp16", **general) == ["openvino_fp16"]
     assert quantizers_where(needs_attention=True) == ["ort_fused_dynamic_int8"]
     assert quantizers_where(reads_ort_contrib_ops=True) == ["ort_dynamic_int8"]
+    assert quantizers_where(tunes_accuracy=True) == [
+        "int8_accuracy_aware",
+        "nncf_int8_accuracy_aware",
+    ]
     with pytest.raises(ConfigError, match=r"capabilities must be .* but got \['colour'\]"):
         quantizers_where(colour="red")
