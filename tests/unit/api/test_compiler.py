@@ -10,6 +10,7 @@ import pytest
 from hamnet.api.compiler import (
     AutoPlan,
     ModelFacts,
+    accuracy_aware_methods,
     backend_of,
     choose_backends,
     compile_config,
@@ -130,7 +131,9 @@ def test_plan_reasons_come_from_the_family(cpu: HardwareProfile) -> None:
 def test_compile_quantize(cpu: HardwareProfile) -> None:
     cfg = compile_config(Goal.QUANTIZE, Constraints(), _facts("generic"), cpu)
     assert cfg.stages.quantize is not None and cfg.stages.export is None
-    assert cfg.stages.quantize.methods == default_methods(["onnx", "openvino"], ["int8", "fp16"])
+    assert cfg.stages.quantize.methods == default_methods(
+        ["onnx", "openvino"], ["int8", "fp16"]
+    ) + accuracy_aware_methods(["onnx", "openvino"], ["int8", "fp16"])
     assert cfg.data.source == "digits" and cfg.model.path == "/models/model.onnx"
     bert = compile_config(
         Goal.QUANTIZE, Constraints(), _facts("transformer"), cpu, preferred_backends=["onnx"]
