@@ -48,7 +48,7 @@ import numpy as np
 LEVELS = (1, 10, 50)
 SERVERS = ("plain", "hamnet", "ray1", "ray2")
 
-PLAIN_APP = '''
+PLAIN_APP = """
 import os
 
 import numpy as np
@@ -75,7 +75,7 @@ async def predict(request: Request) -> dict:
 @app.get("/ready")
 async def ready() -> dict:
     return {"ready": True}
-'''
+"""
 """The app a user would write in 30 lines (run by ``uvicorn plain_app:app``)."""
 
 
@@ -242,9 +242,7 @@ def _verdict(results: list[dict[str, Any]], levels: tuple[int, ...]) -> list[str
         lines.append(f"hamnet/plain throughput at {high} clients: {ratio:.2f}x (target >= 1x)")
     if ("hamnet", low) in table and ("hamnet", high) in table:
         ratio = table["hamnet", high]["p99_ms"] / table["hamnet", low]["p50_ms"]
-        lines.append(
-            f"hamnet p99 at {high} clients / p50 at {low}: {ratio:.1f}x (target <= 20x)"
-        )
+        lines.append(f"hamnet p99 at {high} clients / p50 at {low}: {ratio:.1f}x (target <= 20x)")
     for level in levels:
         if ("ray1", level) in table and ("ray2", level) in table:
             ratio = table["ray2", level]["rps"] / table["ray1", level]["rps"]

@@ -149,9 +149,7 @@ def serve(
     import uvicorn
 
     _announce(state, host, port)
-    uvicorn.run(
-        create_app(state), host=host, port=port, log_level=log_level, access_log=False
-    )
+    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level, access_log=False)
 
 
 def _serve_on_ray(

@@ -149,7 +149,9 @@ class ServingState:
         return run
 
     @classmethod
-    def build(cls, settings: ServeSettings, batcher: BatcherFactory = dynamic_batcher) -> ServingState:
+    def build(
+        cls, settings: ServeSettings, batcher: BatcherFactory = dynamic_batcher
+    ) -> ServingState:
         """Load every arm's model.
 
         Args:
