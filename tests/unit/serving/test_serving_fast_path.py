@@ -45,7 +45,7 @@ def _calls(caller: InferenceCaller, n: int) -> int:
 
 def test_a_fast_model_runs_on_the_event_loop_after_warm_up() -> None:
     run = Timed()
-    loop_thread = _calls(InferenceCaller(run, inline_below_ms=5.0), 8)
+    loop_thread = _calls(InferenceCaller(run, inline_below_ms=20.0), 8)
     warm = InferenceCaller.WARMUP_CALLS
     assert loop_thread not in run.threads[:warm]  # measured in a worker thread first
     assert set(run.threads[warm:]) == {loop_thread}  # then no thread hop
@@ -59,12 +59,12 @@ def test_a_slow_model_stays_in_a_worker_thread() -> None:
 
 def test_a_large_batch_of_a_fast_model_leaves_the_loop() -> None:
     run = Timed(sleep=0.0002)
-    caller = InferenceCaller(run, inline_below_ms=1.0)
+    caller = InferenceCaller(run, inline_below_ms=50.0)  # generous: the CI box is shared
 
     async def go() -> tuple[int, bool, bool]:
         for _ in range(5):
             await caller(np.ones((1, 3), dtype=np.float32))
-        return threading.get_ident(), caller.inline(1), caller.inline(1000)
+        return threading.get_ident(), caller.inline(1), caller.inline(1_000_000)
 
     _, small, large = asyncio.run(go())
     assert small and not large  # decided by the expected time of the call's rows
@@ -154,3 +154,18 @@ def test_raw_body_validation_keys_and_the_documented_schema(model: Path) -> None
     schema = spec["requestBody"]["content"]["application/json"]["schema"]
     assert {"input", "inputs", "label", "labels", "key"} <= set(schema["properties"])
     assert [p["name"] for p in spec["parameters"]] == [KEY_HEADER]
+
+
+def test_the_fast_path_answers_predict_and_leaves_the_rest_to_the_app(model: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from hamnet.serving.app import ServeSettings, ServingState, create_app
+
+    state = ServingState.build(ServeSettings(arms={"main": str(model)}))
+    with TestClient(create_app(state), root_path="/api") as client:
+        answer = client.post("/predict", json={"inputs": [[0.2] * 16] * 3})
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+        assert answer.headers["content-type"] == "application/json"
+        assert client.get("/predict").status_code == 405  # only POST is taken early
+        assert client.post("/predictions", json={}).status_code == 404
+        assert client.get("/health").json() == {"status": "ok"}
