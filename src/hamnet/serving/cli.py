@@ -175,12 +175,13 @@ def _serve_on_ray(
         raise ConfigError(
             f"the Ray Serve deployment must start, but it failed: {type(err).__name__}: {err}"
         ) from None
+    rows = settings.max_batch_size or "the profile's"
     try:
         console.print(
             f"[bold green]serving[/] {escape(', '.join(settings.arms.values()))} on Ray Serve "
             f"({replicas} replica{'s' if replicas > 1 else ''}, Ray at {escape(address)}) on "
-            f"[link]{server.url}[/link] · batching ≤{settings.max_batch_size or 'profile'} "
-            f"rows / {settings.batch_window_ms:g} ms (@serve.batch)",
+            f"[link]{server.url}[/link] · batching ≤{rows} rows / "
+            f"{settings.batch_window_ms:g} ms (@serve.batch)",
             highlight=False,
         )
         while not stop.wait(0.5):

@@ -34,3 +34,17 @@ def test_the_cli_offers_ray_options() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "--ray-address" in result.output and "--replicas" in result.output
+
+
+def test_without_ray_serve_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import ray
+
+    from hamnet.core.errors import MissingDependencyError
+    from hamnet.serving.ray_serve import require_serve
+
+    monkeypatch.delattr(ray, "serve", raising=False)
+    monkeypatch.setitem(sys.modules, "ray.serve", None)  # what an absent package looks like
+    with pytest.raises(MissingDependencyError, match=r"pip install 'hamnet\[serve\]'"):
+        require_serve()
