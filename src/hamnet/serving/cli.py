@@ -162,7 +162,6 @@ def _serve_on_ray(
     from hamnet.serving.ray_serve import RayServer
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = RayServer(
         settings, address=address, replicas=replicas, host=host, port=port,
         replica_cpus=replica_cpus,
@@ -175,6 +174,8 @@ def _serve_on_ray(
         raise ConfigError(
             f"the Ray Serve deployment must start, but it failed: {type(err).__name__}: {err}"
         ) from None
+    # After ray.init: Ray's core worker installs its own SIGTERM handler when it starts.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     rows = settings.max_batch_size or "the profile's"
     try:
         console.print(
