@@ -1,31 +1,32 @@
-"""Load test of `hamnet serve` over loopback: 1, 10 and 50 concurrent clients.
+"""Load test over loopback: a plain FastAPI + ONNX Runtime app, `hamnet serve`, and
+`hamnet serve` on Ray Serve with 1 and 2 replicas, side by side in one run.
 
 Usage::
 
     .venv/bin/python benchmarks/serving.py [--out benchmarks/results/serving]
-        [--requests 600] [--max-seconds 15] [--epochs 30] [--threads 1] [--window-ms 2]
+        [--seconds 5] [--levels 1,10,50] [--epochs 3] [--servers plain,hamnet,ray1,ray2]
 
-Models: the digits HAMNet (hidden 64, 2 layers, 4 heads, 8-feature tokens, as in
-``benchmarks/optimizer.py``) is trained here (``--epochs``), exported to ONNX FP32 (the
-baseline) and quantized with the ``ort_dynamic_int8`` quantizer plugin (per-channel,
-reduce_range as the x86-avx2 profile says): that INT8 model stands for the recommended
-model, the pipeline's usual pick for attention models on this CPU; its accuracy and
-its direct (in-process) latency are reported beside the FP32 one so the choice can be
-checked. Both run in ONNX Runtime (``--runtime onnxruntime``).
+Model: the digits HAMNet (hidden 64, 2 layers, 4 heads, 8-feature tokens, as in
+``benchmarks/optimizer.py``), trained for ``--epochs`` and exported to ONNX FP32; its
+direct (in-process) latency at batch 1 is printed first.
 
-For each model and for batching on (``--window-ms``, up to the profile's 32 rows) and
-off (``--batch-window-ms 0``), one real server is started (``python -m hamnet
-serve FILE --port P``) with ``--threads`` intra-op threads. Clients are
-``httpx.AsyncClient`` tasks in this process, each sending one-sample ``/predict``
-requests (digits test rows) back to back; a level stops after ``--requests`` requests
-or ``--max-seconds``, whichever comes first, after 30 untimed warm-up requests.
-Recorded per level: requests/s, p50/p95/p99 latency seen by the client, error rate,
-and the mean rows per inference call (from the server's ``/metrics``).
+Servers, one at a time, each a real process on a free loopback port:
 
-Client and server share the machine: on a 2-core box the client's own CPU use caps
-the request rate, and other load on the box moves the figures by up to 2x between
-runs (compare configurations within one run only). Writes ``serving.md`` /
-``serving.json`` to ``--out``.
+- ``plain``: the 30-line app a user writes (:data:`PLAIN_APP`): FastAPI, a pydantic body,
+  ``onnxruntime.InferenceSession(path)`` with its defaults, ``async def predict``, run
+  by ``uvicorn app:app``.
+- ``hamnet``: ``python -m hamnet serve model.onnx --runtime onnxruntime`` with its
+  defaults (dynamic batching on).
+- ``ray1`` / ``ray2``: the same with ``--ray-address local --replicas N``: Ray Serve's
+  HTTP proxy in front of N replicas that batch with ``@serve.batch``.
+
+The load generator is an aiohttp closed loop in this process: ``clients`` tasks each
+send one-sample ``/predict`` requests back to back over their own keep-alive
+connection for ``--seconds`` after a 1 s untimed warm-up. Recorded per level:
+requests/s, p50 and p99 latency seen by the client, and errors (non-200 answers and
+transport errors). Client and server share the machine: on 2 cores the client's CPU
+use caps the rate, and other load moves figures by up to 2x between runs; compare
+servers within one run only. Writes ``serving.md`` / ``serving.json`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -44,21 +45,48 @@ from typing import Any
 
 import numpy as np
 
-from hamnet.core.env import apply_defaults
-
 LEVELS = (1, 10, 50)
-WARMUP = 30
+SERVERS = ("plain", "hamnet", "ray1", "ray2")
+
+PLAIN_APP = """
+import os
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+session = ort.InferenceSession(os.environ["MODEL_PATH"], providers=["CPUExecutionProvider"])
+input_name = session.get_inputs()[0].name
+app = FastAPI()
 
 
-def _models(work: Path, epochs: int, threads: int) -> tuple[dict[str, Path], list[dict[str, Any]]]:
-    """Train, export and quantize; return the model files and their direct measurements."""
+class Request(BaseModel):
+    input: list[float]
+
+
+@app.post("/predict")
+async def predict(request: Request) -> dict:
+    x = np.asarray([request.input], dtype=np.float32)
+    logits = session.run(None, {input_name: x})[0]
+    return {"prediction": int(logits.argmax()), "logits": logits[0].tolist()}
+
+
+@app.get("/ready")
+async def ready() -> dict:
+    return {"ready": True}
+"""
+"""The app a user would write in 30 lines (run by ``uvicorn plain_app:app``)."""
+
+
+def _model(work: Path, epochs: int) -> tuple[Path, dict[str, Any]]:
+    """Train and export the digits HAMNet; return its file and direct measurements."""
     import torch
 
     from hamnet.backends.export import export_onnx
     from hamnet.backends.session import load_session
-    from hamnet.compress.quantize.base import get_quantizer
     from hamnet.core.artifacts import ArtifactRef
-    from hamnet.core.config import DataSection, QuantizeStageConfig, TrainStageConfig
+    from hamnet.core.config import DataSection, TrainStageConfig
     from hamnet.core.hardware import load_profile
     from hamnet.models import HAMNet, HAMNetConfig
     from hamnet.training.data import load_dataset
@@ -72,30 +100,23 @@ def _models(work: Path, epochs: int, threads: int) -> tuple[dict[str, Path], lis
                      token_size=8)
     )  # fmt: skip
     train_model(model, data, TrainStageConfig(epochs=epochs), progress=False)
-    fp32 = export_onnx(model, 64, work / "fp32" / "model.onnx")
-    profile = load_profile("x86-avx2")
-    int8 = get_quantizer("ort_dynamic_int8").quantize(
-        fp32, work / "int8", calibration=None, cfg=QuantizeStageConfig(), profile=profile
-    )
-    files = {"fp32 baseline": fp32, "int8 recommended": int8}
-    facts = []
-    for name, path in files.items():
-        ref = ArtifactRef(path=str(path), sha256="", format="onnx", size_bytes=1)
-        session = load_session(ref, "onnxruntime", profile.model_copy(update={"threads": threads}))
-        accuracy = float((session.run(data.x_test).argmax(1) == data.y_test).mean())
-        one = data.x_test[:1]
-        for _ in range(50):
-            session.run(one)
-        times = []
-        for _ in range(300):
-            started = time.perf_counter()
-            session.run(one)
-            times.append(time.perf_counter() - started)
-        facts.append(
-            {"model": name, "accuracy": accuracy, "size_mb": path.stat().st_size / 1e6,
-             "direct_p50_ms": 1000 * float(np.median(times))}
-        )  # fmt: skip
-    return files, facts
+    path = export_onnx(model, 64, work / "fp32" / "model.onnx")
+    ref = ArtifactRef(path=str(path), sha256="", format="onnx", size_bytes=1)
+    session = load_session(ref, "onnxruntime", load_profile("x86-avx2"))
+    accuracy = float((session.run(data.x_test).argmax(1) == data.y_test).mean())
+    one = data.x_test[:1]
+    for _ in range(100):
+        session.run(one)
+    times = []
+    for _ in range(500):
+        started = time.perf_counter()
+        session.run(one)
+        times.append(time.perf_counter() - started)
+    return path, {
+        "accuracy": accuracy,
+        "size_mb": path.stat().st_size / 1e6,
+        "direct_p50_ms": 1000 * float(np.median(times)),
+    }
 
 
 def _free_port() -> int:
@@ -105,163 +126,187 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``hamnet serve`` in a subprocess on a free loopback port."""
+    """One server in a subprocess on a free loopback port."""
 
-    def __init__(self, model: Path, *, window_ms: float, threads: int) -> None:
+    def __init__(self, kind: str, model: Path, work: Path) -> None:
+        self.kind = kind
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "hamnet", "serve", str(model), "--port", str(self.port),
-            "--runtime", "onnxruntime", "--threads", str(threads), "--poll-seconds", "0",
-            "--batch-window-ms", str(window_ms),
-        ]  # fmt: skip
+        env = {**os.environ, "MODEL_PATH": str(model), "RAY_USAGE_STATS_ENABLED": "0"}
+        if kind == "plain":
+            (work / "plain_app.py").write_text(PLAIN_APP)
+            command = [
+                sys.executable, "-m", "uvicorn", "plain_app:app", "--port", str(self.port),
+                "--log-level", "warning", "--app-dir", str(work),
+            ]  # fmt: skip
+        else:
+            command = [
+                sys.executable, "-m", "hamnet", "serve", str(model), "--port", str(self.port),
+                "--runtime", "onnxruntime", "--poll-seconds", "0",
+            ]  # fmt: skip
+            if kind.startswith("ray"):
+                command += ["--ray-address", "local", "--replicas", kind[3:]]
+        self.log = work / f"{kind}.log"
+        self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
         )  # fmt: skip
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 240.0) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"{self.kind} server exited: {self.log.read_text()[-3000:]}")
             try:
                 if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def batch_totals(self) -> tuple[float, float]:
-        """(sum, count) of the server's rows-per-inference histogram."""
-        import httpx
-
-        totals = {"sum": 0.0, "count": 0.0}
-        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
-            for part in totals:
-                if line.startswith(f"hamnet_batch_size_{part}{{"):
-                    totals[part] += float(line.rsplit(" ", 1)[1])
-        return totals["sum"], totals["count"]
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.kind} server did not become ready: {self.log.read_text()}")
 
     def stop(self) -> None:
-        self.process.terminate()
+        import signal
+
+        self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._log_file.close()
 
 
-async def _load(url: str, rows: np.ndarray, clients: int, requests: int, seconds: float):  # type: ignore[no-untyped-def]
-    import httpx
+async def _load(url: str, rows: np.ndarray, clients: int, seconds: float) -> dict[str, Any]:
+    """Closed loop: ``clients`` tasks, one connection each, requests back to back."""
+    import aiohttp
 
+    bodies = [json.dumps({"input": r.tolist()}).encode() for r in rows[:256]]
+    headers = {"Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
-    sent = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        for i in range(WARMUP):
-            await client.post("/predict", json={"input": rows[i % len(rows)].tolist()})
-        deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
-        async def worker(offset: int) -> None:
-            nonlocal sent, errors
+        async def worker(offset: int, until: float, record: bool) -> None:
+            nonlocal errors
             i = offset
-            while sent < requests and time.perf_counter() < deadline:
-                sent += 1
-                body = {"input": rows[i % len(rows)].tolist()}
+            while time.perf_counter() < until:
+                body = bodies[i % len(bodies)]
                 i += clients
                 started = time.perf_counter()
                 try:
-                    response = await client.post("/predict", json=body)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
+                    async with session.post("/predict", data=body, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, TimeoutError):
                     ok = False
+                if not record:
+                    continue
                 if ok:
                     latencies.append(time.perf_counter() - started)
                 else:
                     errors += 1
 
+        warm = time.perf_counter() + 1.0
+        await asyncio.gather(*(worker(c, warm, False) for c in range(clients)))
         started = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in range(clients)))
+        until = started + seconds
+        await asyncio.gather(*(worker(c, until, True) for c in range(clients)))
         elapsed = time.perf_counter() - started
     done = len(latencies) + errors
     ms = 1000 * np.array(latencies or [np.nan])
     return {
         "requests": done,
-        "seconds": round(elapsed, 2),
-        "rps": done / elapsed,
+        "rps": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "error_rate": errors / max(done, 1),
+        "errors": errors,
     }
+
+
+def _verdict(results: list[dict[str, Any]], levels: tuple[int, ...]) -> list[str]:
+    """The targets: hamnet vs plain at 1 and 50 clients, tail vs unloaded p50, errors."""
+    table = {(r["server"], r["clients"]): r for r in results}
+    lines = []
+    low, high = levels[0], levels[-1]
+    if ("plain", low) in table and ("hamnet", low) in table:
+        ratio = table["hamnet", low]["rps"] / table["plain", low]["rps"]
+        lines.append(f"hamnet/plain throughput at {low} client(s): {ratio:.2f}x (target >= 0.8x)")
+    if ("plain", high) in table and ("hamnet", high) in table:
+        ratio = table["hamnet", high]["rps"] / table["plain", high]["rps"]
+        lines.append(f"hamnet/plain throughput at {high} clients: {ratio:.2f}x (target >= 1x)")
+    if ("hamnet", low) in table and ("hamnet", high) in table:
+        ratio = table["hamnet", high]["p99_ms"] / table["hamnet", low]["p50_ms"]
+        lines.append(f"hamnet p99 at {high} clients / p50 at {low}: {ratio:.1f}x (target <= 20x)")
+    for level in levels:
+        if ("ray1", level) in table and ("ray2", level) in table:
+            ratio = table["ray2", level]["rps"] / table["ray1", level]["rps"]
+            lines.append(f"Ray Serve 2 replicas / 1 replica at {level} clients: {ratio:.2f}x")
+    lines.append(f"errors: {sum(r['errors'] for r in results)}")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/serving")
-    parser.add_argument("--requests", type=int, default=600, help="Most timed requests per level.")
-    parser.add_argument("--max-seconds", type=float, default=15.0, help="Most seconds per level.")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1, help="Server intra-op threads.")
-    parser.add_argument("--window-ms", type=float, default=2.0, help="Batching window.")
+    parser.add_argument("--seconds", type=float, default=5.0, help="Timed seconds per level.")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
+    from hamnet.core.env import apply_defaults
+
     apply_defaults()
     from hamnet.core.config import DataSection
     from hamnet.training.data import load_dataset
 
+    levels = tuple(int(v) for v in args.levels.split(","))
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = sorted(set(servers) - set(SERVERS))
+    if unknown:
+        raise SystemExit(f"--servers must be among {list(SERVERS)}, but got {unknown}")
     rows = load_dataset(DataSection()).x_test
     work = Path(tempfile.mkdtemp(prefix="hamnet-serving-bench-"))
-    files, facts = _models(work, args.epochs, args.threads)
-    for fact in facts:
-        print(json.dumps(fact))
+    path, facts = _model(work, args.epochs)
+    print(json.dumps(facts))
     results = []
-    for name, path in files.items():
-        for batching, window in (("on", args.window_ms), ("off", 0.0)):
-            server = ServerProcess(path, window_ms=window, threads=args.threads)
-            try:
-                server.wait_ready()
-                for clients in LEVELS:
-                    before = server.batch_totals()
-                    row = asyncio.run(
-                        _load(server.url, rows, clients, args.requests, args.max_seconds)
-                    )
-                    after = server.batch_totals()
-                    calls = after[1] - before[1]
-                    per_call = (after[0] - before[0]) / calls if calls else 0.0
-                    row = {"model": name, "batching": batching, "clients": clients, **row,
-                           "rows_per_call": per_call}  # fmt: skip
-                    results.append(row)
-                    print(json.dumps(row))
-            finally:
-                server.stop()
+    for kind in servers:
+        server = ServerProcess(kind, path, work)
+        try:
+            server.wait_ready()
+            for clients in levels:
+                row = asyncio.run(_load(server.url, rows, clients, args.seconds))
+                row = {"server": kind, "clients": clients, **row}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            server.stop()
+    verdict = _verdict(results, levels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("requests", "max_seconds", "epochs", "threads",
-                                               "window_ms")}  # fmt: skip
-    document = {"settings": settings, "models": facts, "load": results}
+    settings = {"seconds": args.seconds, "levels": levels, "epochs": args.epochs,
+                "cpus": os.cpu_count()}  # fmt: skip
+    document = {"settings": settings, "model": facts, "load": results, "verdict": verdict}
     (out / "serving.json").write_text(json.dumps(document, indent=2))
     lines = [
-        "# hamnet serve under load (loopback, one-sample requests)", "",
-        f"Settings: {settings}", "",
-        "| model | accuracy | size MB | direct p50 ms |", "|---|---|---|---|",
-        *(f"| {f['model']} | {f['accuracy']:.4f} | {f['size_mb']:.3f} | "
-          f"{f['direct_p50_ms']:.3f} |" for f in facts),
-        "",
-        "| model | batching | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors "
-        "| rows/call |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "# Serving under load (loopback, one-sample requests, aiohttp closed loop)", "",
+        f"Settings: {settings}. Model: digits HAMNet ONNX FP32, accuracy "
+        f"{facts['accuracy']:.4f}, {facts['size_mb']:.3f} MB, direct p50 "
+        f"{facts['direct_p50_ms']:.3f} ms at batch 1.", "",
+        "| server | clients | requests | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['batching']} | {r['clients']} | {r['requests']} | "
-            f"{r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{100 * r['error_rate']:.1f}% | {r['rows_per_call']:.2f} |"
+            f"| {r['server']} | {r['clients']} | {r['requests']} | {r['rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
         )
+    lines += ["", *(f"- {line}" for line in verdict)]
     (out / "serving.md").write_text("\n".join(lines) + "\n")
     print((out / "serving.md").read_text())
 

@@ -1,13 +1,18 @@
-"""Dynamic batching: requests arriving within a short window share one inference.
+"""Dynamic batching: requests that queue up together share one inference.
 
 :class:`DynamicBatcher` queues each request's rows; a collector task takes every
 request already waiting (up to ``max_batch_size`` rows) and, when that is more than
-one request (so requests are queuing), keeps adding arrivals for up to ``window_ms``;
-a lone request runs at once, so batching adds no latency at low load. The batch runs
-as ONE inference in a worker thread, so the event loop keeps accepting requests (the
-next batch gathers meanwhile), and every caller gets its own rows of the result. A
-batch that fails fails only its own requests. ``window_ms=0`` turns batching off:
-every request runs alone, still in a worker thread.
+one request (so requests are queuing), gives the event loop one more turn at a time to
+add arrivals, for as long as each turn brings some and at most ``window_ms``. A lone
+request runs at once and a batch stops growing as soon as arrivals stop, so batching
+adds no fixed wait (a fixed window waits its full length whenever batches stay under
+the cap). Every caller gets its own rows of the result; a batch that fails fails only
+its own requests. ``window_ms=0`` turns batching off: every request runs alone.
+
+Where a batch runs is decided by :class:`InferenceCaller` from measured times: a model
+whose calls take under ``inline_below_ms`` runs on the event loop itself (a hop to a
+worker thread costs about as much as a 0.05 ms model, and more under load), a slower
+one in a worker thread so the loop keeps accepting requests meanwhile.
 """
 
 from __future__ import annotations
@@ -42,6 +47,65 @@ class BatchResult:
     batch_rows: int
 
 
+class InferenceCaller:
+    """Runs a :data:`RunFn` on the event loop or in a worker thread, by its measured time.
+
+    The first calls run in a worker thread; every call updates an exponential moving
+    average of the time per row, and a call whose rows are expected to take under
+    ``inline_below_ms`` runs on the loop itself (no thread hop), a longer one in a
+    worker thread (so small batches of a fast model skip the hop and large ones run
+    beside the loop). ``inline_below_ms=0`` always uses a worker thread.
+
+    Args:
+        run: The inference function.
+        inline_below_ms: Mean call time below which calls run on the event loop.
+
+    Raises:
+        ConfigError: If ``inline_below_ms`` < 0.
+    """
+
+    WARMUP_CALLS = 3
+    """Calls that run in a worker thread before the average decides."""
+
+    def __init__(self, run: RunFn, *, inline_below_ms: float = 0.5) -> None:
+        if inline_below_ms < 0:
+            raise ConfigError(f"inline_below_ms must be non-negative, but got {inline_below_ms}")
+        self.run = run
+        self.inline_below_s = inline_below_ms / 1000.0
+        self.seconds_per_row: float | None = None
+        self.calls = 0
+
+    def inline(self, rows: int) -> bool:
+        """Whether a call with ``rows`` rows runs on the event loop."""
+        return (
+            self.calls >= self.WARMUP_CALLS
+            and self.seconds_per_row is not None
+            and self.seconds_per_row * rows < self.inline_below_s
+        )
+
+    async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Run ``x`` and return the run function's ``(outputs, tag)``."""
+        rows = max(len(x), 1)
+        if self.inline(rows):
+            started = time.perf_counter()
+            result = self.run(x)
+            self._observe((time.perf_counter() - started) / rows)
+            return result
+        result, seconds = await asyncio.to_thread(self._timed, x)
+        self._observe(seconds / rows)
+        return result
+
+    def _timed(self, x: np.ndarray) -> tuple[tuple[np.ndarray, Any], float]:
+        started = time.perf_counter()
+        result = self.run(x)
+        return result, time.perf_counter() - started
+
+    def _observe(self, per_row: float) -> None:
+        self.calls += 1
+        mean = self.seconds_per_row
+        self.seconds_per_row = per_row if mean is None else 0.9 * mean + 0.1 * per_row
+
+
 @dataclass
 class _Pending:
     x: np.ndarray
@@ -52,14 +116,17 @@ class DynamicBatcher:
     """Collects concurrent requests into batches of at most ``max_batch_size`` rows.
 
     Args:
-        run: The inference function, called from a worker thread.
+        run: The inference function.
         max_batch_size: Most rows per inference call (a larger request runs alone).
-        window_ms: How long a batch of queued requests waits for more; 0 disables
-            batching.
+        window_ms: Most time a batch of queued requests keeps growing while arrivals
+            continue; 0 disables batching.
         on_batch: Called with the row count of every inference call (for metrics).
+        inline_below_ms: Calls measured faster than this run on the event loop, slower
+            ones in a worker thread (see :class:`InferenceCaller`).
 
     Raises:
-        ConfigError: If ``max_batch_size`` < 1 or ``window_ms`` < 0.
+        ConfigError: If ``max_batch_size`` < 1, ``window_ms`` < 0 or
+            ``inline_below_ms`` < 0.
     """
 
     def __init__(
@@ -69,12 +136,14 @@ class DynamicBatcher:
         max_batch_size: int,
         window_ms: float,
         on_batch: Callable[[int], None] | None = None,
+        inline_below_ms: float = 0.5,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be at least 1, but got {max_batch_size}")
         if window_ms < 0:
             raise ConfigError(f"window_ms must be non-negative, but got {window_ms}")
         self.run = run
+        self.caller = InferenceCaller(run, inline_below_ms=inline_below_ms)
         self.max_batch_size = max_batch_size
         self.window_s = window_ms / 1000.0
         self.on_batch = on_batch
@@ -112,11 +181,11 @@ class DynamicBatcher:
             Exception: Whatever the run function raised for the batch.
         """
         if self._queue is None or len(x) >= self.max_batch_size:
-            outputs, tag = await asyncio.to_thread(self.run, x)
+            outputs, tag = await self.caller(x)
             self._record(len(x))
             return BatchResult(outputs, tag, len(x))
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(x, future))
+        self._queue.put_nowait(_Pending(x, future))
         return await future
 
     def _record(self, rows: int) -> None:
@@ -134,32 +203,27 @@ class DynamicBatcher:
             rows = len(first.x)
             deadline = time.perf_counter() + self.window_s
             while rows < self.max_batch_size:
-                if not queue.empty():
-                    item = queue.get_nowait()
-                elif len(batch) == 1:
-                    break  # a lone request: nobody is queuing, waiting would only add latency
-                else:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        break
+                if queue.empty():
+                    if len(batch) == 1 or time.perf_counter() >= deadline:
+                        break  # a lone request, or the window is spent: run now
+                    await asyncio.sleep(0)  # one loop turn: let ready handlers enqueue
+                    if queue.empty():
+                        break  # arrivals stopped: waiting longer would only add latency
+                item = queue.get_nowait()
                 if rows + len(item.x) > self.max_batch_size:
                     carry = item
                     break
                 batch.append(item)
                 rows += len(item.x)
-            await self._run_batch(batch, rows)
+            await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[_Pending], rows: int) -> None:
+    async def _run_batch(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # callers may have gone away
         if not live:
             return
         x = live[0].x if len(live) == 1 else np.concatenate([p.x for p in live], axis=0)
         try:
-            outputs, tag = await asyncio.to_thread(self.run, x)
+            outputs, tag = await self.caller(x)
             if len(outputs) != len(x):
                 raise RuntimeError(
                     f"the model must return one output row per input row, but got "

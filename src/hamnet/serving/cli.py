@@ -19,7 +19,7 @@ from rich.table import Table
 from hamnet.core.errors import ConfigError, HamnetError
 
 if TYPE_CHECKING:
-    from hamnet.serving.state import ServingState
+    from hamnet.serving.state import ServeSettings, ServingState
 
 console = Console()
 err_console = Console(stderr=True)
@@ -78,7 +78,9 @@ def serve(
     runtime: Annotated[
         str | None, typer.Option(help="Force a runtime (default: registry tag, else profile).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads.")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: the profile's, else 1).")
+    ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")
     ] = None,
@@ -103,10 +105,26 @@ def serve(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for requests without a key.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve on Ray Serve: 'local' (a Ray for this process), 'auto' (the cluster "
+            "`ray start` runs here) or a cluster address. Needs the serve extra."
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Ray Serve replicas (with --ray-address).")
+    ] = 1,
+    replica_cpus: Annotated[
+        float, typer.Option(min=0.0, help="CPUs Ray reserves per replica (with --ray-address).")
+    ] = 1.0,
 ) -> None:
     """Serve a model over HTTP: /predict, /health, /ready, /metrics, /model, /reload.
 
-    Exit codes: 0 stopped, 2 bad input (model, profile, split).
+    With --ray-address the same app runs on Ray Serve: --replicas copies behind Ray's
+    HTTP proxy, each batching with @serve.batch.
+
+    Exit codes: 0 stopped, 2 bad input (model, profile, split, Ray settings).
     """
     from hamnet.core.env import apply_defaults
 
@@ -122,13 +140,57 @@ def serve(
             tracking_uri=tracking_uri, max_batch_size=max_batch_size,
             batch_window_ms=batch_window_ms, poll_seconds=poll_seconds, ab_log=ab_log, seed=seed,
         )  # fmt: skip
+        if ray_address is not None:
+            _serve_on_ray(settings, ray_address, replicas, replica_cpus, host, port)
+            return
         state = ServingState.build(settings)
     except HamnetError as err:
         raise _fail(err) from None
     import uvicorn
 
     _announce(state, host, port)
-    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _serve_on_ray(
+    settings: ServeSettings, address: str, replicas: int, replica_cpus: float, host: str, port: int
+) -> None:
+    """Deploy on Ray Serve and block until Ctrl-C or SIGTERM, then tear down."""
+    import signal
+    import threading
+
+    from hamnet.serving.ray_serve import RayServer
+
+    stop = threading.Event()
+    server = RayServer(
+        settings, address=address, replicas=replicas, host=host, port=port,
+        replica_cpus=replica_cpus,
+    )  # fmt: skip
+    try:
+        server.start()
+    except HamnetError:
+        raise
+    except Exception as err:  # a replica that cannot load its model fails the deployment
+        raise ConfigError(
+            f"the Ray Serve deployment must start, but it failed: {type(err).__name__}: {err}"
+        ) from None
+    # After ray.init: Ray's core worker installs its own SIGTERM handler when it starts.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rows = settings.max_batch_size or "the profile's"
+    try:
+        console.print(
+            f"[bold green]serving[/] {escape(', '.join(settings.arms.values()))} on Ray Serve "
+            f"({replicas} replica{'s' if replicas > 1 else ''}, Ray at {escape(address)}) on "
+            f"[link]{server.url}[/link] · batching ≤{rows} rows / "
+            f"{settings.batch_window_ms:g} ms (@serve.batch)",
+            highlight=False,
+        )
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 def _announce(state: ServingState, host: str, port: int) -> None:

@@ -12,16 +12,16 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from hamnet.core.errors import ConfigError
 from hamnet.serving.ab import ABLog, ABRecord, ABRouter
-from hamnet.serving.batching import DynamicBatcher
+from hamnet.serving.batching import BatchResult, DynamicBatcher, RunFn
 from hamnet.serving.metrics import Metrics
 from hamnet.serving.models import ModelInfo, ModelRef, ModelSlot
 
@@ -38,7 +38,9 @@ class ServeSettings:
         split: Arm name to traffic share (default: all to the first arm).
         hardware: Hardware profile name or YAML path.
         runtime: Force a runtime (default: the registry's tag, else the profile's first).
-        threads: Intra-op threads (default: the profile's).
+        threads: Intra-op threads (default: the profile's, else 1: a server runs many
+            small inferences, batched, and the event loop needs a core of its own; a
+            runtime left to pick its own count spins a second thread that takes it).
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI``).
         max_batch_size: Most rows per inference (default: the profile's throughput
             batch size).
@@ -47,6 +49,10 @@ class ServeSettings:
         ab_log: JSON-lines file where every request is recorded (None: no log).
         max_request_rows: Most samples one request may send.
         seed: Seed of the random assignment of requests without a key.
+        inline_below_ms: Inferences measured faster than this run on the event loop,
+            slower ones in a worker thread (0: always a worker thread).
+        gc_freeze: Freeze the objects alive after start-up out of the garbage
+            collector's full passes (they set the tail latency under load).
     """
 
     arms: Mapping[str, str]
@@ -61,6 +67,8 @@ class ServeSettings:
     ab_log: Path | None = None
     max_request_rows: int = 1024
     seed: int | None = None
+    inline_below_ms: float = 0.5
+    gc_freeze: bool = True
 
 
 @dataclass
@@ -70,7 +78,32 @@ class Arm:
     name: str
     slot: ModelSlot
     weight: float
-    batcher: DynamicBatcher = field(init=False)
+    batcher: Batcher = field(init=False)
+
+
+class Batcher(Protocol):
+    """What an arm batches with: :class:`DynamicBatcher`, or Ray Serve's ``@serve.batch``."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, x: np.ndarray) -> BatchResult: ...
+
+
+BatcherFactory = Callable[[RunFn, ServeSettings, int, Callable[[int], None]], Batcher]
+"""Builds an arm's batcher from its run function, the settings, the most rows per call
+and the callback that records each call's rows."""
+
+
+def dynamic_batcher(
+    run: RunFn, settings: ServeSettings, max_batch: int, on_batch: Callable[[int], None]
+) -> Batcher:
+    """The single-process batcher (:class:`DynamicBatcher`), the default factory."""
+    return DynamicBatcher(
+        run, max_batch_size=max_batch, window_ms=settings.batch_window_ms, on_batch=on_batch,
+        inline_below_ms=settings.inline_below_ms,
+    )  # fmt: skip
 
 
 class ServingState:
@@ -78,9 +111,21 @@ class ServingState:
 
     Build it with :meth:`build`, which loads every model first, so a server never
     starts with a model it cannot run.
+
+    Args:
+        settings: How to serve.
+        arms: The loaded arms.
+        max_batch: Most rows per inference call.
+        batcher: Builds each arm's batcher (default: :func:`dynamic_batcher`).
     """
 
-    def __init__(self, settings: ServeSettings, arms: dict[str, Arm], max_batch: int) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        arms: dict[str, Arm],
+        max_batch: int,
+        batcher: BatcherFactory = dynamic_batcher,
+    ) -> None:
         self.settings = settings
         self.arms = arms
         self.max_batch_size = max_batch
@@ -91,12 +136,8 @@ class ServingState:
         self.cache_dir: Path | None = None
         self._poller: asyncio.Task[None] | None = None
         for arm in arms.values():
-            arm.batcher = DynamicBatcher(
-                self._runner(arm),
-                max_batch_size=max_batch,
-                window_ms=settings.batch_window_ms,
-                on_batch=self.metrics.batch_size.labels(arm.name).observe,
-            )
+            on_batch = self.metrics.batch_size.labels(arm.name).observe
+            arm.batcher = batcher(self._runner(arm), settings, max_batch, on_batch)
             self.metrics.set_model(arm.name, arm.slot.model.info)
 
     @staticmethod
@@ -108,8 +149,14 @@ class ServingState:
         return run
 
     @classmethod
-    def build(cls, settings: ServeSettings) -> ServingState:
+    def build(
+        cls, settings: ServeSettings, batcher: BatcherFactory = dynamic_batcher
+    ) -> ServingState:
         """Load every arm's model.
+
+        Args:
+            settings: How to serve.
+            batcher: Builds each arm's batcher (default: :func:`dynamic_batcher`).
 
         Raises:
             ConfigError: If the split names arms that do not exist, or is invalid.
@@ -129,20 +176,21 @@ class ServingState:
             )
         profile = load_profile(settings.hardware)
         max_batch = settings.max_batch_size or profile.throughput_batch_size
+        threads = settings.threads if settings.threads is not None else profile.threads or 1
         cache = Path(tempfile.mkdtemp(prefix="hamnet-serve-"))
         arms = {}
         try:
             for name, weight in split.items():
                 slot = ModelSlot(
                     ModelRef.parse(settings.arms[name]), profile, runtime=settings.runtime,
-                    threads=settings.threads, tracking_uri=settings.tracking_uri,
+                    threads=threads, tracking_uri=settings.tracking_uri,
                     cache_dir=cache,
                 )  # fmt: skip
                 arms[name] = Arm(name, slot, weight)
         except BaseException:
             shutil.rmtree(cache, ignore_errors=True)
             raise
-        state = cls(settings, arms, max_batch)
+        state = cls(settings, arms, max_batch, batcher)
         state.cache_dir = cache
         return state
 

@@ -72,7 +72,7 @@ def test_predictions_match_the_runtime_called_directly(client: Any, models: dict
         ({}, "exactly one of"),
         ({"inputs": [[1.0] * 16], "labels": [0, 1]}, "one entry per sample"),
         ({"input": [1.0] * 16, "extra": 1}, "Extra inputs"),
-        ({"inputs": [1.0] * 16}, "valid list"),
+        ({"inputs": [1.0] * 16}, "valid array"),
     ],
 )
 def test_bad_inputs_get_422_and_the_server_stays_up(client: Any, body: Any, message: str):
