@@ -87,6 +87,7 @@ def measure_candidate(
         fidelity=run_fidelity(ctx, output_kind),
     )
     rejected = candidate.rejected
+    notes = list(candidate.notes)
     parent = known.get(candidate.parent_id or "")
     settings = ctx.config.measure
     margin = settings.slower_margin
@@ -103,22 +104,89 @@ def measure_candidate(
         and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * suspect
     ):
         child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
-        how = "measured one after the other"
         if paired:
             child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
-            how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
         if child_ms > parent_ms * (1.0 + margin):
-            rejected = (
-                f"slower than its parent {parent.name}: p50 {child_ms:.3f} ms vs "
-                f"{parent_ms:.3f} ms, more than {margin:.0%} slower ({how})"
+            rejected = slower_reason(
+                parent.name,
+                logged=(metrics.latency_p50_ms, parent.metrics.latency_p50_ms),
+                side_by_side=(child_ms, parent_ms) if paired else None,
+                rounds=settings.paired_rounds,
+                margin=margin,
             )
+            if candidate.precision != "fp32":
+                notes.append(_why_slower_note(candidate, parent, ctx))
         else:
             logger.info(
                 "%s is not slower than its parent %s when timed side by side "
                 "(%.4f vs %.4f ms): kept",
                 candidate.name, parent.name, child_ms, parent_ms,
             )  # fmt: skip
-    return candidate.model_copy(update={"metrics": metrics, "rejected": rejected})
+    return candidate.model_copy(update={"metrics": metrics, "rejected": rejected, "notes": notes})
+
+
+def slower_reason(
+    parent_name: str,
+    *,
+    logged: tuple[float, float],
+    side_by_side: tuple[float, float] | None,
+    rounds: int,
+    margin: float,
+) -> str:
+    """Why a child is rejected as slower than its parent, quoting the figures by name.
+
+    The logged figures are the ``latency_p50_ms`` metrics of both candidates (what
+    MLflow and the tables show); the side-by-side figures, when the child was timed
+    again beside its parent, are what decided. Both are quoted, each named, so a reason
+    never shows a figure the run's metrics do not explain.
+
+    Args:
+        parent_name: The parent's name.
+        logged: The child's and the parent's logged ``latency_p50_ms``.
+        side_by_side: The child's and the parent's p50 when timed side by side (None
+            when the decision was made on the logged figures alone).
+        rounds: The interleaved rounds of the side-by-side timing.
+        margin: The slower margin (a fraction).
+
+    Returns:
+        E.g. ``"slower than its parent export-onnx: side-by-side p50 0.210 ms vs parent
+        0.180 ms (timed side by side in 5 interleaved rounds); logged latency_p50_ms
+        0.200 ms vs parent 0.170 ms; more than 5% slower"``.
+    """
+    logged_text = f"logged latency_p50_ms {logged[0]:.3f} ms vs parent {logged[1]:.3f} ms"
+    if side_by_side is None:
+        return (
+            f"slower than its parent {parent_name}: {logged_text} (measured one after the "
+            f"other); more than {margin:.0%} slower"
+        )
+    return (
+        f"slower than its parent {parent_name}: side-by-side p50 {side_by_side[0]:.3f} ms vs "
+        f"parent {side_by_side[1]:.3f} ms (timed side by side in {rounds} interleaved "
+        f"rounds); {logged_text}; more than {margin:.0%} slower"
+    )
+
+
+def _why_slower_note(candidate: Candidate, parent: Candidate, ctx: StageContext) -> str:
+    """A note on where a slower quantized candidate spends its time (op profiles of it
+    and its parent); a profile that cannot be made says so instead of failing the run."""
+    from hamnet.backends.session import pack_inputs
+    from hamnet.evaluate.op_profile import PROFILED_RUNTIMES, profile_ops, why_slower
+
+    if candidate.runtime not in PROFILED_RUNTIMES:
+        return (
+            f"why slower: no operator profile, which exists for runtimes "
+            f"{list(PROFILED_RUNTIMES)}, but this candidate runs in {candidate.runtime!r}"
+        )
+    x_one = pack_inputs(ctx.dataset.x_val)[: ctx.profile.latency_batch_size]
+    try:
+        child = profile_ops(candidate.artifact, candidate.runtime, ctx.profile, x_one)
+        theirs = None
+        if parent.runtime == candidate.runtime:
+            theirs = profile_ops(parent.artifact, parent.runtime, ctx.profile, x_one)
+    except Exception as err:  # an explanation must not fail the measurement
+        logger.warning("op profile of %s failed: %s", candidate.name, err)
+        return f"why slower: the operator profile failed: {type(err).__name__}: {err}"
+    return why_slower(child, theirs)
 
 
 def _paired_latency(

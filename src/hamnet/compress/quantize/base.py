@@ -132,7 +132,7 @@ class QuantizationMethod(Plugin, ABC):
     output_format: ClassVar[Literal["onnx", "openvino"]]
     backend: ClassVar[Literal["onnx", "openvino"]]
     runtime: ClassVar[Literal["onnxruntime", "openvino"]]
-    precision: ClassVar[Literal["int8", "fp16"]]
+    precision: ClassVar[Literal["int8", "fp16", "mixed"]]
     needs_calibration: ClassVar[bool]
     reads_ort_contrib_ops: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
