@@ -8,11 +8,12 @@ on a CPU without VNNI or AMX the integer kernels themselves gain little. An
 runtime's own profiler:
 
 * ONNX Runtime: ``SessionOptions.enable_profiling``; its JSON trace holds one
-  ``<node>_kernel_time`` event per node and call, with the executed node's op type
-  (after graph optimization: ``QLinearMatMul`` where a QDQ pair was fused), its
-  execution provider, input types and duration.
-* OpenVINO: the ``PERF_COUNT`` property and ``InferRequest.get_profiling_info()``;
-  each executed node names the kernel that ran it (``exec_type``, e.g.
+  ``<node>_kernel_time`` event per node and call (the median per node is kept), with
+  the executed node's op type (after graph optimization: ``QLinearMatMul`` where a QDQ
+  pair was fused), its execution provider, input types and duration.
+* OpenVINO: the ``PERF_COUNT`` property and ``InferRequest.get_profiling_info()``
+  (read after the warm-up and at the end: its times are running means over every
+  call); each executed node names the kernel that ran it (``exec_type``, e.g.
   ``brgemm_avx512_I8`` or ``jit_avx2_FP32``).
 
 Each executed operator falls in one category (:data:`CATEGORIES`): ``int8`` (an
@@ -127,14 +128,15 @@ class OpTiming:
         category: One of :data:`CATEGORIES`.
         kernel: The execution provider (ONNX Runtime) or the kernel (OpenVINO
             ``exec_type``) that ran it.
-        mean_us: Its mean time per call in microseconds.
+        time_us: Its typical time per call in microseconds: the median over the
+            profiled calls (robust to a preempted call on a busy machine).
     """
 
     name: str
     op_type: str
     category: Category
     kernel: str
-    mean_us: float
+    time_us: float
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ class OpProfile:
     @property
     def total_us(self) -> float:
         """The summed operator time of one call, in microseconds."""
-        return sum(op.mean_us for op in self.ops)
+        return sum(op.time_us for op in self.ops)
 
     def ops_in(self, category: str) -> list[OpTiming]:
         """The operators of ``category``, slowest first."""
@@ -215,7 +217,7 @@ class OpProfile:
     def share(self, category: str) -> float:
         """The fraction of operator time spent in ``category`` (0 when nothing ran)."""
         total = self.total_us
-        return sum(op.mean_us for op in self.ops_in(category)) / total if total > 0 else 0.0
+        return sum(op.time_us for op in self.ops_in(category)) / total if total > 0 else 0.0
 
     def shares(self) -> dict[str, float]:
         """:meth:`share` of every category, in :data:`CATEGORIES` order."""
@@ -225,7 +227,7 @@ class OpProfile:
         """The distinct op types of ``category``, the most time first."""
         by_type: dict[str, float] = {}
         for op in self.ops_in(category):
-            by_type[op.op_type] = by_type.get(op.op_type, 0.0) + op.mean_us
+            by_type[op.op_type] = by_type.get(op.op_type, 0.0) + op.time_us
         return sorted(by_type, key=lambda t: -by_type[t])
 
     def top(self, n: int = 10) -> list[OpTiming]:
@@ -235,9 +237,7 @@ class OpProfile:
     def summary(self) -> str:
         """One line: INT8 ops and their share, QDQ and reorder shares, FP32 ops, the CPU."""
         int8 = self.ops_in("int8")
-        parts = [
-            f"INT8 runs {len(int8)} of {len(self.ops)} ops ({self.share('int8'):.0%} of time)"
-        ]
+        parts = [f"INT8 runs {len(int8)} of {len(self.ops)} ops ({self.share('int8'):.0%} of time)"]
         qdq = self.op_types("qdq")
         if qdq:
             parts.append(f"{self.share('qdq'):.0%} of time is {'/'.join(qdq)}")
@@ -247,9 +247,7 @@ class OpProfile:
         fp32 = self.op_types("fp32")
         if fp32:
             more = f" and {len(fp32) - 6} more" if len(fp32) > 6 else ""
-            parts.append(
-                f"FP32 ({self.share('fp32'):.0%} of time): {', '.join(fp32[:6])}{more}"
-            )
+            parts.append(f"FP32 ({self.share('fp32'):.0%} of time): {', '.join(fp32[:6])}{more}")
         parts.append(self.cpu.describe())
         return "; ".join(parts)
 
@@ -308,16 +306,18 @@ def classify_openvino_op(node_type: str, exec_type: str) -> Category:
     return "other"
 
 
-def _mean_after(values: list[float], skip: int) -> float:
+def _median_after(values: list[float], skip: int) -> float:
     kept = values[skip:] if len(values) > skip else values
-    return float(statistics.fmean(kept)) if kept else 0.0
+    return float(statistics.median(kept)) if kept else 0.0
 
 
 def _sorted(ops: Iterable[OpTiming]) -> tuple[OpTiming, ...]:
-    return tuple(sorted(ops, key=lambda op: (-op.mean_us, op.name)))
+    return tuple(sorted(ops, key=lambda op: (-op.time_us, op.name)))
 
 
-def parse_ort_trace(trace: str | Path | Sequence[Mapping[str, Any]], *, skip: int = 0) -> list[OpTiming]:
+def parse_ort_trace(
+    trace: str | Path | Sequence[Mapping[str, Any]], *, skip: int = 0
+) -> list[OpTiming]:
     """Read ONNX Runtime's profiling trace into per-operator timings.
 
     Args:
@@ -342,7 +342,8 @@ def parse_ort_trace(trace: str | Path | Sequence[Mapping[str, Any]], *, skip: in
         events = list(trace)
     if not isinstance(events, list):
         raise DataError(
-            f"an ONNX Runtime profile must be a JSON list of events, but got {type(events).__name__}"
+            "an ONNX Runtime profile must be a JSON list of events, but got "
+            f"{type(events).__name__}"
         )
     durations: dict[str, list[float]] = {}
     facts: dict[str, tuple[str, str, list[str]]] = {}
@@ -361,52 +362,68 @@ def parse_ort_trace(trace: str | Path | Sequence[Mapping[str, Any]], *, skip: in
             "an ONNX Runtime profile must hold node events (<node>_kernel_time), but the "
             "trace has none: was the session loaded with profiling on and run?"
         )
-    return list(
-        _sorted(
-            OpTiming(name, facts[name][0], classify_ort_op(facts[name][0], facts[name][2]),
-                     facts[name][1], _mean_after(values, skip))  # fmt: skip
-            for name, values in durations.items()
-        )
-    )
+    timings = []
+    for name, values in durations.items():
+        op_type, provider, types = facts[name]
+        category = classify_ort_op(op_type, types)
+        timings.append(OpTiming(name, op_type, category, provider, _median_after(values, skip)))
+    return list(_sorted(timings))
 
 
-def parse_openvino_profiling(calls: Sequence[Sequence[Any]]) -> list[OpTiming]:
-    """Read OpenVINO's per-node profiling info of several calls into per-operator timings.
+def parse_openvino_profiling(
+    infos: Sequence[Any],
+    *,
+    calls: int,
+    before: Sequence[Any] = (),
+    before_calls: int = 0,
+) -> list[OpTiming]:
+    """Read OpenVINO's per-node profiling info into per-operator timings.
+
+    OpenVINO's ``real_time`` of a node is the running mean over every call of the
+    infer request so far, the first one included (weight packing makes that one ~100x
+    slower). The time of the calls after a warm-up is therefore taken from two
+    readings: ``(mean after all calls * calls - mean after warm-up * before_calls) /
+    (calls - before_calls)``.
 
     Args:
-        calls: For each profiled call, the ``openvino.ProfilingInfo`` objects of
-            ``InferRequest.get_profiling_info()`` (``node_name``, ``node_type``,
-            ``exec_type``, ``status``, ``real_time``).
+        infos: The ``openvino.ProfilingInfo`` objects of
+            ``InferRequest.get_profiling_info()`` after ``calls`` calls
+            (``node_name``, ``node_type``, ``exec_type``, ``status``, ``real_time``).
+        calls: The calls the request had made when ``infos`` was read (at least 1).
+        before: The same request's profiling info after the warm-up calls.
+        before_calls: The warm-up calls (fewer than ``calls``).
 
     Returns:
         One :class:`OpTiming` per executed node (inputs, outputs and constants left
         out), slowest first.
 
     Raises:
-        DataError: If no call holds an executed node.
+        DataError: If no node was executed, or the call counts do not fit.
     """
-    durations: dict[str, list[float]] = {}
-    facts: dict[str, tuple[str, str]] = {}
-    for infos in calls:
-        for info in infos:
-            if info.node_type in OPENVINO_SKIPPED or not str(info.status).endswith("EXECUTED"):
-                continue
-            durations.setdefault(info.node_name, []).append(
-                info.real_time.total_seconds() * 1e6
-            )
-            facts.setdefault(info.node_name, (str(info.node_type), str(info.exec_type)))
-    if not durations:
+    if not 0 <= before_calls < calls:
+        raise DataError(
+            f"profiling calls must satisfy 0 <= before_calls < calls, but got "
+            f"before_calls={before_calls}, calls={calls}"
+        )
+    earlier = {
+        info.node_name: info.real_time.total_seconds() * 1e6 for info in before
+    } if before_calls else {}  # fmt: skip
+    timings = []
+    for info in infos:
+        if info.node_type in OPENVINO_SKIPPED or not str(info.status).endswith("EXECUTED"):
+            continue
+        total = info.real_time.total_seconds() * 1e6 * calls
+        total -= earlier.get(info.node_name, 0.0) * before_calls
+        node_type, exec_type = str(info.node_type), str(info.exec_type)
+        category = classify_openvino_op(node_type, exec_type)
+        per_call = max(total / (calls - before_calls), 0.0)
+        timings.append(OpTiming(str(info.node_name), node_type, category, exec_type, per_call))
+    if not timings:
         raise DataError(
             "an OpenVINO profile must hold executed nodes, but got none: was the model "
             "compiled with PERF_COUNT and run?"
         )
-    return list(
-        _sorted(
-            OpTiming(name, facts[name][0], classify_openvino_op(*facts[name]), facts[name][1],
-                     float(statistics.fmean(values)))  # fmt: skip
-            for name, values in durations.items()
-        )
-    )
+    return list(_sorted(timings))
 
 
 def profile_ops(
@@ -432,14 +449,13 @@ def profile_ops(
         runs: Profiled calls (at least 1).
 
     Returns:
-        The operators' mean times per call, their categories and the CPU's VNNI/AMX.
+        The operators' median times per call, their categories and the CPU's VNNI/AMX.
 
     Raises:
         ConfigError: If ``runtime`` has no operator profiler, or ``runs`` < 1.
         ModelLoadError: If the model does not load.
     """
-    from hamnet.backends.session import get_runtime, runtime_spec
-    from hamnet.backends.session import pack_inputs, unpack_inputs
+    from hamnet.backends.session import get_runtime, pack_inputs, runtime_spec, unpack_inputs
     from hamnet.core.hardware import resolved_threads
 
     if runtime not in PROFILED_RUNTIMES:
@@ -467,11 +483,12 @@ def profile_ops(
         session = engine.load(artifact, spec, threads, perf_count=True)  # type: ignore[call-arg]
         for _ in range(warmup):
             session.run(x)
-        calls = []
+        warm = session.profiling_info() if warmup else []
         for _ in range(runs):
             session.run(x)
-            calls.append(session.profiling_info())
-        ops = parse_openvino_profiling(calls)
+        ops = parse_openvino_profiling(
+            session.profiling_info(), calls=warmup + runs, before=warm, before_calls=warmup
+        )
     return OpProfile(runtime=runtime, model=artifact.path, runs=runs, ops=tuple(ops))
 
 

@@ -387,12 +387,13 @@ def _print_op_profile(model: Path, op_profile: Any, top: int = 12) -> None:
         f"({total:.1f} us per call in {len(op_profile.ops)} ops, {op_profile.runs} runs)"
     )
     for col in ("op", "type", "kind", "kernel", "us", "share"):
-        table.add_column(col, justify="right" if col in ("us", "share") else "left")
+        numeric = col in ("us", "share")
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for op in op_profile.top(top):
-        share = op.mean_us / total if total > 0 else 0.0
+        share = op.time_us / total if total > 0 else 0.0
         table.add_row(
             op.name, op.op_type, CATEGORY_LABELS[op.category], op.kernel,
-            f"{op.mean_us:.2f}", f"{share:.0%}",
+            f"{op.time_us:.2f}", f"{share:.0%}",
         )  # fmt: skip
     console.print(table)
     shares = ", ".join(

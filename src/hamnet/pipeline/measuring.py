@@ -151,19 +151,24 @@ def slower_reason(
     Returns:
         E.g. ``"slower than its parent export-onnx: side-by-side p50 0.210 ms vs parent
         0.180 ms (timed side by side in 5 interleaved rounds); logged latency_p50_ms
-        0.200 ms vs parent 0.170 ms; more than 5% slower"``.
+        0.200 ms vs parent 0.170 ms; more than 5% slower"`` (5 decimals below 0.1 ms).
     """
-    logged_text = f"logged latency_p50_ms {logged[0]:.3f} ms vs parent {logged[1]:.3f} ms"
+    logged_text = f"logged latency_p50_ms {_ms(logged[0])} ms vs parent {_ms(logged[1])} ms"
     if side_by_side is None:
         return (
             f"slower than its parent {parent_name}: {logged_text} (measured one after the "
             f"other); more than {margin:.0%} slower"
         )
     return (
-        f"slower than its parent {parent_name}: side-by-side p50 {side_by_side[0]:.3f} ms vs "
-        f"parent {side_by_side[1]:.3f} ms (timed side by side in {rounds} interleaved "
+        f"slower than its parent {parent_name}: side-by-side p50 {_ms(side_by_side[0])} ms vs "
+        f"parent {_ms(side_by_side[1])} ms (timed side by side in {rounds} interleaved "
         f"rounds); {logged_text}; more than {margin:.0%} slower"
     )
+
+
+def _ms(value: float) -> str:
+    """A latency in ms with 3 decimals, 5 below 0.1 ms (microsecond models stay readable)."""
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.5f}"
 
 
 def _why_slower_note(candidate: Candidate, parent: Candidate, ctx: StageContext) -> str:

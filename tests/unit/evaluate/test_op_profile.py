@@ -140,13 +140,13 @@ def test_ort_trace_of_a_static_int8_model(
     assert fp32.runs == 20 and fp32.runtime == "onnxruntime"
     assert {op.op_type for op in fp32.ops} >= {"MatMul", "LayerNormalization", "Softmax"}
     assert fp32.ops_in("int8") == [] and fp32.share("fp32") > 0.5
-    assert all(op.kernel == "CPUExecutionProvider" and op.mean_us >= 0 for op in int8.ops)
+    assert all(op.kernel == "CPUExecutionProvider" and op.time_us >= 0 for op in int8.ops)
     assert "QLinearMatMul" in int8.op_types("int8")
     assert {"QuantizeLinear", "DequantizeLinear"} & set(int8.op_types("qdq"))
     assert "LayerNormalization" in int8.op_types("fp32")  # ORT has no INT8 LayerNorm
     assert len(int8.ops) > len(fp32.ops)  # the QDQ boundaries are extra operators
     assert sum(int8.shares().values()) == pytest.approx(1.0)
-    assert [op.mean_us for op in int8.ops] == sorted((op.mean_us for op in int8.ops), reverse=True)
+    assert [op.time_us for op in int8.ops] == sorted((op.time_us for op in int8.ops), reverse=True)
     text = why_slower(int8, fp32)
     assert text.startswith("why slower (onnxruntime op profile): INT8 runs ")
     assert f"of {len(int8.ops)} ops" in text and "LayerNormalization" in text
@@ -180,7 +180,24 @@ def test_parsers_refuse_empty_profiles(tmp_path: Path) -> None:
         real_time=None,
     )  # fmt: skip
     with pytest.raises(DataError, match="must hold executed nodes"):
-        parse_openvino_profiling([[skipped]])
+        parse_openvino_profiling([skipped], calls=1)
+    with pytest.raises(DataError, match="before_calls < calls"):
+        parse_openvino_profiling([skipped], calls=3, before_calls=3)
+
+
+def test_openvino_running_means_give_the_time_after_the_warmup() -> None:
+    from datetime import timedelta
+
+    def info(us: float) -> SimpleNamespace:
+        return SimpleNamespace(
+            node_name="fc", node_type="FullyConnected", exec_type="brgemm_avx512_I8",
+            status="Status.EXECUTED", real_time=timedelta(microseconds=us),
+        )  # fmt: skip
+
+    # A first call of 1000 us then 4 us per call: a mean of 202 us after 5 calls,
+    # 26 us after 45 calls; the 40 calls after the warm-up took 4 us each.
+    (op,) = parse_openvino_profiling([info(26)], calls=45, before=[info(202)], before_calls=5)
+    assert (op.category, op.time_us) == ("int8", pytest.approx(4.0))
 
 
 def test_trace_events_average_after_the_warmup() -> None:
@@ -192,7 +209,7 @@ def test_trace_events_average_after_the_warmup() -> None:
     events = [event("mm", "QLinearMatMul", d, "uint8") for d in (100, 4, 6)]
     events += [event("dq", "DequantizeLinear", d, "uint8") for d in (50, 10, 10)]
     ops = parse_ort_trace(events, skip=1)
-    assert [(op.name, op.category, op.mean_us) for op in ops] == [
+    assert [(op.name, op.category, op.time_us) for op in ops] == [
         ("dq", "qdq", 10.0), ("mm", "int8", 5.0),
     ]  # fmt: skip
     cpu = cpu_int8_support(["avx2"])
@@ -205,7 +222,7 @@ def test_trace_events_average_after_the_warmup() -> None:
 
 def test_profile_ops_refuses_runtimes_without_a_profiler(models: dict[str, ArtifactRef]) -> None:
     profile = load_profile("x86-avx2")
-    with pytest.raises(ConfigError, match=r"operator profiles exist for runtimes .* but got 'torch'"):
+    with pytest.raises(ConfigError, match=r"profiles exist for runtimes .* but got 'torch'"):
         profile_ops(models["fp32"], "torch", profile, np.zeros((1, FEATURES), np.float32))
     with pytest.raises(ConfigError, match="runs must be positive"):
         profile_ops(models["fp32"], "onnxruntime", profile, np.zeros((1, FEATURES)), runs=0)

@@ -51,8 +51,6 @@ def layernorm_softmax_onnx(path: Path, features: int = FEATURES, hidden: int = 1
     return path
 
 
-
-
 @pytest.fixture()
 def ctx(tmp_path: Path) -> StageContext:
     base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
@@ -61,8 +59,13 @@ def ctx(tmp_path: Path) -> StageContext:
     cfg = config_from_dict(
         tiny_config(
             hardware_profile=str(profile),
-            measure={"warmup": 5, "repeats": 60, "max_eval_samples": 64, "paired_rounds": 3,
-                     "slower_margin": 0.25},  # fmt: skip
+            measure={
+                "warmup": 5,
+                "repeats": 60,
+                "max_eval_samples": 64,
+                "paired_rounds": 3,
+                "slower_margin": 0.25,
+            },
         )
     )
     return make_context(cfg, tmp_path)
@@ -77,9 +80,9 @@ def test_reason_names_each_figure() -> None:
         "(timed side by side in 5 interleaved rounds); logged latency_p50_ms 0.200 ms vs "
         "parent 0.170 ms; more than 5% slower"
     )
-    alone = slower_reason("p", logged=(0.3, 0.1), side_by_side=None, rounds=0, margin=0.1)
+    alone = slower_reason("p", logged=(0.3, 0.01), side_by_side=None, rounds=0, margin=0.1)
     assert alone == (
-        "slower than its parent p: logged latency_p50_ms 0.300 ms vs parent 0.100 ms "
+        "slower than its parent p: logged latency_p50_ms 0.300 ms vs parent 0.01000 ms "
         "(measured one after the other); more than 10% slower"
     )
 
@@ -112,9 +115,13 @@ def test_slower_int8_child_is_rejected_with_both_figures_and_a_why_note(
     assert reason is not None, "static INT8 of this tiny LayerNorm model should be slower"
     assert reason.startswith("slower than its parent export-onnx: side-by-side p50 ")
     assert "timed side by side in 3 interleaved rounds" in reason
+
+    def ms(value: float) -> str:
+        return f"{value:.3f}" if value >= 0.1 else f"{value:.5f}"
+
     logged = (
-        f"logged latency_p50_ms {child.metrics.latency_p50_ms:.3f} ms vs parent "
-        f"{parent.metrics.latency_p50_ms:.3f} ms"
+        f"logged latency_p50_ms {ms(child.metrics.latency_p50_ms)} ms vs parent "
+        f"{ms(parent.metrics.latency_p50_ms)} ms"
     )
     assert logged in reason  # the figures the run logs as metrics
     assert child.notes[: len(method.notes)] == method.notes

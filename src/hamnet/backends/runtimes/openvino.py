@@ -106,7 +106,6 @@ class OpenVINOSession(InferenceSession):
             outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outputs, axis=0)
 
-
     def profiling_info(self) -> list[Any]:
         """The per-node timings of the last call (``openvino.ProfilingInfo`` objects).
 
@@ -157,10 +156,14 @@ class OpenVINORuntime(Runtime):
 
     @classmethod
     def weight_precision(cls, path: Path) -> str | None:
-        """``"int8"`` with ``FakeQuantize`` layers, ``"fp16"`` with FP16 constants, else fp32."""
+        """``"int8"`` with ``FakeQuantize`` layers, ``"mixed"`` with integer weight constants
+        but no ``FakeQuantize`` (weight-only compression: INT8/INT4 weights, FP32
+        activations), ``"fp16"`` with FP16 constants, else fp32."""
         text = Path(path).read_text(errors="replace")
         if 'type="FakeQuantize"' in text:
             return "int8"
+        if any(f'element_type="{t}"' in text for t in ("u8", "i8", "u4", "i4")):
+            return "mixed"
         return "fp16" if 'element_type="f16"' in text else "fp32"
 
     def prepare(self, spec: RuntimeSpec) -> None:
