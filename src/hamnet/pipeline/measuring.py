@@ -171,6 +171,10 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value >= 0.1 else f"{value:.5f}"
 
 
+_RUNS = {"warmup": 5, "runs": 30}
+"""Calls of the operator profiles behind a why-slower note (medians need few)."""
+
+
 def _why_slower_note(candidate: Candidate, parent: Candidate, ctx: StageContext) -> str:
     """A note on where a slower quantized candidate spends its time (op profiles of it
     and its parent); a profile that cannot be made says so instead of failing the run."""
@@ -184,10 +188,10 @@ def _why_slower_note(candidate: Candidate, parent: Candidate, ctx: StageContext)
         )
     x_one = pack_inputs(ctx.dataset.x_val)[: ctx.profile.latency_batch_size]
     try:
-        child = profile_ops(candidate.artifact, candidate.runtime, ctx.profile, x_one)
+        child = profile_ops(candidate.artifact, candidate.runtime, ctx.profile, x_one, **_RUNS)
         theirs = None
         if parent.runtime == candidate.runtime:
-            theirs = profile_ops(parent.artifact, parent.runtime, ctx.profile, x_one)
+            theirs = profile_ops(parent.artifact, parent.runtime, ctx.profile, x_one, **_RUNS)
     except Exception as err:  # an explanation must not fail the measurement
         logger.warning("op profile of %s failed: %s", candidate.name, err)
         return f"why slower: the operator profile failed: {type(err).__name__}: {err}"
