@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from hamnet.core.candidate import Candidate
+from hamnet.core.errors import HamnetError
 from hamnet.pipeline.plan import StageContext
 
 logger = logging.getLogger("hamnet.pipeline")
@@ -59,7 +60,11 @@ def measure_candidate(
     output_kind: str | None = None,
 ) -> Candidate:
     """Measure ``candidate`` on the validation split and mark it rejected when it is
-    slower than its parent.
+    slower than its parent (unless :func:`size_over_speed` keeps it).
+
+    The rejection quotes the figures by name (:func:`slower_reason`); a slower
+    quantized candidate also gets a note on where its time goes, from operator
+    profiles of it and its parent (:func:`hamnet.evaluate.op_profile.why_slower`).
 
     Args:
         candidate: The new candidate.
@@ -107,13 +112,18 @@ def measure_candidate(
         if paired:
             child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
         if child_ms > parent_ms * (1.0 + margin):
-            rejected = slower_reason(
+            reason = slower_reason(
                 parent.name,
                 logged=(metrics.latency_p50_ms, parent.metrics.latency_p50_ms),
                 side_by_side=(child_ms, parent_ms) if paired else None,
                 rounds=settings.paired_rounds,
                 margin=margin,
             )
+            kept = size_over_speed(candidate, metrics.size_mb, parent.metrics.size_mb, ctx)
+            if kept is None:
+                rejected = reason
+            else:
+                notes.append(f"kept although {reason}: {kept}")
             if candidate.precision != "fp32":
                 notes.append(_why_slower_note(candidate, parent, ctx))
         else:
@@ -123,6 +133,32 @@ def measure_candidate(
                 candidate.name, parent.name, child_ms, parent_ms,
             )  # fmt: skip
     return candidate.model_copy(update={"metrics": metrics, "rejected": rejected, "notes": notes})
+
+
+def size_over_speed(
+    candidate: Candidate, size_mb: float, parent_size_mb: float, ctx: StageContext
+) -> str | None:
+    """Why a slower child is kept: a weight-only quantized model (its method's
+    ``weight_only`` capability) that is smaller than its parent, in a run with a size
+    bound (``constraints.target_size_mb``). Such methods trade latency for size; the
+    selection still holds them to ``max_latency_ms``. None (rejected as usual) otherwise.
+    """
+    target = ctx.config.constraints.target_size_mb
+    if target is None or candidate.stage != "quantize" or size_mb >= parent_size_mb:
+        return None
+    from hamnet.compress.quantize.base import quantizer_class
+
+    try:
+        weight_only = quantizer_class(candidate.method).weight_only
+    except HamnetError:  # a method since removed: judged as any other
+        return None
+    if not weight_only:
+        return None
+    return (
+        f"{candidate.method} is weight-only ({size_mb:.3f} MB vs parent {parent_size_mb:.3f} "
+        f"MB) and this run has a size bound (target_size_mb {target}), so it trades "
+        "latency for size"
+    )
 
 
 def slower_reason(

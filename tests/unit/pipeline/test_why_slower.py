@@ -149,3 +149,52 @@ def test_a_slower_fp32_child_gets_no_why_note(tmp_path: Path, ctx: StageContext)
     child = measure_candidate(child, {parent.id: parent}, ctx)
     assert child.rejected is not None and "logged latency_p50_ms" in child.rejected
     assert not any(n.startswith("why slower") for n in child.notes)
+
+
+@pytest.mark.parametrize("target_size_mb", [None, 10.0])
+def test_a_slower_weight_only_child_is_kept_only_under_a_size_bound(
+    tmp_path: Path, target_size_mb: float | None
+) -> None:
+    from hamnet.backends.runtimes.openvino import convert_openvino
+    from hamnet.compress.quantize.base import get_quantizer
+
+    cfg = config_from_dict(
+        tiny_config(
+            measure={"warmup": 2, "repeats": 10, "max_eval_samples": 64, "paired_rounds": 0},
+            constraints={"target_size_mb": target_size_mb},
+        )
+    )
+    ctx = make_context(cfg, tmp_path)
+    source = layernorm_softmax_onnx(tmp_path / "fp32.onnx", hidden=512)
+    ir = convert_openvino(source, tmp_path / "ir" / "model.xml")
+    parent = Candidate.create(
+        name="openvino-fp32", stage="export", method="openvino", runtime="openvino",
+        artifact=ctx.store.put(ir, "openvino"),
+    )  # fmt: skip
+    parent = measure_candidate(parent, {}, ctx)
+    assert parent.metrics is not None
+    # Decided on the logged figures alone (paired_rounds 0): a parent figure no child beats.
+    parent = parent.model_copy(
+        update={"metrics": parent.metrics.model_copy(update={"latency_p50_ms": 1e-6})}
+    )
+    method = get_quantizer("nncf_weight_compression")
+    main = method.quantize(
+        source, ctx.store.staging_dir(), calibration=None, cfg=QuantizeStageConfig(),
+        profile=ctx.profile,
+    )  # fmt: skip
+    child = Candidate.create(
+        name="openvino-fp32+nncf-weight-compression", stage="quantize",
+        method="nncf_weight_compression", runtime="openvino",
+        artifact=ctx.store.put(main, "openvino"), parent=parent, precision="mixed",
+    )  # fmt: skip
+    child = measure_candidate(child, {parent.id: parent}, ctx)
+    assert child.metrics is not None and child.metrics.size_mb < parent.metrics.size_mb
+    kept = [n for n in child.notes if n.startswith("kept although slower than its parent")]
+    if target_size_mb is None:
+        assert child.rejected is not None and "(measured one after the other)" in child.rejected
+        assert kept == []
+    else:
+        assert child.rejected is None
+        assert len(kept) == 1 and "trades latency for size" in kept[0]
+        assert "target_size_mb 10.0" in kept[0] and "logged latency_p50_ms" in kept[0]
+    assert any(n.startswith("why slower (openvino op profile)") for n in child.notes)

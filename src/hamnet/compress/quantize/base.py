@@ -136,6 +136,7 @@ class QuantizationMethod(Plugin, ABC):
     needs_calibration: ClassVar[bool]
     reads_ort_contrib_ops: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
+    weight_only: ClassVar[bool] = False  # integer weights, FP32 activations: size, not speed
     settings: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[list[str]] = []

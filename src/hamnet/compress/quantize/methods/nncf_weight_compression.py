@@ -29,6 +29,7 @@ class NncfWeightCompression(QuantizationMethod):
     backend = "openvino"
     runtime = "openvino"
     precision = "mixed"
+    weight_only = True
     needs_calibration = False
     settings = ("nncf_weight_mode", "weight_only_block_size")
     requires = ("onnx", "openvino", "nncf")

@@ -83,6 +83,7 @@ class OrtWeightOnlyInt4(QuantizationMethod):
     backend = "onnx"
     runtime = "onnxruntime"
     precision = "mixed"
+    weight_only = True
     bits: ClassVar[int] = 4
     needs_calibration = False
     settings = ("weight_only_block_size",)
