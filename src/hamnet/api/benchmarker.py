@@ -15,10 +15,17 @@ its input width and weight precision (:meth:`~hamnet.backends.session.Runtime.in
 is benchmarked the same way. Only the runtimes the profile lists and this machine has
 installed are used by default.
 
+:meth:`Benchmarker.profile_ops` says where the time goes, operator by operator, in the
+runtimes that have a profiler (ONNX Runtime, OpenVINO): the INT8, FP32,
+quantize/dequantize and reorder shares, and whether the CPU has VNNI or AMX (see
+:mod:`hamnet.evaluate.op_profile`).
+
 Example:
     >>> bench = Benchmarker("x86-avx2", warmup=5, repeats=50)
     >>> for m in bench.benchmark("model.onnx"):
     ...     print(m.runtime, m.latency_p50_ms)
+    >>> for p in bench.profile_ops("model_int8.onnx"):
+    ...     print(p.runtime, p.summary())
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from hamnet.core.hardware import HardwareProfile, load_profile
 
 if TYPE_CHECKING:
     from hamnet.core.candidate import Metrics
+    from hamnet.evaluate.op_profile import OpProfile
 
 
 @dataclass(frozen=True)
@@ -299,4 +307,41 @@ class Benchmarker:
             (str(path), metrics)
             for path in model_paths
             for metrics in self.benchmark(path, x, y, input_shape=input_shape)
+        ]
+
+    def profile_ops(
+        self,
+        model_path: str | Path,
+        x: Any = None,
+        *,
+        input_shape: Sequence[int] | None = None,
+        runs: int = 50,
+    ) -> list[OpProfile]:
+        """Profile one model file operator by operator in each runtime that can.
+
+        Args:
+            model_path: An ``.onnx`` or OpenVINO ``.xml`` file.
+            x: Inputs as for :meth:`benchmark`; the first latency batch of them runs.
+            input_shape: ``[features]`` or ``[batch, ...]`` for random inputs.
+            runs: Profiled calls (after this benchmarker's warm-up calls).
+
+        Returns:
+            One :class:`~hamnet.evaluate.op_profile.OpProfile` per runtime that has an
+            operator profiler (ONNX Runtime, OpenVINO), in the profile's order; empty
+            when none of the model's runtimes has one (PyTorch).
+
+        Raises:
+            ModelLoadError: If the file is missing, of an unknown kind, or unloadable.
+            ConfigError: If a requested runtime cannot load the model's format, or
+                ``runs`` is not positive.
+        """
+        from hamnet.backends.session import pack_inputs
+        from hamnet.evaluate.op_profile import PROFILED_RUNTIMES, profile_ops
+
+        ref = _reference(Path(model_path))
+        names = [n for n in self._runtimes_for(ref) if n in PROFILED_RUNTIMES]
+        x_one = pack_inputs(self._inputs(ref, x, input_shape))[: self.profile.latency_batch_size]
+        return [
+            profile_ops(ref, name, self.profile, x_one, warmup=self.settings.warmup, runs=runs)
+            for name in names
         ]

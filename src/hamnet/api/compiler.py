@@ -134,6 +134,13 @@ def accuracy_aware_reason(methods: Sequence[str], max_accuracy_drop: float | Non
     )
 
 
+def weight_only_methods(backends: Sequence[str]) -> list[str]:
+    """The weight-only quantizers (``weight_only``) that write a model for ``backends``."""
+    from hamnet.compress.quantize.base import quantizers_where
+
+    return [m for b in backends for m in quantizers_where(backend=b, weight_only=True)]
+
+
 def choose_backends(preferred: Sequence[str] | str | None, profile: HardwareProfile) -> list[str]:
     """The backends to run: ``preferred`` (validated), else those the profile lists.
 
@@ -484,6 +491,10 @@ def compile_config(
         methods = [m for m in stages.chosen if backend_of(m) in backends] + methods
     if goal in (Goal.AUTO, Goal.QUANTIZE):
         methods += accuracy_aware_methods(backends, stages.precisions)
+        if constraints.target_size_mb is not None:
+            # A size bound: weight-only methods (integer weights, float activations) are
+            # smaller at little accuracy cost; measurement decides whether they win.
+            methods += weight_only_methods(backends)
     methods = list(dict.fromkeys(methods))
     quantize = {"methods": methods, "calibration_samples": constraints.calibration_samples}
     cfg = _config_dict(constraints, facts, data_path, seed, track)

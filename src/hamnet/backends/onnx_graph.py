@@ -66,7 +66,10 @@ class GraphFacts:
 
     @property
     def precision(self) -> str:
-        """``"int8"`` with quantization operators, ``"fp16"`` with FP16 weights, else ``"fp32"``."""
+        """``"mixed"`` with weight-only MatMulNBits, ``"int8"`` with quantization operators,
+        ``"fp16"`` with FP16 weights, else ``"fp32"``."""
+        if "MatMulNBits" in self.op_types:
+            return "mixed"
         if self.op_types & INT8_OPS:
             return "int8"
         return "fp16" if _FLOAT16 in self.initializer_types else "fp32"

@@ -560,6 +560,17 @@ class QuantizeStageConfig(_Section):
     fallback_top_k: int = Field(
         8, ge=1, description="Accuracy-aware INT8: most harmful layers that may stay float."
     )
+    weight_only_block_size: Literal[16, 32, 64, 128, 256] = Field(
+        32,
+        description="Weights per scale of the weight-only methods (ort_weight_only_int4/int8 "
+        "block size, nncf_weight_compression INT4 group size): smaller keeps more accuracy, "
+        "larger gives a smaller file.",
+    )
+    nncf_weight_mode: Literal["int8_asym", "int4_sym"] = Field(
+        "int8_asym",
+        description="nncf_weight_compression's mode: INT8 per-channel asymmetric weights, or "
+        "INT4 symmetric weights in groups of weight_only_block_size.",
+    )
 
 
 class StagesSection(_Section):

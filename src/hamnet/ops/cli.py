@@ -326,6 +326,14 @@ def benchmark(
     repeats: Annotated[int, typer.Option(help="Timed calls for latency.")] = 200,
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    profile_ops: Annotated[
+        bool,
+        typer.Option(
+            "--profile-ops",
+            help="Also profile the model operator by operator (ONNX Runtime, OpenVINO): "
+            "top ops by time, INT8/FP32/quantize-dequantize/reorder shares, CPU VNNI/AMX.",
+        ),
+    ] = False,
 ) -> None:
     """Measure MODEL on a hardware profile with the pipeline's measurement code.
 
@@ -339,18 +347,18 @@ def benchmark(
         x, y = _load_npz(data) if data is not None else (None, None)
         bench = Benchmarker(hardware, warmup=warmup, repeats=repeats, runtimes=runtime or None)
         results = bench.benchmark(model, x, y)
+        op_profiles = bench.profile_ops(model, x) if profile_ops else []
     except HamnetError as err:
         raise _fail(err) from None
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": str(model),
-                    "hardware": bench.profile.name,
-                    "results": [m.to_dict() for m in results],
-                }
-            )
-        )
+        payload: dict[str, Any] = {
+            "model": str(model),
+            "hardware": bench.profile.name,
+            "results": [m.to_dict() for m in results],
+        }
+        if profile_ops:
+            payload["op_profiles"] = [p.to_dict() for p in op_profiles]
+        console.print_json(json.dumps(payload))
         return
     table = Table(title=f"{model.name} on {bench.profile.name}")
     for col in ("runtime", "p50 ms", "p90 ms", "samples/s", "size MB", "accuracy"):
@@ -365,6 +373,36 @@ def benchmark(
             "-" if m.accuracy is None else f"{m.accuracy:.4f}",
         )
     console.print(table)
+    for op_profile in op_profiles:
+        _print_op_profile(model, op_profile)
+
+
+def _print_op_profile(model: Path, op_profile: Any, top: int = 12) -> None:
+    """Print one operator profile: the slowest ops, the category shares, the CPU."""
+    from hamnet.evaluate.op_profile import CATEGORIES, CATEGORY_LABELS
+
+    total = op_profile.total_us
+    table = Table(
+        title=f"{model.name} in {op_profile.runtime}: top ops by time "
+        f"({total:.1f} us per call in {len(op_profile.ops)} ops, {op_profile.runs} runs)"
+    )
+    for col in ("op", "type", "kind", "kernel", "us", "share"):
+        numeric = col in ("us", "share")
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for op in op_profile.top(top):
+        share = op.time_us / total if total > 0 else 0.0
+        table.add_row(
+            op.name, op.op_type, CATEGORY_LABELS[op.category], op.kernel,
+            f"{op.time_us:.2f}", f"{share:.0%}",
+        )  # fmt: skip
+    console.print(table)
+    shares = ", ".join(
+        f"{CATEGORY_LABELS[c]} {op_profile.share(c):.0%}"
+        for c in CATEGORIES
+        if op_profile.ops_in(c)
+    )
+    console.print(f"time shares: {shares}")
+    console.print(op_profile.summary())
 
 
 @stack_app.command("up")

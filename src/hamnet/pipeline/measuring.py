@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from hamnet.core.candidate import Candidate
+from hamnet.core.errors import HamnetError
 from hamnet.pipeline.plan import StageContext
 
 logger = logging.getLogger("hamnet.pipeline")
@@ -59,7 +60,11 @@ def measure_candidate(
     output_kind: str | None = None,
 ) -> Candidate:
     """Measure ``candidate`` on the validation split and mark it rejected when it is
-    slower than its parent.
+    slower than its parent (unless :func:`size_over_speed` keeps it).
+
+    The rejection quotes the figures by name (:func:`slower_reason`); a slower
+    quantized candidate also gets a note on where its time goes, from operator
+    profiles of it and its parent (:func:`hamnet.evaluate.op_profile.why_slower`).
 
     Args:
         candidate: The new candidate.
@@ -87,6 +92,7 @@ def measure_candidate(
         fidelity=run_fidelity(ctx, output_kind),
     )
     rejected = candidate.rejected
+    notes = list(candidate.notes)
     parent = known.get(candidate.parent_id or "")
     settings = ctx.config.measure
     margin = settings.slower_margin
@@ -103,22 +109,129 @@ def measure_candidate(
         and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * suspect
     ):
         child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
-        how = "measured one after the other"
         if paired:
             child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
-            how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
         if child_ms > parent_ms * (1.0 + margin):
-            rejected = (
-                f"slower than its parent {parent.name}: p50 {child_ms:.3f} ms vs "
-                f"{parent_ms:.3f} ms, more than {margin:.0%} slower ({how})"
+            reason = slower_reason(
+                parent.name,
+                logged=(metrics.latency_p50_ms, parent.metrics.latency_p50_ms),
+                side_by_side=(child_ms, parent_ms) if paired else None,
+                rounds=settings.paired_rounds,
+                margin=margin,
             )
+            kept = size_over_speed(candidate, metrics.size_mb, parent.metrics.size_mb, ctx)
+            if kept is None:
+                rejected = reason
+            else:
+                notes.append(f"kept although {reason}: {kept}")
+            if candidate.precision != "fp32":
+                notes.append(_why_slower_note(candidate, parent, ctx))
         else:
             logger.info(
                 "%s is not slower than its parent %s when timed side by side "
                 "(%.4f vs %.4f ms): kept",
                 candidate.name, parent.name, child_ms, parent_ms,
             )  # fmt: skip
-    return candidate.model_copy(update={"metrics": metrics, "rejected": rejected})
+    return candidate.model_copy(update={"metrics": metrics, "rejected": rejected, "notes": notes})
+
+
+def size_over_speed(
+    candidate: Candidate, size_mb: float, parent_size_mb: float, ctx: StageContext
+) -> str | None:
+    """Why a slower child is kept: a weight-only quantized model (its method's
+    ``weight_only`` capability) that is smaller than its parent, in a run with a size
+    bound (``constraints.target_size_mb``). Such methods trade latency for size; the
+    selection still holds them to ``max_latency_ms``. None (rejected as usual) otherwise.
+    """
+    target = ctx.config.constraints.target_size_mb
+    if target is None or candidate.stage != "quantize" or size_mb >= parent_size_mb:
+        return None
+    from hamnet.compress.quantize.base import quantizer_class
+
+    try:
+        weight_only = quantizer_class(candidate.method).weight_only
+    except HamnetError:  # a method since removed: judged as any other
+        return None
+    if not weight_only:
+        return None
+    return (
+        f"{candidate.method} is weight-only ({size_mb:.3f} MB vs parent {parent_size_mb:.3f} "
+        f"MB) and this run has a size bound (target_size_mb {target}), so it trades "
+        "latency for size"
+    )
+
+
+def slower_reason(
+    parent_name: str,
+    *,
+    logged: tuple[float, float],
+    side_by_side: tuple[float, float] | None,
+    rounds: int,
+    margin: float,
+) -> str:
+    """Why a child is rejected as slower than its parent, quoting the figures by name.
+
+    The logged figures are the ``latency_p50_ms`` metrics of both candidates (what
+    MLflow and the tables show); the side-by-side figures, when the child was timed
+    again beside its parent, are what decided. Both are quoted, each named, so a reason
+    never shows a figure the run's metrics do not explain.
+
+    Args:
+        parent_name: The parent's name.
+        logged: The child's and the parent's logged ``latency_p50_ms``.
+        side_by_side: The child's and the parent's p50 when timed side by side (None
+            when the decision was made on the logged figures alone).
+        rounds: The interleaved rounds of the side-by-side timing.
+        margin: The slower margin (a fraction).
+
+    Returns:
+        E.g. ``"slower than its parent export-onnx: side-by-side p50 0.210 ms vs parent
+        0.180 ms (timed side by side in 5 interleaved rounds); logged latency_p50_ms
+        0.200 ms vs parent 0.170 ms; more than 5% slower"`` (5 decimals below 0.1 ms).
+    """
+    logged_text = f"logged latency_p50_ms {_ms(logged[0])} ms vs parent {_ms(logged[1])} ms"
+    if side_by_side is None:
+        return (
+            f"slower than its parent {parent_name}: {logged_text} (measured one after the "
+            f"other); more than {margin:.0%} slower"
+        )
+    return (
+        f"slower than its parent {parent_name}: side-by-side p50 {_ms(side_by_side[0])} ms vs "
+        f"parent {_ms(side_by_side[1])} ms (timed side by side in {rounds} interleaved "
+        f"rounds); {logged_text}; more than {margin:.0%} slower"
+    )
+
+
+def _ms(value: float) -> str:
+    """A latency in ms with 3 decimals, 5 below 0.1 ms (microsecond models stay readable)."""
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.5f}"
+
+
+_RUNS = {"warmup": 5, "runs": 30}
+"""Calls of the operator profiles behind a why-slower note (medians need few)."""
+
+
+def _why_slower_note(candidate: Candidate, parent: Candidate, ctx: StageContext) -> str:
+    """A note on where a slower quantized candidate spends its time (op profiles of it
+    and its parent); a profile that cannot be made says so instead of failing the run."""
+    from hamnet.backends.session import pack_inputs
+    from hamnet.evaluate.op_profile import PROFILED_RUNTIMES, profile_ops, why_slower
+
+    if candidate.runtime not in PROFILED_RUNTIMES:
+        return (
+            f"why slower: no operator profile, which exists for runtimes "
+            f"{list(PROFILED_RUNTIMES)}, but this candidate runs in {candidate.runtime!r}"
+        )
+    x_one = pack_inputs(ctx.dataset.x_val)[: ctx.profile.latency_batch_size]
+    try:
+        child = profile_ops(candidate.artifact, candidate.runtime, ctx.profile, x_one, **_RUNS)
+        theirs = None
+        if parent.runtime == candidate.runtime:
+            theirs = profile_ops(parent.artifact, parent.runtime, ctx.profile, x_one, **_RUNS)
+    except Exception as err:  # an explanation must not fail the measurement
+        logger.warning("op profile of %s failed: %s", candidate.name, err)
+        return f"why slower: the operator profile failed: {type(err).__name__}: {err}"
+    return why_slower(child, theirs)
 
 
 def _paired_latency(

@@ -29,10 +29,18 @@ def test_every_hardware_profile_validates(path: Path) -> None:
 
 def test_prefect_yaml_has_the_nightly_deployment() -> None:
     data = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (deployment,) = data["deployments"]
-    assert deployment["entrypoint"] == "flows/hamnet_optimize.py:hamnet_optimize"
-    assert deployment["schedules"][0] == {"cron": "0 2 * * *", "timezone": "UTC", "active": True}
-    assert data["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    deployments = {d["name"]: d for d in data["deployments"]}
+    assert set(deployments) == {"default", "remote"}
+    for deployment in deployments.values():
+        assert deployment["entrypoint"] == "flows/hamnet_optimize.py:hamnet_optimize"
+    schedule = deployments["default"]["schedules"][0]
+    assert schedule == {"cron": "0 2 * * *", "timezone": "UTC", "active": True}
+    # the worker changes into the folder `prefect deploy` ran in: no environment variable
+    (pull,) = data["pull"]
+    step = pull["hamnet.ops.prefect_steps.set_project_directory"]
+    assert step["directory"] == "{{ project-dir.stdout }}"
+    remote = deployments["remote"]["pull"]
+    assert "prefect.deployments.steps.git_clone" in remote[0]
 
 
 def test_required_profiles_exist() -> None:

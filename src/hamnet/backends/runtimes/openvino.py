@@ -106,6 +106,23 @@ class OpenVINOSession(InferenceSession):
             outputs.append(np.array(request.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outputs, axis=0)
 
+    def profiling_info(self) -> list[Any]:
+        """The per-node timings of the last call (``openvino.ProfilingInfo`` objects).
+
+        Each holds the node's name and type, the kernel that ran it (``exec_type``,
+        e.g. ``brgemm_avx512_I8``), its status and ``real_time``. Only a model compiled
+        with ``perf_count=True`` (see :meth:`OpenVINORuntime.load`) collects them.
+
+        Raises:
+            ModelLoadError: If the model was compiled without ``PERF_COUNT``.
+        """
+        if not bool(self.compiled.get_property("PERF_COUNT")):
+            raise ModelLoadError(
+                "an OpenVINO model must be compiled with perf_count=True to be profiled, "
+                "but this one was compiled without PERF_COUNT"
+            )
+        return list(self._requests[0].get_profiling_info())
+
 
 def _ov_dtype(port: Any) -> Any:
     """The numpy dtype of an OpenVINO input port (None when it cannot be told)."""
@@ -139,10 +156,14 @@ class OpenVINORuntime(Runtime):
 
     @classmethod
     def weight_precision(cls, path: Path) -> str | None:
-        """``"int8"`` with ``FakeQuantize`` layers, ``"fp16"`` with FP16 constants, else fp32."""
+        """``"int8"`` with ``FakeQuantize`` layers, ``"mixed"`` with integer weight constants
+        but no ``FakeQuantize`` (weight-only compression: INT8/INT4 weights, FP32
+        activations), ``"fp16"`` with FP16 constants, else fp32."""
         text = Path(path).read_text(errors="replace")
         if 'type="FakeQuantize"' in text:
             return "int8"
+        if any(f'element_type="{t}"' in text for t in ("u8", "i8", "u4", "i4")):
+            return "mixed"
         return "fp16" if 'element_type="f16"' in text else "fp32"
 
     def prepare(self, spec: RuntimeSpec) -> None:
@@ -165,10 +186,12 @@ class OpenVINORuntime(Runtime):
         PREPARED.add(key)
 
     @staticmethod
-    def _config(hint: str, threads: int | None) -> dict[str, Any]:
+    def _config(hint: str, threads: int | None, perf_count: bool = False) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
+        if perf_count:
+            config["PERF_COUNT"] = True
         return config
 
     @staticmethod
@@ -187,6 +210,7 @@ class OpenVINORuntime(Runtime):
         *,
         trust_checkpoint: bool = False,
         hint: str = "LATENCY",
+        perf_count: bool = False,
     ) -> InferenceSession:
         """Compile a model (see :meth:`Runtime.load`).
 
@@ -196,6 +220,8 @@ class OpenVINORuntime(Runtime):
             threads: ``INFERENCE_NUM_THREADS``; None lets OpenVINO use every core.
             trust_checkpoint: Unused (IR and ONNX files hold no code).
             hint: ``PERFORMANCE_HINT``: ``"LATENCY"`` or ``"THROUGHPUT"``.
+            perf_count: Collect per-node timings (``PERF_COUNT``), read back with
+                :meth:`OpenVINOSession.profiling_info`; off by default (it costs time).
 
         Returns:
             A session ready to run.
@@ -210,7 +236,7 @@ class OpenVINORuntime(Runtime):
         core = openvino_core()
         device = spec.device.upper()
         self._check_device(core, device)
-        config = self._config(hint, threads)
+        config = self._config(hint, threads, perf_count)
         try:
             compiled = core.compile_model(str(path), device, config=config)
         except Exception as err:

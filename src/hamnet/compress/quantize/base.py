@@ -135,11 +135,12 @@ class QuantizationMethod(Plugin, ABC):
     output_format: ClassVar[Literal["onnx", "openvino"]]
     backend: ClassVar[Literal["onnx", "openvino"]]
     runtime: ClassVar[Literal["onnxruntime", "openvino"]]
-    precision: ClassVar[Literal["int8", "fp16"]]
+    precision: ClassVar[Literal["int8", "fp16", "mixed"]]
     needs_calibration: ClassVar[bool]
     reads_ort_contrib_ops: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
     tunes_accuracy: ClassVar[bool] = False
+    weight_only: ClassVar[bool] = False  # integer weights, FP32 activations: size, not speed
     settings: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[list[str]] = []

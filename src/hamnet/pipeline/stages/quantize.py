@@ -233,6 +233,9 @@ def _quantize_params(
     if "reduce_range" in method.settings:
         params["per_channel"] = cfg.per_channel
         params["reduce_range"] = resolve_reduce_range(cfg, profile)
+    for key in ("weight_only_block_size", "nncf_weight_mode"):
+        if key in method.settings:
+            params[key] = getattr(cfg, key)
     return params
 
 

@@ -214,6 +214,7 @@ def test_registry_matches_config_and_declares_itself() -> None:
     assert set(registry.names("quantizer")) == {
         "ort_dynamic_int8", "ort_fused_dynamic_int8", "ort_static_int8", "nncf_int8",
         "openvino_fp16", "onnx_fp16", "int8_accuracy_aware", "nncf_int8_accuracy_aware",
+        "ort_weight_only_int4", "ort_weight_only_int8", "nncf_weight_compression",
     }  # fmt: skip
     for name in registry.names("quantizer"):
         cls = registry.load("quantizer", name)
@@ -224,7 +225,7 @@ def test_registry_matches_config_and_declares_itself() -> None:
         assert (
             method.runtime == {"onnx": "onnxruntime", "openvino": "openvino"}[method.output_format]
         )
-        assert method.precision in ("int8", "fp16") and method.notes
+        assert method.precision in ("int8", "fp16", "mixed") and method.notes
     with pytest.raises(ConfigError, match=r"unknown quantization method 'int4': expected one"):
         get_quantizer("int4")
 

@@ -81,7 +81,7 @@ def test_declares_itself(name: str) -> None:
     assert cls.source_format == "onnx"
     assert cls.output_format in ("onnx", "openvino") and cls.backend == cls.output_format
     assert cls.runtime == {"onnx": "onnxruntime", "openvino": "openvino"}[cls.output_format]
-    assert cls.precision in ("int8", "fp16")
+    assert cls.precision in ("int8", "fp16", "mixed")
     for flag in ("needs_calibration", "reads_ort_contrib_ops", "needs_attention"):
         assert isinstance(getattr(cls, flag), bool), flag
     assert isinstance(cls.settings, tuple)
@@ -101,6 +101,8 @@ def test_applicable(name: str, models: dict[str, Path]) -> None:
     reason = method.applicable(models["mlp"])
     if method.needs_attention:
         assert reason is not None and "has no attention" in reason and name in reason
+    elif name.startswith("ort_weight_only"):  # the MLP's Linear layers export as Gemm
+        assert reason is not None and "MatMul" in reason and name in reason
     else:
         assert reason is None
 
