@@ -231,9 +231,10 @@ class ModelRegistry:
         The version's source is the candidate's MLflow model (``models:/<model_id>``,
         see :mod:`hamnet.tracking.mlflow_models`), logged now with ``model`` when its run
         holds none, so ``models:/<name>@<alias>`` loads with ``mlflow.pyfunc.load_model``
-        and carries the model's signature. Its tags hold the candidate id, runtime, precision, metrics, the
-        baseline accuracy and the constraints. The same model file registered before
-        reuses its version instead of adding an identical one on every (cached) rerun.
+        and carries the model's signature. Its tags hold the candidate id, runtime,
+        precision, metrics, the baseline accuracy and the constraints. The same model
+        file registered before reuses its version instead of adding an identical one on
+        every (cached) rerun.
 
         Args:
             candidate: The recommended, measured candidate.

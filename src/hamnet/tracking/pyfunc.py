@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 DESCRIPTOR_FILE = "hamnet_model.json"
 """The descriptor beside the model's files in the ``model`` artifact folder."""
@@ -38,13 +38,17 @@ def _as_runtime_input(value: Any) -> Any:
     return array
 
 
-class HamnetRuntimeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class HamnetRuntimeModel(PythonModel):  # type: ignore[misc]
     """Runs a hamnet model file on the hamnet runtime it was measured on.
 
     Loading reads the descriptor, builds the artifact reference and loads the session
     with the runtime settings hamnet measured with; predicting returns the model's first
     output as float32, exactly what :meth:`InferenceSession.run` returns.
     """
+
+    _skip_type_hint_validation = True
+    """MLflow validates inputs against the signature logged with the model, not against
+    ``predict``'s type hints (read by ``PythonModel.__init_subclass__`` unless this is set)."""
 
     def __init__(self) -> None:
         self._session: Any = None

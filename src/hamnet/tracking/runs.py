@@ -258,14 +258,14 @@ class RunLogger:
             source: Where the data comes from (a path or a package data set).
             context: What the split is for (``"validation"``, ``"test"``...).
         """
-        import mlflow.data
         from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
         from mlflow.entities import DatasetInput, InputTag
 
         from hamnet.backends.inputs import unpack_inputs
 
         data_source = CodeDatasetSource({"hamnet.data_source": source})
-        dataset = mlflow.data.from_numpy(
+        dataset = from_numpy(
             unpack_inputs(features), source=data_source, targets=targets, name=name
         )
         self._client.log_inputs(

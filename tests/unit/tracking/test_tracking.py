@@ -8,11 +8,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Factory, example_rows, load_pyfunc, metrics, profile, tracking
+import tracking_helpers
+from tracking_helpers import Factory, example_rows, load_pyfunc, metrics, profile, tracking
 
 from hamnet.core.config import ConstraintsSection, OptimizeConfig, SelectionSection, TrackingSection
 from hamnet.evaluate.pareto import assess, candidates_table, select
 from hamnet.tracking.mlflow_models import ModelContext
+
+quiet_mlflow = tracking_helpers.quiet_mlflow
+empty_db = tracking_helpers.empty_db
+db = tracking_helpers.db
+factory = tracking_helpers.factory
 
 
 def context() -> ModelContext:

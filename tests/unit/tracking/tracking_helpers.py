@@ -1,4 +1,4 @@
-"""Shared fixtures of the tracking tests: a real MLflow on SQLite, real tiny models."""
+"""Helpers of the tracking tests: a real MLflow on SQLite, real tiny models."""
 
 from __future__ import annotations
 
@@ -18,32 +18,6 @@ from hamnet.core.hardware import HardwareProfile, load_profile
 
 FEATURES = 4
 CLASSES = 3
-
-
-@pytest.fixture(autouse=True)
-def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ENABLE_TELEMETRY", "false")
-    monkeypatch.setenv("DO_NOT_TRACK", "1")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="session")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An MLflow SQLite database with its tables created (creating them takes ~6 s)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    uri = f"sqlite:///{path}"
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-    yield path
-
-
-@pytest.fixture
-def db(tmp_path: Path, empty_db: Path) -> Path:
-    """A fresh copy of the empty database in this test's folder."""
-    path = tmp_path / "mlflow.db"
-    shutil.copy(empty_db, path)
-    return path
 
 
 def tracking(db: Path, **kw: Any) -> TrackingSection:
@@ -152,11 +126,6 @@ class Factory:
         )
 
 
-@pytest.fixture
-def factory(tmp_path: Path) -> Factory:
-    return Factory(tmp_path)
-
-
 def load_pyfunc(model_uri: str, tracking_uri: str) -> Any:
     """``mlflow.pyfunc.load_model(model_uri)`` against ``tracking_uri`` (also the registry)."""
     import mlflow.pyfunc
@@ -164,3 +133,37 @@ def load_pyfunc(model_uri: str, tracking_uri: str) -> Any:
 
     with _use_tracking_uri(tracking_uri):
         return mlflow.pyfunc.load_model(model_uri)
+
+
+# Fixtures: a test module imports the ones it uses (``quiet_mlflow`` is autouse there).
+
+
+@pytest.fixture(autouse=True)
+def quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ENABLE_TELEMETRY", "false")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An MLflow SQLite database with its tables created (creating them takes ~6 s)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    yield path
+
+
+@pytest.fixture
+def db(tmp_path: Path, empty_db: Path) -> Path:
+    """A fresh copy of the empty database in this test's folder."""
+    path = tmp_path / "mlflow.db"
+    shutil.copy(empty_db, path)
+    return path
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Factory:
+    return Factory(tmp_path)
