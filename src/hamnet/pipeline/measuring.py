@@ -102,15 +102,21 @@ def measure_candidate(
         and parent.metrics is not None
         and metrics.latency_p50_ms > parent.metrics.latency_p50_ms * suspect
     ):
-        child_ms, parent_ms = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
-        how = "measured one after the other"
+        logged_child, logged_parent = metrics.latency_p50_ms, parent.metrics.latency_p50_ms
+        child_ms, parent_ms = logged_child, logged_parent
+        how = "the logged latency_p50_ms figures, measured one after the other"
         if paired:
             child_ms, parent_ms = _paired_latency(candidate, parent, ctx)
-            how = f"timed side by side in {settings.paired_rounds} interleaved rounds"
+            # The side-by-side figures are not the logged ones: quote both, named.
+            how = (
+                f"timed side by side in {settings.paired_rounds} interleaved rounds; "
+                f"logged latency_p50_ms {logged_child:.4f} ms vs {logged_parent:.4f} ms, "
+                "measured one after the other"
+            )
         if child_ms > parent_ms * (1.0 + margin):
             rejected = (
-                f"slower than its parent {parent.name}: p50 {child_ms:.3f} ms vs "
-                f"{parent_ms:.3f} ms, more than {margin:.0%} slower ({how})"
+                f"slower than its parent {parent.name}: p50 {child_ms:.4f} ms vs "
+                f"{parent_ms:.4f} ms, more than {margin:.0%} slower ({how})"
             )
         else:
             logger.info(
