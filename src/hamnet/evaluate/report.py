@@ -463,9 +463,7 @@ def _label_points(ax: Axes, points: PlotPoints) -> None:
     renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
     xy = ax.transData.transform(list(zip(points.latency, points.accuracy, strict=True)))
     scale = ax.figure.dpi / 72.0
-    radii = [
-        scale * math.sqrt(area) / 2 for area in points.areas(points.data.index == points.data.index)
-    ]
+    radii = [scale * math.sqrt(marker_area(mb, points.max_size)) / 2 for mb in points.size]
     markers = [
         Bbox.from_extents(px - r, py - r, px + r, py + r)
         for (px, py), r in zip(xy, radii, strict=True)
