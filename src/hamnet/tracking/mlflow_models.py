@@ -18,7 +18,6 @@ for them, so it declares the model's real input and output shapes and dtypes.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -254,6 +253,8 @@ def _copy_files(
     candidate: Candidate, folder: Path, context: ModelContext, input_names: list[str] | None
 ) -> None:
     """Copy the artifact's files (relative to its main file's folder) and the descriptor."""
+    import yaml
+
     from hamnet.core.errors import ModelLoadError
     from hamnet.tracking.pyfunc import DESCRIPTOR_FILE
 
@@ -281,7 +282,8 @@ def _copy_files(
         "input_names": input_names,
         "candidate_id": candidate.id,
     }
-    (folder / DESCRIPTOR_FILE).write_text(json.dumps(descriptor, indent=1), encoding="utf-8")
+    text = yaml.safe_dump(descriptor, sort_keys=False)
+    (folder / DESCRIPTOR_FILE).write_text(text, encoding="utf-8")
 
 
 def _pip_requirements(runtime: str) -> list[str]:

@@ -15,16 +15,17 @@ imported: import it only where MLflow is needed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from mlflow.pyfunc import PythonModel
 
-DESCRIPTOR_FILE = "hamnet_model.json"
-"""The descriptor beside the model's files in the ``model`` artifact folder."""
+DESCRIPTOR_FILE = "hamnet_model.yaml"
+"""The descriptor beside the model's files in the ``model`` artifact folder (YAML, so no
+``.json`` file sits beside a module artifact's ``module.json``)."""
 
 ARTIFACT_KEY = "model"
 """The key of the model's folder in the pyfunc model's ``artifacts``."""
@@ -68,8 +69,8 @@ class HamnetRuntimeModel(PythonModel):  # type: ignore[misc]
         folder = Path(context.artifacts[ARTIFACT_KEY])
         descriptor_path = folder / DESCRIPTOR_FILE
         try:
-            descriptor = json.loads(descriptor_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            descriptor = yaml.safe_load(descriptor_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
             raise ModelLoadError(
                 f"a hamnet MLflow model must hold {DESCRIPTOR_FILE} in its {ARTIFACT_KEY!r} "
                 f"artifacts, but reading {str(descriptor_path)!r} failed: {err}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import tracking_helpers
+import yaml
 from tracking_helpers import Factory, example_rows, load_pyfunc, metrics, profile, tracking
 
 from hamnet.core.config import ConstraintsSection
@@ -86,8 +86,8 @@ def test_pyfunc_model_is_logged_from_code_with_its_files_and_descriptor(
     assert (local / "pyfunc_model.py").is_file()
     assert not list(local.rglob("*.pkl"))  # nothing pickled
     files = local / "artifacts" / "files"
-    assert {p.name for p in files.iterdir()} == {"model.xml", "model.bin", "hamnet_model.json"}
-    descriptor = json.loads((files / "hamnet_model.json").read_text())
+    assert {p.name for p in files.iterdir()} == {"model.xml", "model.bin", "hamnet_model.yaml"}
+    descriptor = yaml.safe_load((files / "hamnet_model.yaml").read_text())
     assert descriptor["runtime"] == "openvino" and descriptor["format"] == "openvino"
     assert descriptor["sha256"] == candidate.artifact.sha256
     assert (local / "input_example.json").is_file()
