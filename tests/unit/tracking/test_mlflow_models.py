@@ -93,3 +93,43 @@ def test_pyfunc_model_is_logged_from_code_with_its_files_and_descriptor(
     assert (local / "input_example.json").is_file()
     # the run's metrics are the logged model's metrics too
     assert {m.key for m in logged.metrics or []} >= {"accuracy", "latency_p50_ms", "size_mb"}
+
+
+def test_module_artifact_is_logged_with_its_files_and_predicts_like_torch(
+    db: Path, tmp_path: Path
+) -> None:
+    import torch
+    from torch import nn
+
+    from hamnet.backends.session import load_session
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.candidate import Candidate
+    from hamnet.evaluate.pareto import assess
+    from hamnet.models.sources import InputSpec, TensorSpec, save_module_artifact
+    from hamnet.tracking.mlflow_models import ModelContext, model_flavor
+    from hamnet.tracking.tracker import Tracker
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    main = save_module_artifact(
+        tmp_path / "staging" / "art",
+        inputs=InputSpec(TensorSpec(shape=[1, 4])),
+        module=module,
+        output_kind="class_scores",
+    )
+    ref = ArtifactStore(tmp_path / "store").put(main, "torch-module")
+    candidate = Candidate.create(
+        name="user-module", stage="load", method="module", artifact=ref, runtime="torch",
+        metrics=metrics(0.9, 1.0, 1.0),
+    )  # fmt: skip
+    assert model_flavor(candidate) == "python_function"
+    tracker = Tracker(tracking(db))
+    parent = tracker.start_parent("module", tags={})
+    context = ModelContext(example=example_rows(), profile=profile(), trust_checkpoint=True)
+    run_id = tracker.log_candidate(
+        parent, candidate, assess(candidate, 0.9, ConstraintsSection()), model=context
+    )
+    model = load_pyfunc(tracker.client.get_run(run_id).data.tags["hamnet.model_uri"], tracker.uri)
+    x = example_rows(4)
+    expected = load_session(ref, "torch", profile(), trust_checkpoint=True).run(x)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6)
