@@ -52,15 +52,24 @@ def test_flow_tracks_candidates_and_reruns_from_cache(project: Path) -> None:
     for child in children:
         assert "latency_p50_ms" in child.data.metrics
         assert "hamnet.parent_candidate" in child.data.tags
-        assert client.list_artifacts(child.info.run_id, "model"), "model file not logged"
+        assert child.data.tags["hamnet.model_uri"].startswith("models:/"), "model not logged"
+    assert [r.data.tags["hamnet.recommended"] for r in children].count("true") == 1
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
     assert {"pareto/candidates.csv", "pareto/front.csv", "pareto/pareto.png"} <= artifacts
     versions = client.search_model_versions("name='hamnet-tiny'")
     assert len(versions) >= 1
     assert client.get_model_version_by_alias("hamnet-tiny", "champion") is not None
 
+    runs_before = len(client.search_runs([exp.experiment_id]))
+    models_before = len(client.search_logged_models([exp.experiment_id]))
     second = _run(project, cfg)
     assert second["cached_stages"] == ["train", "export", "quantize"]
+    # the cached rerun adds its parent only: it points to the candidate runs of the first
+    assert len(client.search_runs([exp.experiment_id])) == runs_before + 1
+    assert len(client.search_logged_models([exp.experiment_id])) == models_before
+    rerun = client.get_run(str(second["mlflow_run_id"]))
+    assert rerun.data.tags["hamnet.reused_runs"] == "7"
+    assert rerun.data.tags["hamnet.recommended_run_id"] in {r.info.run_id for r in children}
     assert second["recommended_id"] == first["recommended_id"]
     assert second["mlflow_run_id"] != first["mlflow_run_id"]
     stage_seconds = sum(s["seconds"] for s in second["stages"])

@@ -139,9 +139,16 @@ def test_sigkill_mid_stage_then_rerun_reuses_finished_stages_and_fails_the_old_r
         summary = run_flow(project, cfg, "kill.yaml")
     assert summary["cached_stages"] == ["train"]  # the interrupted export alone is redone
     assert [s["name"] for s in summary["stages"]] == ["train", "export"]
-    rerun = _children(client, summary["mlflow_run_id"])
-    rerun_ids = {r.data.tags["hamnet.candidate_id"] for r in rerun}
-    assert kept <= rerun_ids  # the baseline trained before the kill is the one reused
+    # the baseline trained before the kill is reused: the rerun's parent points to its
+    # run instead of logging it again
+    tags = client.get_run(summary["mlflow_run_id"]).data.tags
+    reused = {
+        k.removeprefix("hamnet.reused_run."): v
+        for k, v in tags.items()
+        if k.startswith("hamnet.reused_run.")
+    }
+    assert reused == {r.data.tags["hamnet.candidate_id"]: r.info.run_id for r in killed_children}
+    assert set(reused) == kept
     closed = client.get_run(killed.info.run_id)
     assert closed.info.status == "FAILED"
     assert closed.data.tags["hamnet.error"].startswith(

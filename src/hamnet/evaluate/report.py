@@ -257,37 +257,52 @@ def to_markdown(df: pd.DataFrame, columns: list[str] | tuple[str, ...] | None = 
 
 
 def pareto_plot(df: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Plot accuracy against latency p50, marker area proportional to size.
+    """Plot accuracy against latency p50, marker area proportional to size, with a key.
 
     The Pareto front (accuracy vs latency) is drawn as a step line, front members have a
     dark edge, the recommended candidate is ringed in red, the baseline is a square and
     rejected candidates are grey crosses. The x axis is logarithmic when latencies span
-    more than 10x. Drawn with the Agg canvas (no display, no pyplot state).
+    more than 10x. Markers carry numbers, not names: candidates that fall on the same
+    spot share one label (``"2,5"``), labels are moved until none overlaps another, and
+    the key beside the plot gives each number's name and figures. Drawn with the Agg
+    canvas (no display, no pyplot state).
 
     Args:
         df: The table from :func:`hamnet.evaluate.pareto.candidates_table`.
         path: Where to save a PNG (not saved when None).
 
     Returns:
-        The figure.
+        The figure; its first axes is the plot, its second the key.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9.5, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     points = plot_points(df)
     if points is None:
+        fig = Figure(figsize=(9.5, 5.5), dpi=110)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no measured candidate", ha="center", va="center")
         ax.set_axis_off()
         _save(fig, path)
         return fig
+    rows = len(points.data)
+    fig = Figure(figsize=(14.0, max(6.0, 1.6 + 0.2 * rows)), dpi=110)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(
+        1, 2, width_ratios=(3.0, 2.2), wspace=0.05, left=0.06, right=0.99, top=0.93, bottom=0.2
+    )
+    ax = fig.add_subplot(grid[0, 0])
+    key = fig.add_subplot(grid[0, 1])
     _draw_markers(ax, points)
-    _label_points(ax, points)
     _style_axes(ax, points)
     _draw_legend(ax, points.max_size)
-    fig.tight_layout()
+    _draw_key(key, points)
+    ax.margins(x=0.06, y=0.15)  # room around the markers for their numbers
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())  # freeze the limits: labels are placed in display space
+    ax.set_ylim(ax.get_ylim())
+    _label_points(ax, points)
     _save(fig, path)
     return fig
 
@@ -420,19 +435,126 @@ def _draw_markers(ax: Axes, points: PlotPoints) -> None:
         )
 
 
+LABEL_OFFSETS: tuple[tuple[float, float], ...] = tuple(
+    (radius * dx, radius * dy)
+    for radius in (7.0, 14.0, 22.0, 32.0, 44.0, 58.0, 74.0, 92.0)
+    for dx, dy in ((1, 0.6), (1, -1.4), (-1, 0.6), (-1, -1.4), (0, 1.3), (0, -2.2))
+)
+"""Where a marker's number may go (points from the marker), nearest first."""
+
+SAME_SPOT_PX = 9.0
+"""Markers closer than this (display pixels) share one label."""
+
+
+def marker_numbers(points: PlotPoints) -> list[int]:
+    """The number of each plotted row (1, 2, ... in table order): its label and key entry."""
+    return list(range(1, len(points.data) + 1))
+
+
 def _label_points(ax: Axes, points: PlotPoints) -> None:
-    """Each candidate's name next to its marker (grey for rejected ones)."""
-    names = [str(n) for n in points.data["name"]]
+    """Number the markers; markers on one spot share a label; no label overlaps another.
+
+    Each label tries :data:`LABEL_OFFSETS` in turn and takes the first place where it
+    overlaps no marker and no label placed before it (and stays inside the axes); far
+    from its marker, a thin line leads back to it.
+    """
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    xy = ax.transData.transform(list(zip(points.latency, points.accuracy, strict=True)))
+    scale = ax.figure.dpi / 72.0
+    radii = [scale * math.sqrt(marker_area(mb, points.max_size)) / 2 for mb in points.size]
+    markers = [
+        Bbox.from_extents(px - r, py - r, px + r, py + r)
+        for (px, py), r in zip(xy, radii, strict=True)
+    ]
     greyed = [bool(r) for r in points.rejected]
-    for name, x, y, grey in zip(names, points.latency, points.accuracy, greyed, strict=True):
-        ax.annotate(
-            name,
-            (x, y),
-            textcoords="offset points",
-            xytext=(6, 5),
-            fontsize=7.5,
-            color="grey" if grey else "black",
-        )
+    spots: list[tuple[tuple[float, float], list[int], bool]] = []
+    for number, (px, py), grey in zip(marker_numbers(points), xy, greyed, strict=True):
+        for anchor, numbers, _ in spots:
+            if math.hypot(px - anchor[0], py - anchor[1]) < SAME_SPOT_PX:
+                numbers.append(number)
+                break
+        else:
+            spots.append(((px, py), [number], grey))
+    placed: list[Any] = []
+    area = ax.bbox
+    for (px, py), numbers, grey in spots:
+        data_xy = ax.transData.inverted().transform((px, py))
+        text = ",".join(str(n) for n in numbers)
+        # nearest free place inside the axes clear of markers, else clear of labels only,
+        # else straight above the marker, as high as it takes
+        tries = [(offset, "clear") for offset in LABEL_OFFSETS]
+        tries += [(offset, "inside") for offset in LABEL_OFFSETS]
+        tries += [((0.0, 10.0 * step), "anywhere") for step in range(1, 400)]
+        for offset, rule in tries:
+            label = _number_label(ax, text, data_xy, offset, grey)
+            box = label.get_window_extent(renderer)
+            blocked = [*placed, *markers] if rule == "clear" else placed
+            inside = area.contains(box.x0, box.y0) and area.contains(box.x1, box.y1)
+            if (inside or rule == "anywhere") and not any(box.overlaps(b) for b in blocked):
+                placed.append(box)
+                break
+            label.remove()
+
+
+def _number_label(ax: Axes, text: str, xy: Any, offset: tuple[float, float], grey: bool) -> Any:
+    """One marker label at ``offset`` points from ``xy``; a leader line when far."""
+    far = math.hypot(*offset) > 16.0
+    return ax.annotate(
+        text,
+        xy,
+        textcoords="offset points",
+        xytext=offset,
+        fontsize=8,
+        fontweight="bold",
+        color="grey" if grey else "black",
+        ha="left" if offset[0] >= 0 else "right",
+        va="center",
+        arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if far else None,
+        zorder=5,
+    )
+
+
+def key_lines(points: PlotPoints) -> list[str]:
+    """The key beside the plot: number, name, accuracy, latency, size and role per row."""
+    lines = [f"{'#':>3}  {'candidate':<26} {'acc %':>7} {'p50 ms':>9} {'MB':>8}  role"]
+    roles = zip(points.recommended, points.on_front, points.rejected, points.baseline, strict=True)
+    for number, name, acc, ms, mb, (rec, front, rejected, base) in zip(
+        marker_numbers(points),
+        points.data["name"],
+        points.accuracy,
+        points.latency,
+        points.size,
+        roles,
+        strict=True,
+    ):
+        role = ", ".join(
+            word
+            for word, on in (
+                ("recommended", rec), ("front", front), ("rejected", rejected), ("baseline", base)
+            )
+            if on
+        )  # fmt: skip
+        short = str(name) if len(str(name)) <= 26 else str(name)[:25] + "…"
+        lines.append(f"{number:>3}  {short:<26} {acc:>7.2f} {ms:>9.4g} {mb:>8.3g}  {role}")
+    return lines
+
+
+def _draw_key(key: Axes, points: PlotPoints) -> None:
+    """The numbered key, in a monospace column right of the plot."""
+    key.set_axis_off()
+    rows = len(points.data)
+    key.text(
+        0.0,
+        1.0,
+        "\n".join(key_lines(points)),
+        transform=key.transAxes,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=7.5 if rows <= 30 else 6.0,
+    )
 
 
 def _style_axes(ax: Axes, points: PlotPoints) -> None:
@@ -447,7 +569,7 @@ def _style_axes(ax: Axes, points: PlotPoints) -> None:
 
 
 def _draw_legend(ax: Axes, max_size: float) -> None:
-    """What the markers mean, with two example sizes, right of the axes."""
+    """What the markers mean, with two example sizes, below the axes."""
     from matplotlib.lines import Line2D
 
     handles = [
@@ -465,8 +587,9 @@ def _draw_legend(ax: Axes, max_size: float) -> None:
     ax.legend(
         handles=handles,
         fontsize=7.5,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+        ncol=4,
         labelspacing=1.1,
         borderaxespad=0.0,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hamnet.core.candidate import Candidate
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from hamnet.pipeline.run import PipelineResult, PipelineRun, StageRecord
+    from hamnet.tracking.mlflow_models import ModelContext
     from hamnet.tracking.tracker import Tracker
 
 logger = logging.getLogger("hamnet.pipeline")
@@ -163,15 +165,24 @@ class RunIndexObserver(RunObserver):
 class MlflowObserver(RunObserver):
     """Logs the run to MLflow: parent run, candidates, selection, registration.
 
-    Opens the parent run on start (its id becomes ``run.parent_run_id``), logs each
-    stage's candidates as soon as the stage is done, and on finish logs the Pareto
-    front, registers the recommended candidate (when ``tracking.registered_model`` is
-    set) and closes the parent run; a failed run's parent run is closed FAILED.
+    Opens the parent run on start (its id becomes ``run.parent_run_id``) and logs the
+    validation split as its dataset input; logs each stage's candidates as soon as the
+    stage is done, each with its MLflow model when ``tracking.log_models`` is set; and
+    on finish logs the Pareto front, marks the recommended and front candidate runs,
+    registers the recommended candidate's MLflow model (when
+    ``tracking.registered_model`` is set), links the parent to that run and version,
+    and closes the parent run; a failed run's parent run is closed FAILED.
+
+    A stage that came from the cache logs no new candidate runs: a candidate whose
+    earlier run is found in the experiment (with its model, when models are logged) is
+    pointed to from the parent (``hamnet.reused_run.<candidate id>``) instead.
     """
 
     def __init__(self) -> None:
         self.tracker: Tracker | None = None
         self.candidate_runs: dict[str, str] = {}
+        self.reused: dict[str, str] = {}
+        self._model_context: ModelContext | None = None
 
     def on_start(self, run: PipelineRun) -> None:
         from hamnet.tracking.tracker import Tracker
@@ -184,20 +195,59 @@ class MlflowObserver(RunObserver):
             tags={"hamnet.plan": plan, "hamnet.hardware_profile": run.profile.name, **run.tags},
         )
 
+    def model_context(self, run: PipelineRun) -> ModelContext:
+        """The input example and runtime settings candidates' models are logged with.
+
+        Built once, on first use: it loads the data set (the validation split gives the
+        example) and logs the split as the parent run's dataset input.
+        """
+        if self._model_context is None:
+            from hamnet.core.artifacts import ArtifactStore
+            from hamnet.pipeline.stages.base import StageContext
+            from hamnet.tracking.mlflow_models import ModelContext
+
+            cfg = run.config
+            store = ArtifactStore(run.workdir / "artifacts")
+            ctx = StageContext(config=cfg, profile=run.profile, store=store, base_dir=run.base_dir)
+            dataset = ctx.dataset
+            if self.tracker is not None and run.parent_run_id is not None:
+                self.tracker.runs.log_dataset(
+                    run.parent_run_id,
+                    dataset.x_val,
+                    dataset.y_val,
+                    name=_data_name(cfg),
+                    source=_data_source(cfg),
+                )
+            self._model_context = ModelContext.from_inputs(
+                dataset.x_val, run.profile, trust_checkpoint=cfg.model.trust_checkpoint
+            )
+        return self._model_context
+
     def on_stage_done(self, run: PipelineRun, record: StageRecord, new: list[Candidate]) -> None:
         from hamnet.evaluate.pareto import assess
 
         if self.tracker is None or run.parent_run_id is None:
             return
         baseline = _accuracy(run.baseline)
+        log_models = run.config.tracking.log_models
+        context = self.model_context(run)
+        reused: dict[str, str] = {}
         for candidate in new:
-            assessment = assess(candidate, baseline, run.config.constraints)
             try:
+                earlier = (
+                    self.tracker.runs.find_candidate_run(candidate.id, with_model=log_models)
+                    if record.cached
+                    else None
+                )
+                if earlier is not None:
+                    reused[candidate.id] = earlier
+                    self.candidate_runs[candidate.id] = earlier
+                    continue
                 self.candidate_runs[candidate.id] = self.tracker.log_candidate(
                     run.parent_run_id,
                     candidate,
-                    assessment,
-                    model_file=run.config.tracking.log_models,
+                    assess(candidate, baseline, run.config.constraints),
+                    model=context if log_models else None,
                     parent_name=run.name_of(candidate.parent_id),
                 )
             except Exception as err:
@@ -208,6 +258,8 @@ class MlflowObserver(RunObserver):
                     f"far stay in {run.workdir} (index {run.index_path}); rerun the "
                     f"same config to resume from the cache"
                 ) from err
+        self.reused.update(reused)
+        self.tracker.runs.link_reused(run.parent_run_id, reused)
 
     def on_finish(self, run: PipelineRun, result: PipelineResult) -> None:
         from rich.markup import escape
@@ -216,10 +268,17 @@ class MlflowObserver(RunObserver):
             return
         cfg = run.config
         selection = result.selection
-        self.tracker.log_selection(run.parent_run_id, result.table, selection, run.report_dir)
+        self.tracker.log_selection(
+            run.parent_run_id,
+            result.table,
+            selection,
+            run.report_dir,
+            candidate_runs=self.candidate_runs,
+            reused=self.reused,
+        )
         recommended = selection.recommended
         if recommended is not None and cfg.tracking.registered_model:
-            result.registration = self.tracker.register(
+            registration = self.tracker.register(
                 recommended,
                 self.candidate_runs[recommended.id],
                 selection.assessments[recommended.id],
@@ -227,8 +286,21 @@ class MlflowObserver(RunObserver):
                 objective=cfg.selection.objective,
                 min_improvement=cfg.selection.champion_min_improvement,
                 constraints=cfg.constraints,
+                model=self.model_context(run),
             )
-            run.console.log(f"[bold]registry[/] {escape(result.registration.message)}")
+            result.registration = registration
+            self.tracker.log(
+                run.parent_run_id,
+                tags={
+                    "hamnet.registered_model": registration.name,
+                    "hamnet.registered_version": registration.version,
+                    "hamnet.registered_model_uri": (
+                        f"models:/{registration.name}/{registration.version}"
+                    ),
+                    "hamnet.champion_moved": "true" if registration.champion_moved else "false",
+                },
+            )
+            run.console.log(f"[bold]registry[/] {escape(registration.message)}")
         self.tracker.end(run.parent_run_id, "FINISHED")
 
     def on_error(self, run: PipelineRun, error: str) -> None:
@@ -267,6 +339,18 @@ def default_observers(config: OptimizeConfig, console: Console) -> list[RunObser
         observers.append(MlflowObserver())
     observers.append(RetentionObserver())
     return observers
+
+
+def _data_name(config: OptimizeConfig) -> str:
+    """The data set's name: ``digits``, or the data file's name."""
+    data = config.data
+    return "digits" if data.source == "digits" else Path(str(data.path)).name
+
+
+def _data_source(config: OptimizeConfig) -> str:
+    """Where the data comes from: scikit-learn's digits, or the data file's path."""
+    data = config.data
+    return "sklearn.datasets.load_digits" if data.source == "digits" else str(data.path)
 
 
 def _accuracy(candidate: Candidate) -> float:

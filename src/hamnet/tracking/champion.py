@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from hamnet.core.candidate import Candidate, Metrics
 from hamnet.core.config import ConstraintsSection
 from hamnet.tracking.connection import MAX_TAG_LENGTH, Connection, bool_tag, clip, clip_tags
-from hamnet.tracking.runs import TAG_CANDIDATE_ID, log_model_files
+from hamnet.tracking.runs import TAG_CANDIDATE_ID
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from hamnet.evaluate.pareto import Assessment
+    from hamnet.tracking.mlflow_models import ModelContext
 
 TAG_METRICS = "hamnet.metrics"
 TAG_BASELINE_ACCURACY = "hamnet.baseline_accuracy"
@@ -223,13 +224,17 @@ class ModelRegistry:
         min_improvement: float,
         constraints: ConstraintsSection,
         baseline_accuracy: float | None = None,
+        model: ModelContext | None = None,
     ) -> RegistrationResult:
         """Register a candidate as a new model version; move the champion if it wins.
 
-        The version's source is the candidate run's ``model/`` folder (logged now if it
-        was not). Its tags hold the candidate id, runtime, precision, metrics, the
-        baseline accuracy and the constraints. The same model file registered before
-        reuses its version instead of adding an identical one on every (cached) rerun.
+        The version's source is the candidate's MLflow model (``models:/<model_id>``,
+        see :mod:`hamnet.tracking.mlflow_models`), logged now with ``model`` when its run
+        holds none, so ``models:/<name>@<alias>`` loads with ``mlflow.pyfunc.load_model``
+        and carries the model's signature. Its tags hold the candidate id, runtime,
+        precision, metrics, the baseline accuracy and the constraints. The same model
+        file registered before reuses its version instead of adding an identical one on
+        every (cached) rerun.
 
         Args:
             candidate: The recommended, measured candidate.
@@ -241,13 +246,15 @@ class ModelRegistry:
             constraints: The current constraints.
             baseline_accuracy: Accuracy of this run's baseline (derived from the
                 assessment when None).
+            model: The input example and runtime settings, to log the candidate's MLflow
+                model when its run holds none.
 
         Returns:
             The new version and what happened to the champion.
 
         Raises:
-            ValueError: If no registered model is configured or the candidate was not
-                measured.
+            ValueError: If no registered model is configured, the candidate was not
+                measured, or its run holds no MLflow model and ``model`` is None.
         """
         name = self.connection.cfg.registered_model
         if not name:
@@ -267,7 +274,7 @@ class ModelRegistry:
             f"{candidate.stage}: accuracy {100 * metrics.accuracy:.2f}%, latency p50 "
             f"{metrics.latency_p50_ms:.3f} ms, size {metrics.size_mb:.3f} MB"
         )
-        new = self._version_of(name, candidate, candidate_run_id, tags, description)
+        new = self._version_of(name, candidate, candidate_run_id, tags, description, model)
         alias = self.connection.cfg.champion_alias
         old = self._champion(name)
         decision = decide_champion(
@@ -306,21 +313,34 @@ class ModelRegistry:
         candidate_run_id: str,
         tags: dict[str, str],
         description: str,
+        model: ModelContext | None,
     ) -> str:
-        """The version holding the candidate's model file: an existing one, or a new one."""
+        """The version holding the candidate's MLflow model: an existing one, or a new one."""
+        from hamnet.tracking.mlflow_models import TAG_MODEL_URI, log_candidate_model
+
         self._ensure_registered_model(name)
-        if not self._client.list_artifacts(candidate_run_id, "model"):
-            log_model_files(self.connection, candidate_run_id, candidate)
-        run = self._client.get_run(candidate_run_id)
+        uri = self._client.get_run(candidate_run_id).data.tags.get(TAG_MODEL_URI)
+        if not uri:
+            if model is None:
+                raise ValueError(
+                    f"candidate run {candidate_run_id} must hold the MLflow model of "
+                    f"{candidate.name!r} (tag {TAG_MODEL_URI}) or a model context must be "
+                    "given to log it, but it holds none and none was given"
+                )
+            uri = log_candidate_model(self.connection, candidate_run_id, candidate, model).uri
         existing = self._version_with_sha(name, candidate.artifact.sha256)
-        if existing is not None:
+        if existing is not None and (existing.tags or {}).get("hamnet.model_uri"):
             return str(existing.version)
+        model_id = uri.removeprefix("models:/")
+        # The logged model's artifact location, not its models:/ URI: MLflow resolves
+        # the latter through the process-wide tracking URI, not this client's.
         version = self._client.create_model_version(
             name,
-            source=f"{run.info.artifact_uri.rstrip('/')}/model",
+            source=self._client.get_logged_model(model_id).artifact_location,
             run_id=candidate_run_id,
-            tags=clip_tags(tags),
+            tags=clip_tags({**tags, "hamnet.model_uri": uri}),
             description=description,
+            model_id=model_id,
         )
         return str(version.version)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hamnet.compress.quantize.attribution import log_quantization_layers
-from hamnet.core.candidate import Candidate, is_number
+from hamnet.core.candidate import Candidate, Metrics, is_number
 from hamnet.core.config import OptimizeConfig
 from hamnet.tracking.connection import Connection, bool_tag, chunks, clip_tags, flatten
 from hamnet.tracking.reaper import close_abandoned, process_tags
@@ -25,30 +25,38 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from hamnet.evaluate.pareto import Assessment, Selection
+    from hamnet.tracking.mlflow_models import ModelContext
 
 logger = logging.getLogger("hamnet.tracking")
 
 TAG_CANDIDATE_ID = "hamnet.candidate_id"
+TAG_RECOMMENDED = "hamnet.recommended"
+"""Candidate-run tag: ``"true"`` on the recommended candidate of its parent, else ``"false"``."""
+TAG_PARETO = "hamnet.pareto"
+"""Candidate-run tag: ``"true"`` on the candidates of the Pareto front, else ``"false"``."""
+TAG_RECOMMENDED_RUN = "hamnet.recommended_run_id"
+"""Parent-run tag: the run id of the recommended candidate's run."""
+TAG_REUSED_PREFIX = "hamnet.reused_run."
+"""Parent-run tags ``hamnet.reused_run.<candidate id>``: an earlier run of a cached candidate."""
 
 _TRIAL_STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED"}
 
 
-def log_model_files(connection: Connection, run_id: str, candidate: Candidate) -> bool:
-    """Copy the candidate's model file(s) to ``model/`` of ``run_id``.
+def model_metrics(metrics: Metrics) -> dict[str, float]:
+    """A candidate's measurements as MLflow metrics, under the names every run shares.
 
-    Returns:
-        Whether the files were logged (False when one is missing on disk).
+    The parameter count is ``param_count`` (a metric named ``params`` would sit beside the
+    ``params.*`` params of the runs table).
     """
-    files = candidate.artifact.files
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        logger.warning("candidate %s: model files missing, not logged: %s", candidate.name, missing)
-        connection.client.set_tag(run_id, "hamnet.model_logged", "false")
-        return False
-    for path in files:
-        connection.client.log_artifact(run_id, str(path), "model")
-    connection.client.set_tag(run_id, "hamnet.model_logged", "true")
-    return True
+    values = metrics.as_mlflow()
+    if "params" in values:
+        values["param_count"] = values.pop("params")
+    return values
+
+
+def candidate_run_name(candidate: Candidate) -> str:
+    """A short run name: ``<stage>/<method>/<first 6 characters of the id>``."""
+    return f"{candidate.stage}/{candidate.method}/{candidate.id[:6]}"
 
 
 class RunLogger:
@@ -125,16 +133,20 @@ class RunLogger:
         candidate: Candidate,
         assessment: Assessment | None,
         *,
-        model_file: bool,
+        model: ModelContext | None = None,
         parent_name: str | None = None,
     ) -> str:
         """Log one candidate as a finished run nested under the parent run.
+
+        The run is named :func:`candidate_run_name`; with ``model`` its model is logged
+        as an MLflow model (:func:`hamnet.tracking.mlflow_models.log_candidate_model`).
 
         Args:
             parent_run_id: The optimization's parent run.
             candidate: The (measured) candidate.
             assessment: Its assessment against the constraints, if made.
-            model_file: Log the model file(s) under ``model/``.
+            model: The input example and runtime settings to log the model with; None
+                logs no model.
             parent_name: Name of the candidate it was made from (resolved from the
                 candidates this logger logged when None).
 
@@ -144,7 +156,9 @@ class RunLogger:
         parent_name = parent_name or self._candidate_names.get(candidate.parent_id or "")
         tags = _candidate_tags(parent_run_id, candidate, assessment, parent_name)
         run = self._client.create_run(
-            self.connection.experiment_id, run_name=candidate.name, tags=clip_tags(tags)
+            self.connection.experiment_id,
+            run_name=candidate_run_name(candidate),
+            tags=clip_tags(tags),
         )
         run_id: str = run.info.run_id
         try:
@@ -155,8 +169,8 @@ class RunLogger:
             )
             self._client.log_text(run_id, candidate.model_dump_json(indent=2), "candidate.json")
             log_quantization_layers(self._client, run_id, candidate)
-            if model_file:
-                log_model_files(self.connection, run_id, candidate)
+            if model is not None:
+                self.log_model(run_id, candidate, model)
         except Exception:
             self._client.set_terminated(run_id, "FAILED")
             raise
@@ -164,29 +178,145 @@ class RunLogger:
         self._candidate_names[candidate.id] = candidate.name
         return run_id
 
+    def log_model(self, run_id: str, candidate: Candidate, model: ModelContext) -> str:
+        """Log ``candidate``'s MLflow model to its run (once: a run holding one keeps it).
+
+        Returns:
+            The logged model's URI, ``models:/<model_id>``.
+        """
+        from hamnet.tracking.mlflow_models import TAG_MODEL_URI, log_candidate_model
+
+        existing = self._client.get_run(run_id).data.tags.get(TAG_MODEL_URI)
+        if existing:
+            return str(existing)
+        return log_candidate_model(self.connection, run_id, candidate, model).uri
+
+    def find_candidate_run(self, candidate_id: str, *, with_model: bool) -> str | None:
+        """The earliest finished candidate run of ``candidate_id`` in the experiment.
+
+        A cached rerun points to it instead of logging the same candidate again.
+
+        Args:
+            candidate_id: The candidate's id (same lineage and content, same id).
+            with_model: Only a run that holds the candidate's MLflow model counts.
+
+        Returns:
+            The run id, or None when there is none.
+        """
+        from hamnet.tracking.mlflow_models import TAG_MODEL_URI
+
+        query = (
+            f"tags.`{TAG_CANDIDATE_ID}` = '{candidate_id}' and "
+            "tags.`hamnet.kind` = 'candidate' and attributes.status = 'FINISHED'"
+        )
+        runs = self._client.search_runs(
+            [self.connection.experiment_id],
+            filter_string=query,
+            order_by=["attributes.start_time ASC"],
+            max_results=50,
+        )
+        for run in runs:
+            if not with_model or run.data.tags.get(TAG_MODEL_URI):
+                return str(run.info.run_id)
+        return None
+
+    def link_reused(self, parent_run_id: str, reused: Mapping[str, str]) -> None:
+        """Point the parent run to the earlier runs of its cached candidates.
+
+        Tags ``hamnet.reused_run.<candidate id>`` = run id, and
+        ``hamnet.reused_runs`` = how many.
+
+        Args:
+            parent_run_id: The optimization's parent run.
+            reused: Candidate id -> the earlier run that logged it.
+        """
+        if not reused:
+            return
+        tags = {f"{TAG_REUSED_PREFIX}{cid}": run_id for cid, run_id in reused.items()}
+        existing = self._client.get_run(parent_run_id).data.tags
+        count = sum(1 for k in existing if k.startswith(TAG_REUSED_PREFIX)) + sum(
+            1 for k in tags if k not in existing
+        )
+        tags["hamnet.reused_runs"] = str(count)
+        self.connection.log(parent_run_id, tags=tags)
+
+    def log_dataset(
+        self,
+        run_id: str,
+        features: Any,
+        targets: Any,
+        *,
+        name: str,
+        source: str,
+        context: str = "validation",
+    ) -> None:
+        """Log a data split as an MLflow dataset input of ``run_id``.
+
+        Args:
+            run_id: The run (the optimization's parent run).
+            features: One array or named arrays.
+            targets: Labels (None when unlabelled).
+            name: The dataset's name.
+            source: Where the data comes from (a path or a package data set).
+            context: What the split is for (``"validation"``, ``"test"``...).
+        """
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+
+        from hamnet.backends.inputs import unpack_inputs
+
+        data_source = CodeDatasetSource({"hamnet.data_source": source})
+        dataset = from_numpy(
+            unpack_inputs(features), source=data_source, targets=targets, name=name
+        )
+        self._client.log_inputs(
+            run_id,
+            datasets=[
+                DatasetInput(
+                    dataset._to_mlflow_entity(),
+                    tags=[InputTag("mlflow.data.context", context)],
+                )
+            ],
+        )
+
     def log_selection(
         self,
         parent_run_id: str,
         df: pd.DataFrame,
         selection: Selection,
         figure_dir: str | Path | None = None,
+        *,
+        candidate_runs: Mapping[str, str] | None = None,
+        reused: Iterable[str] = (),
     ) -> None:
-        """Log the Pareto table, front and plot, and the recommended candidate's metrics.
+        """Log the Pareto table, front and plot, the recommended candidate's metrics, and
+        mark the candidate runs.
 
         Writes ``pareto/candidates.csv``, ``pareto/front.csv`` and ``pareto/pareto.png``
         (the plot in ``figure_dir`` when present, else drawn anew) and, when present,
-        ``pareto/candidates.md``.
+        ``pareto/candidates.md``. The parent gets the recommended candidate's metrics
+        under the names its candidate run has (``accuracy``, ``latency_p50_ms``,
+        ``size_mb``, ``accuracy_drop``...), the counts ``n_candidates``, ``n_front``,
+        ``n_feasible``, and the tags ``hamnet.recommended_name``,
+        ``hamnet.recommended_id`` and :data:`TAG_RECOMMENDED_RUN`. Each candidate run
+        this parent logged gets the tags :data:`TAG_RECOMMENDED` and :data:`TAG_PARETO`
+        and the metrics ``recommended`` and ``pareto_front`` (1 or 0); the recommended
+        one also its ``test_accuracy``. Runs of earlier parents (``reused``) keep theirs.
 
         Args:
             parent_run_id: The optimization's parent run.
             df: The table from :func:`hamnet.evaluate.pareto.candidates_table`.
             selection: The selection.
             figure_dir: Folder where :func:`hamnet.evaluate.report.write_report` wrote its files.
+            candidate_runs: Candidate id -> its run (this parent's and reused ones).
+            reused: Ids of candidates whose run belongs to an earlier parent.
         """
         with tempfile.TemporaryDirectory(prefix="hamnet-pareto-") as tmp:
             for path in _pareto_files(df, Path(tmp), figure_dir):
                 self._client.log_artifact(parent_run_id, str(path), "pareto")
 
+        runs = dict(candidate_runs or {})
         rec = selection.recommended
         metrics: dict[str, float] = {
             "n_candidates": float(len(df)),
@@ -194,17 +324,30 @@ class RunLogger:
             "n_feasible": float(sum(a.meets_constraints for a in selection.assessments.values())),
         }
         tags = {
-            "hamnet.recommended": rec.name if rec else "none",
+            "hamnet.recommended_name": rec.name if rec else "none",
             "hamnet.recommended_id": rec.id if rec else "none",
+            TAG_RECOMMENDED_RUN: runs.get(rec.id, "none") if rec else "none",
             "hamnet.constraints_satisfied": bool_tag(selection.constraints_satisfied),
             "hamnet.selection_message": selection.message,
         }
         if rec is not None and rec.metrics is not None:
-            metrics.update({f"recommended.{k}": v for k, v in rec.metrics.as_mlflow().items()})
+            metrics.update(model_metrics(rec.metrics))
             verdict = selection.assessments.get(rec.id)
             if verdict is not None:
-                metrics["recommended.accuracy_drop"] = verdict.accuracy_drop
+                metrics["accuracy_drop"] = verdict.accuracy_drop
         self.connection.log(parent_run_id, metrics=metrics, tags=tags)
+        own = {cid: run_id for cid, run_id in runs.items() if cid not in set(reused)}
+        front = set(selection.front_ids)
+        for cid, run_id in own.items():
+            is_rec, on_front = rec is not None and cid == rec.id, cid in front
+            marks = {"recommended": float(is_rec), "pareto_front": float(on_front)}
+            if is_rec and rec is not None and rec.metrics and rec.metrics.test_accuracy is not None:
+                marks["test_accuracy"] = rec.metrics.test_accuracy
+            self.connection.log(
+                run_id,
+                metrics=marks,
+                tags={TAG_RECOMMENDED: bool_tag(is_rec), TAG_PARETO: bool_tag(on_front)},
+            )
 
     def record_attempt(
         self, parent_run_id: str, stage: str, attempt: int, error: str | None = None
@@ -334,7 +477,7 @@ def _candidate_params(candidate: Candidate) -> dict[str, str]:
 def _candidate_metrics(candidate: Candidate, assessment: Assessment | None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if candidate.metrics is not None:
-        metrics.update(candidate.metrics.as_mlflow())
+        metrics.update(model_metrics(candidate.metrics))
     if assessment is not None:
         metrics["accuracy_drop"] = assessment.accuracy_drop
         metrics["violation_score"] = assessment.violation_score

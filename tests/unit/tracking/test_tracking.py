@@ -3,111 +3,26 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tracking_helpers
+from tracking_helpers import Factory, example_rows, load_pyfunc, metrics, profile, tracking
 
-from hamnet.core.artifacts import ArtifactStore
-from hamnet.core.candidate import Candidate, Metrics
 from hamnet.core.config import ConstraintsSection, OptimizeConfig, SelectionSection, TrackingSection
 from hamnet.evaluate.pareto import assess, candidates_table, select
+from hamnet.tracking.mlflow_models import ModelContext
+
+quiet_mlflow = tracking_helpers.quiet_mlflow
+empty_db = tracking_helpers.empty_db
+db = tracking_helpers.db
+factory = tracking_helpers.factory
 
 
-@pytest.fixture(autouse=True)
-def _quiet_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_ENABLE_TELEMETRY", "false")
-    monkeypatch.setenv("DO_NOT_TRACK", "1")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An MLflow SQLite database with its tables created (creating them takes ~6 s)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    uri = f"sqlite:///{path}"
-    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-    yield path
-
-
-@pytest.fixture
-def db(tmp_path: Path, empty_db: Path) -> Path:
-    """A fresh copy of the empty database in this test's folder."""
-    path = tmp_path / "mlflow.db"
-    shutil.copy(empty_db, path)
-    return path
-
-
-def tracking(db: Path, **kw: Any) -> TrackingSection:
-    values: dict[str, Any] = {
-        "mlflow_uri": f"sqlite:///{db}",
-        "experiment": "tests",
-        "registered_model": "hamnet-test",
-    }
-    values.update(kw)
-    return TrackingSection(**values)
-
-
-def metrics(accuracy: float, latency: float, size: float) -> Metrics:
-    return Metrics(
-        accuracy=accuracy,
-        latency_p50_ms=latency,
-        latency_p90_ms=latency * 1.2,
-        latency_batch_size=1,
-        throughput_sps=1000.0 / latency,
-        throughput_batch_size=32,
-        size_mb=size,
-        params=1234,
-        flops=5678,
-        peak_memory_mb=42.0,
-        runtime="onnxruntime",
-        threads=2,
-        eval_samples=100,
-    )
-
-
-class Factory:
-    """Makes candidates whose model files really exist in an ArtifactStore."""
-
-    def __init__(self, root: Path) -> None:
-        self.store = ArtifactStore(root / "store")
-        self.root = root
-
-    def make(
-        self,
-        name: str,
-        m: Metrics,
-        parent: Candidate | None = None,
-        *,
-        rejected: str | None = None,
-        content: bytes | None = None,
-    ) -> Candidate:
-        staging = self.store.staging_dir()
-        main = staging / "model.onnx"
-        main.write_bytes(content if content is not None else f"onnx model {name}".encode())
-        ref = self.store.put(main, "onnx")
-        return Candidate.create(
-            name=name,
-            stage="train" if parent is None else "quantize",
-            method="train" if parent is None else name.replace("-", "_"),
-            artifact=ref,
-            runtime="onnxruntime",
-            parent=parent,
-            precision="fp32" if parent is None else "int8",
-            params={} if parent is None else {"per_channel": True, "calibration_samples": 16},
-            metrics=m,
-            parity_max_abs_diff=None if parent is None else 1e-3,
-            rejected=rejected,
-            notes=["a note"],
-        )
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> Factory:
-    return Factory(tmp_path)
+def context() -> ModelContext:
+    return ModelContext(example=example_rows(), profile=profile())
 
 
 def artifact_paths(client: Any, run_id: str, path: str | None = None) -> set[str]:
@@ -127,8 +42,8 @@ def test_parent_and_nested_runs_carry_params_metrics_lineage_and_models(
     )
     base = factory.make("baseline", metrics(0.97, 2.0, 4.0))
     child = factory.make("ort-static-int8", metrics(0.95, 1.0, 1.0), base)
-    base_run = tracker.log_candidate(parent, base, assess(base, 0.97, limits), model_file=True)
-    child_run = tracker.log_candidate(parent, child, assess(child, 0.97, limits), model_file=True)
+    base_run = tracker.log_candidate(parent, base, assess(base, 0.97, limits), model=context())
+    child_run = tracker.log_candidate(parent, child, assess(child, 0.97, limits), model=context())
 
     run = client.get_run(parent)
     assert run.info.status == "RUNNING"
@@ -139,7 +54,9 @@ def test_parent_and_nested_runs_carry_params_metrics_lineage_and_models(
 
     nested = client.get_run(child_run)
     tags, params, values = nested.data.tags, nested.data.params, nested.data.metrics
-    assert nested.info.status == "FINISHED" and nested.info.run_name == "ort-static-int8"
+    assert nested.info.status == "FINISHED" and nested.info.run_name == (
+        f"quantize/ort_static_int8/{child.id[:6]}"
+    )
     assert tags["mlflow.parentRunId"] == parent
     assert tags["hamnet.candidate_id"] == child.id
     assert tags["hamnet.parent_candidate"] == base.id
@@ -154,8 +71,12 @@ def test_parent_and_nested_runs_carry_params_metrics_lineage_and_models(
     assert values["latency_p50_ms"] == 1.0
     assert values["accuracy_drop"] == pytest.approx(0.02)
     assert values["parity_max_abs_diff"] == pytest.approx(1e-3)
-    assert artifact_paths(client, child_run, "model") == {"model/model.onnx"}
-    assert "candidate.json" in artifact_paths(client, child_run)
+    assert values["param_count"] == 1234 and "params" not in values
+    model_uri = tags["hamnet.model_uri"]
+    logged = client.get_logged_model(tags["hamnet.model_id"])
+    assert logged.source_run_id == child_run and model_uri == f"models:/{logged.model_id}"
+    # the model's files live in its logged model, not (again) in the run's artifacts
+    assert artifact_paths(client, child_run) == {"candidate.json"}
 
     base_tags = client.get_run(base_run).data.tags
     assert base_tags["hamnet.parent_candidate"] == "none"
@@ -196,12 +117,13 @@ def test_log_selection_writes_pareto_artifacts_and_recommended_metrics(
     fast = factory.make("fast", metrics(0.965, 0.5, 1.0), base)
     slow = factory.make("slow", metrics(0.97, 3.0, 4.0), base, rejected="slower than baseline")
     cands = [base, fast, slow]
+    runs: dict[str, str] = {}
     sel = select(cands, base, ConstraintsSection(max_accuracy_drop=0.01), SelectionSection())
     for c in cands:
-        tracker.log_candidate(parent, c, sel.assessments[c.id], model_file=False)
+        runs[c.id] = tracker.log_candidate(parent, c, sel.assessments[c.id])
     df = candidates_table(cands, sel)
     write_report(df, sel, tmp_path / "report")
-    tracker.log_selection(parent, df, sel, tmp_path / "report")
+    tracker.log_selection(parent, df, sel, tmp_path / "report", candidate_runs=runs)
     tracker.end(parent, "FINISHED")
 
     client = tracker.client
@@ -211,23 +133,33 @@ def test_log_selection_writes_pareto_artifacts_and_recommended_metrics(
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
     assert run.data.params["note"] == "hand-made"
-    assert run.data.tags["hamnet.recommended"] == "fast"
+    assert run.data.tags["hamnet.recommended_name"] == "fast"
+    assert run.data.tags["hamnet.recommended_run_id"] == runs[fast.id]
     assert run.data.tags["hamnet.constraints_satisfied"] == "true"
-    assert run.data.metrics["recommended.latency_p50_ms"] == 0.5
-    assert run.data.metrics["recommended.accuracy_drop"] == pytest.approx(0.005)
+    # the parent's figures of the recommended candidate share the candidates' columns
+    assert run.data.metrics["latency_p50_ms"] == 0.5
+    assert run.data.metrics["accuracy"] == 0.965
+    assert run.data.metrics["accuracy_drop"] == pytest.approx(0.005)
     assert run.data.metrics["n_candidates"] == 3
+    assert not [k for k in run.data.metrics if k.startswith("recommended.")]
+    children = {r.info.run_id: r for r in client.search_runs([tracker.experiment_id])}
+    marked = [i for i in runs.values() if children[i].data.tags["hamnet.recommended"] == "true"]
+    assert marked == [runs[fast.id]]
+    assert children[runs[fast.id]].data.metrics["recommended"] == 1.0
+    assert children[runs[base.id]].data.metrics["recommended"] == 0.0
+    front = {c.id for c in cands if children[runs[c.id]].data.tags["hamnet.pareto"] == "true"}
+    assert front == set(sel.front_ids)
+    assert {children[runs[c.id]].data.metrics["pareto_front"] for c in cands} == {0.0, 1.0}
     local = client.download_artifacts(parent, "pareto/front.csv", str(tmp_path / "dl"))
     assert Path(local).read_text().count("\n") == 1 + 2  # header + baseline + fast
-    rejected = [r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "slow"]
+    rejected = [children[runs[slow.id]]]
     assert rejected[0].data.tags["hamnet.rejected"] == "true"
     assert rejected[0].data.tags["hamnet.rejected_reason"] == "slower than baseline"
 
 
 def test_registry_moves_the_champion_only_when_the_new_model_is_better(
-    db: Path, factory: Factory, tmp_path: Path
+    db: Path, factory: Factory
 ) -> None:
-    import mlflow.artifacts
-
     from hamnet.tracking.tracker import Tracker
 
     tracker = Tracker(tracking(db))
@@ -240,7 +172,7 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
     ) -> Any:
         cand = factory.make(name, metrics(0.96, latency, 1.0), **kw)
         verdict = assess(cand, 0.97, constraints)
-        run_id = tracker.log_candidate(parent, cand, verdict, model_file=False)
+        run_id = tracker.log_candidate(parent, cand, verdict)
         return tracker.register(
             cand,
             run_id,
@@ -249,6 +181,7 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
             min_improvement=0.05,
             constraints=constraints,
             baseline_accuracy=0.97,
+            model=context(),
         )
 
     first = register("v1", 0.52)
@@ -268,7 +201,7 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
         == "champion moved from v1 to v3: latency p50 0.41 ms vs 0.52 ms (21% better)"
     )
 
-    same = register("v4", 0.30, content=b"onnx model v3")  # same file as v3
+    same = register("v4", 0.30, content="v3")  # same file as v3
     assert not same.champion_moved and "it is the recommended model" in same.message
     assert same.version == "3"  # the identical file reuses its version, none is added
 
@@ -277,7 +210,7 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
     strict = ConstraintsSection(max_accuracy_drop=0.005)
     exact = factory.make("v5", metrics(0.97, 0.9, 1.0))
     verdict = assess(exact, 0.97, strict)
-    run_id = tracker.log_candidate(parent, exact, verdict, model_file=True)
+    run_id = tracker.log_candidate(parent, exact, verdict, model=context())
     moved = tracker.register(
         exact, run_id, verdict, objective="latency_p50_ms", min_improvement=0.05, constraints=strict
     )
@@ -295,12 +228,13 @@ def test_registry_moves_the_champion_only_when_the_new_model_is_better(
     assert tags["hamnet.champion_decision"] == moved.message
     assert len(client.search_model_versions("name='hamnet-test'")) == 4
 
-    # The registered source holds the real model file (logged at registration when the
-    # candidate run had none).
-    for version, content in (("1", "v1"), ("4", "v5")):
-        out = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri("hamnet-test", version),
-            dst_path=str(tmp_path / f"dl{version}"),
-            tracking_uri=tracker.uri,
-        )
-        assert (Path(out) / "model.onnx").read_bytes() == f"onnx model {content}".encode()
+    # The registered version is an MLflow model (logged at registration when the
+    # candidate run had none) with a signature, and it predicts what ONNX Runtime does.
+    from hamnet.backends.session import load_session
+
+    assert tags["hamnet.model_uri"] == client.get_run(run_id).data.tags["hamnet.model_uri"]
+    loaded = load_pyfunc("models:/hamnet-test@champion", tracker.uri)
+    assert loaded.metadata.signature is not None
+    x = example_rows(3)
+    expected = load_session(exact.artifact, "onnxruntime", profile()).run(x)
+    np.testing.assert_allclose(loaded.predict(x)["logits"], expected, rtol=1e-6)
