@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import REPO, tiny_config
 
 from hamnet.core.candidate import Candidate
@@ -70,8 +71,9 @@ def test_rejection_quotes_the_logged_figures_and_the_side_by_side_ones(tmp_path:
     child = _candidate(ctx, _mlp_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent)
     child = measure_candidate(child, {parent.id: parent}, ctx)
     assert child.rejected is not None and child.metrics and parent.metrics
-    logged = re.search(r"logged latency_p50_ms ([\d.]+) ms vs ([\d.]+) ms", child.rejected)
+    logged = re.search(r"logged latency_p50_ms ([\d.]+) ms vs parent ([\d.]+) ms", child.rejected)
     assert logged is not None, child.rejected
-    assert float(logged[1]) == round(child.metrics.latency_p50_ms, 4)  # what MLflow shows
-    assert float(logged[2]) == round(parent.metrics.latency_p50_ms, 4)
+    # what MLflow shows, to the digits quoted
+    assert float(logged[1]) == pytest.approx(child.metrics.latency_p50_ms, abs=1e-4)
+    assert float(logged[2]) == pytest.approx(parent.metrics.latency_p50_ms, abs=1e-4)
     assert "timed side by side in 2 interleaved rounds" in child.rejected
