@@ -84,6 +84,7 @@ class SearchStage(Stage[SearchStageConfig]):
             connect_ray,
             run_search,
         )
+
         cfg = self.options(ctx.config)
         job = self._student_job(inputs, ctx) if cfg.mode == "students" else self._train_job(ctx)
         name = job.name
@@ -219,8 +220,10 @@ class SearchStage(Stage[SearchStageConfig]):
             teacher=teacher_candidate,
             teacher_in_run=any(c.id == teacher_candidate.id for c in inputs),
             check=functools.partial(
-                check_student, base=objective.base_architecture,
-                input_size=dataset.num_features, num_classes=dataset.num_classes,
+                check_student,
+                base=objective.base_architecture,
+                input_size=dataset.num_features,
+                num_classes=dataset.num_classes,
             ),
             pruner_options={"min_resource": recipe.report_every}
             | ({"max_resource": recipe.train.epochs} if cfg.pruner == "hyperband" else {}),
