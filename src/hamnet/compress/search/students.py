@@ -175,6 +175,41 @@ def check_student(
         raise InfeasibleParams(str(err)) from None
 
 
+def warm_start(choices: StudentChoices, input_size: int) -> list[dict[str, Any]]:
+    """The first students a constrained search trains, before its sampler takes over.
+
+    One block over one token of every feature (attention over one token is a linear
+    map, so the block is a residual MLP: the fewest operators at batch 1) at the middle
+    width of the space, then at the width below it. A feasible fast student early lets
+    every slower proposal be pruned without training (its latency is measured first).
+    Shapes the space does not hold are skipped.
+
+    Returns:
+        Parameter dicts to enqueue (empty when the space has no one-token shape).
+    """
+    if input_size not in choices.token_sizes:
+        return []
+    widths = choices.hidden_sizes
+    middle = len(widths) // 2
+    picks = [widths[middle]] + ([widths[middle - 1]] if middle > 0 else [])
+    ffn = choices.ffn_ratios[len(choices.ffn_ratios) // 2]
+    out = []
+    for width in picks:
+        heads = [h for h in choices.num_heads if width % h == 0]
+        if not heads:
+            continue
+        out.append(
+            {
+                "num_layers": choices.num_layers[0],
+                "hidden_size": width,
+                "num_heads": heads[0],
+                "ffn_ratio": ffn,
+                "token_size": input_size,
+            }
+        )
+    return out
+
+
 def search_split(dataset: Dataset) -> Dataset:
     """``dataset`` without its test rows: what a search may read (train and validation)."""
     return dataclasses.replace(dataset, x_test=dataset.x_test[:0], y_test=dataset.y_test[:0])
@@ -333,6 +368,15 @@ class StudentObjective:
         model_config = architecture.to_model_config(dataset.num_features, dataset.num_classes)
         set_seed(self.seed)
         student = HAMNet(model_config)
+        # Latency depends on the shape only: measured before training, so a student that
+        # cannot beat the fastest feasible one found so far is never trained.
+        latency, size_mb = self._latency_and_size(student, dataset.x_val[:1])
+        best = ctx.best_value() if self.constrained else None
+        if best is not None and is_feasible(best) and latency >= best:
+            raise PrunedTrial(
+                f"measured latency {latency:.4f} ms is no faster than the best student within "
+                f"the accuracy budget ({best:.4f} ms): not trained"
+            )
         teacher = _loaded_teacher(self.teacher)
         every, epochs = self.recipe.report_every, self.recipe.train.epochs
 
@@ -355,7 +399,6 @@ class StudentObjective:
             ce_weight=self.recipe.ce_weight, teacher_ids=[self.teacher.artifact.sha256],
             seed=self.seed, checkpoint_path=checkpoint, progress=False, on_epoch_end=report,
         )  # fmt: skip
-        latency, size_mb = self._latency_and_size(student, dataset.x_val[:1])
         accuracy = result.train.best_val_accuracy
         metrics = {
             "accuracy": accuracy,

@@ -91,6 +91,9 @@ class SearchStage(Stage[SearchStageConfig]):
         workdir = ctx.store.root.parent
         storage = cfg.storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
         study = self._open_study(storage, job, ctx)
+        if job.warm_start and not study.trials:
+            for params in job.warm_start:
+                study.enqueue_trial(params, skip_if_exists=True)
         tracker = _tracker(ctx)
         parent = str(ctx.parent_run_id)
         on_trial_end = None
@@ -156,6 +159,7 @@ class SearchStage(Stage[SearchStageConfig]):
             search_split,
             student_choices,
             validation_accuracy,
+            warm_start,
         )
         from hamnet.core.config import HAMNetSection
 
@@ -218,6 +222,7 @@ class SearchStage(Stage[SearchStageConfig]):
             directions=["minimize"] if constrained else list(directions(cfg.objectives)),
             method=f"students-{cfg.strategy}",
             teacher=teacher_candidate,
+            warm_start=warm_start(choices, dataset.num_features) if constrained else [],
             teacher_in_run=any(c.id == teacher_candidate.id for c in inputs),
             check=functools.partial(
                 check_student,
@@ -415,6 +420,8 @@ class _SearchJob:
     teacher: Candidate | None = None
     teacher_in_run: bool = False
     pruner_options: dict[str, Any] = field(default_factory=dict)
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
+    """Parameters the study tries first (enqueued when it has no trial yet)."""
     check: Any = None
     """Called on the sampled parameters in the driver: raises ``InfeasibleParams``."""
 
