@@ -264,6 +264,7 @@ class TeacherSource:
 
     def load(self) -> nn.Module:
         """The teacher as a frozen torch module in eval mode."""
+        model: nn.Module
         if self.is_hamnet:
             from hamnet.models import load_checkpoint
 

@@ -90,7 +90,10 @@ class SearchStage(Stage[SearchStageConfig]):
         name = job.name
         workdir = ctx.store.root.parent
         storage = cfg.storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
-        study = self._open_study(storage, job, ctx)
+        study = self._open_study(
+            storage, job.name, job.space, ctx, directions=job.directions,
+            pruner_options=job.pruner_options_for(cfg),
+        )  # fmt: skip
         if job.warm_start and not study.trials:
             for params in job.warm_start:
                 study.enqueue_trial(params, skip_if_exists=True)
@@ -275,21 +278,35 @@ class SearchStage(Stage[SearchStageConfig]):
             )
         return space
 
-    def _open_study(self, storage: str, job: _SearchJob, ctx: StageContext) -> Any:
-        """Create or resume the study, its sampler reseeded past the trials it has."""
+    def _open_study(
+        self,
+        storage: str,
+        name: str,
+        space: Any,
+        ctx: StageContext,
+        *,
+        directions: list[Any] | None = None,
+        pruner_options: dict[str, Any] | None = None,
+    ) -> Any:
+        """Create or resume the study, its sampler reseeded past the trials it has.
+
+        ``directions`` default to the stage's objectives'; ``pruner_options`` override
+        the pruner's settings (a student search's fidelity steps).
+        """
         from hamnet.compress.search.executor import open_study
         from hamnet.compress.search.strategies import make_pruner, make_sampler
+        from hamnet.compress.search.strategies import directions as directions_of
 
         cfg = self.options(ctx.config)
         seed = ctx.config.seed
-        multi = len(job.directions) > 1
-        space = job.space
+        directions = directions or list(directions_of(cfg.objectives))
+        multi = len(directions) > 1
         study = open_study(
             storage,
-            job.name,
-            job.directions,
+            name,
+            directions,
             make_sampler(cfg.strategy, space, seed=seed, multi_objective=multi),
-            make_pruner(cfg.pruner, space, multi_objective=multi, **job.pruner_options_for(cfg)),
+            make_pruner(cfg.pruner, space, multi_objective=multi, **(pruner_options or {})),
             heartbeat_interval=cfg.heartbeat_seconds,
             grace_period=cfg.stale_after_seconds,
             max_retry=cfg.max_retries,
