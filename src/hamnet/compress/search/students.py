@@ -333,6 +333,9 @@ class StudentObjective:
         seed: Seeds model initialisation and training.
         latency_repeats: Timed ONNX Runtime calls per trial.
         latency_threads: Intra-op threads of the latency measurement (None: the profile's).
+        latency_tie: A student is pruned untrained only when its latency is more than this
+            fraction above the best feasible student's (batch-1 timings of tiny models
+            drift by a few percent; the selection treats such latencies as ties).
     """
 
     dataset: Dataset
@@ -347,6 +350,7 @@ class StudentObjective:
     seed: int = 0
     latency_repeats: int = 50
     latency_threads: int | None = None
+    latency_tie: float = 0.05
 
     @property
     def constrained(self) -> bool:
@@ -373,10 +377,10 @@ class StudentObjective:
         # cannot beat the fastest feasible one found so far is never trained.
         latency, size_mb = self._latency_and_size(student, dataset.x_val[:1])
         best = ctx.best_value() if self.constrained else None
-        if best is not None and is_feasible(best) and latency >= best:
+        if best is not None and is_feasible(best) and latency > best * (1 + self.latency_tie):
             raise PrunedTrial(
-                f"measured latency {latency:.4f} ms is no faster than the best student within "
-                f"the accuracy budget ({best:.4f} ms): not trained"
+                f"measured latency {latency:.4f} ms is more than {self.latency_tie:.0%} above "
+                f"the best student within the accuracy budget ({best:.4f} ms): not trained"
             )
         teacher = _loaded_teacher(self.teacher)
         every, epochs = self.recipe.report_every, self.recipe.train.epochs

@@ -215,6 +215,7 @@ class SearchStage(Stage[SearchStageConfig]):
             out_dir=str((ctx.store.root.parent / "trials" / name).resolve()),
             seed=config.seed,
             latency_threads=max(1, int(cfg.ray.cpus_per_trial)),
+            latency_tie=config.selection.latency_tie,
         )
         constrained = recipe.selection == "constrained"
         return _SearchJob(
