@@ -295,8 +295,8 @@ class SearchStage(Stage[SearchStageConfig]):
         the pruner's settings (a student search's fidelity steps).
         """
         from hamnet.compress.search.executor import open_study
-        from hamnet.compress.search.strategies import make_pruner, make_sampler
         from hamnet.compress.search.strategies import directions as directions_of
+        from hamnet.compress.search.strategies import make_pruner, make_sampler
 
         cfg = self.options(ctx.config)
         seed = ctx.config.seed
