@@ -191,9 +191,12 @@ class SearchStage(Stage[SearchStageConfig]):
         if budget is None:
             budget = config.constraints.max_accuracy_drop
         budget = 0.01 if budget is None else budget
-        name = cfg.study_name or (
-            f"{self.study_name(config)}-students-{teacher_candidate.artifact.sha256[:8]}"
-        )
+        # A baseline trained by this run is defined by the config (already in the name's
+        # hash): a rerun after a crash retrains it, maybe not bit for bit, and must resume
+        # the same study. A teacher from a file is named by its content.
+        trained = teacher_candidate.stage == "train"
+        teacher_key = "trained" if trained else teacher_candidate.artifact.sha256[:8]
+        name = cfg.study_name or f"{self.study_name(config)}-students-{teacher_key}"
         ctx.notes.append(
             f"{self.name}: student search from teacher {teacher_candidate.name!r} (validation "
             f"accuracy {reference:.4f}), {recipe.selection}: "
