@@ -17,9 +17,11 @@ trains the FP32 baseline once and produces a point for:
   Neural Compressor's ``autotune`` (skipped with a message naming the extra otherwise);
 - hamnet: the ``hamnet-optimize`` pipeline run in process with
   ``hamnet.pipeline.run.run_pipeline`` (same plan and stages as the Prefect flow
-  ``flows/hamnet_optimize.py``) on ``configs/peers.yaml``; the conv net enters it as its
-  ONNX export, which is not pruned (structured pruning is for HAMNets) but teaches the
-  HAMNet students through its logits.
+  ``flows/hamnet_optimize.py``) on ``configs/peers.yaml``: a student search (no
+  hand-picked students: ``stages.nas.mode: students`` within the config's time budget)
+  plus export and quantization; the conv net enters it as its ONNX export, which is not
+  pruned (structured pruning is for HAMNets) but teaches the HAMNet students through its
+  logits.
 
 Baselines: ``digits`` (the default digits HAMNet of configs/default.yaml), ``large``
 (seed 002's hidden 256, 4 layers, 8 heads on digits upsampled to 512 features),
@@ -145,6 +147,7 @@ def main() -> None:
         overrides["model"] = {"hamnet": {"hidden_size": 16, "num_layers": 1, "num_heads": 2}}
         overrides["stages"] = {
             "train": {"epochs": 3, "patience": 3},
+            "nas": None,
             "prune": None,
             "distill": None,
             "export": {"formats": ["onnx"]},

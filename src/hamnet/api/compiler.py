@@ -31,6 +31,14 @@ module (a module artifact, see :mod:`hamnet.models.sources`)."""
 PRUNE_RATIOS: list[float] = [0.3, 0.5, 0.7]
 DISTILL_PRUNE_RATIOS: list[float] = [0.5, 0.7]
 ESCALATION_PRUNE_RATIOS: list[float] = [0.7, 0.8]
+STUDENT_SEARCH_SHARE = 0.6
+"""Share of a user's time budget (``budget_minutes``) AUTO gives the student search; the
+rest is left for exporting, quantizing and measuring its students and the baseline."""
+DEFAULT_STUDENT_MINUTES = 10.0
+"""Student search length when AUTO adds one without a time budget from the user."""
+QUANTIZE_AND_PRUNE_REACH = 8.0
+"""About the size reduction quantization (~4x) and structured pruning (~2x) give together:
+a size bound that needs more than this calls for a fresh, smaller student."""
 BACKEND_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino"}
 """The API's backend names and the runtime each one means."""
 BACKEND_ALIASES: dict[str, str] = {"onnx_runtime": "onnx"}
@@ -176,6 +184,8 @@ class AutoPlan:
         methods: Quantization methods chosen for the model family (empty: every
             method of the chosen backends and precisions).
         family: The model family the plan was made for.
+        student_minutes: Minutes of student search (HAMNet students distilled from the
+            model, ``stages.nas.mode: students``); None: no student search.
     """
 
     goal_sequence: list[Goal]
@@ -185,6 +195,7 @@ class AutoPlan:
     distill: bool = False
     methods: list[str] = field(default_factory=list)
     family: str = "generic"
+    student_minutes: float | None = None
 
 
 def quantize_precisions(profile: HardwareProfile) -> list[str]:
@@ -229,6 +240,8 @@ def plan_for(
     family: str | None = None,
     has_train_data: bool = False,
     why_not_prunable: str | None = None,
+    budget_minutes: float | None = None,
+    can_search_students: bool | None = None,
 ) -> AutoPlan:
     """Choose the techniques for :attr:`Goal.AUTO` by a few documented rules.
 
@@ -245,7 +258,13 @@ def plan_for(
           nets OpenVINO INT8 via NNCF (ONNX Runtime static INT8 without OpenVINO);
         * ONNX files that do not convert to PyTorch are never pruned;
         * a user's torch module is pruned and recovered by distillation only with
-          training data (``train_data``); without it only post-training methods run.
+          training data (``train_data``); without it only post-training methods run;
+        * student search (fresh HAMNet students distilled from the model, scored on
+          validation accuracy and measured latency): within
+          ``STUDENT_SEARCH_SHARE`` of the time budget whenever one is given, else
+          ``DEFAULT_STUDENT_MINUTES`` when the size bound needs more than quantization
+          and pruning reach (``QUANTIZE_AND_PRUNE_REACH``); an escalation round adds it
+          when the first round missed the bounds (see :func:`compile_config`).
 
     Args:
         constraints: The user's constraints.
@@ -256,6 +275,10 @@ def plan_for(
         has_train_data: Whether the user gave training data (read for user modules).
         why_not_prunable: Why this model cannot be pruned (e.g. an ONNX file that did
             not convert to PyTorch); default: the family's reason.
+        budget_minutes: The user's time budget for the optimization (None: none).
+        can_search_students: Whether HAMNet students can learn from this model (its
+            input is one flat feature vector, its output class scores, with data to
+            train on); default: only for HAMNet checkpoints.
 
     Returns:
         The plan with one reason per decision.
@@ -306,6 +329,8 @@ def plan_for(
     choice = adapter.preferred_quantizers(precisions, profile.runtime_names, profile.name)
     if choice.reason:
         reasons.append(choice.reason)
+    students = can_search_students if can_search_students is not None else model_kind == "hamnet"
+    student_minutes = _student_rule(constraints, model_size_mb, budget_minutes, students, reasons)
     sequence = [Goal.PRUNE] if prune else []
     tuned = accuracy_aware_methods(choose_backends(None, profile), precisions)
     if tuned:
@@ -321,7 +346,65 @@ def plan_for(
         precisions=precisions,
         methods=list(choice.methods),
         family=adapter.name,
+        student_minutes=student_minutes,
     )
+
+
+def _student_rule(
+    constraints: Constraints, size_mb: float | None, budget_minutes: float | None,
+    possible: bool, reasons: list[str],
+) -> float | None:  # fmt: skip
+    """Apply the student-search rule; return its minutes (None: no student search)."""
+    if budget_minutes is not None and (
+        isinstance(budget_minutes, bool)
+        or not isinstance(budget_minutes, int | float)
+        or not budget_minutes > 0
+    ):
+        raise ConfigError(f"budget_minutes must be a positive number, but got {budget_minutes!r}")
+    target = constraints.target_size_mb
+    needed = size_mb / target if size_mb is not None and target is not None else None
+    beyond = needed is not None and needed > QUANTIZE_AND_PRUNE_REACH
+    if not possible:
+        if budget_minutes is not None or beyond:
+            reasons.append(
+                "no student search: HAMNet students learn from a model with one flat "
+                "feature input and class scores, given data to train on"
+            )
+        return None
+    if budget_minutes is not None:
+        minutes = round(budget_minutes * STUDENT_SEARCH_SHARE, 2)
+        reasons.append(
+            f"time budget {budget_minutes:g} min: a student search (fresh HAMNet students "
+            f"distilled from the model, scored on validation accuracy and measured latency) "
+            f"runs for {minutes:g} min, its students and their quantized children on the "
+            f"same Pareto front"
+        )
+        return minutes
+    if beyond:
+        reasons.append(
+            f"a {needed:.1f}x size reduction is more than quantization and pruning reach "
+            f"together (~{QUANTIZE_AND_PRUNE_REACH:g}x), so a student search runs for "
+            f"{DEFAULT_STUDENT_MINUTES:g} min"
+        )
+        return DEFAULT_STUDENT_MINUTES
+    return None
+
+
+def student_search_section(minutes: float) -> dict[str, Any]:
+    """The ``stages.nas`` section of AUTO's student search: ``minutes`` of trials.
+
+    TPE proposes students, Hyperband stops the weak ones after each chunk of epochs,
+    and the fastest measured students within the accuracy budget (validation) go on.
+    """
+    return {
+        "mode": "students",
+        "strategy": "tpe",
+        "pruner": "hyperband",
+        "n_trials": None,
+        "timeout_seconds": max(1.0, minutes * 60.0),
+        "top_k": 3,
+        "students": {"teacher": "baseline"},
+    }
 
 
 def _with_reason(adapter: type[ModelFamily], reason: str | None) -> type[ModelFamily]:
@@ -383,6 +466,7 @@ class _Stages:
     chosen: list[str] = field(default_factory=list)
     prune: dict[str, Any] | None = None
     distill: dict[str, Any] | None = None
+    nas: dict[str, Any] | None = None
 
 
 def _goal_stages(
@@ -412,6 +496,8 @@ def _goal_stages(
             distill={"recover_pruned": True},
         )
     stages = _Stages(list(plan.precisions), list(plan.methods))
+    if plan.student_minutes is not None:
+        stages.nas = student_search_section(plan.student_minutes)
     if plan.prune_ratios:
         stages.prune = {"ratios": list(plan.prune_ratios), "criteria": criteria}
         if facts.kind == "module":
@@ -423,6 +509,9 @@ def _goal_stages(
             stages.prune = {"ratios": ratios, "criteria": criteria}
         if facts.can_prune and family.can_distill and trainable:
             stages.distill = {"recover_pruned": True}
+        if stages.nas is None and facts.kind == "hamnet":
+            # Quantization and pruning missed the bounds: fresh students may reach them.
+            stages.nas = student_search_section(DEFAULT_STUDENT_MINUTES)
         stages.precisions = all_precisions
     return stages
 
@@ -500,6 +589,7 @@ def compile_config(
     cfg = _config_dict(constraints, facts, data_path, seed, track)
     cfg["stages"] = {
         "train": None,
+        "nas": stages.nas,
         "prune": stages.prune,
         "distill": stages.distill,
         "export": {"formats": backends} if facts.kind != "onnx" else None,

@@ -386,11 +386,13 @@ class Optimizer:
         escalate: bool = False,
         overrides: dict[str, Any] | None = None,
         train_path: str | Path | None = None,
+        budget_minutes: float | None = None,
     ) -> OptimizeConfig:
         """Build the pipeline configuration for a goal (what :meth:`optimize` runs).
 
         See :func:`hamnet.api.compiler.compile_config` for the arguments;
-        ``train_path`` is the training data file (``data.train_path``).
+        ``train_path`` is the training data file (``data.train_path``);
+        ``budget_minutes`` the time budget AUTO's plan gives a student search.
 
         Raises:
             ConfigError: For an unknown goal or backend, or invalid settings.
@@ -401,7 +403,9 @@ class Optimizer:
         goal = parse_goal(goal)
         constraints = constraints or Constraints()
         if goal is Goal.AUTO and plan is None:
-            plan = self.plan(constraints, has_train_data=train_path is not None)
+            plan = self.plan(
+                constraints, has_train_data=train_path is not None, budget_minutes=budget_minutes
+            )
         prune = goal in (Goal.PRUNE, Goal.DISTILL) or escalate or bool(plan and plan.prune_ratios)
         train = Path(train_path) if train_path is not None else None
         return compile_config(
@@ -419,7 +423,11 @@ class Optimizer:
         )
 
     def plan(
-        self, constraints: Constraints | None = None, *, has_train_data: bool = False
+        self,
+        constraints: Constraints | None = None,
+        *,
+        has_train_data: bool = False,
+        budget_minutes: float | None = None,
     ) -> AutoPlan:
         """The :attr:`Goal.AUTO` plan for this model (see :func:`plan_for`).
 
@@ -427,15 +435,21 @@ class Optimizer:
             constraints: The user's constraints.
             has_train_data: Whether training data is given (a user's module is pruned
                 and distilled only with it).
+            budget_minutes: The time budget (default: ``constraints.budget_minutes``
+                when the constraints carry one): with it, AUTO runs a student search
+                within that budget.
         """
         from hamnet.core.hardware import load_profile
 
         constraints = constraints or Constraints()
         profile = load_profile(constraints.target_hardware)
+        if budget_minutes is None:
+            budget_minutes = getattr(constraints, "budget_minutes", None)
         return plan_for(
             constraints, self.prunable_kind, profile, model_size_mb=self.model_size_mb(),
             family=self.family, has_train_data=has_train_data,
-            why_not_prunable=self.why_not_prunable,
+            why_not_prunable=self.why_not_prunable, budget_minutes=budget_minutes,
+            can_search_students=self.kind == "hamnet",
         )  # fmt: skip
 
     def benchmark(
@@ -483,6 +497,7 @@ class Optimizer:
         max_rounds: int = 2,
         verbose: bool = False,
         use_prefect: bool = False,
+        budget_minutes: float | None = None,
         _overrides: dict[str, Any] | None = None,
     ) -> OptimizationResult:
         """Optimize the model with the hamnet pipeline.
@@ -520,6 +535,13 @@ class Optimizer:
             use_prefect: Run each round as a ``hamnet-optimize`` Prefect flow run
                 (ephemeral server unless ``PREFECT_API_URL`` is set; stage results are
                 cached and retried as with ``hamnet run``) instead of in this process.
+            budget_minutes: AUTO only: a time budget (default: the constraints'
+                ``budget_minutes`` when they carry one). With it AUTO also runs a
+                student search (fresh HAMNet students distilled from the model, scored on
+                validation accuracy and measured latency) for 60% of the budget and puts
+                its students and their quantized children on the same Pareto front.
+                Without it a student search runs only when quantization and pruning
+                cannot reach the size bound, or in the escalation round.
 
         Returns:
             The result; never empty: with no feasible candidate the nearest one is
@@ -544,7 +566,9 @@ class Optimizer:
             labelled = validation_data is None or validation_data[1] is not None
             train_path = prepare_train_data(target, train_data, root, labelled_eval=labelled)
         plan = (
-            self.plan(constraints, has_train_data=train_path is not None)
+            self.plan(
+                constraints, has_train_data=train_path is not None, budget_minutes=budget_minutes
+            )
             if goal is Goal.AUTO
             else None
         )

@@ -33,6 +33,36 @@ def nearness(selection: Selection) -> tuple[bool, float]:
     return (not selection.constraints_satisfied, score)
 
 
+def student_search_line(config: OptimizeConfig, result: PipelineResult) -> str | None:
+    """What a round's student search did, in one line (None: the round ran none)."""
+    nas = config.stages.nas
+    if nas is None or nas.mode != "students":
+        return None
+    budget = f"{nas.timeout_seconds / 60:.3g} min" if nas.timeout_seconds else "no time limit"
+    kept = [c for c in result.candidates if c.stage == "nas"]
+    rec = result.selection.recommended
+    line = (
+        f"student search ({budget}): {len(kept)} student(s) distilled from "
+        f"{nas.students.teacher!r} joined the Pareto front with their exported and "
+        f"quantized children"
+    )
+    if rec is not None and _descends_from(rec, kept, result.candidates):
+        line += f"; the recommended model {rec.name!r} is one of them"
+    return line
+
+
+def _descends_from(candidate: Candidate, roots: list[Candidate], every: list[Candidate]) -> bool:
+    """Whether ``candidate`` is one of ``roots`` or a descendant of one."""
+    by_id = {c.id: c for c in every}
+    ids = {c.id for c in roots}
+    current: Candidate | None = candidate
+    while current is not None:
+        if current.id in ids:
+            return True
+        current = by_id.get(current.parent_id or "")
+    return False
+
+
 @dataclass
 class RoundsOutcome:
     """The kept round of :func:`run_rounds`.
@@ -83,6 +113,9 @@ class RoundRunner:
             outcome = self.run(config, self.root / f"round-{index + 1}")
             stages = " -> ".join(s.name for s in outcome.stages)
             lines.append(f"round {index + 1}: {stages}: {outcome.selection.message}")
+            students = student_search_line(config, outcome)
+            if students:
+                lines.append(f"round {index + 1}: {students}")
             if kept is None or nearness(outcome.selection) < nearness(kept.result.selection):
                 kept, kept_round = RoundsOutcome(outcome, config), index + 1
             if outcome.selection.constraints_satisfied:

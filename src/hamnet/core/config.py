@@ -349,6 +349,76 @@ PrunerName = Annotated[
 """Name of a pruner plugin (``hamnet.core.registry.names("pruner")``)."""
 
 
+class StudentSpaceSection(_Section):
+    """The HAMNet students a student search samples (``stages.nas.students.space``).
+
+    Every list is a set of choices; ``token_sizes`` may hold ``"all"`` (one token of
+    every feature: attention over one token is a linear map, so the block is a residual
+    MLP, the fastest shape at batch 1). Left out, a list is derived from the teacher
+    (widths and depths up to the teacher's).
+    """
+
+    hidden_sizes: list[int] | None = Field(None, min_length=1)
+    num_layers: list[int] | None = Field(None, min_length=1)
+    num_heads: list[int] | None = Field(None, min_length=1)
+    ffn_ratios: list[float] | None = Field(None, min_length=1)
+    token_sizes: list[int | Literal["all"]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _positive_unique(self) -> StudentSpaceSection:
+        for name in ("hidden_sizes", "num_layers", "num_heads", "ffn_ratios", "token_sizes"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            bad = [v for v in values if v != "all" and not (isinstance(v, int | float) and v > 0)]
+            if bad:
+                raise ValueError(f"{name} must hold positive numbers, but got {bad}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat a choice, but got {values}")
+        return self
+
+
+class StudentSearchSection(_Section):
+    """How a student search (``stages.nas.mode: students``) trains and scores a student.
+
+    Each trial is a fresh HAMNet trained by distillation from ``teacher``; the default
+    recipe won the peers sweep (benchmarks/students.py): every batch mixed (mixup,
+    alpha 1), the teacher labelling exactly the mixed inputs live, the soft-target KL
+    only, a long schedule whose best validation epoch is kept.
+    """
+
+    teacher: str = Field(
+        "baseline", description="A candidate of this run, or a .pt / .onnx / module file."
+    )
+    space: StudentSpaceSection = StudentSpaceSection()
+    methods: list[dict[str, Any]] = Field(
+        [{"method": "soft", "weight": 1.0, "temperature": 1.0}], min_length=1
+    )
+    ce_weight: float = Field(0.0, ge=0.0)
+    train: TrainStageConfig = TrainStageConfig(
+        epochs=300, patience=300, augment="mixup", mixup_alpha=1.0, learning_rate=2e-3,
+        warmup_epochs=5,
+    )  # fmt: skip
+    report_every: int = Field(
+        10, ge=1, description="Epochs per fidelity step: validation accuracy is reported "
+        "to the pruner (hyperband / successive_halving) after every chunk."
+    )  # fmt: skip
+    selection: Literal["constrained", "pareto"] = Field(
+        "constrained",
+        description="constrained: minimize measured latency among students within "
+        "max_accuracy_drop of the teacher (validation); pareto: the search's objectives.",
+    )
+    max_accuracy_drop: float | None = Field(
+        None, ge=0.0, le=1.0, description="None: constraints.max_accuracy_drop (else 0.01)."
+    )
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> StudentSearchSection:
+        for index, term in enumerate(self.methods):
+            _check_distill_term(index, term)
+        return self
+
+
 class SearchStageConfig(_Section):
     """An Optuna study whose trials train HAMNets on Ray workers (``nas`` or ``hpo``).
 
@@ -358,6 +428,12 @@ class SearchStageConfig(_Section):
     config resumes it; the ``top_k`` best trials become candidates.
     """
 
+    mode: Literal["train", "students"] = Field(
+        "train",
+        description="train: trials train HAMNets on the labels; students: trials train "
+        "HAMNet students by distillation from a teacher (see ``students``).",
+    )
+    students: StudentSearchSection = Field(default_factory=lambda: StudentSearchSection())
     space: str = "search_spaces/hamnet_digits.yaml"
     strategy: SamplerName = "tpe"
     pruner: PrunerName = "none"

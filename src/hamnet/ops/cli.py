@@ -190,6 +190,13 @@ def optimize(
             "PREFECT_API_URL is set) instead of in-process.",
         ),
     ] = False,
+    budget_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Time budget (AUTO): a student search (HAMNet students distilled from "
+            "the model) runs within it beside pruning and quantization."
+        ),
+    ] = None,
 ) -> None:
     """Optimize MODEL under constraints with the same pipeline (in-process, or --prefect).
 
@@ -221,6 +228,7 @@ def optimize(
                 goal, constraints, validation_data=validation, train_data=training,
                 fidelity=fidelity,
                 preferred_backends=backend, work_dir=work_dir, track=track, use_prefect=prefect,
+                budget_minutes=budget_minutes,
             )  # fmt: skip
         written = []
         if output is not None:

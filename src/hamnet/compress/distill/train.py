@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ def distill_model(
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
     unlabelled_x: np.ndarray | None = None,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` in place on ``dataset`` with a distillation loss.
 
@@ -115,6 +116,9 @@ def distill_model(
             ``dataset``), added to the training split. The teacher terms use them; the
             cross-entropy skips them. This is where distillation pays most: the teacher
             labels inputs nobody has labelled.
+        on_epoch_end: Passed to :func:`~hamnet.training.train_model`: called with each
+            epoch's history record (a student search reports validation accuracy to its
+            pruner there; an exception it raises ends training and propagates).
 
     Returns:
         The run's :class:`DistillResult`.
@@ -147,6 +151,7 @@ def distill_model(
         result = train_model(
             student, dataset, cfg, seed=seed, device=str(dev), checkpoint_path=checkpoint_path,
             progress=progress, loss_fn=loss_fn, extra_modules=[plan.loss],
+            on_epoch_end=on_epoch_end,
         )  # fmt: skip
     return DistillResult(
         train=result,

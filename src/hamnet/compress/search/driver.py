@@ -391,6 +391,10 @@ class _Search:
         objective_ref = ray.put(objective)
         address_ref = ray.put(self.address)
         _check_workers(probe, self.address, objective_ref)
+        if self.budget.timeout_seconds is not None:
+            # The time budget is for trials: a worker's first start (imports, loading the
+            # study) can take longer than a short budget on a loaded machine.
+            self.deadline = time.monotonic() + self.budget.timeout_seconds
         with self.bar.running():
             try:
                 while True:
@@ -525,8 +529,9 @@ def run_search(
     heartbeat is stale; Optuna then fails them and queues their retries (see
     :func:`requeue_interrupted`). If this call itself is interrupted (Ctrl-C, an
     exception), its in-flight Ray tasks are cancelled, their trials failed and retried
-    the same way, before the exception propagates. When ``timeout_seconds`` is up, no
-    trial is asked any more and the ones in flight are waited for.
+    the same way, before the exception propagates. When ``timeout_seconds`` is up
+    (counted from the end of the worker probe), no trial is asked any more and the ones
+    in flight are waited for.
 
     Args:
         study: A study from :func:`~hamnet.compress.search.storage.open_study`.

@@ -112,6 +112,20 @@ class TrialContext:
             return False
         return bool(self._study.pruner.prune(self._study, self._storage.get_trial(self.trial_id)))
 
+    def best_value(self) -> float | None:
+        """The study's best value so far, read from its storage now (single objective).
+
+        Returns:
+            The best completed trial's value; None for a multi-objective study or when
+            no trial has completed.
+        """
+        if self._multi_objective:
+            return None
+        try:
+            return float(self._study.best_value)
+        except ValueError:
+            return None
+
     def set_user_attr(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable attribute on the trial now."""
         self._storage.set_trial_user_attr(self.trial_id, key, value)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from hamnet.core.candidate import Candidate
+from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import OptimizeConfig, SearchStageConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.pipeline.stages.base import Stage, StageContext
@@ -32,10 +34,6 @@ class SearchStage(Stage[SearchStageConfig]):
     Options: ClassVar[type[BaseModel]] = SearchStageConfig
     group: ClassVar[str]
     """Which group of the search space this stage samples."""
-
-    def input_files(self, config: OptimizeConfig) -> list[str]:
-        """The search-space file."""
-        return [self.options(config).space]
 
     def study_name(self, config: OptimizeConfig) -> str:
         """The study's name: given, or run name + stage + a hash of what defines the study.
@@ -71,6 +69,14 @@ class SearchStage(Stage[SearchStageConfig]):
         digest = hash_json(defining, length=8)
         return f"{config.name}-{self.name}-{digest}"
 
+    def input_files(self, config: OptimizeConfig) -> list[str]:
+        """The search-space file (a student search reads its space from the config)."""
+        cfg = self.options(config)
+        if cfg.mode == "students":
+            teacher = cfg.students.teacher
+            return [teacher] if teacher.endswith((".pt", ".pth", ".onnx", ".json")) else []
+        return [cfg.space]
+
     def run(self, inputs: list[Candidate], ctx: StageContext) -> list[Candidate]:
         from hamnet.compress.search.executor import (
             RaySettings,
@@ -78,15 +84,19 @@ class SearchStage(Stage[SearchStageConfig]):
             connect_ray,
             run_search,
         )
-        from hamnet.compress.search.space import suggest
 
         cfg = self.options(ctx.config)
-        space = self._space(ctx)
+        job = self._student_job(inputs, ctx) if cfg.mode == "students" else self._train_job(ctx)
+        name = job.name
         workdir = ctx.store.root.parent
         storage = cfg.storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
-        name = self.study_name(ctx.config)
-        study = self._open_study(storage, name, space, ctx)
-        objective = self._objective(name, ctx)
+        study = self._open_study(
+            storage, job.name, job.space, ctx, directions=job.directions,
+            pruner_options=job.pruner_options_for(cfg),
+        )  # fmt: skip
+        if job.warm_start and not study.trials:
+            for params in job.warm_start:
+                study.enqueue_trial(params, skip_if_exists=True)
         tracker = _tracker(ctx)
         parent = str(ctx.parent_run_id)
         on_trial_end = None
@@ -105,21 +115,154 @@ class SearchStage(Stage[SearchStageConfig]):
         with connect_ray(settings) as ray:
             report = run_search(
                 study,
-                objective,
-                lambda trial: suggest(trial, space),
+                job.objective,
+                job.suggest,
                 SearchBudget(n_trials=cfg.n_trials, timeout_seconds=cfg.timeout_seconds),
                 ray,
                 on_trial_end=on_trial_end,
             )
         ctx.notes.append(f"{self.name}: study {name!r} in {_redact(storage)}: {report.summary()}")
-        plots = self._save_plots(study, cfg.objectives, ctx, name)
+        plots = self._save_plots(study, job.objective_names, ctx, name)
         if tracker is not None:
             for path in plots:
                 tracker.client.log_artifact(parent, str(path), f"{self.name}/{name}")
-        best = _best_trials(study, cfg.objectives, cfg.top_k)
+        best = _best_trials(study, job.directions, cfg.top_k)
         if not best:
             ctx.notes.append(f"{self.name}: no trial completed, so no candidate was added")
-        return [self._candidate(trial, name, storage, cfg.strategy, ctx) for trial in best]
+        if job.teacher is not None:
+            feasible = [t for t in best if t.user_attrs.get("feasible")]
+            ctx.notes.append(
+                f"{self.name}: {len(best)} student(s) kept, {len(feasible)} within the "
+                f"accuracy budget of teacher {job.teacher.name!r} on validation"
+            )
+        return [self._candidate(trial, name, storage, job, ctx) for trial in best]
+
+    def _train_job(self, ctx: StageContext) -> _SearchJob:
+        """Trials train HAMNets on the labels (the ``train`` mode)."""
+        from hamnet.compress.search.strategies import directions
+
+        cfg = self.options(ctx.config)
+        name = self.study_name(ctx.config)
+        return _SearchJob(
+            name=name,
+            space=self._space(ctx),
+            objective=self._objective(name, ctx),
+            objective_names=list(cfg.objectives),
+            directions=list(directions(cfg.objectives)),
+            method=cfg.strategy,
+        )
+
+    def _student_job(self, inputs: list[Candidate], ctx: StageContext) -> _SearchJob:
+        """Trials distill HAMNet students from the teacher (the ``students`` mode)."""
+        from hamnet.compress.search.strategies import directions
+        from hamnet.compress.search.students import (
+            StudentObjective,
+            TeacherSource,
+            check_student,
+            search_split,
+            student_choices,
+            validation_accuracy,
+            warm_start,
+        )
+        from hamnet.core.config import HAMNetSection
+
+        config = ctx.config
+        cfg = self.options(config)
+        recipe = cfg.students
+        dataset = ctx.dataset
+        if dataset.x_train.ndim != 2 or dataset.input_names is not None or not dataset.num_classes:
+            raise ConfigError(
+                f"stages.{self.name}.mode 'students' trains HAMNet students on labelled flat "
+                f"feature vectors, but the data has inputs of shape "
+                f"{list(dataset.x_train.shape[1:])}"
+                f"{' named ' + str(list(dataset.input_names)) if dataset.input_names else ''}"
+                f" and {dataset.num_classes} classes"
+            )
+        teacher_candidate = self._teacher(recipe.teacher, inputs, ctx)
+        source = TeacherSource(
+            artifact=teacher_candidate.artifact,
+            runtime=teacher_candidate.runtime if teacher_candidate.runtime != "torch" else "torch",
+            profile=config.hardware_profile,
+            trust_checkpoint=config.model.trust_checkpoint,
+        )
+        choices = student_choices(recipe.space, dataset.num_features, source.architecture())
+        reference = validation_accuracy(source.load(), dataset)
+        budget = recipe.max_accuracy_drop
+        if budget is None:
+            budget = config.constraints.max_accuracy_drop
+        budget = 0.01 if budget is None else budget
+        # A baseline trained by this run is defined by the config (already in the name's
+        # hash): a rerun after a crash retrains it, maybe not bit for bit, and must resume
+        # the same study. A teacher from a file is named by its content.
+        trained = teacher_candidate.stage == "train"
+        teacher_key = "trained" if trained else teacher_candidate.artifact.sha256[:8]
+        name = cfg.study_name or f"{self.study_name(config)}-students-{teacher_key}"
+        ctx.notes.append(
+            f"{self.name}: student search from teacher {teacher_candidate.name!r} (validation "
+            f"accuracy {reference:.4f}), {recipe.selection}: "
+            + (
+                f"fastest measured student within {budget:g} of it"
+                if recipe.selection == "constrained"
+                else f"Pareto front of {cfg.objectives}"
+            )
+        )
+        objective = StudentObjective(
+            dataset=search_split(dataset),
+            teacher=source,
+            recipe=recipe,
+            base_architecture=HAMNetSection(dropout_rate=0.0),
+            reference_accuracy=reference,
+            max_accuracy_drop=budget,
+            objectives=tuple(cfg.objectives),
+            profile=config.hardware_profile,
+            out_dir=str((ctx.store.root.parent / "trials" / name).resolve()),
+            seed=config.seed,
+            latency_threads=max(1, int(cfg.ray.cpus_per_trial)),
+            latency_tie=config.selection.latency_tie,
+        )
+        constrained = recipe.selection == "constrained"
+        return _SearchJob(
+            name=name,
+            space=choices.to_search_space(),
+            objective=objective,
+            objective_names=["latency_score"] if constrained else list(cfg.objectives),
+            directions=["minimize"] if constrained else list(directions(cfg.objectives)),
+            method=f"students-{cfg.strategy}",
+            teacher=teacher_candidate,
+            warm_start=warm_start(choices, dataset.num_features) if constrained else [],
+            teacher_in_run=any(c.id == teacher_candidate.id for c in inputs),
+            check=functools.partial(
+                check_student,
+                base=objective.base_architecture,
+                input_size=dataset.num_features,
+                num_classes=dataset.num_classes,
+            ),
+            pruner_options={"min_resource": recipe.report_every}
+            | ({"max_resource": recipe.train.epochs} if cfg.pruner == "hyperband" else {}),
+        )
+
+    def _teacher(self, ref: str, inputs: list[Candidate], ctx: StageContext) -> Candidate:
+        """The teacher: a candidate of this run by name, or a model file.
+
+        Raises:
+            ConfigError: ``ref`` is neither.
+        """
+        named = [c for c in inputs if c.name == ref]
+        if named:
+            return named[0]
+        path = ctx.resolve(ref)
+        if not path.is_file():
+            raise ConfigError(
+                f"stages.{self.name}.students.teacher must be a candidate of this run "
+                f"({sorted({c.name for c in inputs})}) or a model file, but got {ref!r}"
+            )
+        fmt = "onnx" if path.suffix == ".onnx" else "torch"
+        return Candidate.create(
+            name=f"teacher-{path.stem}", stage="load", method=fmt,
+            artifact=ctx.store.put(path, fmt),
+            runtime="onnxruntime" if fmt == "onnx" else "torch",
+            params={"source_file": str(path)},
+        )  # fmt: skip
 
     def _space(self, ctx: StageContext) -> Any:
         """The search space file's group this stage samples (the other group emptied).
@@ -139,20 +282,35 @@ class SearchStage(Stage[SearchStageConfig]):
             )
         return space
 
-    def _open_study(self, storage: str, name: str, space: Any, ctx: StageContext) -> Any:
-        """Create or resume the study, its sampler reseeded past the trials it has."""
+    def _open_study(
+        self,
+        storage: str,
+        name: str,
+        space: Any,
+        ctx: StageContext,
+        *,
+        directions: list[Any] | None = None,
+        pruner_options: dict[str, Any] | None = None,
+    ) -> Any:
+        """Create or resume the study, its sampler reseeded past the trials it has.
+
+        ``directions`` default to the stage's objectives'; ``pruner_options`` override
+        the pruner's settings (a student search's fidelity steps).
+        """
         from hamnet.compress.search.executor import open_study
-        from hamnet.compress.search.strategies import directions, make_pruner, make_sampler
+        from hamnet.compress.search.strategies import directions as directions_of
+        from hamnet.compress.search.strategies import make_pruner, make_sampler
 
         cfg = self.options(ctx.config)
         seed = ctx.config.seed
-        multi = len(cfg.objectives) > 1
+        directions = directions or list(directions_of(cfg.objectives))
+        multi = len(directions) > 1
         study = open_study(
             storage,
             name,
-            directions(cfg.objectives),
+            directions,
             make_sampler(cfg.strategy, space, seed=seed, multi_objective=multi),
-            make_pruner(cfg.pruner, space, multi_objective=multi),
+            make_pruner(cfg.pruner, space, multi_objective=multi, **(pruner_options or {})),
             heartbeat_interval=cfg.heartbeat_seconds,
             grace_period=cfg.stale_after_seconds,
             max_retry=cfg.max_retries,
@@ -233,28 +391,75 @@ class SearchStage(Stage[SearchStageConfig]):
         return files
 
     def _candidate(
-        self, trial: Any, study_name: str, storage: str, strategy: str, ctx: StageContext
+        self, trial: Any, study_name: str, storage: str, job: _SearchJob, ctx: StageContext
     ) -> Candidate:
         attrs = trial.user_attrs
         checkpoint = Path(attrs["checkpoint"])
+        student = job.teacher is not None
+        params: dict[str, Any] = {
+            "study": study_name,
+            "storage": _redact(storage),
+            "trial_number": trial.number,
+            "sampled": dict(trial.params),
+            "objectives": dict(zip(job.objective_names, trial.values, strict=True)),
+            "training": attrs.get("training"),
+        }
+        if student:
+            params |= {
+                "search_metrics": attrs.get("metrics"),
+                "feasible": attrs.get("feasible"),
+                "teacher": job.teacher.name if job.teacher else None,
+                "epochs_run": attrs.get("epochs_run"),
+            }
         return Candidate.create(
-            name=f"{self.name}-trial-{trial.number}",
+            name=f"{self.name}-{'student' if student else 'trial'}-{trial.number}",
             stage=self.name,
-            method=strategy,
+            method=job.method,
             artifact=ctx.store.put(checkpoint, "torch"),
             runtime="torch",
-            params={
-                "study": study_name,
-                "storage": _redact(storage),
-                "trial_number": trial.number,
-                "sampled": dict(trial.params),
-                "objectives": dict(
-                    zip(self.options(ctx.config).objectives, trial.values, strict=True)
-                ),
-                "training": attrs.get("training"),
-            },
+            parent=job.teacher if job.teacher_in_run else None,
+            params=params,
             architecture=attrs.get("architecture"),
+            teachers=(
+                [TeacherRef(name=job.teacher.name, candidate_id=job.teacher.id)]
+                if job.teacher is not None
+                else None
+            ),
         )
+
+
+@dataclass
+class _SearchJob:
+    """What one search runs: its study, space, objective and how trials become candidates."""
+
+    name: str
+    space: Any
+    objective: Any
+    objective_names: list[str]
+    directions: list[Any]
+    method: str
+    teacher: Candidate | None = None
+    teacher_in_run: bool = False
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
+    """Parameters the study tries first (enqueued when it has no trial yet)."""
+    check: Any = None
+    """Called on the sampled parameters in the driver: raises ``InfeasibleParams``."""
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Sample a trial's parameters; an infeasible combination prunes it undispatched."""
+        from hamnet.compress.search.space import suggest
+
+        params = suggest(trial, self.space)
+        if self.check is not None:
+            self.check(params)
+        return params
+
+    def pruner_options_for(self, cfg: SearchStageConfig) -> dict[str, Any]:
+        """The pruner's options: the fidelity steps of a student search (epoch chunks)."""
+        if cfg.pruner in ("hyperband", "successive_halving"):
+            return dict(self.pruner_options)
+        return {}
 
 
 def _tracker(ctx: StageContext) -> Any:
@@ -266,16 +471,14 @@ def _tracker(ctx: StageContext) -> Any:
     return Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
 
 
-def _best_trials(study: Any, objectives: Sequence[str], top_k: int) -> list[Any]:
+def _best_trials(study: Any, directions: Sequence[str], top_k: int) -> list[Any]:
     """The ``top_k`` best completed trials: Pareto front first, then by the first objective."""
     from optuna.trial import TrialState
-
-    from hamnet.compress.search.strategies import directions
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not done:
         return []
-    sign = 1.0 if directions(objectives)[0] == "minimize" else -1.0
+    sign = 1.0 if directions[0] == "minimize" else -1.0
     front = {t.number for t in study.best_trials}
     done.sort(key=lambda t: (t.number not in front, sign * t.values[0], t.number))
     return done[:top_k]
