@@ -52,6 +52,7 @@ class _ConstraintsSchema(ConstraintsSection):
     target_hardware: str = Field("x86-avx2", min_length=1)
     batch_size: int = Field(1, ge=1)
     calibration_samples: int = Field(300, ge=1)
+    budget_minutes: float | None = Field(None, gt=0.0)
 
 
 _REQUIREMENTS = {"target_hardware": "a hardware profile name"}
@@ -91,6 +92,8 @@ class Constraints:
         batch_size: Intended inference batch size (validated; not used yet: the
             latency batch size comes from the hardware profile).
         calibration_samples: Samples used to calibrate static quantization.
+        budget_minutes: Time budget in minutes for AUTO's student search (None: no
+            budget; AUTO then searches students only when the bounds need it).
 
     Raises:
         ConfigError: A value out of range or of the wrong type (a ``ValueError``).
@@ -104,6 +107,7 @@ class Constraints:
     target_hardware: str = "x86-avx2"
     batch_size: int = 1
     calibration_samples: int = 300
+    budget_minutes: float | None = None
 
     def __post_init__(self) -> None:
         values = asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,15 @@ def test_tracked_processes_survive_a_save_and_load(tmp_path: Path) -> None:
     assert loaded.logs == {"worker": str(tmp_path / "worker.log")}
     with pytest.raises(HamnetError, match="no stack state"):
         Stack.load(tmp_path / "elsewhere")
+
+
+def test_a_team_database_reaches_the_search_stages(tmp_path: Path) -> None:
+    from hamnet.pipeline.stages._search import SEARCH_STORAGE_ENV
+
+    stack = _stack(tmp_path)
+    assert SEARCH_STORAGE_ENV not in stack.env or stack.env[SEARCH_STORAGE_ENV] == (
+        os.environ.get(SEARCH_STORAGE_ENV)
+    )
+    url = "postgresql+psycopg://hamnet:pw@127.0.0.1:5433/hamnet_optuna"
+    stack.database_urls = {"optuna": url}
+    assert stack.env[SEARCH_STORAGE_ENV] == url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import OptimizeConfig, SearchStageConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
 from hamnet.pipeline.stages.base import Stage, StageContext
+
+SEARCH_STORAGE_ENV = "HAMNET_SEARCH_STORAGE"
+"""Environment variable naming the Optuna storage of searches whose config sets none."""
 
 logger = logging.getLogger("hamnet.stages")
 
@@ -89,7 +93,13 @@ class SearchStage(Stage[SearchStageConfig]):
         job = self._student_job(inputs, ctx) if cfg.mode == "students" else self._train_job(ctx)
         name = job.name
         workdir = ctx.store.root.parent
-        storage = cfg.storage or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+        # The config's storage, else the team database a stack hands its flows
+        # (`hamnet stack up --database postgresql`), else SQLite in the workdir.
+        storage = (
+            cfg.storage
+            or os.environ.get(SEARCH_STORAGE_ENV)
+            or f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+        )
         study = self._open_study(
             storage, job.name, job.space, ctx, directions=job.directions,
             pruner_options=job.pruner_options_for(cfg),
