@@ -4,21 +4,17 @@ for models whose size bound matters more than their latency."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from hamnet.backends.session import require
-from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
-from hamnet.compress.quantize.methods.ort_weight_only_int4 import weight_share_reason
-
-if TYPE_CHECKING:
-    from hamnet.core.hardware import HardwareProfile
+from hamnet.compress.quantize._weight_only import WeightOnlyMethod
+from hamnet.compress.quantize.base import QuantizeJob
 
 WEIGHT_OPS: tuple[str, ...] = ("MatMul", "Gemm")
 """The ONNX operators whose weights NNCF compresses (OpenVINO reads both as MatMul)."""
 
 
-class NncfWeightCompression(QuantizationMethod):
+class NncfWeightCompression(WeightOnlyMethod):
     """NNCF ``compress_weights`` on the OpenVINO model: ``int8_asym`` (per-channel INT8
     weights) or ``int4_sym`` (INT4 weights in groups of ``weight_only_block_size``; NNCF
     keeps the last layer in INT8), as ``nncf_weight_mode`` says; activations stay FP32.
@@ -28,9 +24,7 @@ class NncfWeightCompression(QuantizationMethod):
     output_format = "openvino"
     backend = "openvino"
     runtime = "openvino"
-    precision = "mixed"
-    weight_only = True
-    needs_calibration = False
+    weight_ops = WEIGHT_OPS
     settings = ("nncf_weight_mode", "weight_only_block_size")
     requires = ("onnx", "openvino", "nncf")
     notes: ClassVar[list[str]] = [
@@ -38,24 +32,6 @@ class NncfWeightCompression(QuantizationMethod):
         "activations stay FP32; the file shrinks ~4x (INT8) to ~7x (INT4) on those weights, "
         "latency at small batches barely changes.",
     ]
-
-    def supported(self, profile: HardwareProfile) -> str | None:
-        """Weight-compressed models compute in FP32: any profile that runs OpenVINO in FP32."""
-        if self.runtime not in profile.runtime_names:
-            return (
-                f"{self.name} needs runtime {self.runtime!r}, but profile {profile.name!r} "
-                f"lists runtimes {profile.runtime_names}"
-            )
-        if "fp32" not in profile.precisions:
-            return (
-                f"{self.name} keeps FP32 activations, so the profile must support fp32, but "
-                f"profile {profile.name!r} supports {list(profile.precisions)}"
-            )
-        return None
-
-    def applicable(self, source: Path) -> str | None:
-        """Applies when MatMul/Gemm constant weights hold most of the model's weights."""
-        return super().applicable(source) or weight_share_reason(self.name, source, WEIGHT_OPS)
 
     def _convert(self, job: QuantizeJob) -> None:
         ov = require("openvino")
