@@ -335,7 +335,7 @@ def test_stack_up_on_postgresql_runs_the_flow_and_goes_down(
             flow_runs = conn.execute(
                 "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"
             ).fetchall()
-        assert deployments == [("default",)]
+        assert sorted(deployments) == [("default",), ("remote",)]
         assert ("hamnet-optimize", "COMPLETED") in [(n, str(s)) for n, s in flow_runs]
     finally:
         down = runner.invoke(app, ["stack", "down"])
