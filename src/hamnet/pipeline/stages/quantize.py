@@ -118,7 +118,10 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 f"{type(err).__name__}: {str(err)[:300]}"
             )
             return []
-        ctx.notes.append(f"quantize: {name} for {source.name}: {result.summary()}")
+        ctx.notes.append(
+            f"quantize: {name} for {source.name}: {result.summary()}; time: "
+            f"{result.timing_summary()}"
+        )
         plain = [
             m for m in cfg.methods
             if m != name and _is_plain_int8(m, method.runtime)
