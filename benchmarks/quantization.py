@@ -29,6 +29,7 @@ Run: ``python benchmarks/quantization.py --max-trials 8`` (about a minute on 2 c
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -104,7 +105,7 @@ def hamnet_point(
     kept = ", ".join(best.fallback) or "none"
     model = artifact_model(main, method.output_format, method.runtime, best.precision,
                            f"FP32: {kept}")  # fmt: skip
-    attributed = sum(1 for r in result.attribution if r.error == r.error)  # not NaN
+    attributed = sum(1 for r in result.attribution if not math.isnan(r.error))
     scored = len(result.tried) + attributed
     trials = (f"{scored} scored ({len(result.tried)} assignments + {attributed} attribution"
               f" models; {result.skipped} settled unmeasured)")  # fmt: skip
