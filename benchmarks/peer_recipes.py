@@ -354,6 +354,12 @@ class NncfAccuracyControlRecipe(PeerRecipe):
     tool = "NNCF"
     requires = ("nncf", "openvino")
     max_drop: ClassVar[float] = 0.01
+    evaluations: int = 0
+    """Calls of the validation function on the whole validation split in the last run
+    (each a model NNCF scored: the FP32 and INT8 models, each tried subset)."""
+    item_calls: int = 0
+    """Calls on a single item (NNCF scores the FP32 and INT8 models item by item to
+    rank the quantizer groups when the validation function returns one number)."""
 
     def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         ov = require("openvino")
@@ -361,8 +367,14 @@ class NncfAccuracyControlRecipe(PeerRecipe):
         calibration = nncf.Dataset([row[None, :] for row in calibration_rows(data)])
         pairs = [(x[None, :], int(y)) for x, y in zip(data.x_val, data.y_val, strict=True)]
         validation = nncf.Dataset(pairs, lambda item: item[0])
+        self.evaluations = self.item_calls = 0
 
         def validate(compiled: Any, items: Any) -> float:
+            items = list(items)
+            if len(items) == 1:
+                self.item_calls += 1
+            else:
+                self.evaluations += 1
             output = compiled.outputs[0]
             hits = [int(np.argmax(compiled(x)[output])) == y for x, y in items]
             return float(np.mean(hits))
@@ -517,6 +529,8 @@ class IncAutoRecipe(PeerRecipe):
     tool = "Intel Neural Compressor"
     requires = ("neural_compressor.torch",)
     extra = BENCH_EXTRA
+    evaluations: int = 0
+    """Calls of ``eval_fn`` in the last run (the FP32 model and each tuning trial)."""
 
     def run(self, baseline: Baseline, data: Dataset, work_dir: Path) -> PeerModel:
         import torch
@@ -528,7 +542,10 @@ class IncAutoRecipe(PeerRecipe):
         x_cal = torch.from_numpy(calibration_rows(data))
         example = (x_cal[:2],)  # batch 2: a batch of 1 would be specialized by torch.export
 
+        self.evaluations = 0
+
         def eval_fn(model: Any) -> float:
+            self.evaluations += 1
             with torch.inference_mode():
                 return float((model(x_val).argmax(dim=1) == y_val).float().mean())
 

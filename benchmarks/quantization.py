@@ -17,12 +17,19 @@ batch 1, side by side:
 * hamnet's ``int8_accuracy_aware`` (ONNX Runtime) and ``nncf_int8_accuracy_aware``
   (OpenVINO) with a 1-point budget: accuracy, latency, wall time, trials.
 
+Trials: the models each tuner scored on the validation split. For NNCF accuracy
+control and INC autotune, the calls of the validation function given to them
+(wrapped to count: FP32 and INT8 models, NNCF's ranking of quantizer groups, each
+subset or configuration tried); for hamnet, the assignments measured plus the
+one-layer models of the attribution, and the wall time per phase.
+
 Run: ``python benchmarks/quantization.py --max-trials 8`` (about a minute on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -98,9 +105,13 @@ def hamnet_point(
     kept = ", ".join(best.fallback) or "none"
     model = artifact_model(main, method.output_format, method.runtime, best.precision,
                            f"FP32: {kept}")  # fmt: skip
+    attributed = sum(1 for r in result.attribution if not math.isnan(r.error))
+    scored = len(result.tried) + attributed
+    trials = (f"{scored} scored ({len(result.tried)} assignments + {attributed} attribution"
+              f" models; {result.skipped} settled unmeasured)")  # fmt: skip
     point = BenchPoint(f"hamnet:{method_name}", "hamnet", "hamnet", model, wall,
-                       params=baseline.params, recipe=f"{len(result.tried)} trials")  # fmt: skip
-    return point, result.summary()
+                       params=baseline.params, recipe=trials)  # fmt: skip
+    return point, f"{result.summary()}; time: {result.timing_summary()}"
 
 
 def measure(point: BenchPoint, data: Any, profile: Any, rounds: int) -> dict[str, Any]:
@@ -154,7 +165,12 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for recipe in (OrtStaticInt8Recipe(), NncfPtqRecipe(), NncfAccuracyControlRecipe(),
                        IncAutoRecipe()):  # fmt: skip
-            points.append(run_recipe(recipe, baseline, data, work / "peers"))
+            point = run_recipe(recipe, baseline, data, work / "peers")
+            counted = getattr(recipe, "evaluations", None)
+            point.recipe = f"{counted} scored (validation calls)" if counted else ""
+            if getattr(recipe, "item_calls", 0):
+                point.recipe += f" + {recipe.item_calls} one-item calls"  # type: ignore[attr-defined]
+            points.append(point)
         summaries = []
         for name in ("int8_accuracy_aware", "nncf_int8_accuracy_aware"):
             point, summary = hamnet_point(name, baseline, data, profile, work / "hamnet",

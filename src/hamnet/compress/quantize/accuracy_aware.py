@@ -55,6 +55,8 @@ from hamnet.compress.quantize.base import QuantizationMethod, QuantizeJob
 from hamnet.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from hamnet.core.config import QuantizeStageConfig
     from hamnet.core.hardware import HardwareProfile
 
@@ -67,6 +69,7 @@ __all__ = [
     "OrtMixedBuilder",
     "TriedAssignment",
     "TuningResult",
+    "promising",
     "study_name_for",
     "tune_fallback",
 ]
@@ -171,6 +174,13 @@ class TuningResult:
         reused: How many finished assignments it read back from the study.
         study_name: The Optuna study.
         stopped: Why the tuning stopped.
+        timings: Seconds this call spent per phase: ``open_study``, ``plain_int8``
+            (the all-INT8 build; with ONNX Runtime it includes the one calibration),
+            ``attribution`` (one build and scoring per layer), ``build``, ``score``
+            and ``latency`` (of the trials after the first), ``search`` (the sampler
+            and the study's storage) and ``total``.
+        skipped: Assignments the search proposed but did not measure because a tried
+            one settles them (see :func:`promising`).
     """
 
     baseline_score: float
@@ -181,6 +191,17 @@ class TuningResult:
     reused: int = 0
     study_name: str = ""
     stopped: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` to ``timings[phase]``."""
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+
+    def timing_summary(self) -> str:
+        """The phase timings on one line (``phase 1.23 s, ...``), largest first."""
+        ordered = sorted(self.timings.items(), key=lambda kv: -kv[1])
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in ordered)
 
     def best(self) -> TriedAssignment | None:
         """The fastest assignment that meets the budget, else the one with the smallest drop."""
@@ -382,6 +403,11 @@ class OpenVinoMixedBuilder:
         if has_attention(self.source):
             self.options["model_type"] = nncf.ModelType.TRANSFORMER
             self.options["preset"] = nncf.QuantizationPreset.MIXED
+        self._statistics: Any = None
+        self.reuse_statistics = True
+        """Calibrate once: the statistics NNCF collects for the all-INT8 model serve
+        every later build (an ignored layer only drops quantizers). False, or a build
+        the statistics do not cover, runs ``nncf.quantize`` in full."""
 
     def layers(self) -> list[QuantLayer]:
         """MatMul / Convolution operations with a constant weight, in graph order."""
@@ -411,15 +437,100 @@ class OpenVinoMixedBuilder:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / "model.xml"
-        quantized = nncf.quantize(
-            self.model.clone(),
-            self.dataset,
-            subset_size=self.subset_size,
-            ignored_scope=nncf.IgnoredScope(names=sorted(ignored), validate=False),
-            **self.options,
-        )
+        scope = nncf.IgnoredScope(names=sorted(ignored), validate=False)
+        quantized = self._with_statistics(scope) if self.reuse_statistics else None
+        if quantized is None:
+            quantized = nncf.quantize(
+                self.model.clone(), self.dataset, subset_size=self.subset_size,
+                ignored_scope=scope, **self.options,
+            )  # fmt: skip
         ov.save_model(quantized, str(target), compress_to_fp16=False)
         return target
+
+    def _with_statistics(self, scope: Any) -> Any:
+        """NNCF's post-training quantization (the steps of ``nncf.quantize`` for an
+        OpenVINO model without If operations) run on the statistics collected once for
+        the all-INT8 model; None when they do not cover this build (then it runs in
+        full)."""
+        from nncf.openvino.graph.model_utils import remove_friendly_name_duplicates
+        from nncf.openvino.graph.nncf_graph_builder import GraphConverter
+        from nncf.openvino.graph.node_utils import get_number_if_op
+        from nncf.openvino.quantization.quantize_model import (
+            compress_quantize_weights_transformation,
+        )
+        from nncf.quantization.algorithms.pipeline import collect_statistics
+        from nncf.quantization.algorithms.post_training.algorithm import (
+            PostTrainingQuantization,
+        )
+
+        def algorithm(ignored: Any = None) -> Any:
+            return PostTrainingQuantization(
+                subset_size=self.subset_size, ignored_scope=ignored, **self.options
+            )
+
+        try:
+            if get_number_if_op(self.model) > 0:  # nncf.quantize quantizes If bodies apart
+                return None
+            model = remove_friendly_name_duplicates(self.model.clone())
+            graph = GraphConverter.create_nncf_graph(model)
+            if self._statistics is None:
+                reference = algorithm()
+                points = reference.get_statistic_points(model, graph)
+                collected = collect_statistics(points, model, graph, self.dataset)
+                self._statistics = (_algorithm_keys(reference), collected)
+            keys, collected = self._statistics
+            ptq = algorithm(scope)
+            wanted = ptq.get_statistic_points(model, graph)  # sets up its quantizers
+            renamed = _renamed_statistics(collected, dict(zip(keys, _algorithm_keys(ptq),
+                                                              strict=True)))  # fmt: skip
+            if not _covers(renamed, wanted):  # NNCF would quantize with missing ranges
+                return None
+            quantized = ptq.apply(model, graph, statistic_points=renamed, dataset=self.dataset)
+            compress_quantize_weights_transformation(quantized)
+        except (KeyError, RuntimeError, ValueError, AttributeError, ImportError) as err:
+            logger.info("NNCF statistics not reused for this build (%s): quantizing in full", err)
+            return None
+        return quantized
+
+
+def _algorithm_keys(ptq: Any) -> list[str]:
+    """The statistics keys of a post-training quantization's first step's algorithms
+    (NNCF keys the statistics it collects by algorithm instance)."""
+    return [algo._algorithm_key for algo in ptq._pipeline.pipeline_steps[0]]
+
+
+def _renamed_statistics(collected: Any, keys: dict[str, str]) -> Any:
+    """A copy of a ``StatisticPointsContainer`` whose collectors are filed under
+    ``keys[old]`` (another instance of the same algorithms); the collectors are shared."""
+    from nncf.common.tensor_statistics.statistic_point import (
+        StatisticPoint,
+        StatisticPointsContainer,
+    )
+
+    out = StatisticPointsContainer()
+    for points in collected.values():
+        for point in points:
+            for old, collectors in point.algorithm_to_tensor_collectors.items():
+                for collector in collectors:
+                    out.add_statistic_point(
+                        StatisticPoint(point.target_point, collector, keys.get(old, old))
+                    )
+    return out
+
+
+def _covers(collected: Any, wanted: Any) -> bool:
+    """Whether ``collected`` has a collector for every (target point, algorithm) of
+    ``wanted`` (both ``StatisticPointsContainer``)."""
+    for name, points in wanted.items():
+        have = collected.get(name, [])
+        for point in points:
+            for key in point.algorithm_to_tensor_collectors:
+                if not any(
+                    h.target_point == point.target_point and key in h.algorithm_to_tensor_collectors
+                    for h in have
+                ):
+                    return False
+    return True
 
 
 def study_name_for(source: Path, builder: MixedPrecisionBuilder, settings: dict[str, Any]) -> str:
@@ -451,7 +562,8 @@ def tune_fallback(
     study_name: str,
     x_latency: np.ndarray,
     seed: int = 0,
-    latency_repeats: int = 50,
+    latency_repeats: int = 20,
+    confirm_repeats: int = 100,
 ) -> TuningResult:
     """Find float fallback layers for which INT8 meets ``budget``; resumable.
 
@@ -465,7 +577,12 @@ def tune_fallback(
             is resumed.
         x_latency: The latency batch.
         seed: Seed of the TPE sampler.
-        latency_repeats: Timed calls per latency measurement.
+        latency_repeats: Timed calls per latency measurement during the search (a
+            quick figure; the contenders are confirmed at the end).
+        confirm_repeats: Timed calls per round when the contenders (the assignments
+            that meet the budget within 15% of the fastest, at most three, built by
+            this call) are timed again side by side, three interleaved rounds; their
+            ``latency_ms`` becomes the median of the rounds. 0 skips the confirmation.
 
     Returns:
         The tuning result (every assignment of the study; those built by this call have
@@ -487,6 +604,7 @@ def tune_fallback(
     # the TPE sampler reads to prefer assignments that meet it.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
     study = open_study(storage_url, study_name, ["minimize"], sampler, None)
+    opened = time.monotonic() - started
     layers = builder.layers()
     if not layers:
         raise DataError(
@@ -494,8 +612,10 @@ def tune_fallback(
             "constant weights, but got none"
         )
     result = TuningResult(scorer.baseline, budget, [], study_name=study.study_name)
+    result.add_time("open_study", opened)
     done = _finished(study, result)
-    run = _Runner(builder, scorer, budget, Path(work), x_latency, latency_repeats, study, [])
+    run = _Runner(builder, scorer, budget, Path(work), x_latency, latency_repeats, study, [],
+                  result)  # fmt: skip
 
     def evaluate(fallback: tuple[str, ...], origin: str) -> TriedAssignment:
         key = frozenset(fallback)
@@ -522,15 +642,24 @@ def tune_fallback(
     if plain is not None and plain.meets_budget:
         result.stopped = "every layer INT8 meets the budget"
     else:
+        begun = time.monotonic()
         result.attribution = _attribution(study, builder, scorer, layers,
                                           Path(work) / "attribution", deadline)  # fmt: skip
+        result.add_time("attribution", time.monotonic() - begun)
         # At least one layer stays INT8: every layer float is the FP32 model, no candidate.
         run.ranked = [r.name for r in result.attribution][: min(budget.top_k, len(layers) - 1)]
         result.stopped = out_of_budget() or _greedy(run.ranked, evaluate, out_of_budget) or ""
         if not result.stopped:
             result.stopped = _search(run, done, result, out_of_budget)
     result.tried = sorted(done.values(), key=lambda t: t.trial)
-    logger.info("accuracy-aware INT8: %s", result.summary())
+    if confirm_repeats > 0:
+        begun = time.monotonic()
+        result.tried = _confirm(run, result.tried, confirm_repeats)
+        result.add_time("confirm", time.monotonic() - begun)
+    result.add_time("total", time.monotonic() - started)
+    accounted = sum(v for k, v in result.timings.items() if k != "total")
+    result.add_time("sampler_and_storage", max(0.0, result.timings["total"] - accounted))
+    logger.info("accuracy-aware INT8: %s; time: %s", result.summary(), result.timing_summary())
     return result
 
 
@@ -546,6 +675,61 @@ def _greedy(ranked: list[str], evaluate: Any, out_of_budget: Any) -> str | None:
     return None
 
 
+_ENUMERATE_UP_TO = 12
+"""Most ranked layers for which :func:`_settled` enumerates the whole search space."""
+
+
+def promising(fallback: frozenset[str], tried: Iterable[TriedAssignment]) -> bool:
+    """Whether an untried assignment may still meet the budget: it is not settled by a
+    tried one that misses it and keeps every layer of ``fallback`` (and maybe more) in
+    float. Keeping fewer layers float than an assignment that already misses the budget
+    adds INT8 error, so such an assignment is not measured (the accuracy-driven tuners'
+    assumption: error grows with the layers quantized)."""
+    return not any(not t.meets_budget and fallback <= frozenset(t.fallback) for t in tried)
+
+
+def _settled(ranked: list[str], done: dict[frozenset[str], TriedAssignment]) -> bool:
+    """Whether every assignment over ``ranked`` is tried or not :func:`promising`
+    (checked only for up to :data:`_ENUMERATE_UP_TO` layers; more are never settled)."""
+    import itertools
+
+    if len(ranked) > _ENUMERATE_UP_TO:
+        return False
+    tried = list(done.values())
+    for size in range(len(ranked) + 1):
+        for combo in itertools.combinations(ranked, size):
+            key = frozenset(combo)
+            if key not in done and promising(key, tried):
+                return False
+    return True
+
+
+def _confirm(run: _Runner, tried: list[TriedAssignment], repeats: int) -> list[TriedAssignment]:
+    """Time the contenders again side by side (see :func:`tune_fallback`), so the pick
+    does not rest on the search's quick latency figures."""
+    from hamnet.evaluate.measure import latency_ms
+
+    meets = [t for t in tried if t.meets_budget and t.path is not None and Path(t.path).is_file()]
+    if len(meets) < 2:
+        return tried
+    fastest = min(t.latency_ms for t in meets)
+    contenders = sorted((t for t in meets if t.latency_ms <= 1.15 * fastest),
+                        key=lambda t: t.latency_ms)[:3]  # fmt: skip
+    if len(contenders) < 2:
+        return tried
+    fmt = run.builder.output_format
+    sessions = {t.trial: run.scorer.session(Path(str(t.path)), fmt) for t in contenders}
+    rounds: dict[int, list[float]] = {t.trial: [] for t in contenders}
+    for _ in range(3):
+        for t in contenders:
+            p50, _ = latency_ms(sessions[t.trial], run.x_latency, warmup=10, repeats=repeats)
+            rounds[t.trial].append(p50)
+    return [
+        replace(t, latency_ms=float(np.median(rounds[t.trial]))) if t.trial in rounds else t
+        for t in tried
+    ]
+
+
 def _search(
     run: _Runner, done: dict[frozenset[str], TriedAssignment], result: TuningResult,
     out_of_budget: Any,
@@ -558,6 +742,8 @@ def _search(
         reason = out_of_budget()
         if reason:
             return str(reason)
+        if _settled(run.ranked, done):
+            return "every assignment of the ranked layers is tried or settled by a tried one"
         with warnings.catch_warnings():
             # hamnet's studies record heartbeats (for Ray workers); ask/tell needs none.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -578,6 +764,20 @@ def _search(
             duplicates += 1
             if duplicates >= _MAX_DUPLICATES:
                 return "the search keeps proposing assignments already tried"
+            continue
+        if not promising(key, done.values()):
+            # Fewer float layers than one that misses the budget: told as missing it too
+            # (by that trial's drop), never built.
+            worst = max((t for t in done.values() if not t.meets_budget
+                         and key <= frozenset(t.fallback)), key=lambda t: t.drop)  # fmt: skip
+            trial.set_user_attr("drop", worst.drop)
+            trial.set_user_attr("settled_by", worst.trial)
+            trial.set_constraint(_CONSTRAINT, worst.drop - run.budget.max_accuracy_drop)
+            run.study.tell(trial, worst.latency_ms)
+            result.skipped += 1
+            duplicates += 1
+            if duplicates >= _MAX_DUPLICATES:
+                return "the search keeps proposing assignments already tried or settled"
             continue
         duplicates = 0
         tried = run.measure(trial.number, fallback, "search")
@@ -612,17 +812,26 @@ class _Runner:
     repeats: int
     study: Any
     ranked: list[str]
+    result: TuningResult | None = None
 
     def measure(self, number: int, fallback: tuple[str, ...], origin: str) -> TriedAssignment:
         from hamnet.evaluate.measure import latency_ms
 
         folder = self.work / f"trial-{number}"
         shutil.rmtree(folder, ignore_errors=True)
+        marks = [time.monotonic()]
         main = self.builder.build(folder, fallback=frozenset(fallback))
+        marks.append(time.monotonic())
         fmt = self.builder.output_format
-        score = self.scorer.score(self.scorer.outputs(main, fmt))
         session = self.scorer.session(main, fmt)
+        score = self.scorer.score(self.scorer.predict(session))
+        marks.append(time.monotonic())
         p50, _ = latency_ms(session, self.x_latency, warmup=10, repeats=self.repeats)
+        marks.append(time.monotonic())
+        if self.result is not None:
+            phases = ("plain_int8" if origin == "int8" else "build", "score", "latency")
+            for phase, begin, end in zip(phases, marks, marks[1:], strict=False):
+                self.result.add_time(phase, end - begin)
         drop = self.scorer.baseline - score
         return TriedAssignment(
             trial=number, origin=origin, fallback=fallback, score=score, drop=drop,

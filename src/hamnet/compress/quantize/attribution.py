@@ -198,9 +198,14 @@ class ValidationScorer:
 
     def outputs(self, path: Path, fmt: str) -> np.ndarray:
         """The model's outputs on the validation inputs."""
+        return self.predict(self.session(path, fmt))
+
+    def predict(self, session: InferenceSession) -> np.ndarray:
+        """The outputs of an open ``session`` on the validation inputs (a tuning times
+        the same session afterwards instead of loading the model twice)."""
         from hamnet.evaluate.measure import predict
 
-        return predict(self.session(path, fmt), self.x, self.batch_size)
+        return predict(session, self.x, self.batch_size)
 
     def score(self, outputs: np.ndarray) -> float:
         """The score of ``outputs``: accuracy on labels, else fidelity to the target."""

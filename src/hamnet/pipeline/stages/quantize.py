@@ -93,9 +93,13 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
         self, method: QuantizationMethod, source: Candidate, inputs: list[Candidate],
         calibration: Any, cfg: QuantizeStageConfig, ctx: StageContext,
     ) -> list[Candidate]:  # fmt: skip
-        """The candidates of an accuracy-aware method: the tried assignments on the
-        tuning's Pareto front (score vs latency), or none when plain INT8 already meets
-        the budget and a plain INT8 method of the same runtime runs beside it."""
+        """The candidates of an accuracy-aware method: every assignment the tuning
+        measured (plain INT8, each greedy level, each search trial; one per set of
+        fallback layers, at most ``max_trials``, the best always among them), so the
+        selection's Pareto front shows the accuracy/latency trade-off of each fallback
+        level; or none when plain INT8 already meets the budget and a plain INT8 method
+        of the same runtime runs beside it. The models the tuning built are stored as
+        they are (nothing is rebuilt but the assignments read back from an earlier run)."""
         from hamnet.compress.quantize.attribution import LAYERS_PARAM
 
         name = method.name
@@ -114,7 +118,10 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 f"{type(err).__name__}: {str(err)[:300]}"
             )
             return []
-        ctx.notes.append(f"quantize: {name} for {source.name}: {result.summary()}")
+        ctx.notes.append(
+            f"quantize: {name} for {source.name}: {result.summary()}; time: "
+            f"{result.timing_summary()}"
+        )
         plain = [
             m for m in cfg.methods
             if m != name and _is_plain_int8(m, method.runtime)
@@ -127,10 +134,12 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
             )
             return []
         # The all-INT8 assignment is the plain method's model: left to it when it runs.
-        chosen = [t for t in result.front() if t.fallback or not plain]
+        chosen = _children_of(result, skip_all_int8=bool(plain))
+        best = result.best()
         parent = _runtime_sibling(source, inputs, method.runtime)
         data = method._calibration(calibration)
-        out = []
+        out: list[Candidate] = []
+        stored: set[str] = set()
         for tried in chosen:
             main = method.materialize(  # type: ignore[attr-defined]
                 result,
@@ -142,6 +151,9 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                 ctx.profile,
             )
             ref = ctx.store.put(main, method.output_format)  # type: ignore[arg-type]
+            if ref.sha256 in stored:  # two assignments that built the same model file
+                continue
+            stored.add(ref.sha256)
             kept = ", ".join(tried.fallback) or "none"
             verdict = "meets" if tried.meets_budget else "misses"
             params = _quantize_params(method, cfg, ctx.profile)
@@ -168,11 +180,29 @@ class QuantizeStage(Stage[QuantizeStageConfig]):
                         *method.notes,
                         f"layers kept FP32 ({tried.origin}, trial {tried.trial}): {kept}; "
                         f"validation drop {100 * tried.drop:.2f} points {verdict} the budget "
-                        f"of {100 * result.budget.max_accuracy_drop:.2f}",
+                        f"of {100 * result.budget.max_accuracy_drop:.2f}; tuning p50 "
+                        f"{tried.latency_ms:.4f} ms"
+                        + ("; the tuning's pick" if tried is best else ""),
                     ],
                 )
             )
         return out
+
+
+def _children_of(result: Any, *, skip_all_int8: bool) -> list[Any]:
+    """The assignments of ``result`` that become candidates, by trial: every measured
+    one (already one per set of fallback layers), the all-INT8 one left out when
+    ``skip_all_int8``, at most ``max_trials`` of them; the best is always kept (a study
+    resumed with a smaller ``max_trials`` holds more)."""
+    best = result.best()
+    tried = [t for t in result.tried if t.fallback or not skip_all_int8]
+    cap = result.budget.max_trials
+    if len(tried) <= cap:
+        return list(tried)
+    kept = tried[:cap]
+    if best is not None and best in tried and best not in kept:
+        kept = [*kept[: cap - 1], best]
+    return kept
 
 
 def _fidelity(ctx: StageContext) -> str:

@@ -267,7 +267,116 @@ def test_quantize_stage_returns_fallback_children_with_layer_records(
     records = tuned[0].params[LAYERS_PARAM]
     assert records[0]["weight"] == BROKEN_WEIGHT and records[0]["precision"] == "fp32"
     assert any("int8_accuracy_aware for baseline" in n for n in ctx.notes)
-    assert (tmp_path / "run" / "quantize" / "accuracy_aware.db").is_file()
+    db = tmp_path / "run" / "quantize" / "accuracy_aware.db"
+    assert db.is_file()
+    # Every measured assignment but all-INT8 (ort_static_int8 stands for it) is a child.
+    measured = _measured_assignments(db)
+    assert frozenset() in measured
+    assert len(tuned) == len(measured) - 1
+    assert {frozenset(c.params["fallback_layers"]) for c in tuned} == measured - {frozenset()}
+    assert len({c.id for c in tuned}) == len(tuned)
+    assert sum("the tuning's pick" in n for c in tuned for n in c.notes) == 1
+
+
+def _measured_assignments(db: Path) -> set[frozenset[str]]:
+    """The distinct fallback sets the study measured (repeated and settled samples not)."""
+    import optuna
+
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    return {
+        frozenset(t.user_attrs["fallback"])
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        if "fallback" in t.user_attrs
+    }
+
+
+def test_every_tried_assignment_is_a_child_without_a_plain_method(
+    broken_mlp: Path, cpu: HardwareProfile, tmp_path: Path
+) -> None:
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.candidate import Candidate
+    from hamnet.pipeline.stages.base import StageContext
+    from hamnet.pipeline.stages.quantize import QuantizeStage
+
+    config = config_from_dict({
+        "model": {"source": "file", "path": str(broken_mlp)},
+        "data": {"source": "digits"},
+        "constraints": {"max_accuracy_drop": 0.01},
+        "stages": {"train": None, "export": None, "quantize": {
+            "methods": ["int8_accuracy_aware"], "per_channel": False,
+            "calibration_samples": 200, "max_trials": 8, "fallback_top_k": 3,
+        }},
+    })  # fmt: skip
+    store = ArtifactStore(tmp_path / "run" / "artifacts")
+    ctx = StageContext(config=config, profile=cpu, store=store, base_dir=tmp_path)
+    source = Candidate.create(
+        name="baseline", stage="load", method="file", artifact=store.put(broken_mlp, "onnx"),
+        runtime="onnxruntime",
+    )  # fmt: skip
+    out = QuantizeStage().run([source], ctx)
+    measured = _measured_assignments(tmp_path / "run" / "quantize" / "accuracy_aware.db")
+    # Plain INT8, each greedy level and each search trial: one child per distinct set.
+    assert len(out) == len(measured) >= 3, ctx.notes
+    assert {frozenset(c.params["fallback_layers"]) for c in out} == measured
+    plain = next(c for c in out if not c.params["fallback_layers"])
+    assert plain.precision == "int8" and plain.params["origin"] == "int8"
+    assert {c.params["origin"] for c in out} >= {"int8", "greedy"}
+    assert all(c.parent_id == source.id for c in out)
+    assert all(any("layers kept FP32" in n and "tuning p50" in n for n in c.notes) for c in out)
+
+
+def test_search_stops_when_every_assignment_is_settled(
+    broken_mlp: Path, digits: tuple, cpu: HardwareProfile, tmp_path: Path
+) -> None:
+    from hamnet.compress.quantize.accuracy_aware import TriedAssignment, promising
+
+    def tried(fallback: tuple[str, ...], meets: bool) -> TriedAssignment:
+        return TriedAssignment(0, "search", fallback, 0.9, 0.0 if meets else 0.5, 1.0, meets)
+
+    missed = [tried(("a", "b"), False)]
+    assert not promising(frozenset({"a"}), missed)  # fewer float layers than a miss
+    assert not promising(frozenset(), missed)
+    assert promising(frozenset({"c"}), missed)
+    assert promising(frozenset({"a", "b", "c"}), missed)
+    assert promising(frozenset({"a"}), [tried(("a", "b"), True)])
+
+    x_train, _, x_val, y_val = digits
+    result = get_quantizer("int8_accuracy_aware").tune(  # type: ignore[attr-defined]
+        broken_mlp, tmp_path / "out", calibration=x_train[:200], x_val=x_val, y_val=y_val,
+        cfg=per_tensor(max_trials=50, fallback_top_k=3), profile=cpu, max_accuracy_drop=0.01,
+    )  # fmt: skip
+    # Two ranked layers (one always stays INT8): four assignments, then the search stops
+    # instead of asking the sampler again and again.
+    assert len(result.tried) <= 4
+    assert "settled" in result.stopped
+    assert {"open_study", "plain_int8", "attribution", "score", "latency", "total"} <= set(
+        result.timings
+    )
+    assert result.timings["total"] >= result.timings["attribution"] > 0
+    assert "total" in result.timing_summary()
+
+
+def test_openvino_builder_reuses_calibration_statistics_exactly(
+    broken_mlp: Path, digits: tuple, cpu: HardwareProfile, tmp_path: Path
+) -> None:
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from hamnet.compress.quantize.accuracy_aware import OpenVinoMixedBuilder
+
+    x_train, _, x_val, _ = digits
+    reused = OpenVinoMixedBuilder(broken_mlp, x_train[:64], per_tensor(), cpu, tmp_path / "a")
+    full = OpenVinoMixedBuilder(broken_mlp, x_train[:64], per_tensor(), cpu, tmp_path / "b")
+    full.reuse_statistics = False
+    names = [layer.name for layer in reused.layers()]
+    core = ov.Core()
+    for index, kwargs in enumerate([{}, {"fallback": frozenset(names[1:2])}, {"only": names[0]}]):
+        a = reused.build(tmp_path / f"a{index}", **kwargs)  # type: ignore[arg-type]
+        b = full.build(tmp_path / f"b{index}", **kwargs)  # type: ignore[arg-type]
+        out_a = core.compile_model(str(a), "CPU")(x_val)[0]
+        out_b = core.compile_model(str(b), "CPU")(x_val)[0]
+        np.testing.assert_array_equal(out_a, out_b)
+    assert reused._statistics is not None and full._statistics is None
 
 
 def test_layer_records_are_logged_to_mlflow(tmp_path: Path) -> None:
