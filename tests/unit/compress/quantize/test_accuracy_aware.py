@@ -404,3 +404,83 @@ def test_layer_records_are_logged_to_mlflow(tmp_path: Path) -> None:
     log_quantization_layers(client, run_id, candidate)
     listed = {a.path for a in client.list_artifacts(run_id, "quantization")}
     assert listed == {"quantization/layers.json", "quantization/layers.png"}
+
+
+KILLED_TUNING = """
+import sys, time
+from pathlib import Path
+
+sys.path.insert(0, {test_dir!r})
+import test_accuracy_aware as t
+
+model, storage = Path(sys.argv[1]), Path(sys.argv[2])
+x_train, _, x_val, y_val = t._digits()
+
+
+class SlowBuilder(t.OrtMixedBuilder):
+    builds = 0
+
+    def build(self, out_dir, **kwargs):
+        type(self).builds += 1
+        if type(self).builds > 5:  # after the attribution and two trials: long builds
+            time.sleep(3.0)
+        return super().build(out_dir, **kwargs)
+
+
+class SlowMethod(t.Int8AccuracyAware):
+    builder_class = SlowBuilder
+
+
+SlowMethod().tune(
+    model, storage.parent / "out-killed", calibration=x_train[:200], x_val=x_val, y_val=y_val,
+    cfg=t.per_tensor(max_trials=6, fallback_top_k=3), profile=t.load_profile("x86-avx2",
+    require_present=False), max_accuracy_drop=0.01, storage_dir=storage,
+)
+"""
+
+
+def _finished(storage: Path) -> int:
+    db = next(storage.glob("*.db"), None)
+    return 0 if db is None else len(_measured_assignments(db))
+
+
+def test_a_killed_tuning_resumes_without_repeating_a_finished_trial(
+    broken_mlp: Path, digits: tuple, cpu: HardwareProfile, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    storage = tmp_path / "study"
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_TUNING.format(test_dir=str(Path(__file__).parent)))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(broken_mlp), str(storage)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while _finished(storage) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-build of the next trial
+    finally:
+        proc.kill()
+        proc.wait()
+    before = _finished(storage)
+    assert before >= 2
+
+    x_train, _, x_val, y_val = digits
+    CountingBuilder.builds = 0
+    resumed = CountingMethod().tune(
+        broken_mlp, tmp_path / "out-resumed", calibration=x_train[:200], x_val=x_val,
+        y_val=y_val, cfg=per_tensor(max_trials=6, fallback_top_k=3), profile=cpu,
+        max_accuracy_drop=0.01, storage_dir=storage,
+    )  # fmt: skip
+    assert resumed.reused == before  # every trial finished before the kill is read back
+    fallbacks = [frozenset(t.fallback) for t in resumed.tried]
+    assert len(fallbacks) == len(set(fallbacks))  # and none is measured again
+    assert CountingBuilder.builds == resumed.ran  # no attribution redone either
+    assert resumed.best().meets_budget
