@@ -433,19 +433,36 @@ def _check_export_parity(
 
 
 def onnx_session(
-    model: HAMNet, store: ArtifactStore, profile: HardwareProfile
+    model: HAMNet,
+    store: ArtifactStore,
+    profile: HardwareProfile,
+    *,
+    ort_fused_attention: bool = False,
 ) -> tuple[InferenceSession, ArtifactRef]:
     """Export a HAMNet to ONNX into ``store`` and open it in ONNX Runtime on ``profile``.
 
-    The one path the searches (R-SPAR episodes, NAS trials) and the pruning benchmark
-    use to time a model the way the pipeline measures its ONNX Runtime candidates.
+    The one path the searches (R-SPAR episodes, NAS and student trials) and the pruning
+    benchmark use to time a model the way the pipeline measures its ONNX Runtime
+    candidates.
+
+    Args:
+        model: The HAMNet.
+        store: Where the ONNX file is kept.
+        profile: The hardware profile the session runs on.
+        ort_fused_attention: Export each attention as one ONNX Runtime ``Attention``
+            node (what the export stage writes for ONNX Runtime).
 
     Returns:
         The session and the stored ONNX file.
     """
     from hamnet.backends.session import load_session
 
-    path = export_onnx(model, model.config.input_size, store.staging_dir() / "model.onnx")
+    path = export_onnx(
+        model,
+        model.config.input_size,
+        store.staging_dir() / "model.onnx",
+        ort_fused_attention=ort_fused_attention,
+    )
     ref = store.put(path, "onnx")
     return load_session(ref, "onnxruntime", profile), ref
 

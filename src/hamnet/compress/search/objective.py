@@ -131,19 +131,48 @@ class HAMNetObjective:
         )
 
     def _latency_and_size(self, model: Any, x_one: Any) -> tuple[float, float]:
-        import numpy as np
+        return trial_latency_and_size(
+            model, x_one, profile=self.profile, threads=self.latency_threads,
+            repeats=self.latency_repeats,
+        )  # fmt: skip
 
-        from hamnet.backends.export import onnx_session
-        from hamnet.core.artifacts import ArtifactStore
-        from hamnet.core.hardware import load_profile
-        from hamnet.evaluate.measure import latency_ms
 
-        profile = load_profile(self.profile)
-        if self.latency_threads is not None:
-            profile = profile.model_copy(update={"threads": self.latency_threads})
-        with tempfile.TemporaryDirectory(prefix="hamnet-trial-") as tmp:
-            session, ref = onnx_session(model, ArtifactStore(Path(tmp)), profile)
-            x = np.ascontiguousarray(x_one, dtype=np.float32)
-            p50, _ = latency_ms(session, x, warmup=10, repeats=self.latency_repeats)
-            del session
-            return p50, ref.size_mb
+def trial_latency_and_size(
+    model: Any,
+    x_one: Any,
+    *,
+    profile: str,
+    threads: int | None,
+    repeats: int,
+    ort_fused_attention: bool = False,
+) -> tuple[float, float]:
+    """Batch-1 p50 latency (ms) of a trial's HAMNet exported to ONNX, in ONNX Runtime on
+    the hardware profile ``profile``, and the ONNX file's size (MB).
+
+    Args:
+        model: The trained HAMNet.
+        x_one: One input row ``[1, features]``.
+        profile: The hardware profile's name.
+        threads: Intra-op threads (None: the profile's). Trials sharing a machine
+            measure with the CPUs Ray gave them.
+        repeats: Timed calls.
+        ort_fused_attention: Export attention as ONNX Runtime ``Attention`` nodes.
+    """
+    import numpy as np
+
+    from hamnet.backends.export import onnx_session
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.core.hardware import load_profile
+    from hamnet.evaluate.measure import latency_ms
+
+    hardware = load_profile(profile)
+    if threads is not None:
+        hardware = hardware.model_copy(update={"threads": threads})
+    with tempfile.TemporaryDirectory(prefix="hamnet-trial-") as tmp:
+        session, ref = onnx_session(
+            model, ArtifactStore(Path(tmp)), hardware, ort_fused_attention=ort_fused_attention
+        )
+        x = np.ascontiguousarray(x_one, dtype=np.float32)
+        p50, _ = latency_ms(session, x, warmup=10, repeats=repeats)
+        del session
+        return p50, ref.size_mb

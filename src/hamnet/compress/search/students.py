@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -442,27 +441,9 @@ class StudentObjective:
         Runtime ``Attention`` node per block (what the pipeline's export writes for
         ONNX Runtime); one token exports as plain ``Gemm`` operators.
         """
-        import numpy as np
+        from hamnet.compress.search.objective import trial_latency_and_size
 
-        from hamnet.backends.export import export_onnx
-        from hamnet.backends.session import load_session
-        from hamnet.core.artifacts import ArtifactStore
-        from hamnet.core.hardware import load_profile
-        from hamnet.evaluate.measure import latency_ms
-
-        profile = load_profile(self.profile)
-        if self.latency_threads is not None:
-            profile = profile.model_copy(update={"threads": self.latency_threads})
-        fused = model.config.num_tokens > 1
-        with tempfile.TemporaryDirectory(prefix="hamnet-student-") as tmp:
-            store = ArtifactStore(Path(tmp))
-            path = export_onnx(
-                model, model.config.input_size, store.staging_dir() / "model.onnx",
-                ort_fused_attention=fused,
-            )  # fmt: skip
-            ref = store.put(path, "onnx")
-            session = load_session(ref, "onnxruntime", profile)
-            x = np.ascontiguousarray(x_one, dtype=np.float32)
-            p50, _ = latency_ms(session, x, warmup=10, repeats=self.latency_repeats)
-            del session
-            return p50, ref.size_mb
+        return trial_latency_and_size(
+            model, x_one, profile=self.profile, threads=self.latency_threads,
+            repeats=self.latency_repeats, ort_fused_attention=model.config.num_tokens > 1,
+        )  # fmt: skip
