@@ -112,6 +112,43 @@ class _Pending:
     future: asyncio.Future[BatchResult]
 
 
+async def run_alone(
+    caller: InferenceCaller, x: np.ndarray, on_batch: Callable[[int], None] | None
+) -> BatchResult:
+    """Run one request as its own inference call (batching off, or a request too big)."""
+    outputs, tag = await caller(x)
+    if on_batch is not None:
+        on_batch(len(x))
+    return BatchResult(outputs, tag, len(x))
+
+
+async def run_together(
+    caller: InferenceCaller, parts: list[np.ndarray], on_batch: Callable[[int], None] | None
+) -> list[BatchResult]:
+    """Run several requests as one inference call and split the outputs back, in order.
+
+    Raises:
+        RuntimeError: The model returned a different number of rows than it was given.
+        Exception: Whatever the inference raised.
+    """
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    outputs, tag = await caller(x)
+    if len(outputs) != len(x):
+        raise RuntimeError(
+            f"the model must return one output row per input row, but got "
+            f"{len(outputs)} rows for {len(x)}"
+        )
+    if on_batch is not None:
+        on_batch(len(x))
+    results = []
+    start = 0
+    for part in parts:
+        stop = start + len(part)
+        results.append(BatchResult(outputs[start:stop], tag, len(x)))
+        start = stop
+    return results
+
+
 class DynamicBatcher:
     """Collects concurrent requests into batches of at most ``max_batch_size`` rows.
 
@@ -181,16 +218,10 @@ class DynamicBatcher:
             Exception: Whatever the run function raised for the batch.
         """
         if self._queue is None or len(x) >= self.max_batch_size:
-            outputs, tag = await self.caller(x)
-            self._record(len(x))
-            return BatchResult(outputs, tag, len(x))
+            return await run_alone(self.caller, x, self.on_batch)
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(x, future))
         return await future
-
-    def _record(self, rows: int) -> None:
-        if self.on_batch is not None:
-            self.on_batch(rows)
 
     async def _collect(self) -> None:
         assert self._queue is not None
@@ -221,23 +252,13 @@ class DynamicBatcher:
         live = [p for p in batch if not p.future.done()]  # callers may have gone away
         if not live:
             return
-        x = live[0].x if len(live) == 1 else np.concatenate([p.x for p in live], axis=0)
         try:
-            outputs, tag = await self.caller(x)
-            if len(outputs) != len(x):
-                raise RuntimeError(
-                    f"the model must return one output row per input row, but got "
-                    f"{len(outputs)} rows for {len(x)}"
-                )
+            results = await run_together(self.caller, [p.x for p in live], self.on_batch)
         except Exception as err:
             for pending in live:
                 if not pending.future.done():
                     pending.future.set_exception(err)
             return
-        self._record(len(x))
-        start = 0
-        for pending in live:
-            stop = start + len(pending.x)
+        for pending, result in zip(live, results, strict=True):
             if not pending.future.done():
-                pending.future.set_result(BatchResult(outputs[start:stop], tag, len(x)))
-            start = stop
+                pending.future.set_result(result)

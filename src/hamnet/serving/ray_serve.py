@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from hamnet.core.errors import ConfigError, MissingDependencyError
-from hamnet.serving.batching import BatchResult, InferenceCaller, RunFn
+from hamnet.serving.batching import (
+    BatchResult,
+    InferenceCaller,
+    RunFn,
+    run_alone,
+    run_together,
+)
 from hamnet.serving.state import ServeSettings
 
 logger = logging.getLogger("hamnet.serving")
@@ -111,32 +117,12 @@ class ServeBatcher:
             Exception: Whatever the run function raised for the batch.
         """
         if self._batched is None or len(x) >= self.max_batch_size:
-            outputs, tag = await self.caller(x)
-            self._record(len(x))
-            return BatchResult(outputs, tag, len(x))
+            return await run_alone(self.caller, x, self.on_batch)
         result: BatchResult = await self._batched(x)
         return result
 
-    def _record(self, rows: int) -> None:
-        if self.on_batch is not None:
-            self.on_batch(rows)
-
     async def _run_batch(self, xs: list[np.ndarray]) -> list[BatchResult]:
-        x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
-        outputs, tag = await self.caller(x)
-        if len(outputs) != len(x):
-            raise RuntimeError(
-                f"the model must return one output row per input row, but got "
-                f"{len(outputs)} rows for {len(x)}"
-            )
-        self._record(len(x))
-        results = []
-        start = 0
-        for part in xs:
-            stop = start + len(part)
-            results.append(BatchResult(outputs[start:stop], tag, len(x)))
-            start = stop
-        return results
+        return await run_together(self.caller, xs, self.on_batch)
 
 
 def serve_batcher(
