@@ -116,6 +116,50 @@ def export_tiny_onnx(path: Path, *, hidden: int = 8, seed: int = 0) -> Path:
     return path
 
 
+def layernorm_softmax_onnx(path: Path, features: int = 64, hidden: int = 128) -> Path:
+    """``MatMul -> LayerNormalization -> Softmax -> MatMul``: a tiny model where ONNX
+    Runtime's static INT8 wraps the FP32 LayerNorm in QDQ pairs and costs more than it
+    saves at batch 1 (64 features: the digits data of :func:`tiny_config`)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
+    w2 = (rng.normal(size=(hidden, 10)) / np.sqrt(hidden)).astype(np.float32)
+    gamma, beta = np.ones(hidden, np.float32), np.zeros(hidden, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], axis=-1),
+            helper.make_node("Softmax", ["n"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "w2"], ["logits"]),
+        ],
+        "ln_softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(gamma, "gamma"),
+            numpy_helper.from_array(beta, "beta"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def one_thread_profile_file(folder: Path) -> Path:
+    """x86-avx2 with one intra-op thread, written to ``folder`` (steadier timings on a
+    shared 2-core machine)."""
+    base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
+    path = folder / "one-thread.yaml"
+    path.write_text(base.replace("threads: null", "threads: 1"))
+    return path
+
+
 def digits_subset(n_train: int = 256, n_eval: int = 128) -> Any:
     """The digits split cut to ``n_train`` training and ``n_eval`` val/test samples."""
     from hamnet.core.config import DataSection

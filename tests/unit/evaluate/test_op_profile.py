@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import layernorm_softmax_onnx, one_thread_profile_file
 
 from hamnet.core.artifacts import ArtifactRef, ArtifactStore
 from hamnet.core.config import QuantizeStageConfig
@@ -29,45 +29,9 @@ from hamnet.evaluate.op_profile import (
 FEATURES = 64
 
 
-def layernorm_softmax_onnx(path: Path, features: int = FEATURES, hidden: int = 128) -> Path:
-    """``MatMul -> LayerNormalization -> Softmax -> MatMul``: a tiny model where static
-    INT8 adds QDQ work around the FP32 LayerNorm and costs more than it saves."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
-    w2 = (rng.normal(size=(hidden, 10)) / np.sqrt(hidden)).astype(np.float32)
-    gamma, beta = np.ones(hidden, np.float32), np.zeros(hidden, np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], axis=-1),
-            helper.make_node("Softmax", ["n"], ["p"], axis=-1),
-            helper.make_node("MatMul", ["p", "w2"], ["logits"]),
-        ],
-        "ln_softmax",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [
-            numpy_helper.from_array(w1, "w1"),
-            numpy_helper.from_array(w2, "w2"),
-            numpy_helper.from_array(gamma, "gamma"),
-            numpy_helper.from_array(beta, "beta"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def one_thread_profile(tmp_path: Path) -> HardwareProfile:
     """x86-avx2 with one intra-op thread (steadier timings on a shared 2-core machine)."""
-    base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
-    path = tmp_path / "one-thread.yaml"
-    path.write_text(base.replace("threads: null", "threads: 1"))
-    return load_profile(str(path))
+    return load_profile(str(one_thread_profile_file(tmp_path)))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from conftest import layernorm_softmax_onnx, one_thread_profile_file, tiny_config
 
 from hamnet.core.candidate import Candidate
 from hamnet.core.config import QuantizeStageConfig, config_from_dict
@@ -15,47 +15,10 @@ from hamnet.pipeline.measuring import slower_reason
 from hamnet.pipeline.run import make_context, measure_candidate
 from hamnet.pipeline.stages.base import StageContext
 
-FEATURES = 64  # the digits data set of tiny_config
-
-
-def layernorm_softmax_onnx(path: Path, features: int = FEATURES, hidden: int = 128) -> Path:
-    """``MatMul -> LayerNormalization -> Softmax -> MatMul`` (as in the op-profile tests):
-    ORT's static INT8 wraps the FP32 LayerNorm in QDQ pairs, ~2x slower at batch 1."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = (rng.normal(size=(features, hidden)) / np.sqrt(features)).astype(np.float32)
-    w2 = (rng.normal(size=(hidden, 10)) / np.sqrt(hidden)).astype(np.float32)
-    gamma, beta = np.ones(hidden, np.float32), np.zeros(hidden, np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
-            helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["n"], axis=-1),
-            helper.make_node("Softmax", ["n"], ["p"], axis=-1),
-            helper.make_node("MatMul", ["p", "w2"], ["logits"]),
-        ],
-        "ln_softmax",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        [
-            numpy_helper.from_array(w1, "w1"),
-            numpy_helper.from_array(w2, "w2"),
-            numpy_helper.from_array(gamma, "gamma"),
-            numpy_helper.from_array(beta, "beta"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
 
 @pytest.fixture()
 def ctx(tmp_path: Path) -> StageContext:
-    base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
-    profile = tmp_path / "one-thread.yaml"
-    profile.write_text(base.replace("threads: null", "threads: 1"))
+    profile = one_thread_profile_file(tmp_path)
     cfg = config_from_dict(
         tiny_config(
             hardware_profile=str(profile),
