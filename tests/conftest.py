@@ -151,6 +151,36 @@ def layernorm_softmax_onnx(path: Path, features: int = 64, hidden: int = 128) ->
     return path
 
 
+def matmul_chain_onnx(path: Path, hidden: list[int]) -> Path:
+    """A ``[N, 64] -> [N, 10]`` chain of MatMuls; wide hidden layers make it slow."""
+    import itertools
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    sizes = [64, *hidden, 10]
+    nodes, inits, name = [], [], "x"
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        weight = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
+        out = "logits" if i == len(sizes) - 2 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [name, f"w{i}"], [out]))
+        name = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def one_thread_profile_file(folder: Path) -> Path:
     """x86-avx2 with one intra-op thread, written to ``folder`` (steadier timings on a
     shared 2-core machine)."""

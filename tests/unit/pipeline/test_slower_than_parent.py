@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from conftest import matmul_chain_onnx, one_thread_profile_file, tiny_config
 
 from hamnet.backends.session import load_session
 from hamnet.core.candidate import Candidate
@@ -17,40 +15,11 @@ from hamnet.pipeline.run import make_context, measure_candidate
 from hamnet.pipeline.stages.base import StageContext
 
 
-def _mlp_onnx(path: Path, hidden: list[int]) -> Path:
-    """A [N, 64] -> [N, 10] chain of MatMuls; wide hidden layers make it slow."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    sizes = [64, *hidden, 10]
-    nodes, inits, name = [], [], "x"
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        weight = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
-        inits.append(numpy_helper.from_array(weight, f"w{i}"))
-        out = "logits" if i == len(sizes) - 2 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [name, f"w{i}"], [out]))
-        name = out
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
 @pytest.fixture()
 def ctx(tmp_path: Path) -> StageContext:
     # One intra-op thread: two sessions timed in alternation then share no spinning
     # worker threads, which on a 2-core machine made identical models differ by > 25%.
-    base = (REPO / "hardware_profiles" / "x86-avx2.yaml").read_text()
-    profile = tmp_path / "one-thread.yaml"
-    profile.write_text(base.replace("threads: null", "threads: 1"))
+    profile = one_thread_profile_file(tmp_path)
     cfg = config_from_dict(
         tiny_config(
             hardware_profile=str(profile),
@@ -77,8 +46,8 @@ def _candidate(ctx: StageContext, path: Path, name: str, parent: Candidate | Non
 
 
 def test_paired_latency_ranks_a_wide_model_slower(tmp_path: Path, ctx: StageContext) -> None:
-    small = _candidate(ctx, _mlp_onnx(tmp_path / "s.onnx", [16]), "small", None)
-    wide = _candidate(ctx, _mlp_onnx(tmp_path / "w.onnx", [1024, 1024, 1024]), "wide", None)
+    small = _candidate(ctx, matmul_chain_onnx(tmp_path / "s.onnx", [16]), "small", None)
+    wide = _candidate(ctx, matmul_chain_onnx(tmp_path / "w.onnx", [1024, 1024, 1024]), "wide", None)
     sessions = [load_session(c.artifact, c.runtime, ctx.profile) for c in (small, wide)]
     fast_ms, slow_ms = paired_latency_ms(
         sessions, ctx.dataset.x_test[:1], warmup=2, repeats=10, rounds=2
@@ -91,9 +60,11 @@ def test_paired_latency_ranks_a_wide_model_slower(tmp_path: Path, ctx: StageCont
 def test_a_deliberately_slower_child_is_rejected_after_side_by_side_timing(
     tmp_path: Path, ctx: StageContext
 ) -> None:
-    parent = _candidate(ctx, _mlp_onnx(tmp_path / "p.onnx", [16]), "parent", None)
+    parent = _candidate(ctx, matmul_chain_onnx(tmp_path / "p.onnx", [16]), "parent", None)
     parent = measure_candidate(parent, {}, ctx)
-    child = _candidate(ctx, _mlp_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent)
+    child = _candidate(
+        ctx, matmul_chain_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent
+    )
     child = measure_candidate(child, {parent.id: parent}, ctx)
     assert child.rejected is not None
     assert child.rejected.startswith("slower than its parent parent")
@@ -101,7 +72,7 @@ def test_a_deliberately_slower_child_is_rejected_after_side_by_side_timing(
 
 
 def test_a_child_that_only_looked_slower_is_kept(tmp_path: Path, ctx: StageContext) -> None:
-    parent = _candidate(ctx, _mlp_onnx(tmp_path / "p.onnx", [256, 256]), "parent", None)
+    parent = _candidate(ctx, matmul_chain_onnx(tmp_path / "p.onnx", [256, 256]), "parent", None)
     parent = measure_candidate(parent, {}, ctx)
     assert parent.metrics is not None
     # A stale, far too optimistic parent figure (e.g. measured while the machine was idle):
@@ -109,7 +80,7 @@ def test_a_child_that_only_looked_slower_is_kept(tmp_path: Path, ctx: StageConte
     lucky = parent.model_copy(
         update={"metrics": parent.metrics.model_copy(update={"latency_p50_ms": 1e-6})}
     )
-    twin = _candidate(ctx, _mlp_onnx(tmp_path / "t.onnx", [256, 256]), "twin", lucky)
+    twin = _candidate(ctx, matmul_chain_onnx(tmp_path / "t.onnx", [256, 256]), "twin", lucky)
     assert measure_candidate(twin, {lucky.id: lucky}, ctx).rejected is None
 
 
@@ -118,8 +89,10 @@ def test_a_slower_child_is_caught_even_when_the_parent_figure_is_inflated(
 ) -> None:
     """A parent timed on a busy machine looks as slow as its slower child; timing them
     side by side (the child is not clearly faster) still rejects the child."""
-    parent = _candidate(ctx, _mlp_onnx(tmp_path / "p.onnx", [16]), "parent", None)
-    child = _candidate(ctx, _mlp_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent)
+    parent = _candidate(ctx, matmul_chain_onnx(tmp_path / "p.onnx", [16]), "parent", None)
+    child = _candidate(
+        ctx, matmul_chain_onnx(tmp_path / "c.onnx", [1024, 1024, 1024]), "child", parent
+    )
     child_alone = measure_candidate(child, {}, ctx)
     assert child_alone.metrics is not None
     parent = measure_candidate(parent, {}, ctx)
@@ -132,5 +105,5 @@ def test_a_slower_child_is_caught_even_when_the_parent_figure_is_inflated(
     judged = measure_candidate(child, {busy.id: busy}, ctx)
     assert judged.rejected is not None and "timed side by side" in judged.rejected
     # A child clearly faster than its parent's figure is not timed again.
-    fast = _candidate(ctx, _mlp_onnx(tmp_path / "f.onnx", [8]), "fast", child_alone)
+    fast = _candidate(ctx, matmul_chain_onnx(tmp_path / "f.onnx", [8]), "fast", child_alone)
     assert measure_candidate(fast, {child_alone.id: child_alone}, ctx).rejected is None
