@@ -143,16 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", default="auto")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the data split and the model's training."
+    )
     args = parser.parse_args(argv)
     apply_defaults()
     from hamnet.core.config import DataSection
     from hamnet.training.data import load_dataset
 
-    data = load_dataset(DataSection(seed=0))
+    data = load_dataset(DataSection(seed=args.seed))
     profile = select_profile(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = outlier_mlp(data, args.outlier, args.hidden)
+        model = outlier_mlp(data, args.outlier, args.hidden, seed=args.seed)
         baseline = Baseline("digits-outlier", model, data.num_features, work / "baseline")
         points = [
             BenchPoint(
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             summaries.append(f"{name}: {summary}")
         rows = [measure(p, data, profile, args.rounds) for p in points]
     cpu = profile.name
-    print(f"\nprofile {cpu}; digits val {len(data.x_val)} / test {len(data.x_test)} rows; "
+    print(f"\nseed {args.seed}; profile {cpu}; digits val {len(data.x_val)} / test "
+          f"{len(data.x_test)} rows; "
           f"outlier x{args.outlier:g}; budget {100 * args.max_drop:.1f} points\n")  # fmt: skip
     print("| recipe | precision | val acc | test acc | p50 ms | wall s | trials / notes |")
     print("|---|---|---|---|---|---|---|")
