@@ -10,10 +10,15 @@ linears, convolutions and attentions have fewer channels or heads. A
 * the integer attributes of submodules that pruning changed and torch-pruning does not
   maintain itself (e.g. ``num_attention_heads`` / ``all_head_size`` of a Hugging Face
   attention), found generically by diffing every submodule's ``int`` attributes before
-  and after pruning.
+  and after pruning;
+* for a shallower student (:mod:`hamnet.compress.students.shrink`), the blocks removed
+  from repeated-block containers (:class:`DroppedBlocks`: an ``nn.ModuleList`` or
+  ``nn.Sequential`` and the child indices that went) and the counts that follow them
+  (``config.num_hidden_layers``, ``num_layers``, a block's ``layer_idx``).
 
-:func:`apply_module_plan` rebuilds the pruned architecture on a copy of the original;
-its weights then come from the pruned model's saved ``state_dict``.
+:func:`apply_module_plan` rebuilds the architecture on a copy of the original, depth
+first (blocks dropped), then width (the history replayed); its weights then come from
+the pruned model's saved ``state_dict``.
 
 Inputs follow hamnet's convention: one tensor, a tuple of tensors (positional), or a
 mapping ``name -> tensor`` passed as keyword arguments. Outputs may be a tensor, a
@@ -53,6 +58,7 @@ ModuleInputs = Any
 
 __all__ = [
     "MODULE_PLAN_FORMAT",
+    "DroppedBlocks",
     "HistoryStep",
     "ModuleInputs",
     "ModulePlan",
@@ -61,9 +67,11 @@ __all__ = [
     "build_dependency_graph",
     "call_module",
     "changed_int_attributes",
+    "drop_blocks",
     "int_attributes",
     "primary_output",
     "set_int_attributes",
+    "set_path_attributes",
 ]
 
 
@@ -102,6 +110,25 @@ class PlanGroup(BaseModel):
     removed: int
 
 
+class DroppedBlocks(BaseModel):
+    """Children removed from one repeated-block container (a shallower student).
+
+    Attributes:
+        container: Qualified name of the ``nn.ModuleList`` / ``nn.Sequential``, as named
+            in the original module (``""``: the root itself).
+        size: Children the container had.
+        removed: Child indices removed (a block of several children removes them all).
+            The children left keep their order; numbered children (``"0"``, ``"1"``...)
+            are numbered again from 0, named ones keep their names.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    container: str
+    size: int = Field(ge=1)
+    removed: list[int] = Field(min_length=1)
+
+
 class ModulePlan(BaseModel):
     """A replayable description of a structurally pruned module.
 
@@ -119,6 +146,12 @@ class ModulePlan(BaseModel):
         params_before: Parameters of the original module.
         params_after: Parameters of the pruned module.
         groups: What happened to every prunable group.
+        blocks: Blocks removed before the width was pruned (depth), in order.
+        block_attributes: ``"dotted.path" -> value`` set after the blocks went (paths of
+            the model after the removal; they may pass through non-module objects such
+            as a Hugging Face ``config``).
+        width: The width multiplier of a student (None: a pruning plan).
+        depth: The depth multiplier of a student (None: a pruning plan).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -135,6 +168,10 @@ class ModulePlan(BaseModel):
     params_before: int
     params_after: int
     groups: list[PlanGroup] = Field(default_factory=list)
+    blocks: list[DroppedBlocks] = Field(default_factory=list)
+    block_attributes: dict[str, int] = Field(default_factory=dict)
+    width: float | None = None
+    depth: float | None = None
 
     def to_json(self) -> str:
         """The plan as a JSON string."""
@@ -349,13 +386,86 @@ def set_int_attributes(module: nn.Module, attributes: Mapping[str, int]) -> None
         setattr(owner, attr, int(value))
 
 
+def set_path_attributes(module: nn.Module, attributes: Mapping[str, int]) -> None:
+    """Set ``"a.b.attr" -> value`` by following attributes from ``module`` (submodules,
+    and plain objects such as a Hugging Face ``config``).
+
+    Raises:
+        ConfigError: If a step of a path does not exist, or the attribute is not an int.
+    """
+    for path, value in attributes.items():
+        *steps, attr = path.split(".")
+        owner: Any = module
+        for step in steps:
+            owner = getattr(owner, step, None)
+            if owner is None:
+                break
+        found = getattr(owner, attr, None) if owner is not None else None
+        if owner is None or isinstance(found, bool) or not isinstance(found, int):
+            raise ConfigError(
+                f"the plan sets {path!r}, so the model must have an int attribute there, but "
+                f"{type(module).__name__} has {type(found).__name__ if owner else 'no such path'}"
+            )
+        setattr(owner, attr, int(value))
+
+
+def keep_children(container: nn.Module, keep: list[int]) -> None:
+    """Keep only the children at ``keep`` (in order) of ``container``, in place.
+
+    Numbered children (``"0"``, ``"1"``...) are numbered again from 0, so an
+    ``nn.ModuleList`` still indexes; named children keep their names.
+    """
+    items = list(container._modules.items())
+    numbered = all(key.isdigit() for key, _ in items)
+    kept = [items[i] for i in keep]
+    container._modules.clear()
+    for index, (key, child) in enumerate(kept):
+        container._modules[str(index) if numbered else key] = child
+
+
+def drop_blocks(module: nn.Module, blocks: list[DroppedBlocks]) -> None:
+    """Remove the recorded children of each container, in place.
+
+    Every container is found (by its name in ``module`` as given) and checked before any
+    is changed, so a plan that does not fit leaves ``module`` as it was.
+
+    Raises:
+        ConfigError: A container is missing, not an ``nn.ModuleList``/``nn.Sequential``,
+            has another number of children, or an index is out of range.
+    """
+    from torch import nn
+
+    modules = dict(module.named_modules())
+    work = []
+    for record in blocks:
+        container = modules.get(record.container)
+        if not isinstance(container, nn.ModuleList | nn.Sequential):
+            raise ConfigError(
+                f"the plan drops blocks of {record.container or '<root>'!r}, so the model must "
+                f"have an nn.ModuleList or nn.Sequential there, but got "
+                f"{type(container).__name__ if container is not None else 'none'}"
+            )
+        count = len(container._modules)
+        removed = set(record.removed)
+        if count != record.size or not removed <= set(range(count)) or len(removed) >= count:
+            raise ConfigError(
+                f"the plan removes children {sorted(removed)} of {record.container or '<root>'!r}, "
+                f"which it says has {record.size}, but the model's has {count}"
+            )
+        work.append((container, [i for i in range(count) if i not in removed]))
+    for container, keep in work:
+        keep_children(container, keep)
+
+
 def apply_module_plan(
     module: nn.Module, plan: ModulePlan, example_inputs: ModuleInputs
 ) -> nn.Module:
     """Rebuild the pruned architecture from the ORIGINAL (unpruned) module and a plan.
 
-    A deep copy of ``module`` is traced with torch-pruning's ``DependencyGraph``, the
-    plan's history is replayed on it, and the recorded integer attributes are set. The
+    On a deep copy of ``module``, the plan's dropped blocks (a shallower student) are
+    removed first and their counts set; then the copy is traced with torch-pruning's
+    ``DependencyGraph``, the plan's history is replayed on it, and the recorded integer
+    attributes are set. The
     weights are those of ``module`` sliced by the plan; load the pruned model's
     ``state_dict`` into the result (``strict=True``) to get the pruned model back.
 
@@ -368,14 +478,20 @@ def apply_module_plan(
         The pruned-architecture copy, in eval mode; ``module`` is unchanged.
 
     Raises:
-        ConfigError: If the plan was made for another class, or its history does not fit
-            the module (a name missing, indices out of range).
+        ConfigError: If the plan was made for another class, or its blocks or history
+            do not fit the module (a name missing, indices out of range).
     """
     if type(module).__name__ != plan.model_class:
         raise ConfigError(
             f"the pruning plan was made for a {plan.model_class}, but got a {type(module).__name__}"
         )
     work = copy.deepcopy(module).eval()
+    if plan.blocks:
+        drop_blocks(work, plan.blocks)
+        set_path_attributes(work, plan.block_attributes)
+    if not plan.history:
+        set_int_attributes(work, plan.attributes)
+        return work
     names = {name for name, _ in work.named_modules()}
     missing = sorted({s.module for s in plan.history} - names)
     if missing:

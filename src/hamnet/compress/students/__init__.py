@@ -1,0 +1,1 @@
+"""Students of the user's own architecture (width/depth multipliers of any module)."""
