@@ -514,6 +514,32 @@ class DistillStudentSection(_Section):
     hamnet: HAMNetSection
 
 
+class ModuleStudentSection(_Section):
+    """A smaller student of a user's own module (``stages.distill.student``).
+
+    Built from the original by :func:`hamnet.compress.students.shrink.shrink_module`
+    (``depth``: evenly spaced repeated blocks kept; ``width``: every prunable group
+    narrowed with torch-pruning), then distilled from the original.
+    """
+
+    width: float = Field(1.0, gt=0.0, le=1.0, description="Units of every group kept.")
+    depth: float = Field(1.0, gt=0.0, le=1.0, description="Blocks of every stack kept.")
+    criterion: PruneCriterion = Field("l1", description="Which units the width keeps.")
+    keep: list[str] = Field([], description="Modules whose outputs keep their width.")
+    train: TrainStageConfig | None = Field(
+        None, description="Training of the student (None: the stage's train)."
+    )
+
+    @model_validator(mode="after")
+    def _smaller(self) -> ModuleStudentSection:
+        if self.width == 1.0 and self.depth == 1.0:
+            raise ValueError(
+                "a student must be smaller than its teacher: width or depth must be below 1, "
+                "but got width=1.0 and depth=1.0"
+            )
+        return self
+
+
 class DistillStageConfig(_Section):
     """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
 
@@ -574,6 +600,11 @@ class DistillStageConfig(_Section):
         True,
         description="A user's model: also match hidden states of mapped layers (same-named "
         "blocks of a pruned copy, evenly spaced layers of a shallower student).",
+    )
+    student: ModuleStudentSection | None = Field(
+        None,
+        description="A user's model: also build a smaller student of the original's own "
+        "architecture ({width, depth} multipliers) and distill it from the original.",
     )
 
     @model_validator(mode="after")

@@ -14,6 +14,9 @@ what the ``load``, ``prune``, ``distill`` and ``export`` stages do with such mod
 * :func:`recover_candidate` recovers a pruned child by distillation from its parent
   (:func:`hamnet.compress.distill.modules.distill_module`), on the training split plus
   any unlabelled transfer set;
+* :func:`student_candidate` builds a smaller student of the module's own architecture
+  (:func:`hamnet.compress.students.shrink.shrink_module`: width/depth multipliers) and
+  distills it from the original the same way;
 * :func:`export_arguments` gives the exporter the module's example inputs and names.
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hamnet.core.candidate import Candidate
-from hamnet.core.config import DistillStageConfig, PruneStageConfig
+from hamnet.core.config import DistillStageConfig, PruneStageConfig, TrainStageConfig
 from hamnet.pipeline.stages.base import StageContext, child_name, pruned_suffix, store_plan
 
 if TYPE_CHECKING:
@@ -260,46 +263,20 @@ def recover_candidate(
     The student trains on the training split (labels when the data has them) and, when
     given, the unlabelled transfer set, which the teacher labels by its outputs.
     """
-    import numpy as np
-
-    from hamnet.compress.distill.modules import distill_module
     from hamnet.core.candidate import TeacherRef
-    from hamnet.models.sources import (
-        load_module_artifact,
-        read_module_artifact,
-        save_module_artifact,
-    )
+    from hamnet.models.sources import load_module_artifact, read_module_artifact
 
     trust = ctx.config.model.trust_checkpoint
-    data = ctx.dataset
     teacher_model = load_module_artifact(Path(teacher.artifact.path), trust_checkpoint=trust)
     path = Path(pruned.artifact.path)
     artifact = read_module_artifact(path)
     student = load_module_artifact(path, trust_checkpoint=trust)
-    labelled = data.targets == "labels"
-    train_x, train_y = data.x_train, (data.y_train if labelled else None)
-    if transfer is not None:
-        train_x, train_y = np.concatenate([train_x, transfer]), None
-    result = distill_module(
-        teacher_model,
-        student,
-        train_x,
-        train_y,
-        objective=cfg.objective,
-        class_scores=artifact.output_kind == "class_scores" or labelled,
+    result = _distill(
+        teacher_model, student, artifact.output_kind, ctx, cfg, cfg.train, transfer,
         hidden_map="auto" if cfg.hidden_states else None,
-        epochs=cfg.train.epochs,
-        lr=cfg.train.learning_rate,
-        batch_size=cfg.train.batch_size,
-        val_x=data.x_val,
-        val_y=data.y_val if labelled else None,
-        seed=ctx.config.seed,
-    )
-    main = save_module_artifact(
-        ctx.store.staging_dir(), source=_source(path, artifact), inputs=artifact.inputs,
-        module=result.model, plan=path.parent / artifact.plan if artifact.plan else None,
-        output_kind=artifact.output_kind, family=artifact.family,
     )  # fmt: skip
+    main = _save_child(ctx, path, artifact, result.model, path.parent / artifact.plan
+                       if artifact.plan else None)  # fmt: skip
     return Candidate.create(
         name=f"{pruned.name}+kd-{result.objective}",
         stage="distill",
@@ -310,16 +287,134 @@ def recover_candidate(
         teachers=[TeacherRef(name=teacher.name, candidate_id=teacher.id)],
         params={
             "recovery_of": pruned.name,
-            "objective": result.objective,
-            "mapped_layers": dict(result.mapped_layers),
-            "epochs": cfg.train.epochs,
-            "best_epoch": max((r["epoch"] for r in result.history if r.get("kept")), default=0),
-            "distill_loss_before": round(float(result.loss_before), 6),
-            "distill_loss_after": round(float(result.loss_after), 6),
-            "unlabelled_samples": 0 if transfer is None else len(transfer),
+            **_distill_params(result, cfg.train.epochs, transfer),
         },
         plan_file=pruned.plan_file,
     )
+
+
+def student_candidate(
+    original: Candidate, ctx: StageContext, cfg: DistillStageConfig,
+    transfer: np.ndarray | None,
+) -> Candidate:  # fmt: skip
+    """A smaller student of ``original``'s own architecture, distilled from it.
+
+    The student is built by :func:`~hamnet.compress.students.shrink.shrink_module` from
+    ``stages.distill.student`` (``width``/``depth`` multipliers, initialised from the
+    original's weights), then trained by distillation from the original as a pruned
+    child is (logits for class scores, cosine/MSE for embeddings), hidden states matched
+    on the kept blocks and their teacher blocks. It is stored like a pruned child: the
+    original's source, the plan (dropped blocks, then torch-pruning's history) and the
+    weights.
+
+    Raises:
+        ConfigError: Before any training: the original has no repeated blocks for a
+            depth below 1, a width leaves a group empty, or it does not trace.
+    """
+    from hamnet.compress.students.shrink import shrink_module
+    from hamnet.core.candidate import TeacherRef
+    from hamnet.models.sources import example_inputs, load_module_artifact, read_module_artifact
+
+    section = cfg.student
+    assert section is not None
+    trust = ctx.config.model.trust_checkpoint
+    path = Path(original.artifact.path)
+    artifact = read_module_artifact(path)
+    teacher = load_module_artifact(path, trust_checkpoint=trust)
+    shrunk = shrink_module(
+        teacher, example_inputs(artifact.inputs), width=section.width, depth=section.depth,
+        keep=list(section.keep), criterion=section.criterion,
+        calibration=calibration_batches(ctx.dataset, ctx.config.seed), seed=ctx.config.seed,
+    )  # fmt: skip
+    train = section.train or cfg.train
+    hidden: Any = None
+    if cfg.hidden_states:
+        hidden = dict(shrunk.layer_map) if shrunk.layer_map else "auto"
+    result = _distill(
+        teacher, shrunk.model, artifact.output_kind, ctx, cfg, train, transfer, hidden_map=hidden
+    )
+    main = _save_child(ctx, path, artifact, result.model, shrunk.plan)
+    ref = ctx.store.put(main, MODULE_FORMAT)
+    plan_file = store_plan(ctx, shrunk.plan, ref)
+    tag = f"w{section.width:g}-d{section.depth:g}"
+    return Candidate.create(
+        name=f"{original.name}-student-{tag}+kd-{result.objective}",
+        stage="distill",
+        method=f"student-{tag}+kd-{result.objective}" + ("+hidden" if result.mapped_layers else ""),
+        artifact=ref,
+        runtime="torch",
+        parent=original,
+        teachers=[TeacherRef(name=original.name, candidate_id=original.id)],
+        params={
+            "student_of": original.name,
+            "width": section.width,
+            "depth": section.depth,
+            "criterion": section.criterion,
+            "params_before": shrunk.params_before,
+            "params_after": shrunk.params_after,
+            "stacks": {s.container or "<root>": s.size for s in shrunk.stacks},
+            "kept_blocks": {
+                s.container or "<root>": k for s, k in zip(shrunk.stacks, shrunk.kept, strict=True)
+            },
+            **_distill_params(result, train.epochs, transfer),
+        },
+        plan_file=str(plan_file),
+    )
+
+
+def _distill(
+    teacher: Any, student: Any, output_kind: str | None, ctx: StageContext,
+    cfg: DistillStageConfig, train: TrainStageConfig, transfer: np.ndarray | None, *,
+    hidden_map: Any,
+) -> Any:  # fmt: skip
+    """Distill ``student`` from ``teacher`` on the training split (plus the transfer set)."""
+    import numpy as np
+
+    from hamnet.compress.distill.modules import distill_module
+
+    data = ctx.dataset
+    labelled = data.targets == "labels"
+    train_x, train_y = data.x_train, (data.y_train if labelled else None)
+    if transfer is not None:
+        train_x, train_y = np.concatenate([train_x, transfer]), None
+    return distill_module(
+        teacher,
+        student,
+        train_x,
+        train_y,
+        objective=cfg.objective,
+        class_scores=output_kind == "class_scores" or labelled,
+        hidden_map=hidden_map,
+        epochs=train.epochs,
+        lr=train.learning_rate,
+        batch_size=train.batch_size,
+        val_x=data.x_val,
+        val_y=data.y_val if labelled else None,
+        seed=ctx.config.seed,
+    )
+
+
+def _distill_params(result: Any, epochs: int, transfer: np.ndarray | None) -> dict[str, Any]:
+    """The candidate params every distilled module records."""
+    return {
+        "objective": result.objective,
+        "mapped_layers": dict(result.mapped_layers),
+        "epochs": epochs,
+        "best_epoch": max((r["epoch"] for r in result.history if r.get("kept")), default=0),
+        "distill_loss_before": round(float(result.loss_before), 6),
+        "distill_loss_after": round(float(result.loss_after), 6),
+        "unlabelled_samples": 0 if transfer is None else len(transfer),
+    }
+
+
+def _save_child(ctx: StageContext, path: Path, artifact: Any, module: Any, plan: Any) -> Path:
+    """Store ``module`` as a child of the artifact at ``path`` (same source, ``plan``)."""
+    from hamnet.models.sources import save_module_artifact
+
+    return save_module_artifact(
+        ctx.store.staging_dir(), source=_source(path, artifact), inputs=artifact.inputs,
+        module=module, plan=plan, output_kind=artifact.output_kind, family=artifact.family,
+    )  # fmt: skip
 
 
 def _source(path: Path, artifact: Any) -> Any:

@@ -16,6 +16,7 @@ from hamnet.pipeline.stages._user_modules import (
     is_module,
     load_module_transfer,
     recover_candidate,
+    student_candidate,
 )
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family
 
@@ -30,13 +31,16 @@ if TYPE_CHECKING:
 class DistillStage(Stage[DistillStageConfig]):
     """Knowledge distillation: KD recovery of pruned candidates, and fresh students.
 
-    Teachers are candidates of this run (by name, usually ``baseline``) or hamnet
-    checkpoint files. For every pruned candidate (``recover_pruned``), the pruning plan
-    is replayed on its baseline and the pruned model is recovered with the KD loss
-    instead of cross-entropy, for ``train.epochs``; every configured student is a fresh
-    HAMNet trained with the KD loss. Each result is a candidate whose parent is the
-    pruned candidate (or, for a student, the first teacher); its ``teachers`` lineage
-    (and MLflow tags) name the teachers, its params the methods.
+    A user's module (a module artifact) is recovered from its own parent, and with
+    ``student`` (``{width, depth}``) a smaller student of its own architecture is built
+    from the original and distilled from it. Teachers are candidates of this run (by
+    name, usually ``baseline``) or hamnet checkpoint files. For every pruned candidate
+    (``recover_pruned``), the pruning plan is replayed on its baseline and the pruned
+    model is recovered with the KD loss instead of cross-entropy, for ``train.epochs``;
+    every configured student is a fresh HAMNet trained with the KD loss. Each result is
+    a candidate whose parent is the pruned candidate (or, for a student, the first
+    teacher, or the original module); its ``teachers`` lineage (and MLflow tags) name
+    the teachers, its params the methods.
     """
 
     name = "distill"
@@ -77,6 +81,8 @@ class DistillStage(Stage[DistillStageConfig]):
         if cfg.recover_pruned:
             out += self._recoveries(inputs, teachers, ctx, transfer)
         out += self._students(inputs, teachers, ctx, transfer)
+        if cfg.student is not None:
+            out += self._module_students(inputs, ctx, transfer)
         if not out:
             ctx.notes.append(
                 "distill: nothing to distill (no pruned candidates and no students configured)"
@@ -160,6 +166,30 @@ class DistillStage(Stage[DistillStageConfig]):
                     architecture=model_cfg.model_dump(mode="json"),
                 )
             )  # fmt: skip
+        return out
+
+    def _module_students(
+        self, inputs: list[Candidate], ctx: StageContext, transfer: np.ndarray | None
+    ) -> list[Candidate]:
+        """``stages.distill.student``: a smaller student of each original user module
+        (a module candidate with no parent), built from it and distilled from it."""
+        cfg = self.options(ctx.config)
+        assert cfg.student is not None
+        originals = [c for c in inputs if is_module(c) and c.parent_id is None]
+        if not originals:
+            ctx.notes.append(
+                "distill: student is set, but no candidate is a user's torch module (HAMNet "
+                "students are configured under stages.distill.students)"
+            )
+            return []
+        out = [student_candidate(c, ctx, cfg, transfer) for c in originals]
+        for c in out:
+            ctx.notes.append(
+                f"distill: student {c.name} of the original's own architecture (width "
+                f"{c.params['width']:g}, depth {c.params['depth']:g}): "
+                f"{c.params['params_after']} of {c.params['params_before']} parameters, "
+                f"distilled by {c.params['objective']}"
+            )
         return out
 
     def _teacher(
