@@ -350,23 +350,47 @@ PrunerName = Annotated[
 
 
 class StudentSpaceSection(_Section):
-    """The HAMNet students a student search samples (``stages.nas.students.space``).
+    """The students a student search samples (``stages.nas.students.space``).
 
-    Every list is a set of choices; ``token_sizes`` may hold ``"all"`` (one token of
-    every feature: attention over one token is a linear map, so the block is a residual
-    MLP, the fastest shape at batch 1). Left out, a list is derived from the teacher
-    (widths and depths up to the teacher's).
+    HAMNet students: every list is a set of choices; ``token_sizes`` may hold ``"all"``
+    (one token of every feature: attention over one token is a linear map, so the block
+    is a residual MLP, the fastest shape at batch 1). Left out, a list is derived from
+    the teacher (widths and depths up to the teacher's).
+
+    Students of the teacher's own architecture (a user's module, or an ONNX file that
+    converts with onnx2torch): ``width_multipliers`` x ``depth_multipliers``, each in
+    ``(0, 1]`` (see :func:`hamnet.compress.students.shrink.shrink_module`).
     """
 
+    kind: Literal["auto", "hamnet", "multipliers"] = Field(
+        "auto",
+        description="hamnet: fresh HAMNet students; multipliers: width/depth multipliers "
+        "of the teacher's own architecture; auto: multipliers for a user's module teacher "
+        "(or when a multiplier list is given), HAMNet students otherwise.",
+    )
     hidden_sizes: list[int] | None = Field(None, min_length=1)
     num_layers: list[int] | None = Field(None, min_length=1)
     num_heads: list[int] | None = Field(None, min_length=1)
     ffn_ratios: list[float] | None = Field(None, min_length=1)
     token_sizes: list[int | Literal["all"]] | None = Field(None, min_length=1)
+    width_multipliers: list[float] | None = Field(
+        None, min_length=1, description="Default [0.25, 0.5, 0.75, 1.0]."
+    )
+    depth_multipliers: list[float] | None = Field(
+        None, min_length=1, description="Default: from the teacher's repeated blocks."
+    )
 
     @model_validator(mode="after")
     def _positive_unique(self) -> StudentSpaceSection:
-        for name in ("hidden_sizes", "num_layers", "num_heads", "ffn_ratios", "token_sizes"):
+        for name in ("width_multipliers", "depth_multipliers"):
+            values = getattr(self, name)
+            bad = [v for v in values or [] if not 0.0 < v <= 1.0]
+            if bad:
+                raise ValueError(f"{name} must hold multipliers in (0, 1], but got {bad}")
+        for name in (
+            "hidden_sizes", "num_layers", "num_heads", "ffn_ratios", "token_sizes",
+            "width_multipliers", "depth_multipliers",
+        ):  # fmt: skip
             values = getattr(self, name)
             if values is None:
                 continue

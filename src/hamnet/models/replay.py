@@ -499,6 +499,11 @@ def apply_module_plan(
             f"the pruning plan prunes modules {missing}, so the model must have them, but "
             f"{type(module).__name__} has none of that name"
         )
+    # Tracing follows autograd: a frozen module is traced with its parameters trainable,
+    # and frozen again afterwards.
+    frozen = {name for name, p in work.named_parameters() if not p.requires_grad}
+    for parameter in work.parameters():
+        parameter.requires_grad_(True)
     graph = build_dependency_graph(work, example_inputs)
     modules = dict(work.named_modules())
     for number, step in enumerate(plan.torch_pruning_history()):
@@ -525,4 +530,7 @@ def apply_module_plan(
             ) from None
     set_int_attributes(work, plan.attributes)
     work.zero_grad(set_to_none=True)
+    for name, parameter in work.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
     return work

@@ -1,4 +1,20 @@
-"""Student search: each trial is a fresh HAMNet student distilled from a teacher.
+"""Student search: each trial is a fresh student distilled from a teacher.
+
+Two kinds of students, chosen by the teacher's family (``space.kind``):
+
+* HAMNet students (a HAMNet teacher, or any teacher of flat feature vectors): a fresh
+  HAMNet sampled from width, depth, heads, FFN ratio and token size;
+* students of the teacher's own architecture (a user's module artifact, or an ONNX
+  file that converts with onnx2torch): ``width`` x ``depth`` multipliers
+  (:class:`MultiplierChoices`), built from the teacher's weights by
+  :func:`~hamnet.compress.students.shrink.shrink_module` and distilled from it by
+  :func:`~hamnet.compress.distill.modules.distill_module` (logits, hidden states of the
+  kept blocks matched to their teacher blocks).
+
+Both go through the same trial (:class:`StudentObjective`): build, measure the batch-1
+latency of the untrained student (a student slower than the best feasible one is
+pruned untrained), distill while reporting validation accuracy every ``report_every``
+epochs, score.
 
 The ``nas`` stage in ``mode: students`` runs this objective. A trial samples a student
 architecture from a :class:`~hamnet.core.config.StudentSpaceSection` (width, depth,
@@ -34,9 +50,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hamnet.core.artifacts import ArtifactRef
 from hamnet.core.config import HAMNetSection, StudentSearchSection, StudentSpaceSection
@@ -56,6 +72,12 @@ MAX_TOKENS = 16
 """Default token sizes give at most this many tokens (attention cost grows with it)."""
 
 _WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+DEFAULT_WIDTH_MULTIPLIERS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+"""Width multipliers of a search over the teacher's own architecture, when not given."""
+
+MODULE_FORMAT = "torch-module"
+"""The artifact format of a user's module (a module artifact)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +231,123 @@ def warm_start(choices: StudentChoices, input_size: int) -> list[dict[str, Any]]
     return out
 
 
+@dataclass(frozen=True)
+class MultiplierChoices:
+    """The resolved space of students of the teacher's own architecture.
+
+    Attributes:
+        widths: Width multipliers (fraction of every prunable group kept).
+        depths: Depth multipliers (fraction of every stack of repeated blocks kept).
+    """
+
+    widths: tuple[float, ...]
+    depths: tuple[float, ...]
+
+    def to_search_space(self) -> SearchSpace:
+        """A :class:`~hamnet.compress.search.space.SearchSpace` with the two categorical
+        parameters ``width`` and ``depth``, so the samplers, the grid and ``suggest``
+        work on it unchanged (built without the HAMNet gene check: they are not HAMNet
+        genes)."""
+        from hamnet.compress.search.space import CategoricalParameter, SearchSpace
+
+        parameters: dict[str, Any] = {
+            name: CategoricalParameter(type="categorical", choices=list(values))
+            for name, values in (("width", self.widths), ("depth", self.depths))
+        }
+        return SearchSpace.model_construct(architecture=parameters, training={}, evolution=None)
+
+    def describe(self) -> str:
+        """The space in words, for notes and plan reasons."""
+        widths = ", ".join(f"{w:g}" for w in self.widths)
+        depths = ", ".join(f"{d:g}" for d in self.depths)
+        return f"width multipliers [{widths}] x depth multipliers [{depths}]"
+
+
+def multiplier_choices(
+    space: StudentSpaceSection, teacher: nn.Module, example_inputs: Any
+) -> MultiplierChoices:
+    """Resolve a space of students of ``teacher``'s own architecture.
+
+    Widths default to :data:`DEFAULT_WIDTH_MULTIPLIERS`; depths to the multipliers that
+    give distinct depths of the teacher's longest stack of repeated blocks
+    (:func:`~hamnet.compress.students.shrink.depth_multipliers`), or ``[1.0]`` when it
+    has none.
+
+    Raises:
+        ConfigError: Depths below 1 for a teacher with no repeated blocks, or a space
+            whose only student is the teacher itself.
+    """
+    from hamnet.compress.students.shrink import depth_multipliers, find_block_stacks
+
+    widths = sorted({float(w) for w in space.width_multipliers or DEFAULT_WIDTH_MULTIPLIERS})
+    if space.depth_multipliers:
+        depths = sorted({float(d) for d in space.depth_multipliers})
+        if any(d < 1 for d in depths) and not find_block_stacks(teacher, example_inputs):
+            raise ConfigError(
+                f"stages.nas.students.space.depth_multipliers below 1 need repeated "
+                f"shape-preserving blocks, but {type(teacher).__name__} has none; got "
+                f"{depths}"
+            )
+    else:
+        depths = depth_multipliers(teacher, example_inputs) or [1.0]
+    if widths == [1.0] and depths == [1.0]:
+        raise ConfigError(
+            f"a student search needs a student smaller than the teacher, but the space holds "
+            f"only width 1.0 and depth 1.0 ({type(teacher).__name__} has no repeated blocks "
+            f"to drop): give width_multipliers below 1"
+        )
+    return MultiplierChoices(widths=tuple(widths), depths=tuple(depths))
+
+
+def check_multipliers(params: dict[str, Any]) -> None:
+    """Raise :class:`~hamnet.compress.search.space.InfeasibleParams` for the teacher itself
+    (width and depth 1), so the driver prunes it without training."""
+    from hamnet.compress.search.space import InfeasibleParams
+
+    if float(params.get("width", 1.0)) >= 1.0 and float(params.get("depth", 1.0)) >= 1.0:
+        raise InfeasibleParams("width 1.0 and depth 1.0 is the teacher itself, not a student")
+
+
+def multiplier_warm_start(choices: MultiplierChoices) -> list[dict[str, Any]]:
+    """The first student of a constrained search over multipliers: the middle width and
+    depth below 1 (a fast student early lets the latency bound prune slower ones)."""
+    widths = [w for w in choices.widths if w < 1] or list(choices.widths)
+    depths = [d for d in choices.depths if d < 1] or list(choices.depths)
+    start = {"width": widths[len(widths) // 2], "depth": depths[len(depths) // 2]}
+    if start["width"] >= 1 and start["depth"] >= 1:
+        return []
+    return [start]
+
+
+def module_accuracy(model: nn.Module, x: Any, y: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a torch module on inputs of any rank or named inputs.
+
+    Raises:
+        DataError: No rows.
+    """
+    import numpy as np
+    import torch
+
+    from hamnet.compress.distill.module_outputs import ModuleInputs, call_module, primary_output
+
+    if len(y) == 0:
+        raise DataError("a student search needs validation rows, but the validation split is empty")
+    inputs = ModuleInputs(x, "validation inputs")
+    predictions = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                out = primary_output(
+                    call_module(model, inputs.batch(slice(start, start + batch_size)))
+                )
+                predictions.append(out.argmax(dim=-1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return float(np.mean(np.concatenate(predictions) == np.asarray(y)))
+
+
 def search_split(dataset: Dataset) -> Dataset:
     """``dataset`` without its test rows: what a search may read (train and validation)."""
     return dataclasses.replace(dataset, x_test=dataset.x_test[:0], y_test=dataset.y_test[:0])
@@ -261,6 +400,61 @@ class TeacherSource:
         source = ModelSource(path=Path(self.artifact.path), checkpoint=True)
         return bool(detect_family(source).loads_checkpoint)
 
+    @property
+    def is_module(self) -> bool:
+        """Whether the teacher is a user's module artifact (``torch-module``)."""
+        return self.artifact.format == MODULE_FORMAT
+
+    def module(self) -> nn.Module:
+        """The teacher as a frozen torch module whose architecture students copy.
+
+        A module artifact is loaded as one (its plan replayed, its weights loaded); an
+        ONNX file is converted with onnx2torch.
+
+        Raises:
+            ConfigError: A teacher that is neither.
+            ModelLoadError: The module does not load (an ONNX file onnx2torch cannot
+                convert: the message names the operators).
+        """
+        model: nn.Module
+        if self.is_module:
+            from hamnet.models.sources import load_module_artifact
+
+            model = load_module_artifact(self.artifact.path, trust_checkpoint=self.trust_checkpoint)
+        elif self.artifact.format == "onnx":
+            from hamnet.models.sources import ModuleSource, load_source
+
+            model = load_source(ModuleSource(kind="onnx", path=str(Path(self.artifact.path))))
+        else:
+            raise ConfigError(
+                f"students of the teacher's own architecture need a user's module or an ONNX "
+                f"file as the teacher, but got a {self.artifact.format!r} model"
+            )
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model
+
+    def student_source(self, dataset: Dataset) -> dict[str, Any]:
+        """What a student's module artifact records of its teacher: the root's source
+        (absolute), the input spec, the output kind and the family."""
+        from hamnet.models.sources import InputSpec, ModuleSource, read_module_artifact
+
+        if self.is_module:
+            main = Path(self.artifact.path)
+            artifact = read_module_artifact(main)
+            source = artifact.source
+            if source.path and not Path(source.path).is_absolute():
+                source = source.model_copy(update={"path": str(main.parent / source.path)})
+            return {"source": source, "inputs": artifact.inputs,
+                    "output_kind": artifact.output_kind, "family": artifact.family}  # fmt: skip
+        return {
+            "source": ModuleSource(kind="onnx", path=str(Path(self.artifact.path).resolve())),
+            "inputs": InputSpec.of(dataset.x_val[:1]),
+            "output_kind": "class_scores",
+            "family": None,
+        }
+
     def load(self) -> nn.Module:
         """The teacher as a frozen torch module in eval mode."""
         model: nn.Module
@@ -302,6 +496,12 @@ def _loaded_teacher(source: TeacherSource) -> nn.Module:
     return source.load()
 
 
+@functools.cache
+def _teacher_module(source: TeacherSource) -> nn.Module:
+    """The teacher whose architecture students copy, once per worker process."""
+    return source.module()
+
+
 def validation_accuracy(model: nn.Module, dataset: Dataset) -> float:
     """Top-1 accuracy of ``model`` on the validation split."""
     import numpy as np
@@ -314,16 +514,67 @@ def validation_accuracy(model: nn.Module, dataset: Dataset) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == dataset.y_val))
 
 
+@dataclass
+class _Reporter:
+    """Reports validation accuracy to the pruner after every ``every`` epochs (and the
+    last), and prunes the trial when the pruner says so."""
+
+    ctx: TrialContext
+    every: int
+    epochs: int
+    constrained: bool
+
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch`` ends a fidelity step."""
+        return epoch % self.every == 0 or epoch == self.epochs
+
+    def __call__(self, epoch: int, accuracy: float) -> None:
+        from hamnet.compress.search.worker import PrunedTrial
+
+        if not self.due(epoch):
+            return
+        self.ctx.report(1.0 - accuracy if self.constrained else accuracy, epoch)
+        if self.ctx.should_prune():
+            raise PrunedTrial(
+                f"pruned by the pruner at epoch {epoch} (val_accuracy {accuracy:.4f})"
+            )
+
+
+@dataclass
+class _Built:
+    """A student built for one trial, before training.
+
+    Attributes:
+        model: The untrained student (HAMNet: fresh weights; module: the teacher's).
+        metrics: What describes its size besides the latency (params, flops...).
+        attrs: Trial attributes that describe the student (architecture, multipliers).
+        plan: The replayable plan of a student of the teacher's own architecture.
+        layer_map: Student block -> teacher block (hidden-state matching).
+    """
+
+    model: Any
+    metrics: dict[str, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
+    layer_map: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class StudentObjective:
-    """Distill and measure one HAMNet student per trial (runs in a Ray worker).
+    """Distill and measure one student per trial (runs in a Ray worker).
+
+    What a student is follows the teacher's family (``student_kind``): a fresh HAMNet
+    (``hamnet``), or a width/depth-multiplier copy of the teacher's own architecture
+    (``multipliers``). Every trial goes the same way: build, measure the untrained
+    student's latency (prune it untrained when it cannot beat the fastest feasible one),
+    distill it with validation accuracy reported every ``report_every`` epochs, score.
 
     Attributes:
         dataset: Train and validation splits (see :func:`search_split`); shipped to
             the workers with the objective.
         teacher: The teacher every student learns from.
         recipe: The KD recipe and scoring (``stages.nas.students``).
-        base_architecture: Settings of the genes a trial does not sample.
+        base_architecture: Settings of the genes a trial does not sample (HAMNet).
         reference_accuracy: The teacher's validation accuracy.
         max_accuracy_drop: The budget of the ``constrained`` score.
         objectives: The values of a ``pareto`` search, in order.
@@ -335,6 +586,8 @@ class StudentObjective:
         latency_tie: A student is pruned untrained only when its latency is more than this
             fraction above the best feasible student's (batch-1 timings of tiny models
             drift by a few percent; the selection treats such latencies as ties).
+        student_kind: ``hamnet`` or ``multipliers`` (see above).
+        keep: Modules of the teacher whose outputs keep their width (``multipliers``).
     """
 
     dataset: Dataset
@@ -350,6 +603,8 @@ class StudentObjective:
     latency_repeats: int = 50
     latency_threads: int | None = None
     latency_tie: float = 0.05
+    student_kind: Literal["hamnet", "multipliers"] = "hamnet"
+    keep: tuple[str, ...] = ()
 
     @property
     def constrained(self) -> bool:
@@ -357,59 +612,41 @@ class StudentObjective:
         return self.recipe.selection == "constrained"
 
     def __call__(self, ctx: TrialContext, params: dict[str, Any]) -> TrialOutcome:
-        """Run one trial: build the student, distill it, measure it."""
+        """Run one trial: build the student, measure it untrained, distill it, score it."""
         import torch
 
-        from hamnet.compress.distill.train import distill_model
-        from hamnet.compress.search.space import to_architecture
         from hamnet.compress.search.worker import PrunedTrial, TrialOutcome
-        from hamnet.models import HAMNet, count_flops, count_parameters
         from hamnet.training.trainer import set_seed
 
         torch.set_num_threads(1)
-        dataset = self.dataset
-        architecture = to_architecture(params, self.base_architecture)
-        model_config = architecture.to_model_config(dataset.num_features, dataset.num_classes)
         set_seed(self.seed)
-        student = HAMNet(model_config)
+        multipliers = self.student_kind == "multipliers"
+        built = self._build_module(params) if multipliers else self._build_hamnet(params)
         # Latency depends on the shape only: measured before training, so a student that
         # cannot beat the fastest feasible one found so far is never trained.
-        latency, size_mb = self._latency_and_size(student, dataset.x_val[:1])
+        latency, size_mb = (
+            self._module_latency_and_size(built.model)
+            if multipliers
+            else self._latency_and_size(built.model, self.dataset.x_val[:1])
+        )
         best = ctx.best_value() if self.constrained else None
         if best is not None and is_feasible(best) and latency > best * (1 + self.latency_tie):
             raise PrunedTrial(
                 f"measured latency {latency:.4f} ms is more than {self.latency_tie:.0%} above "
                 f"the best student within the accuracy budget ({best:.4f} ms): not trained"
             )
-        teacher = _loaded_teacher(self.teacher)
-        every, epochs = self.recipe.report_every, self.recipe.train.epochs
-
-        def report(record: dict[str, float]) -> None:
-            epoch = int(record["epoch"])
-            if epoch % every and epoch != epochs:
-                return
-            accuracy = record["val_accuracy"]
-            ctx.report(1.0 - accuracy if self.constrained else accuracy, epoch)
-            if ctx.should_prune():
-                raise PrunedTrial(
-                    f"pruned by the pruner at epoch {epoch} (val_accuracy {accuracy:.4f})"
-                )
-
+        reporter = _Reporter(
+            ctx, self.recipe.report_every, self.recipe.train.epochs, self.constrained
+        )
         out = Path(self.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint = out / f"trial-{ctx.number}.pt"
-        result = distill_model(
-            student, [teacher], dataset, self.recipe.methods, self.recipe.train,
-            ce_weight=self.recipe.ce_weight, teacher_ids=[self.teacher.artifact.sha256],
-            seed=self.seed, checkpoint_path=checkpoint, progress=False, on_epoch_end=report,
-        )  # fmt: skip
-        accuracy = result.train.best_val_accuracy
+        train = self._train_module if multipliers else self._train_hamnet
+        accuracy, trained = train(built, reporter, out, ctx.number)
         metrics = {
             "accuracy": accuracy,
             "latency_ms": latency,
             "size_mb": size_mb,
-            "params": float(count_parameters(student)),
-            "flops": float(count_flops(student, model_config.input_size)),
+            **built.metrics,
             "reference_accuracy": self.reference_accuracy,
             "accuracy_drop": self.reference_accuracy - accuracy,
         }
@@ -426,13 +663,49 @@ class StudentObjective:
             user_attrs={
                 "metrics": metrics,
                 "feasible": metrics["accuracy_drop"] <= self.max_accuracy_drop + 1e-12,
-                "checkpoint": str(checkpoint),
-                "architecture": model_config.model_dump(mode="json"),
+                **built.attrs,
                 "training": self.recipe.train.model_dump(mode="json"),
-                "epochs_run": result.train.epochs_run,
-                "best_epoch": result.train.best_epoch,
+                **trained,
             },
         )
+
+    # ------------------------------------------------------------ HAMNet students
+
+    def _build_hamnet(self, params: dict[str, Any]) -> _Built:
+        from hamnet.compress.search.space import to_architecture
+        from hamnet.models import HAMNet, count_flops, count_parameters
+
+        dataset = self.dataset
+        architecture = to_architecture(params, self.base_architecture)
+        model_config = architecture.to_model_config(dataset.num_features, dataset.num_classes)
+        student = HAMNet(model_config)
+        return _Built(
+            model=student,
+            metrics={
+                "params": float(count_parameters(student)),
+                "flops": float(count_flops(student, model_config.input_size)),
+            },
+            attrs={"architecture": model_config.model_dump(mode="json")},
+        )
+
+    def _train_hamnet(
+        self, built: _Built, reporter: _Reporter, out: Path, number: int
+    ) -> tuple[float, dict[str, Any]]:
+        from hamnet.compress.distill.train import distill_model
+
+        teacher = _loaded_teacher(self.teacher)
+        checkpoint = out / f"trial-{number}.pt"
+        result = distill_model(
+            built.model, [teacher], self.dataset, self.recipe.methods, self.recipe.train,
+            ce_weight=self.recipe.ce_weight, teacher_ids=[self.teacher.artifact.sha256],
+            seed=self.seed, checkpoint_path=checkpoint, progress=False,
+            on_epoch_end=lambda record: reporter(int(record["epoch"]), record["val_accuracy"]),
+        )  # fmt: skip
+        return result.train.best_val_accuracy, {
+            "checkpoint": str(checkpoint),
+            "epochs_run": result.train.epochs_run,
+            "best_epoch": result.train.best_epoch,
+        }
 
     def _latency_and_size(self, model: Any, x_one: Any) -> tuple[float, float]:
         """Batch-1 p50 latency (ms) of the exported ONNX file in ONNX Runtime, and its MB.
@@ -447,3 +720,107 @@ class StudentObjective:
             model, x_one, profile=self.profile, threads=self.latency_threads,
             repeats=self.latency_repeats, ort_fused_attention=model.config.num_tokens > 1,
         )  # fmt: skip
+
+    # ------------------------------------- students of the teacher's own architecture
+
+    def _example(self) -> Any:
+        from hamnet.compress.distill.module_outputs import ModuleInputs
+
+        return ModuleInputs(self.dataset.x_val[:1], "validation inputs").batch(slice(0, 1))
+
+    def _build_module(self, params: dict[str, Any]) -> _Built:
+        from hamnet.compress.students.shrink import shrink_module
+
+        width, depth = float(params["width"]), float(params["depth"])
+        result = shrink_module(
+            _teacher_module(self.teacher), self._example(), width=width, depth=depth,
+            keep=self.keep, seed=self.seed,
+        )  # fmt: skip
+        return _Built(
+            model=result.model,
+            metrics={"params": float(result.params_after)},
+            attrs={
+                "architecture": None,
+                "student": {
+                    "width": width,
+                    "depth": depth,
+                    "params_before": result.params_before,
+                    "params_after": result.params_after,
+                    "kept_blocks": {
+                        s.container or "<root>": k
+                        for s, k in zip(result.stacks, result.kept, strict=True)
+                    },
+                },
+            },
+            plan=result.plan,
+            layer_map=dict(result.layer_map),
+        )
+
+    def _module_latency_and_size(self, model: Any) -> tuple[float, float]:
+        """Batch-1 p50 latency (ms) of the student exported to ONNX, in ONNX Runtime on
+        the profile (as the pipeline measures its ONNX Runtime candidates), and its MB."""
+        import tempfile
+
+        import numpy as np
+
+        from hamnet.backends.export import export_module
+        from hamnet.backends.session import load_session
+        from hamnet.core.artifacts import ArtifactStore
+        from hamnet.core.hardware import load_profile
+        from hamnet.evaluate.measure import latency_ms
+
+        hardware = load_profile(self.profile)
+        if self.latency_threads is not None:
+            hardware = hardware.model_copy(update={"threads": self.latency_threads})
+        x_one = self.dataset.x_val[:1]
+        with tempfile.TemporaryDirectory(prefix="hamnet-trial-") as tmp:
+            store = ArtifactStore(Path(tmp))
+            path = export_module(
+                model, self._example(), store.staging_dir() / "model.onnx", parity_atol=None
+            )
+            ref = store.put(path, "onnx")
+            session = load_session(ref, "onnxruntime", hardware)
+            x = x_one if x_one.dtype.names else np.ascontiguousarray(x_one, dtype=np.float32)
+            p50, _ = latency_ms(session, x, warmup=10, repeats=self.latency_repeats)
+            del session
+            return p50, ref.size_mb
+
+    def _train_module(
+        self, built: _Built, reporter: _Reporter, out: Path, number: int
+    ) -> tuple[float, dict[str, Any]]:
+        """Distill the student from the teacher module (logits at the recipe's
+        temperature, the labels weighted by ``ce_weight``, hidden states of the kept
+        blocks matched to their teacher blocks); store it as a module artifact."""
+        from hamnet.compress.distill.modules import distill_module
+        from hamnet.models.sources import save_module_artifact
+
+        data, recipe = self.dataset, self.recipe
+        student = built.model
+
+        def progress(record: dict[str, Any]) -> None:
+            epoch = int(record["epoch"])
+            if reporter.due(epoch):
+                reporter(epoch, module_accuracy(student, data.x_val, data.y_val))
+
+        temperature = float(
+            next((t.get("temperature", 2.0) for t in recipe.methods if "temperature" in t), 2.0)
+        )
+        result = distill_module(
+            _teacher_module(self.teacher), student, data.x_train, data.y_train,
+            objective="logits", class_scores=True, hidden_map=built.layer_map or None,
+            temperature=temperature, alpha=recipe.ce_weight, epochs=recipe.train.epochs,
+            lr=recipe.train.learning_rate, batch_size=recipe.train.batch_size,
+            val_x=data.x_val, val_y=data.y_val, seed=self.seed, progress=progress,
+        )  # fmt: skip
+        accuracy = module_accuracy(result.model, data.x_val, data.y_val)
+        main = save_module_artifact(
+            out / f"trial-{number}", module=result.model, plan=built.plan,
+            **self.teacher.student_source(data),
+        )  # fmt: skip
+        return accuracy, {
+            "checkpoint": str(main),
+            "format": MODULE_FORMAT,
+            "epochs_run": len(result.history),
+            "best_epoch": max((r["epoch"] for r in result.history if r.get("kept")), default=0),
+            "mapped_layers": dict(result.mapped_layers),
+        }

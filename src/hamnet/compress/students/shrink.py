@@ -331,7 +331,8 @@ def shrink_module(
 
     The input module is not modified; a CPU deep copy is shrunk: depth first (blocks of
     every stack dropped, counts updated), then width (``prune_module`` at ratio
-    ``1 - width``, uniform allocation).
+    ``1 - width``, uniform allocation). Every parameter of the student is trainable,
+    even when the teacher's are frozen.
 
     Args:
         module: Any module (torch-pruning must trace it when ``width < 1``).
@@ -366,6 +367,8 @@ def shrink_module(
         )
     original = module
     work = copy.deepcopy(module).cpu().eval()
+    for parameter in work.parameters():  # a frozen teacher gives a trainable student
+        parameter.requires_grad_(True)
     reference = primary_output(
         check_module_runs(work, example_inputs, what="example_inputs", error=ConfigError)
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from hamnet.core.candidate import Candidate, TeacherRef
 from hamnet.core.config import OptimizeConfig, SearchStageConfig, TrainStageConfig
 from hamnet.core.errors import ConfigError
-from hamnet.pipeline.stages.base import Stage, StageContext
+from hamnet.pipeline.stages.base import Stage, StageContext, store_plan
 
 SEARCH_STORAGE_ENV = "HAMNET_SEARCH_STORAGE"
 """Environment variable naming the Optuna storage of searches whose config sets none."""
@@ -163,11 +163,110 @@ class SearchStage(Stage[SearchStageConfig]):
         )
 
     def _student_job(self, inputs: list[Candidate], ctx: StageContext) -> _SearchJob:
-        """Trials distill HAMNet students from the teacher (the ``students`` mode)."""
+        """Trials distill students from the teacher (the ``students`` mode): fresh HAMNets,
+        or width/depth multipliers of the teacher's own architecture (a user's module)."""
+        from hamnet.compress.search.students import TeacherSource
+
+        config = ctx.config
+        cfg = self.options(config)
+        recipe = cfg.students
+        teacher_candidate = self._teacher(recipe.teacher, inputs, ctx)
+        source = TeacherSource(
+            artifact=teacher_candidate.artifact,
+            runtime=teacher_candidate.runtime if teacher_candidate.runtime != "torch" else "torch",
+            profile=config.hardware_profile,
+            trust_checkpoint=config.model.trust_checkpoint,
+        )
+        space = recipe.space
+        kind = space.kind
+        if kind == "auto":
+            given = space.width_multipliers is not None or space.depth_multipliers is not None
+            kind = "multipliers" if source.is_module or given else "hamnet"
+        if kind == "multipliers":
+            return self._multiplier_job(inputs, ctx, teacher_candidate, source)
+        return self._hamnet_job(inputs, ctx, teacher_candidate, source)
+
+    def _study_and_budget(
+        self, ctx: StageContext, teacher_candidate: Candidate
+    ) -> tuple[str, float]:
+        """The student study's name (resumable: a teacher file is named by its content)
+        and the accuracy budget of the constrained score."""
+        config = ctx.config
+        cfg = self.options(config)
+        budget = cfg.students.max_accuracy_drop
+        if budget is None:
+            budget = config.constraints.max_accuracy_drop
+        budget = 0.01 if budget is None else budget
+        # A baseline trained by this run is defined by the config (already in the name's
+        # hash): a rerun after a crash retrains it, maybe not bit for bit, and must resume
+        # the same study. A teacher from a file is named by its content.
+        trained = teacher_candidate.stage == "train"
+        teacher_key = "trained" if trained else teacher_candidate.artifact.sha256[:8]
+        name = cfg.study_name or f"{self.study_name(config)}-students-{teacher_key}"
+        return name, budget
+
+    def _objective_kwargs(self, ctx: StageContext, name: str) -> dict[str, Any]:
+        """What every student objective shares."""
+        config = ctx.config
+        cfg = self.options(config)
+        return {
+            "recipe": cfg.students,
+            "objectives": tuple(cfg.objectives),
+            "profile": config.hardware_profile,
+            "out_dir": str((ctx.store.root.parent / "trials" / name).resolve()),
+            "seed": config.seed,
+            "latency_threads": max(1, int(cfg.ray.cpus_per_trial)),
+            "latency_tie": config.selection.latency_tie,
+        }
+
+    def _job(
+        self, ctx: StageContext, name: str, objective: Any, space: Any, teacher: Candidate,
+        inputs: list[Candidate], *, warm: list[dict[str, Any]], check: Any,
+    ) -> _SearchJob:  # fmt: skip
+        """The search job of a student objective (constrained: one latency score)."""
         from hamnet.compress.search.strategies import directions
+
+        cfg = self.options(ctx.config)
+        recipe = cfg.students
+        constrained = recipe.selection == "constrained"
+        return _SearchJob(
+            name=name,
+            space=space,
+            objective=objective,
+            objective_names=["latency_score"] if constrained else list(cfg.objectives),
+            directions=["minimize"] if constrained else list(directions(cfg.objectives)),
+            method=f"students-{cfg.strategy}",
+            teacher=teacher,
+            warm_start=warm if constrained else [],
+            teacher_in_run=any(c.id == teacher.id for c in inputs),
+            check=check,
+            pruner_options={"min_resource": recipe.report_every}
+            | ({"max_resource": recipe.train.epochs} if cfg.pruner == "hyperband" else {}),
+        )
+
+    def _note_search(
+        self, ctx: StageContext, teacher: Candidate, reference: float, budget: float,
+        what: str,
+    ) -> None:  # fmt: skip
+        cfg = self.options(ctx.config)
+        recipe = cfg.students
+        ctx.notes.append(
+            f"{self.name}: student search from teacher {teacher.name!r} (validation "
+            f"accuracy {reference:.4f}) over {what}, {recipe.selection}: "
+            + (
+                f"fastest measured student within {budget:g} of it"
+                if recipe.selection == "constrained"
+                else f"Pareto front of {cfg.objectives}"
+            )
+        )
+
+    def _hamnet_job(
+        self, inputs: list[Candidate], ctx: StageContext, teacher_candidate: Candidate,
+        source: Any,
+    ) -> _SearchJob:  # fmt: skip
+        """Fresh HAMNet students (flat feature vectors with class labels)."""
         from hamnet.compress.search.students import (
             StudentObjective,
-            TeacherSource,
             check_student,
             search_split,
             student_choices,
@@ -176,8 +275,7 @@ class SearchStage(Stage[SearchStageConfig]):
         )
         from hamnet.core.config import HAMNetSection
 
-        config = ctx.config
-        cfg = self.options(config)
+        cfg = self.options(ctx.config)
         recipe = cfg.students
         dataset = ctx.dataset
         if dataset.x_train.ndim != 2 or dataset.input_names is not None or not dataset.num_classes:
@@ -188,68 +286,74 @@ class SearchStage(Stage[SearchStageConfig]):
                 f"{' named ' + str(list(dataset.input_names)) if dataset.input_names else ''}"
                 f" and {dataset.num_classes} classes"
             )
-        teacher_candidate = self._teacher(recipe.teacher, inputs, ctx)
-        source = TeacherSource(
-            artifact=teacher_candidate.artifact,
-            runtime=teacher_candidate.runtime if teacher_candidate.runtime != "torch" else "torch",
-            profile=config.hardware_profile,
-            trust_checkpoint=config.model.trust_checkpoint,
-        )
         choices = student_choices(recipe.space, dataset.num_features, source.architecture())
         reference = validation_accuracy(source.load(), dataset)
-        budget = recipe.max_accuracy_drop
-        if budget is None:
-            budget = config.constraints.max_accuracy_drop
-        budget = 0.01 if budget is None else budget
-        # A baseline trained by this run is defined by the config (already in the name's
-        # hash): a rerun after a crash retrains it, maybe not bit for bit, and must resume
-        # the same study. A teacher from a file is named by its content.
-        trained = teacher_candidate.stage == "train"
-        teacher_key = "trained" if trained else teacher_candidate.artifact.sha256[:8]
-        name = cfg.study_name or f"{self.study_name(config)}-students-{teacher_key}"
-        ctx.notes.append(
-            f"{self.name}: student search from teacher {teacher_candidate.name!r} (validation "
-            f"accuracy {reference:.4f}), {recipe.selection}: "
-            + (
-                f"fastest measured student within {budget:g} of it"
-                if recipe.selection == "constrained"
-                else f"Pareto front of {cfg.objectives}"
-            )
-        )
+        name, budget = self._study_and_budget(ctx, teacher_candidate)
+        self._note_search(ctx, teacher_candidate, reference, budget, "fresh HAMNet students")
         objective = StudentObjective(
             dataset=search_split(dataset),
             teacher=source,
-            recipe=recipe,
             base_architecture=HAMNetSection(dropout_rate=0.0),
             reference_accuracy=reference,
             max_accuracy_drop=budget,
-            objectives=tuple(cfg.objectives),
-            profile=config.hardware_profile,
-            out_dir=str((ctx.store.root.parent / "trials" / name).resolve()),
-            seed=config.seed,
-            latency_threads=max(1, int(cfg.ray.cpus_per_trial)),
-            latency_tie=config.selection.latency_tie,
+            **self._objective_kwargs(ctx, name),
         )
-        constrained = recipe.selection == "constrained"
-        return _SearchJob(
-            name=name,
-            space=choices.to_search_space(),
-            objective=objective,
-            objective_names=["latency_score"] if constrained else list(cfg.objectives),
-            directions=["minimize"] if constrained else list(directions(cfg.objectives)),
-            method=f"students-{cfg.strategy}",
-            teacher=teacher_candidate,
-            warm_start=warm_start(choices, dataset.num_features) if constrained else [],
-            teacher_in_run=any(c.id == teacher_candidate.id for c in inputs),
+        return self._job(
+            ctx, name, objective, choices.to_search_space(), teacher_candidate, inputs,
+            warm=warm_start(choices, dataset.num_features),
             check=functools.partial(
-                check_student,
-                base=objective.base_architecture,
-                input_size=dataset.num_features,
-                num_classes=dataset.num_classes,
+                check_student, base=objective.base_architecture,
+                input_size=dataset.num_features, num_classes=dataset.num_classes,
             ),
-            pruner_options={"min_resource": recipe.report_every}
-            | ({"max_resource": recipe.train.epochs} if cfg.pruner == "hyperband" else {}),
+        )  # fmt: skip
+
+    def _multiplier_job(
+        self, inputs: list[Candidate], ctx: StageContext, teacher_candidate: Candidate,
+        source: Any,
+    ) -> _SearchJob:  # fmt: skip
+        """Width x depth multipliers of the teacher's own architecture (a user's module,
+        or an ONNX file that converts with onnx2torch), on labelled class data."""
+        from hamnet.compress.distill.module_outputs import ModuleInputs
+        from hamnet.compress.search.students import (
+            StudentObjective,
+            check_multipliers,
+            module_accuracy,
+            multiplier_choices,
+            multiplier_warm_start,
+            search_split,
         )
+        from hamnet.core.config import HAMNetSection
+
+        cfg = self.options(ctx.config)
+        dataset = ctx.dataset
+        if dataset.targets != "labels" or not dataset.num_classes:
+            raise ConfigError(
+                f"stages.{self.name}.mode 'students' scores students of the teacher's own "
+                f"architecture by validation accuracy, so the data must hold class labels, "
+                f"but it holds {dataset.targets}"
+            )
+        teacher = source.module()
+        example = ModuleInputs(dataset.x_val[:1], "validation inputs").batch(slice(0, 1))
+        choices = multiplier_choices(cfg.students.space, teacher, example)
+        reference = module_accuracy(teacher, dataset.x_val, dataset.y_val)
+        name, budget = self._study_and_budget(ctx, teacher_candidate)
+        self._note_search(
+            ctx, teacher_candidate, reference, budget,
+            f"students of the teacher's own {type(teacher).__name__}: {choices.describe()}",
+        )  # fmt: skip
+        objective = StudentObjective(
+            dataset=search_split(dataset),
+            teacher=source,
+            base_architecture=HAMNetSection(dropout_rate=0.0),
+            reference_accuracy=reference,
+            max_accuracy_drop=budget,
+            student_kind="multipliers",
+            **self._objective_kwargs(ctx, name),
+        )
+        return self._job(
+            ctx, name, objective, choices.to_search_space(), teacher_candidate, inputs,
+            warm=multiplier_warm_start(choices), check=check_multipliers,
+        )  # fmt: skip
 
     def _teacher(self, ref: str, inputs: list[Candidate], ctx: StageContext) -> Candidate:
         """The teacher: a candidate of this run by name, or a model file.
@@ -266,7 +370,8 @@ class SearchStage(Stage[SearchStageConfig]):
                 f"stages.{self.name}.students.teacher must be a candidate of this run "
                 f"({sorted({c.name for c in inputs})}) or a model file, but got {ref!r}"
             )
-        fmt = "onnx" if path.suffix == ".onnx" else "torch"
+        suffix = path.suffix.lower()
+        fmt = {".onnx": "onnx", ".json": "torch-module"}.get(suffix, "torch")
         return Candidate.create(
             name=f"teacher-{path.stem}", stage="load", method=fmt,
             artifact=ctx.store.put(path, fmt),
@@ -405,6 +510,7 @@ class SearchStage(Stage[SearchStageConfig]):
     ) -> Candidate:
         attrs = trial.user_attrs
         checkpoint = Path(attrs["checkpoint"])
+        fmt = str(attrs.get("format", "torch"))
         student = job.teacher is not None
         params: dict[str, Any] = {
             "study": study_name,
@@ -421,12 +527,25 @@ class SearchStage(Stage[SearchStageConfig]):
                 "teacher": job.teacher.name if job.teacher else None,
                 "epochs_run": attrs.get("epochs_run"),
             }
+            if attrs.get("student"):
+                params["student"] = attrs["student"]
+        artifact = ctx.store.put(checkpoint, fmt)
+        plan_file = None
+        if fmt == "torch-module":
+            from hamnet.models.replay import ModulePlan
+            from hamnet.models.sources import read_module_artifact
+
+            plan_name = read_module_artifact(artifact.path).plan
+            if plan_name:
+                plan = ModulePlan.load(Path(artifact.path).parent / plan_name)
+                plan_file = str(store_plan(ctx, plan, artifact))
         return Candidate.create(
             name=f"{self.name}-{'student' if student else 'trial'}-{trial.number}",
             stage=self.name,
             method=job.method,
-            artifact=ctx.store.put(checkpoint, "torch"),
+            artifact=artifact,
             runtime="torch",
+            plan_file=plan_file,
             parent=job.teacher if job.teacher_in_run else None,
             params=params,
             architecture=attrs.get("architecture"),
