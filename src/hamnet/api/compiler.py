@@ -39,6 +39,13 @@ DEFAULT_STUDENT_MINUTES = 10.0
 QUANTIZE_AND_PRUNE_REACH = 8.0
 """About the size reduction quantization (~4x) and structured pruning (~2x) give together:
 a size bound that needs more than this calls for a fresh, smaller student."""
+MULTIPLIER_WIDTHS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+"""Width multipliers of AUTO's search over a user's module's own architecture (the
+student search's default, ``DEFAULT_WIDTH_MULTIPLIERS``)."""
+MULTIPLIER_EPOCHS = 30
+"""Distillation epochs of a student of a user's module's own architecture in AUTO."""
+MULTIPLIER_REPORT_EVERY = 5
+"""Epochs per Hyperband step of that search."""
 BACKEND_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino"}
 """The API's backend names and the runtime each one means."""
 BACKEND_ALIASES: dict[str, str] = {"onnx_runtime": "onnx"}
@@ -184,8 +191,11 @@ class AutoPlan:
         methods: Quantization methods chosen for the model family (empty: every
             method of the chosen backends and precisions).
         family: The model family the plan was made for.
-        student_minutes: Minutes of student search (HAMNet students distilled from the
-            model, ``stages.nas.mode: students``); None: no student search.
+        student_minutes: Minutes of student search (students distilled from the model,
+            ``stages.nas.mode: students``); None: no student search.
+        student_space: What the student search samples: ``"hamnet"`` (fresh HAMNet
+            students) or ``"multipliers"`` (width x depth multipliers of the model's own
+            architecture); None: no student search.
     """
 
     goal_sequence: list[Goal]
@@ -196,6 +206,7 @@ class AutoPlan:
     methods: list[str] = field(default_factory=list)
     family: str = "generic"
     student_minutes: float | None = None
+    student_space: Literal["hamnet", "multipliers"] | None = None
 
 
 def quantize_precisions(profile: HardwareProfile) -> list[str]:
@@ -259,12 +270,14 @@ def plan_for(
         * ONNX files that do not convert to PyTorch are never pruned;
         * a user's torch module is pruned and recovered by distillation only with
           training data (``train_data``); without it only post-training methods run;
-        * student search (fresh HAMNet students distilled from the model, scored on
-          validation accuracy and measured latency): within
-          ``STUDENT_SEARCH_SHARE`` of the time budget whenever one is given, else
-          ``DEFAULT_STUDENT_MINUTES`` when the size bound needs more than quantization
-          and pruning reach (``QUANTIZE_AND_PRUNE_REACH``); an escalation round adds it
-          when the first round missed the bounds (see :func:`compile_config`).
+        * student search (students distilled from the model, scored on validation
+          accuracy and measured latency; fresh HAMNet students for a HAMNet, width x
+          depth multipliers of its own architecture for a user's torch module with
+          training data): within ``STUDENT_SEARCH_SHARE`` of the time budget whenever
+          one is given, else ``DEFAULT_STUDENT_MINUTES`` when the size bound needs more
+          than quantization and pruning reach (``QUANTIZE_AND_PRUNE_REACH``); an
+          escalation round adds it when the first round missed the bounds (see
+          :func:`compile_config`).
 
     Args:
         constraints: The user's constraints.
@@ -278,7 +291,9 @@ def plan_for(
         budget_minutes: The user's time budget for the optimization (None: none).
         can_search_students: Whether HAMNet students can learn from this model (its
             input is one flat feature vector, its output class scores, with data to
-            train on); default: only for HAMNet checkpoints.
+            train on); default: only for HAMNet checkpoints. A user's torch module
+            (``model_kind="module"``) with training data gets students of its own
+            architecture when this is not true.
 
     Returns:
         The plan with one reason per decision.
@@ -329,8 +344,29 @@ def plan_for(
     choice = adapter.preferred_quantizers(precisions, profile.runtime_names, profile.name)
     if choice.reason:
         reasons.append(choice.reason)
-    students = can_search_students if can_search_students is not None else model_kind == "hamnet"
-    student_minutes = _student_rule(constraints, model_size_mb, budget_minutes, students, reasons)
+    hamnet_students = (
+        can_search_students if can_search_students is not None else model_kind == "hamnet"
+    )
+    space: Literal["hamnet", "multipliers"] | None = "hamnet" if hamnet_students else None
+    why_no_students = (
+        "HAMNet students learn from a model with one flat feature input and class scores, "
+        "given data to train on"
+    )
+    if space is None and model_kind == "module":
+        if has_train_data:
+            space = "multipliers"
+        else:
+            why_no_students = (
+                f"{adapter.description} given as a torch module: students of its own "
+                f"architecture are distilled from it on training data, and no training data "
+                f"was given (train_data)"
+            )
+    elif space is None and model_kind == "onnx" and not adapter.can_prune:
+        why_no_students = f"{adapter.why_not_prunable}"
+    student_minutes = _student_rule(
+        constraints, model_size_mb, budget_minutes, space, reasons,
+        family=adapter, why_not=why_no_students,
+    )  # fmt: skip
     sequence = [Goal.PRUNE] if prune else []
     tuned = accuracy_aware_methods(choose_backends(None, profile), precisions)
     if tuned:
@@ -347,12 +383,14 @@ def plan_for(
         methods=list(choice.methods),
         family=adapter.name,
         student_minutes=student_minutes,
+        student_space=space if student_minutes is not None else None,
     )
 
 
 def _student_rule(
     constraints: Constraints, size_mb: float | None, budget_minutes: float | None,
-    possible: bool, reasons: list[str],
+    space: Literal["hamnet", "multipliers"] | None, reasons: list[str], *,
+    family: type[ModelFamily], why_not: str,
 ) -> float | None:  # fmt: skip
     """Apply the student-search rule; return its minutes (None: no student search)."""
     if budget_minutes is not None and (
@@ -364,38 +402,69 @@ def _student_rule(
     target = constraints.target_size_mb
     needed = size_mb / target if size_mb is not None and target is not None else None
     beyond = needed is not None and needed > QUANTIZE_AND_PRUNE_REACH
-    if not possible:
+    if space is None:
         if budget_minutes is not None or beyond:
-            reasons.append(
-                "no student search: HAMNet students learn from a model with one flat "
-                "feature input and class scores, given data to train on"
-            )
+            reasons.append(f"no student search: {why_not}")
         return None
+    what = _student_space_text(space, family)
     if budget_minutes is not None:
         minutes = round(budget_minutes * STUDENT_SEARCH_SHARE, 2)
         reasons.append(
-            f"time budget {budget_minutes:g} min: a student search (fresh HAMNet students "
-            f"distilled from the model, scored on validation accuracy and measured latency) "
-            f"runs for {minutes:g} min, its students and their quantized children on the "
-            f"same Pareto front"
+            f"time budget {budget_minutes:g} min: a student search ({what}, distilled from "
+            f"the model, scored on validation accuracy and measured latency) runs for "
+            f"{minutes:g} min, its students and their quantized children on the same "
+            f"Pareto front"
         )
         return minutes
     if beyond:
         reasons.append(
             f"a {needed:.1f}x size reduction is more than quantization and pruning reach "
-            f"together (~{QUANTIZE_AND_PRUNE_REACH:g}x), so a student search runs for "
-            f"{DEFAULT_STUDENT_MINUTES:g} min"
+            f"together (~{QUANTIZE_AND_PRUNE_REACH:g}x), so a student search ({what}) runs "
+            f"for {DEFAULT_STUDENT_MINUTES:g} min"
         )
         return DEFAULT_STUDENT_MINUTES
     return None
 
 
-def student_search_section(minutes: float) -> dict[str, Any]:
+def _student_space_text(space: Literal["hamnet", "multipliers"], family: type[ModelFamily]) -> str:
+    """The student space in words, naming the family (for plan reasons)."""
+    if space == "hamnet":
+        return (
+            f"fresh HAMNet students of {family.description} ({family.name} family): width, "
+            f"depth, heads, FFN ratio and token size"
+        )
+    return (
+        f"students of the model's own architecture, {family.description} ({family.name} "
+        f"family): width multipliers {list(MULTIPLIER_WIDTHS)} x depth multipliers from its "
+        f"repeated blocks, built from its weights"
+    )
+
+
+def student_search_section(
+    minutes: float,
+    space: Literal["hamnet", "multipliers"] = "hamnet",
+    family: type[ModelFamily] | None = None,
+) -> dict[str, Any]:
     """The ``stages.nas`` section of AUTO's student search: ``minutes`` of trials.
 
     TPE proposes students, Hyperband stops the weak ones after each chunk of epochs,
     and the fastest measured students within the accuracy budget (validation) go on.
+    Students of a user's module's own architecture (``multipliers``) train with the
+    family's distillation settings (``recovery_training``) for
+    :data:`MULTIPLIER_EPOCHS` epochs, reported every :data:`MULTIPLIER_REPORT_EVERY`:
+    they start from the teacher's weights, so they need far fewer epochs than fresh
+    HAMNets.
     """
+    students: dict[str, Any] = {"teacher": "baseline"}
+    if space == "multipliers":
+        training = dict(family.recovery_training) if family is not None else {}
+        students |= {
+            "space": {"kind": "multipliers"},
+            "methods": [{"method": "soft", "weight": 1.0, "temperature": 2.0}],
+            "ce_weight": 0.5,
+            "train": {**training, "epochs": MULTIPLIER_EPOCHS, "patience": MULTIPLIER_EPOCHS},
+            "report_every": MULTIPLIER_REPORT_EVERY,
+        }
     return {
         "mode": "students",
         "strategy": "tpe",
@@ -403,7 +472,7 @@ def student_search_section(minutes: float) -> dict[str, Any]:
         "n_trials": None,
         "timeout_seconds": max(1.0, minutes * 60.0),
         "top_k": 3,
-        "students": {"teacher": "baseline"},
+        "students": students,
     }
 
 
@@ -497,7 +566,9 @@ def _goal_stages(
         )
     stages = _Stages(list(plan.precisions), list(plan.methods))
     if plan.student_minutes is not None:
-        stages.nas = student_search_section(plan.student_minutes)
+        stages.nas = student_search_section(
+            plan.student_minutes, plan.student_space or "hamnet", family
+        )
     if plan.prune_ratios:
         stages.prune = {"ratios": list(plan.prune_ratios), "criteria": criteria}
         if facts.kind == "module":
@@ -512,6 +583,9 @@ def _goal_stages(
         if stages.nas is None and facts.kind == "hamnet":
             # Quantization and pruning missed the bounds: fresh students may reach them.
             stages.nas = student_search_section(DEFAULT_STUDENT_MINUTES)
+        elif stages.nas is None and facts.kind == "module" and facts.train_path is not None:
+            # The same for a user's module: smaller copies of its own architecture.
+            stages.nas = student_search_section(DEFAULT_STUDENT_MINUTES, "multipliers", family)
         stages.precisions = all_precisions
     return stages
 
