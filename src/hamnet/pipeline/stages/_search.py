@@ -127,7 +127,9 @@ class SearchStage(Stage[SearchStageConfig]):
                 study,
                 job.objective,
                 job.suggest,
-                SearchBudget(n_trials=cfg.n_trials, timeout_seconds=cfg.timeout_seconds),
+                SearchBudget(
+                    n_trials=job.trial_cap(cfg.n_trials), timeout_seconds=cfg.timeout_seconds
+                ),
                 ray,
                 on_trial_end=on_trial_end,
             )
@@ -350,10 +352,16 @@ class SearchStage(Stage[SearchStageConfig]):
             student_kind="multipliers",
             **self._objective_kwargs(ctx, name),
         )
-        return self._job(
+        job = self._job(
             ctx, name, objective, choices.to_search_space(), teacher_candidate, inputs,
             warm=multiplier_warm_start(choices), check=check_multipliers,
         )  # fmt: skip
+        # A small categorical space: a repeated student would train to the same weights,
+        # so repeats are pruned in the driver and the study stops after a few times the
+        # number of students (the samplers keep proposing repeats once it is exhausted).
+        job.skip_repeats = True
+        job.max_trials = 3 * len(choices.widths) * len(choices.depths)
+        return job
 
     def _teacher(self, ref: str, inputs: list[Candidate], ctx: StageContext) -> Candidate:
         """The teacher: a candidate of this run by name, or a model file.
@@ -574,15 +582,34 @@ class _SearchJob:
     """Parameters the study tries first (enqueued when it has no trial yet)."""
     check: Any = None
     """Called on the sampled parameters in the driver: raises ``InfeasibleParams``."""
+    skip_repeats: bool = False
+    """Prune a trial whose parameters an earlier trial (not failed) already had."""
+    max_trials: int | None = None
+    """At most this many trials, whatever the config's ``n_trials``."""
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Sample a trial's parameters; an infeasible combination prunes it undispatched."""
-        from hamnet.compress.search.space import suggest
+        from hamnet.compress.search.space import InfeasibleParams, suggest
 
         params = suggest(trial, self.space)
         if self.check is not None:
             self.check(params)
+        if self.skip_repeats:
+            from optuna.trial import TrialState
+
+            for other in trial.study.get_trials(deepcopy=False):
+                settled = other.number != trial.number and other.state != TrialState.FAIL
+                if settled and other.params == params:
+                    raise InfeasibleParams(
+                        f"the same student as trial {other.number} ({params}): not trained again"
+                    )
         return params
+
+    def trial_cap(self, n_trials: int | None) -> int | None:
+        """The search's trial budget: ``n_trials`` bounded by :attr:`max_trials`."""
+        if self.max_trials is None:
+            return n_trials
+        return self.max_trials if n_trials is None else min(n_trials, self.max_trials)
 
     def pruner_options_for(self, cfg: SearchStageConfig) -> dict[str, Any]:
         """The pruner's options: the fidelity steps of a student search (epoch chunks)."""
@@ -610,7 +637,11 @@ def _best_trials(study: Any, directions: Sequence[str], top_k: int) -> list[Any]
     sign = 1.0 if directions[0] == "minimize" else -1.0
     front = {t.number for t in study.best_trials}
     done.sort(key=lambda t: (t.number not in front, sign * t.values[0], t.number))
-    return done[:top_k]
+    kept: list[Any] = []
+    for trial in done:  # the same parameters twice are the same model: keep the first
+        if all(trial.params != other.params for other in kept):
+            kept.append(trial)
+    return kept[:top_k]
 
 
 def _redact(url: str) -> str:
