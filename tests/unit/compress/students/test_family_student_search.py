@@ -183,7 +183,7 @@ def test_a_trial_measures_and_distills_a_student_of_the_conv_net(
 
 
 def test_the_nas_stage_turns_module_students_into_candidates(
-    teacher_file: Path, images: Any, tmp_path: Path
+    teacher_file: Path, images: Any, tmp_path: Path, ray_local: Any
 ) -> None:
     from conftest import tiny_config
 
