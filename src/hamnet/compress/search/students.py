@@ -325,6 +325,25 @@ def module_accuracy(model: nn.Module, x: Any, y: Any, batch_size: int = 256) -> 
     Raises:
         DataError: No rows.
     """
+    return module_fidelity(model, x, y, "accuracy", batch_size)
+
+
+def module_fidelity(
+    model: nn.Module,
+    x: Any,
+    y: Any,
+    kind: Literal["accuracy", "agreement", "cosine"],
+    batch_size: int = 256,
+) -> float:
+    """How well a torch module's outputs on ``x`` match ``y``.
+
+    ``accuracy`` / ``agreement``: top-1 against class indices (labels, or the teacher's
+    top-1 class); ``cosine``: mean cosine similarity of each output row (flattened) to
+    the reference output row ``y`` (the teacher's embeddings).
+
+    Raises:
+        DataError: No rows.
+    """
     import numpy as np
     import torch
 
@@ -333,19 +352,55 @@ def module_accuracy(model: nn.Module, x: Any, y: Any, batch_size: int = 256) -> 
     if len(y) == 0:
         raise DataError("a student search needs validation rows, but the validation split is empty")
     inputs = ModuleInputs(x, "validation inputs")
-    predictions = []
+    outputs = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(inputs), batch_size):
-                out = primary_output(
-                    call_module(model, inputs.batch(slice(start, start + batch_size)))
-                )
-                predictions.append(out.argmax(dim=-1).cpu().numpy())
+                batch = inputs.batch(slice(start, start + batch_size))
+                outputs.append(primary_output(call_module(model, batch)).float().cpu())
     finally:
         model.train(was_training)
-    return float(np.mean(np.concatenate(predictions) == np.asarray(y)))
+    out = torch.cat(outputs)
+    if kind == "cosine":
+        reference = torch.as_tensor(np.asarray(y), dtype=torch.float32).reshape(len(out), -1)
+        cos = torch.nn.functional.cosine_similarity(out.reshape(len(out), -1), reference, dim=1)
+        return float(cos.mean())
+    return float(np.mean(out.argmax(dim=-1).numpy() == np.asarray(y)))
+
+
+Fidelity = Literal["accuracy", "agreement", "cosine"]
+"""How a search over the teacher's own architecture scores a student (see
+:func:`teacher_labelled`)."""
+
+
+def teacher_labelled(dataset: Dataset, declared: str | None) -> tuple[Dataset, Fidelity]:
+    """The data a search over the teacher's own architecture scores on, and how.
+
+    Labelled data is scored by ``accuracy``. Label-free data (``targets ==
+    "reference"``: the teacher's outputs) is scored as the pipeline scores fidelity
+    (:func:`hamnet.evaluate.fidelity.fidelity_kind`): class scores by ``agreement``
+    (the teacher's top-1 class becomes the label), embeddings by ``cosine``.
+    """
+    import numpy as np
+
+    from hamnet.evaluate.fidelity import fidelity_kind
+
+    if dataset.targets == "labels":
+        return dataset, "accuracy"
+    if fidelity_kind(dataset.y_val, declared) == "cosine":
+        return dataset, "cosine"
+
+    def top1(y: Any) -> Any:
+        return np.asarray(y).reshape(len(y), -1).argmax(axis=1).astype(np.int64)
+
+    classes = int(np.asarray(dataset.y_val).reshape(len(dataset.y_val), -1).shape[1])
+    labelled = dataclasses.replace(
+        dataset, y_train=top1(dataset.y_train), y_val=top1(dataset.y_val),
+        y_test=top1(dataset.y_test), num_classes=classes, targets="labels",
+    )  # fmt: skip
+    return labelled, "agreement"
 
 
 def search_split(dataset: Dataset) -> Dataset:
@@ -588,6 +643,9 @@ class StudentObjective:
             drift by a few percent; the selection treats such latencies as ties).
         student_kind: ``hamnet`` or ``multipliers`` (see above).
         keep: Modules of the teacher whose outputs keep their width (``multipliers``).
+        fidelity: What "accuracy" means for ``multipliers`` students (see
+            :func:`teacher_labelled`): top-1 ``accuracy`` on labels, top-1 ``agreement``
+            with the teacher, or mean ``cosine`` similarity to its embeddings.
     """
 
     dataset: Dataset
@@ -605,6 +663,7 @@ class StudentObjective:
     latency_tie: float = 0.05
     student_kind: Literal["hamnet", "multipliers"] = "hamnet"
     keep: tuple[str, ...] = ()
+    fidelity: Literal["accuracy", "agreement", "cosine"] = "accuracy"
 
     @property
     def constrained(self) -> bool:
@@ -789,30 +848,34 @@ class StudentObjective:
         self, built: _Built, reporter: _Reporter, out: Path, number: int
     ) -> tuple[float, dict[str, Any]]:
         """Distill the student from the teacher module (logits at the recipe's
-        temperature, the labels weighted by ``ce_weight``, hidden states of the kept
-        blocks matched to their teacher blocks); store it as a module artifact."""
+        temperature, the labels weighted by ``ce_weight``; cosine for embeddings; hidden
+        states of the kept blocks matched to their teacher blocks); store it as a module
+        artifact."""
         from hamnet.compress.distill.modules import distill_module
         from hamnet.models.sources import save_module_artifact
 
         data, recipe = self.dataset, self.recipe
         student = built.model
+        scores = self.fidelity != "cosine"
 
         def progress(record: dict[str, Any]) -> None:
             epoch = int(record["epoch"])
             if reporter.due(epoch):
-                reporter(epoch, module_accuracy(student, data.x_val, data.y_val))
+                reporter(epoch, module_fidelity(student, data.x_val, data.y_val, self.fidelity))
 
         temperature = float(
             next((t.get("temperature", 2.0) for t in recipe.methods if "temperature" in t), 2.0)
         )
+        labels = self.fidelity == "accuracy"
         result = distill_module(
-            _teacher_module(self.teacher), student, data.x_train, data.y_train,
-            objective="logits", class_scores=True, hidden_map=built.layer_map or None,
-            temperature=temperature, alpha=recipe.ce_weight, epochs=recipe.train.epochs,
-            lr=recipe.train.learning_rate, batch_size=recipe.train.batch_size,
-            val_x=data.x_val, val_y=data.y_val, seed=self.seed, progress=progress,
+            _teacher_module(self.teacher), student, data.x_train,
+            data.y_train if labels else None, objective="logits" if scores else "cosine",
+            class_scores=scores, hidden_map=built.layer_map or None, temperature=temperature,
+            alpha=recipe.ce_weight, epochs=recipe.train.epochs, lr=recipe.train.learning_rate,
+            batch_size=recipe.train.batch_size, val_x=data.x_val,
+            val_y=data.y_val if labels else None, seed=self.seed, progress=progress,
         )  # fmt: skip
-        accuracy = module_accuracy(result.model, data.x_val, data.y_val)
+        accuracy = module_fidelity(result.model, data.x_val, data.y_val, self.fidelity)
         main = save_module_artifact(
             out / f"trial-{number}", module=result.model, plan=built.plan,
             **self.teacher.student_source(data),

@@ -314,34 +314,37 @@ class SearchStage(Stage[SearchStageConfig]):
         source: Any,
     ) -> _SearchJob:  # fmt: skip
         """Width x depth multipliers of the teacher's own architecture (a user's module,
-        or an ONNX file that converts with onnx2torch), on labelled class data."""
+        or an ONNX file that converts with onnx2torch), scored by validation accuracy on
+        labels, else by fidelity to the teacher (top-1 agreement for class scores,
+        cosine for embeddings)."""
         from hamnet.compress.distill.module_outputs import ModuleInputs
         from hamnet.compress.search.students import (
             StudentObjective,
             check_multipliers,
-            module_accuracy,
+            module_fidelity,
             multiplier_choices,
             multiplier_warm_start,
             search_split,
+            teacher_labelled,
         )
         from hamnet.core.config import HAMNetSection
 
         cfg = self.options(ctx.config)
-        dataset = ctx.dataset
-        if dataset.targets != "labels" or not dataset.num_classes:
-            raise ConfigError(
-                f"stages.{self.name}.mode 'students' scores students of the teacher's own "
-                f"architecture by validation accuracy, so the data must hold class labels, "
-                f"but it holds {dataset.targets}"
-            )
+        declared = None
+        if source.is_module:
+            from hamnet.models.sources import read_module_artifact
+
+            declared = read_module_artifact(source.artifact.path).output_kind
+        dataset, fidelity = teacher_labelled(ctx.dataset, declared)
         teacher = source.module()
         example = ModuleInputs(dataset.x_val[:1], "validation inputs").batch(slice(0, 1))
         choices = multiplier_choices(cfg.students.space, teacher, example)
-        reference = module_accuracy(teacher, dataset.x_val, dataset.y_val)
+        reference = module_fidelity(teacher, dataset.x_val, dataset.y_val, fidelity)
         name, budget = self._study_and_budget(ctx, teacher_candidate)
         self._note_search(
             ctx, teacher_candidate, reference, budget,
-            f"students of the teacher's own {type(teacher).__name__}: {choices.describe()}",
+            f"students of the teacher's own {type(teacher).__name__}: {choices.describe()}; "
+            f"scored by {fidelity}" + ("" if fidelity == "accuracy" else " with the teacher"),
         )  # fmt: skip
         objective = StudentObjective(
             dataset=search_split(dataset),
@@ -350,6 +353,7 @@ class SearchStage(Stage[SearchStageConfig]):
             reference_accuracy=reference,
             max_accuracy_drop=budget,
             student_kind="multipliers",
+            fidelity=fidelity,
             **self._objective_kwargs(ctx, name),
         )
         job = self._job(

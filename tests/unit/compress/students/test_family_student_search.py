@@ -218,3 +218,47 @@ def test_the_nas_stage_turns_module_students_into_candidates(
     assert candidate.parent_id == baseline.id and candidate.artifact.format == "torch-module"
     assert candidate.params["student"]["width"] == 0.5 and candidate.plan_file
     assert any("students of the teacher's own Sequential" in note for note in ctx.notes)
+
+
+def test_label_free_data_is_scored_by_fidelity_to_the_teacher(
+    teacher: TeacherSource, images: Any, tmp_path: Path
+) -> None:
+    from hamnet.compress.search.students import module_fidelity, teacher_labelled
+    from hamnet.compress.search.worker import TrialContext
+
+    model = teacher.module()
+
+    def outputs(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    free = dataclasses.replace(
+        images, y_train=outputs(images.x_train), y_val=outputs(images.x_val),
+        y_test=outputs(images.x_test), num_classes=0, targets="reference",
+    )  # fmt: skip
+    agreement, kind = teacher_labelled(free, "class_scores")
+    assert kind == "agreement" and agreement.num_classes == 10
+    assert np.array_equal(agreement.y_val, free.y_val.argmax(axis=1))
+    assert module_fidelity(model, agreement.x_val, agreement.y_val, kind) == 1.0
+    embeddings, kind = teacher_labelled(free, "embedding")
+    assert kind == "cosine" and embeddings is free
+    assert module_fidelity(model, free.x_val, free.y_val, "cosine") == pytest.approx(1.0)
+    assert teacher_labelled(images, None) == (images, "accuracy")
+
+    objective = StudentObjective(
+        dataset=search_split(free), teacher=teacher,
+        recipe=StudentSearchSection.model_validate(RECIPE),
+        base_architecture=HAMNetSection(dropout_rate=0.0), reference_accuracy=1.0,
+        max_accuracy_drop=0.05, objectives=("accuracy", "latency_ms"), profile="x86-avx2",
+        out_dir=str(tmp_path / "trials"), latency_repeats=5, latency_threads=1,
+        student_kind="multipliers", fidelity="cosine",
+    )  # fmt: skip
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", direction="minimize")
+    trial = study.ask()
+    params = {"width": 0.75, "depth": 0.5}
+    ctx = TrialContext(study, storage, trial.number, params, multi_objective=False)
+    outcome = objective(ctx, params)
+    cosine = outcome.user_attrs["metrics"]["accuracy"]
+    assert 0.0 < cosine <= 1.0 + 1e-6
+    assert outcome.user_attrs["metrics"]["accuracy_drop"] == pytest.approx(1.0 - cosine)
