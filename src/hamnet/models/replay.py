@@ -220,6 +220,42 @@ class ModulePlan(BaseModel):
             ) from None
         return cls.from_json(text, source=str(path))
 
+    def followed_by(self, later: ModulePlan) -> ModulePlan:
+        """One plan that replays this plan, then ``later`` (made on this plan's result).
+
+        The child of an already pruned or shrunk module is stored against the original
+        root, so its plan must hold both: this plan's blocks and history, then
+        ``later``'s history (its names and channel indices are those of this plan's
+        result), the integer attributes of both (``later``'s win). The descriptive
+        fields (ratio, criterion, groups, ...) are ``later``'s; ``params_before`` stays
+        the root's.
+
+        Raises:
+            ConfigError: ``later`` drops blocks itself (only the first plan may), or was
+                made for another class.
+        """
+        if later.blocks:
+            raise ConfigError(
+                "a plan that follows another must not drop blocks itself, but got one that "
+                f"drops blocks of {[b.container for b in later.blocks]}"
+            )
+        if later.model_class != self.model_class:
+            raise ConfigError(
+                f"a plan that follows one for a {self.model_class} must be for the same "
+                f"class, but got one for a {later.model_class}"
+            )
+        return later.model_copy(
+            update={
+                "history": [*self.history, *later.history],
+                "attributes": {**self.attributes, **later.attributes},
+                "blocks": list(self.blocks),
+                "block_attributes": dict(self.block_attributes),
+                "width": self.width,
+                "depth": self.depth,
+                "params_before": self.params_before,
+            }
+        )
+
     def torch_pruning_history(self) -> list[list[Any]]:
         """The history in torch-pruning's own form ``[[name, is_out, idxs], ...]``."""
         return [[s.module, s.out_channels, list(s.indices)] for s in self.history]

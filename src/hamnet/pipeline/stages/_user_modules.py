@@ -199,6 +199,9 @@ def prune_candidate(
 ) -> Candidate:  # fmt: skip
     """Prune a module candidate; the child stores the plan and the pruned weights.
 
+    A parent that is itself pruned or shrunk (a student of a search) has a plan: the
+    child's plan is the parent's followed by the new one, so it replays from the root.
+
     Raises:
         ConfigError: The module does not trace, has no prunable layer group, is too
             small for ``ratio``, or ``keep`` names an unknown module (before any work).
@@ -225,13 +228,18 @@ def prune_candidate(
         seed=ctx.config.seed,
         allocation_options=allocation_options or None,
     )
+    plan = result.plan
+    if artifact.plan:  # a pruned or shrunk parent: the child's plan starts from the root
+        from hamnet.models.replay import ModulePlan
+
+        plan = ModulePlan.load(path.parent / artifact.plan).followed_by(result.plan)
     main = save_module_artifact(
         ctx.store.staging_dir(), source=_source(path, artifact), inputs=artifact.inputs,
-        module=result.model, plan=result.plan, output_kind=artifact.output_kind,
+        module=result.model, plan=plan, output_kind=artifact.output_kind,
         family=artifact.family,
     )  # fmt: skip
     ref = ctx.store.put(main, MODULE_FORMAT)
-    plan_file = store_plan(ctx, result.plan, ref)
+    plan_file = store_plan(ctx, plan, ref)
     suffix = pruned_suffix(ratio, criterion, allocation, cfg)
     return Candidate.create(
         name=child_name(parent, suffix),

@@ -284,3 +284,18 @@ def test_clear_errors_before_any_training(families: dict[str, tuple[nn.Module, A
         shrink_module(resnet, x, depth=0.9)
     with pytest.raises(ConfigError, match="example_inputs must run"):
         shrink_module(resnet, torch.randn(2, 4, 8, 8), depth=0.5)
+
+
+def test_a_pruned_student_replays_from_the_root(families: dict[str, tuple[nn.Module, Any]]) -> None:
+    from hamnet.compress.pruning.modules import prune_module
+
+    model, example = families["resnet"]
+    student = shrink_module(model, example, depth=0.5)
+    pruned = prune_module(student.model, example, ratio=0.5)
+    plan = student.plan.followed_by(pruned.plan)
+    assert plan.blocks == student.plan.blocks and plan.params_before == student.params_before
+    replayed = apply_module_plan(model, ModulePlan.from_json(plan.to_json()), example)
+    replayed.load_state_dict(pruned.model.state_dict(), strict=True)
+    assert torch.equal(_run(replayed, example), _run(pruned.model, example))
+    with pytest.raises(ConfigError, match="must not drop blocks itself"):
+        pruned.plan.followed_by(student.plan)
