@@ -340,7 +340,9 @@ def shrink_module(
             runs the module.
         width: Fraction of the units of every prunable group that stays, in ``(0, 1]``.
         depth: Fraction of the blocks of every stack that stays, in ``(0, 1]``.
-        keep: Modules whose outputs keep their width (besides the output layers).
+        keep: Modules whose outputs keep their width (besides the output layers), named
+            as in the student after its blocks were dropped (kept blocks are numbered
+            again from 0 in their container).
         criterion: The criterion that chooses the units to remove (l1, l2, random,
             taylor, hessian; the last two need ``calibration``).
         calibration: Batches ``(inputs, targets_or_None)`` for data-driven criteria.
