@@ -262,3 +262,32 @@ def test_label_free_data_is_scored_by_fidelity_to_the_teacher(
     cosine = outcome.user_attrs["metrics"]["accuracy"]
     assert 0.0 < cosine <= 1.0 + 1e-6
     assert outcome.user_attrs["metrics"]["accuracy_drop"] == pytest.approx(1.0 - cosine)
+
+
+def test_an_onnx_teacher_gets_width_students_through_onnx2torch(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx2torch") is None:  # hamnet imports it without torchvision
+        pytest.skip("onnx2torch is not installed")
+    from hamnet.compress.students.shrink import shrink_module
+    from hamnet.core.artifacts import ArtifactStore
+    from hamnet.models.sources import load_module_artifact, save_module_artifact
+
+    x = torch.randn(1, 1, 8, 8)
+    torch.onnx.export(
+        conv_net().eval(), (x,), str(tmp_path / "teacher.onnx"), input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}}, dynamo=False,
+    )  # fmt: skip
+    ref = ArtifactStore(tmp_path / "store").put(tmp_path / "teacher.onnx", "onnx")
+    source = TeacherSource(artifact=ref, runtime="onnxruntime", profile="x86-avx2")
+    teacher = source.module()  # a flat fx graph: no repeated block containers
+    assert multiplier_choices(StudentSpaceSection(), teacher, x).depths == (1.0,)
+    result = shrink_module(teacher, x, width=0.5)
+    assert result.params_after < result.params_before
+    data = dataclasses.make_dataclass("Rows", [("x_val", Any)])(x.numpy())
+    main = save_module_artifact(
+        tmp_path / "student", module=result.model, plan=result.plan,
+        **source.student_source(data),
+    )  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(load_module_artifact(main)(x), result.model(x))
