@@ -350,12 +350,12 @@ PrunerName = Annotated[
 
 
 class StudentSpaceSection(_Section):
-    """The students a student search samples (``stages.nas.students.space``).
+    """The HAMNet students a student search samples (``stages.nas.students.space``).
 
-    HAMNet students: every list is a set of choices; ``token_sizes`` may hold ``"all"``
-    (one token of every feature: attention over one token is a linear map, so the block
-    is a residual MLP, the fastest shape at batch 1). Left out, a list is derived from
-    the teacher (widths and depths up to the teacher's).
+    Every list is a set of choices; ``token_sizes`` may hold ``"all"`` (one token of
+    every feature: attention over one token is a linear map, so the block is a residual
+    MLP, the fastest shape at batch 1). Left out, a list is derived from the teacher
+    (widths and depths up to the teacher's).
 
     Students of the teacher's own architecture (a user's module, or an ONNX file that
     converts with onnx2torch): ``width_multipliers`` x ``depth_multipliers``, each in
@@ -383,14 +383,13 @@ class StudentSpaceSection(_Section):
     @model_validator(mode="after")
     def _positive_unique(self) -> StudentSpaceSection:
         for name in ("width_multipliers", "depth_multipliers"):
-            values = getattr(self, name)
-            bad = [v for v in values or [] if not 0.0 < v <= 1.0]
+            values = getattr(self, name) or []
+            bad = [v for v in values if not 0.0 < v <= 1.0]
             if bad:
                 raise ValueError(f"{name} must hold multipliers in (0, 1], but got {bad}")
-        for name in (
-            "hidden_sizes", "num_layers", "num_heads", "ffn_ratios", "token_sizes",
-            "width_multipliers", "depth_multipliers",
-        ):  # fmt: skip
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat a choice, but got {values}")
+        for name in ("hidden_sizes", "num_layers", "num_heads", "ffn_ratios", "token_sizes"):
             values = getattr(self, name)
             if values is None:
                 continue
