@@ -85,6 +85,32 @@ def _load_ref(ctx: StageContext) -> tuple[Any, Any]:
     return source, module
 
 
+def check_module_student(ctx: StageContext) -> None:
+    """Build ``stages.distill.student`` from ``model.path`` (a module source) once, so a
+    student that cannot be built fails before any stage runs (for a preflight).
+
+    Does nothing when no student is configured or the model is not a module source.
+
+    Raises:
+        ConfigError: The student cannot be built (no repeated blocks for a depth below
+            1, a width that leaves a group empty, a module that does not trace).
+    """
+    from hamnet.compress.students.shrink import shrink_module
+    from hamnet.models.sources import example_inputs
+
+    distill = ctx.config.stages.distill
+    if distill is None or distill.student is None or not ctx.config.model.path:
+        return
+    _, module = _load_ref(ctx)
+    section = distill.student
+    shrink_module(
+        module, example_inputs(input_spec(ctx.dataset)), width=section.width,
+        depth=section.depth, keep=list(section.keep), criterion=section.criterion,
+        calibration=calibration_batches(ctx.dataset, ctx.config.seed),
+        seed=ctx.config.seed,
+    )  # fmt: skip
+
+
 def ingest_model_ref(ctx: StageContext) -> Path:
     """Store ``model.path`` (a module source reference) as the baseline module artifact.
 

@@ -78,11 +78,11 @@ class DistillStage(Stage[DistillStageConfig]):
         )
         teachers = [self._teacher(ref, inputs, ctx) for ref in cfg.teachers] if hamnet_work else []
         out: list[Candidate] = []
+        if cfg.student is not None:  # first: a student that cannot be built fails untrained
+            out += self._module_students(inputs, ctx, transfer)
         if cfg.recover_pruned:
             out += self._recoveries(inputs, teachers, ctx, transfer)
         out += self._students(inputs, teachers, ctx, transfer)
-        if cfg.student is not None:
-            out += self._module_students(inputs, ctx, transfer)
         if not out:
             ctx.notes.append(
                 "distill: nothing to distill (no pruned candidates and no students configured)"

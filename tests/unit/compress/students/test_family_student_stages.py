@@ -105,7 +105,13 @@ def test_the_student_section_is_validated(digits: Path, tmp_path: Path) -> None:
         _config(digits, {"depth": 0.0})
     with pytest.raises(ConfigError, match="widht"):
         _config(digits, {"widht": 0.5})
+    from hamnet.pipeline.run import make_context
+    from hamnet.pipeline.stages._user_modules import check_module_student
+
+    check_module_student(make_context(_config(digits, {"depth": 0.5}), tmp_path))  # it builds
     flat = _config(digits, {"depth": 0.5})
     torch.save(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), tmp_path / "deep.pt")
+    with pytest.raises(ConfigError, match="no repeated shape-preserving blocks in Sequential"):
+        check_module_student(make_context(flat, tmp_path))  # what a preflight would call
     with pytest.raises(ConfigError, match="no repeated shape-preserving blocks in Sequential"):
         run_pipeline(flat, base_dir=tmp_path)
