@@ -64,6 +64,11 @@ class SearchStage(Stage[SearchStageConfig]):
                 "max_retries",
             },
         )
+        space = defining["students"]["space"]
+        for key, unset in (("kind", "auto"), ("width_multipliers", None),
+                           ("depth_multipliers", None)):  # fmt: skip
+            if space.get(key) == unset:  # studies named before these settings still resume
+                space.pop(key, None)
         defining["model"] = config.model.hamnet.model_dump(mode="json")
         defining["data"] = config.data.model_dump(mode="json")
         defining["train"] = (
