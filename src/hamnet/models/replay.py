@@ -69,6 +69,7 @@ __all__ = [
     "changed_int_attributes",
     "drop_blocks",
     "int_attributes",
+    "keep_children",
     "primary_output",
     "set_int_attributes",
     "set_path_attributes",
