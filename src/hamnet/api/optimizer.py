@@ -406,7 +406,11 @@ class Optimizer:
             plan = self.plan(
                 constraints, has_train_data=train_path is not None, budget_minutes=budget_minutes
             )
-        prune = goal in (Goal.PRUNE, Goal.DISTILL) or escalate or bool(plan and plan.prune_ratios)
+        prune = (
+            goal in (Goal.PRUNE, Goal.DISTILL)
+            or escalate
+            or bool(plan and (plan.prune_ratios or plan.student_space == "multipliers"))
+        )
         train = Path(train_path) if train_path is not None else None
         return compile_config(
             goal,

@@ -86,6 +86,12 @@ def preflight(config: OptimizeConfig, base_dir: str | Path = ".") -> None:
             LoadStage.check_model_file(ctx)
         elif config.model.hamnet.input_size is not None:
             dataset.check_input_size(config.model.hamnet.input_size)
+        distill = config.stages.distill
+        if distill is not None and distill.student is not None:
+            # A configured student that cannot be built fails here, before any training.
+            from hamnet.pipeline.stages._user_modules import check_module_student
+
+            check_module_student(ctx)
     except BaseException:
         if not existed:  # bad input leaves no partial state: not even an empty workdir
             _remove_empty_tree(workdir)

@@ -115,3 +115,12 @@ def test_the_student_section_is_validated(digits: Path, tmp_path: Path) -> None:
         check_module_student(make_context(flat, tmp_path))  # what a preflight would call
     with pytest.raises(ConfigError, match="no repeated shape-preserving blocks in Sequential"):
         run_pipeline(flat, base_dir=tmp_path)
+
+
+def test_preflight_refuses_a_student_that_cannot_be_built(digits: Path, tmp_path: Path) -> None:
+    from hamnet.pipeline.run import preflight
+
+    torch.save(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)), tmp_path / "deep.pt")
+    config = _config(digits, {"width": 1.0, "depth": 0.5})
+    with pytest.raises(ConfigError, match="repeated shape-preserving blocks"):
+        preflight(config, tmp_path)
