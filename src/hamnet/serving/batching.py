@@ -22,14 +22,24 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from hamnet.core.errors import ConfigError
 
-RunFn = Callable[[np.ndarray], tuple[np.ndarray, Any]]
-"""Runs a ``[batch, features]`` array; returns the outputs and a tag (e.g. model info)."""
+
+class Rows(Protocol):
+    """A batch's outputs, one per input row: an array, or anything sliced like one."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice, /) -> Any: ...
+
+
+RunFn = Callable[[np.ndarray], tuple[Rows, Any]]
+"""Runs a ``[batch, features]`` array; returns the outputs (one per row, e.g. an array
+or :class:`hamnet.serving.state.Scores`) and a tag (e.g. model info)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class BatchResult:
         batch_rows: Rows in the inference call that served the request.
     """
 
-    outputs: np.ndarray
+    outputs: Any
     tag: Any
     batch_rows: int
 
@@ -83,7 +93,7 @@ class InferenceCaller:
             and self.seconds_per_row * rows < self.inline_below_s
         )
 
-    async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
+    async def __call__(self, x: np.ndarray) -> tuple[Rows, Any]:
         """Run ``x`` and return the run function's ``(outputs, tag)``."""
         rows = max(len(x), 1)
         if self.inline(rows):
@@ -95,7 +105,7 @@ class InferenceCaller:
         self._observe(seconds / rows)
         return result
 
-    def _timed(self, x: np.ndarray) -> tuple[tuple[np.ndarray, Any], float]:
+    def _timed(self, x: np.ndarray) -> tuple[tuple[Rows, Any], float]:
         started = time.perf_counter()
         result = self.run(x)
         return result, time.perf_counter() - started
