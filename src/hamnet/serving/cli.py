@@ -136,6 +136,9 @@ def serve(
 
     apply_defaults()
     try:
+        from hamnet.serving.servers import resolve_server, run_server
+
+        http_server = resolve_server(server) if ray_address is None else server
         arms, split = parse_arms(model, ab, arm or [])
         if ab is not None and ab_log is None:
             ab_log = Path("ab-log.jsonl")
@@ -149,9 +152,6 @@ def serve(
         if ray_address is not None:
             _serve_on_ray(settings, ray_address, replicas, replica_cpus, host, port)
             return
-        from hamnet.serving.servers import resolve_server, run_server
-
-        http_server = resolve_server(server)
         state = ServingState.build(settings)
     except HamnetError as err:
         raise _fail(err) from None
