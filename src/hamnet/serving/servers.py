@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 import signal
@@ -208,8 +207,7 @@ class RSGIBridge:
                 if not message.get("more_body", False):
                     proto.response_bytes(status, headers, b"".join(chunks))
 
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.app(_asgi_scope(scope), receive, send)
+        await self.app(_asgi_scope(scope), receive, send)
 
 
 def _address(text: str) -> tuple[str, int] | None:
