@@ -182,6 +182,22 @@ class ServerProcess:
             time.sleep(0.5)
         raise RuntimeError(f"{self.kind} server did not become ready: {self.log.read_text()}")
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds (user + system) the server process and its main thread used so far.
+
+        The main thread runs the event loop: under load it is the bottleneck of a
+        single-process server (granian moves HTTP parsing and socket I/O to a Rust
+        thread, so its loop thread does less per request than the process does).
+        """
+        tick = os.sysconf("SC_CLK_TCK")
+        pid = self.process.pid
+
+        def used(path: str) -> float:
+            fields = Path(path).read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        return used(f"/proc/{pid}/stat"), used(f"/proc/{pid}/task/{pid}/stat")
+
     def stop(self) -> None:
         import signal
 
@@ -354,6 +370,10 @@ def _verdict(results: list[dict[str, Any]], levels: tuple[int, ...]) -> list[str
     return lines
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each (server, clients) cell's median over the rounds (errors: summed)."""
     cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -368,6 +388,8 @@ def _median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             "rps": float(np.median([r["rps"] for r in rows])),
             "p50_ms": float(np.median([r["p50_ms"] for r in rows])),
             "p99_ms": float(np.median([r["p99_ms"] for r in rows])),
+            **{key: float(np.median([r[key] for r in rows])) for key in ("cpu_us", "loop_us")
+               if all(key in r for r in rows)},
             "errors": sum(r["errors"] for r in rows),
             "rounds": len(rows),
         })  # fmt: skip
@@ -411,6 +433,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hamnet-serving-bench-"))
     path, facts = _model(work, args.epochs)
     print(json.dumps(facts))
+    load_before = os.getloadavg()  # other work on the machine moves every figure
     rounds: list[list[dict[str, Any]]] = []
     for number in range(args.rounds):
         results = []
@@ -419,10 +442,17 @@ def main() -> None:
             try:
                 server.wait_ready()
                 for clients in levels:
+                    before = server.cpu_seconds()
                     if generator == "wrk":
                         row = _wrk_load(server.url, rows, clients, args.seconds)
                     else:
                         row = asyncio.run(_load(server.url, rows, clients, args.seconds))
+                    after = server.cpu_seconds()
+                    # wrk's untimed 1 s warm-up is counted too: per request, scale by it
+                    served = max(row["requests"] * (1 + 1 / args.seconds), 1)
+                    if not kind.startswith("ray"):  # Ray's replicas are other processes
+                        row["cpu_us"] = 1e6 * (after[0] - before[0]) / served
+                        row["loop_us"] = 1e6 * (after[1] - before[1]) / served
                     row = {"server": kind, "clients": clients, "round": number, **row}
                     results.append(row)
                     print(json.dumps(row), flush=True)
@@ -435,7 +465,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"seconds": args.seconds, "levels": levels, "epochs": args.epochs,
                 "rounds": args.rounds, "cpus": os.cpu_count(), "generator": generator,
-                "load_average": os.getloadavg()}  # fmt: skip
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg()}  # fmt: skip
     document = {"settings": settings, "model": facts, "load": results, "verdict": verdict,
                 "rounds": rounds}  # fmt: skip
     (out / "serving.json").write_text(json.dumps(document, indent=2))
@@ -445,13 +476,15 @@ def main() -> None:
         f"Settings: {settings}. Model: digits HAMNet ONNX FP32, accuracy "
         f"{facts['accuracy']:.4f}, {facts['size_mb']:.3f} MB, direct p50 "
         f"{facts['direct_p50_ms']:.3f} ms at batch 1.", "",
-        "| server | clients | requests | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| server | clients | requests | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
+        "| loop thread µs/req |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in results:
         lines.append(
             f"| {r['server']} | {r['clients']} | {r['requests']} | {r['rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+            f"{_us(r.get('cpu_us'))} | {_us(r.get('loop_us'))} |"
         )
     lines += ["", *(f"- {line}" for line in verdict)]
     (out / "serving.md").write_text("\n".join(lines) + "\n")
