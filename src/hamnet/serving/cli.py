@@ -136,7 +136,7 @@ def serve(
 
     apply_defaults()
     try:
-        from hamnet.serving.servers import resolve_server, run_server
+        from hamnet.serving.servers import check_address, resolve_server, run_server
 
         http_server = resolve_server(server) if ray_address is None else server
         arms, split = parse_arms(model, ab, arm or [])
@@ -152,6 +152,7 @@ def serve(
         if ray_address is not None:
             _serve_on_ray(settings, ray_address, replicas, replica_cpus, host, port)
             return
+        check_address(host, port)
         state = ServingState.build(settings)
     except HamnetError as err:
         raise _fail(err) from None

@@ -29,6 +29,7 @@ import asyncio
 import importlib.util
 import logging
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,27 @@ def resolve_server(name: str) -> str:
             "install the serve extra: pip install 'hamnet[serve]'"
         )
     return name
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail early, with one line, when ``host:port`` cannot be listened on.
+
+    uvicorn reports a taken port itself, granian only through a Rust panic; both are
+    checked here before anything is printed.
+
+    Raises:
+        ConfigError: If a socket cannot bind there (taken port, unknown address).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as err:
+        raise ConfigError(
+            f"the server must be able to listen on {host}:{port}, but binding failed: {err}"
+        ) from None
 
 
 def describe(server: str) -> str:

@@ -39,7 +39,7 @@ def test_auto_prefers_granian_and_names_are_checked() -> None:
     assert "RSGI" in describe("granian") and "uvicorn" in describe("uvicorn")
 
 
-def test_an_unknown_server_exits_2(tmp_path: Path) -> None:
+def test_an_unknown_server_or_a_taken_port_exits_2(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from hamnet.ops.cli import app
@@ -48,6 +48,18 @@ def test_an_unknown_server_exits_2(tmp_path: Path) -> None:
         app, ["serve", str(tmp_path / "m.onnx"), "--server", "nginx"], env={"COLUMNS": "200"}
     )
     assert bad.exit_code == 2 and "but got 'nginx'" in bad.output
+    model = export_tiny_onnx(tmp_path / "m.onnx")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for server in RUNNABLE:
+            busy = CliRunner().invoke(
+                app, ["serve", str(model), "--port", port, "--server", server],
+                env={"COLUMNS": "200"},
+            )  # fmt: skip
+            assert busy.exit_code == 2, busy.output
+            assert f"listen on 127.0.0.1:{port}, but binding failed" in busy.output
 
 
 def _free_port() -> int:
