@@ -212,3 +212,24 @@ def test_an_unexpected_error_on_the_fast_path_is_a_logged_500(
     detail = json.loads(sent[1]["body"])["detail"]  # type: ignore[arg-type]
     assert detail == "internal error: RuntimeError: boom on b'{}'"
     assert "POST /predict failed" in caplog.text
+
+
+def test_a_lone_fast_request_runs_at_once_without_the_collector() -> None:
+    run = Timed()
+    batcher = DynamicBatcher(run, max_batch_size=8, window_ms=2.0, inline_below_ms=50.0)
+    one = np.ones((1, 3), dtype=np.float32)
+
+    async def go() -> tuple[int, int]:
+        await batcher.start()
+        try:
+            for _ in range(InferenceCaller.WARMUP_CALLS):
+                await batcher.submit(one)  # measured in a worker thread, through the queue
+            assert batcher._task is not None
+            batcher._task.cancel()  # no collector: only the direct path can answer now
+            result = await asyncio.wait_for(batcher.submit(one), timeout=5)
+            return result.batch_rows, threading.get_ident()
+        finally:
+            await batcher.stop()
+
+    rows, loop_thread = asyncio.run(go())
+    assert rows == 1 and run.threads[-1] == loop_thread
