@@ -1,14 +1,15 @@
 """Dynamic batching: requests that queue up together share one inference.
 
-:class:`DynamicBatcher` queues each request's rows; a collector task takes every
-request already waiting (up to ``max_batch_size`` rows) and, when that is more than
-one request (so requests are queuing), gives the event loop one more turn at a time to
-add arrivals, for as long as each turn brings some and at most ``window_ms``. A lone
-request runs at once (when nothing is queued or collected and its call runs on the
-loop, straight from :meth:`DynamicBatcher.submit`, without the queue) and a batch stops
-growing as soon as arrivals stop, so batching adds no fixed wait (a fixed window waits its full length whenever batches stay under
-the cap). Every caller gets its own rows of the result; a batch that fails fails only
-its own requests. ``window_ms=0`` turns batching off: every request runs alone.
+:class:`DynamicBatcher` queues each request's rows; a collector task takes every request
+already waiting (up to ``max_batch_size`` rows) and, when that is more than one request
+(so requests are queuing), gives the event loop one more turn at a time to add arrivals,
+for as long as each turn brings some and at most ``window_ms``. A lone request runs at
+once (when nothing is queued or collected and its call runs on the loop, straight from
+:meth:`DynamicBatcher.submit`, without the queue) and a batch stops growing as soon as
+arrivals stop, so batching adds no fixed wait (a fixed window waits its full length
+whenever batches stay under the cap). Every caller gets its own rows of the result; a
+batch that fails fails only its own requests. ``window_ms=0`` turns batching off: every
+request runs alone.
 
 Where a batch runs is decided by :class:`InferenceCaller` from measured times: a model
 whose calls take under ``inline_below_ms`` runs on the event loop itself (a hop to a
