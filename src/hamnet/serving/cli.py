@@ -108,7 +108,8 @@ def serve(
     server: Annotated[
         str,
         typer.Option(
-            help="HTTP server: auto (granian when installed, else uvicorn), uvicorn or granian."
+            help="HTTP server: auto (granian when installed, else uvicorn), uvicorn or "
+            "granian. With --ray-address, Ray Serve's proxy serves HTTP instead."
         ),
     ] = "auto",
     ray_address: Annotated[

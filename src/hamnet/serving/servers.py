@@ -152,7 +152,7 @@ async def _serve_granian(app: ServingApp, host: str, port: int, log_level: str) 
     server = Server(
         RSGIBridge(app), address=host, port=port, interface=Interfaces.RSGI,
         http=HTTPModes.http1, websockets=False, log_access=False, runtime_threads=1,
-        log_level=LogLevels(log_level.lower()),
+        log_level=_granian_level(log_level, LogLevels),
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -163,6 +163,12 @@ async def _serve_granian(app: ServingApp, host: str, port: int, log_level: str) 
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def _granian_level(level: str, levels: Any) -> Any:
+    """granian's name for a uvicorn-style log level (``trace`` is granian's ``debug``)."""
+    name = level.lower()
+    return levels(name) if name in {m.value for m in levels} else levels.debug
 
 
 class _NotExperimental(logging.Filter):
