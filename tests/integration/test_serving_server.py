@@ -1,14 +1,17 @@
-"""`hamnet serve` as a real uvicorn process on loopback, fed by a real MLflow registry.
+"""`hamnet serve` as a real process on loopback, fed by a real MLflow registry.
 
-One server for the module (A/B between the aliases ``champion`` and ``challenger`` of a
-registered model on a SQLite registry under a temp folder, alias poll every 0.5 s):
-predictions match ONNX Runtime called directly, bad inputs get 422 and the server stays
-up, metrics count requests, the split is within tolerance and sticky per key, and the
-champion is reloaded when its alias moves (by the poller and by ``POST /reload``).
+Every test runs once per installed HTTP server (``--server uvicorn`` and ``--server
+granian``). One server per HTTP server for the module (A/B between the aliases
+``champion`` and ``challenger`` of a registered model on a SQLite registry under a temp
+folder, alias poll every 0.5 s): predictions match ONNX Runtime called directly, bad
+inputs get 422 and the server stays up, metrics count requests, the split is within
+tolerance and sticky per key, and the champion is reloaded when its alias moves (by the
+poller and by ``POST /reload``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -78,11 +81,16 @@ def _register(uri: str, folder: Path, count: int) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+HTTP_SERVERS = [s for s in ("uvicorn", "granian") if importlib.util.find_spec(s) is not None]
+
+
+@pytest.fixture(scope="module", params=HTTP_SERVERS)
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
     import httpx
 
-    folder = tmp_path_factory.mktemp("serving")
+    folder = tmp_path_factory.mktemp(f"serving-{request.param}")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     files = _register(uri, folder, 3)
     port = _free_port()
@@ -91,7 +99,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         sys.executable, "-m", "hamnet", "serve", f"models:/{MODEL}@champion",
         "--port", str(port), "--tracking-uri", uri, "--ab", "champion=0.7,challenger=0.3",
         "--ab-log", str(log), "--poll-seconds", "0.5", "--threads", "1", "--seed", "0",
-        "--batch-window-ms", "2",
+        "--batch-window-ms", "2", "--server", request.param,
     ]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(

@@ -79,6 +79,8 @@ class ABRouter:
 
     def assign(self, key: str | None) -> str:
         """The arm for a request: sticky for a key, random without one."""
+        if len(self.arms) == 1:
+            return self.arms[0]  # no draw, no hash: the single-model server's every request
         if key is None or key == "":
             with self._lock:
                 u = self._random.random()

@@ -9,11 +9,16 @@ FastAPI at import time: import it lazily (``hamnet serve`` does).
 
 The ``/predict`` path is kept short because at a fraction of a millisecond per
 inference the HTTP layer is the cost (profiled with py-spy, see ``docs/serving.md``):
-the body is parsed and validated in one pass by pydantic's JSON parser
-(``model_validate_json``) instead of FastAPI's ``json.loads`` + dependency solving, the
-answer is serialised with orjson when it is installed, the Prometheus children of each
-arm are looked up once, the routes sit on the app's own router, and the lifespan
-freezes the objects alive after start-up out of the garbage collector's full passes.
+``POST /predict`` is answered before FastAPI's and Starlette's middleware and routing
+(:class:`ServingApp` hands it to :class:`PredictFastPath`), the body is parsed and
+validated in one pass by pydantic's JSON parser (``model_validate_json``) instead of
+FastAPI's ``json.loads`` + dependency solving, the answer is an :class:`Answer` (status
+and JSON bytes, serialised with orjson when it is installed) sent as two raw ASGI
+messages, a batch is scored once (:class:`~hamnet.serving.state.Scores`), the
+Prometheus children of each arm are looked up once, the routes sit on the app's own
+router, and the lifespan freezes the objects alive after start-up out of the garbage
+collector's full passes. The HTTP server (uvicorn or granian) is chosen and run by
+:mod:`hamnet.serving.servers`.
 
 Example:
     >>> state = ServingState.build(ServeSettings(arms={"main": "model.onnx"}))  # doctest: +SKIP
@@ -27,11 +32,12 @@ import gc
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,12 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hamnet.serving.batching import BatchResult
 from hamnet.serving.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
 from hamnet.serving.models import ModelInfo
-from hamnet.serving.state import Arm, ServeSettings, ServingState
+from hamnet.serving.state import Arm, Scores, ServeSettings, ServingState
 
 __all__ = [
     "BATCH_BUCKETS",
     "KEY_HEADER",
     "LATENCY_BUCKETS",
+    "Answer",
     "Arm",
     "FastJSONResponse",
     "Metrics",
@@ -52,6 +59,7 @@ __all__ = [
     "PredictRequest",
     "Predictor",
     "ServeSettings",
+    "ServingApp",
     "ServingState",
     "create_app",
     "freeze_heap",
@@ -60,6 +68,10 @@ __all__ = [
 logger = logging.getLogger("hamnet.serving")
 
 KEY_HEADER = "X-Request-Key"
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class PredictRequest(BaseModel):
@@ -132,13 +144,6 @@ def _clean_errors(errors: list[Any]) -> list[dict[str, Any]]:
     return [{k: e.get(k) for k in ("type", "loc", "msg")} for e in errors]
 
 
-def _invalid_body(errors: list[Any]) -> JSONResponse:
-    return JSONResponse(
-        {"detail": _validation_message(errors), "errors": _clean_errors(errors)},
-        status_code=422,
-    )
-
-
 def _json_bytes() -> Callable[[Any], bytes]:
     """orjson's ``dumps`` when installed (about 10x faster), else the standard library's."""
     try:
@@ -148,10 +153,59 @@ def _json_bytes() -> Callable[[Any], bytes]:
     return orjson.dumps
 
 
+_dumps = _json_bytes()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What ``POST /predict`` answers: a status and a JSON body, whatever the server.
+
+    The same answer goes out as two raw ASGI messages (:meth:`send_asgi`), as a
+    Starlette response (:meth:`response`, for the documented FastAPI route) or through
+    granian's RSGI protocol (:mod:`hamnet.serving.servers`).
+
+    Attributes:
+        status: HTTP status code.
+        body: The JSON document, serialised.
+    """
+
+    status: int
+    body: bytes
+
+    CONTENT_TYPE = "application/json"
+
+    @classmethod
+    def json(cls, status: int, document: Any) -> Answer:
+        """An answer whose body is ``document`` as JSON (orjson when installed)."""
+        return cls(status, _dumps(document))
+
+    @classmethod
+    def error(cls, status: int, detail: str) -> Answer:
+        """A ``{"detail": ...}`` answer, as FastAPI's own errors are shaped."""
+        return cls.json(status, {"detail": detail})
+
+    def response(self) -> Response:
+        """As a Starlette response."""
+        return Response(self.body, status_code=self.status, media_type=self.CONTENT_TYPE)
+
+    async def send_asgi(self, send: Send) -> None:
+        """Send it as an ASGI ``http.response.start`` and one ``http.response.body``."""
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(self.body)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _invalid_body(errors: list[Any]) -> Answer:
+    return Answer.json(
+        422, {"detail": _validation_message(errors), "errors": _clean_errors(errors)}
+    )
+
+
 class FastJSONResponse(JSONResponse):
     """A JSON response serialised by orjson when it is installed."""
 
-    dumps = staticmethod(_json_bytes())
+    dumps = staticmethod(_dumps)
 
     def render(self, content: Any) -> bytes:
         return self.dumps(content)
@@ -166,12 +220,6 @@ class _ArmMetrics:
         self.samples = metrics.samples.labels(arm)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
 class Predictor:
     """Answers ``POST /predict``: routes to an arm, checks, batches, predicts, counts, logs.
 
@@ -184,7 +232,7 @@ class Predictor:
         self.metrics = state.metrics
         self._arm_metrics = {name: _ArmMetrics(state.metrics, name) for name in state.arms}
 
-    async def handle_raw(self, raw: bytes, header_key: str | None) -> JSONResponse:
+    async def handle_raw(self, raw: bytes, header_key: str | None) -> Answer:
         """Validate a raw JSON body in one pass and answer it (see :meth:`handle`).
 
         Returns:
@@ -199,24 +247,26 @@ class Predictor:
             return _invalid_body(list(err.errors(include_url=False)))
         return await self.handle(body, header_key or body.key)
 
-    async def handle(self, body: PredictRequest, key: str | None) -> JSONResponse:
+    async def handle(self, body: PredictRequest, key: str | None) -> Answer:
         """Answer one request; ``key`` makes its A/B assignment sticky.
 
-        Raises:
-            HTTPException: 422 for a wrong feature count or too many samples, 503 when
-                the server is not ready.
+        Returns:
+            200 with the predictions; 422 for a wrong feature count or too many samples;
+            503 when the server is not ready; 500 when the inference raised.
         """
         started = time.perf_counter()
         arm = self.state.arms[self.state.router.assign(key)]
         rows = body.rows()
-        self._admit(arm, rows)
+        refused = self._admit(arm, rows)
+        if refused is not None:
+            return refused
         try:
             result = await arm.batcher.submit(np.asarray(rows, dtype=np.float32))
         except Exception as err:
             return self._failed(arm, key, len(rows), time.perf_counter() - started, err)
         return self._answer(arm, key, body, result, started)
 
-    def _admit(self, arm: Arm, rows: list[list[float]]) -> None:
+    def _admit(self, arm: Arm, rows: list[list[float]]) -> Answer | None:
         info = arm.slot.model.info
         limit = self.state.settings.max_request_rows
         bad = next((len(r) for r in rows if len(r) != info.features), None)
@@ -228,29 +278,31 @@ class Predictor:
                 if bad is not None
                 else f"a request must hold at most {limit} samples, but got {len(rows)}"
             )
-            raise HTTPException(422, detail=message)
+            return Answer.error(422, message)
         if not self.state.ready:
             self.metrics.requests.labels(arm.name, "503").inc()
-            raise HTTPException(503, detail="the server is not ready")
+            return Answer.error(503, "the server is not ready")
+        return None
 
     def _failed(
         self, arm: Arm, key: str | None, rows: int, elapsed: float, err: Exception
-    ) -> JSONResponse:
+    ) -> Answer:
         logger.exception("inference failed on arm %s", arm.name)
         self.metrics.errors.labels(arm.name, "inference").inc()
         self.metrics.requests.labels(arm.name, "500").inc()
         self.state.record(arm.name, "", key, elapsed, rows, type(err).__name__)
-        return JSONResponse(
-            {"detail": f"inference failed: {type(err).__name__}: {err}", "arm": arm.name},
-            status_code=500,
+        return Answer.json(
+            500, {"detail": f"inference failed: {type(err).__name__}: {err}", "arm": arm.name}
         )
 
     def _answer(
         self, arm: Arm, key: str | None, body: PredictRequest, result: BatchResult, started: float
-    ) -> JSONResponse:
+    ) -> Answer:
         served: ModelInfo = result.tag
-        logits = np.asarray(result.outputs, dtype=np.float64)
-        predictions = logits.argmax(axis=1).tolist()
+        scores = result.outputs
+        if not isinstance(scores, Scores):  # a run function that returns bare logits
+            scores = Scores.of(scores)
+        predictions = scores.predictions.tolist()
         labels = body.true_labels() or []
         correct = sum(int(p == t) for p, t in zip(predictions, labels, strict=False))
         rows = len(predictions)
@@ -260,7 +312,8 @@ class Predictor:
         counters.ok.inc()
         counters.samples.inc(rows)
         self.state.record(arm.name, served.version, key, elapsed, rows, None, len(labels), correct)
-        return FastJSONResponse(
+        return Answer.json(
+            200,
             {
                 "arm": arm.name,
                 "model": served.name,
@@ -268,9 +321,9 @@ class Predictor:
                 "runtime": served.runtime,
                 "batch_rows": result.batch_rows,
                 "predictions": predictions,
-                "probabilities": _softmax(logits).tolist(),
-                "logits": logits.tolist(),
-            }
+                "probabilities": scores.probabilities.tolist(),
+                "logits": scores.logits.tolist(),
+            },
         )
 
 
@@ -303,11 +356,11 @@ def freeze_heap() -> None:
 
 
 def _validation_handler(metrics: Metrics) -> Any:
-    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         metrics.errors.labels("none", "validation").inc()
         metrics.requests.labels("none", "422").inc()
-        return _invalid_body(list(exc.errors()))
+        return _invalid_body(list(exc.errors())).response()
 
     return invalid_request
 
@@ -357,28 +410,47 @@ def status_routes(state: ServingState, router: APIRouter | None = None) -> APIRo
 
 
 class PredictFastPath:
-    """ASGI middleware that answers ``POST /predict`` itself, before Starlette's stack.
+    """Answers ``POST /predict`` straight from the ASGI messages, before any other layer.
 
-    At a fraction of a millisecond per inference, Starlette's exception middleware,
-    routing, ``Request`` object and FastAPI's endpoint machinery cost more than the
-    model; this middleware reads the body from the ASGI messages and hands it to
-    :meth:`Predictor.handle_raw`. It sits inside Starlette's server-error middleware,
-    so an unexpected error still becomes a 500. Every other request goes on to the app.
+    At a fraction of a millisecond per inference, FastAPI's and Starlette's middleware
+    (server errors, FastAPI's telemetry check, exceptions), routing, ``Request`` object
+    and endpoint machinery cost more than the model (profiled, ``docs/serving.md``).
+    This reads the body, hands it to :meth:`Predictor.handle_raw` and sends the
+    :class:`Answer` as two raw ASGI messages. An unexpected error is logged and answered
+    with a 500 (when nothing was sent yet), so the server stays up. Every other request
+    goes on to ``app``. As an ASGI app it wraps any app; :class:`ServingApp` calls
+    :meth:`answer` itself, and granian's RSGI bridge shares :meth:`predict`.
 
     Args:
         app: The rest of the ASGI stack.
         predictor: Answers the requests.
     """
 
+    PATH = "/predict"
+
     def __init__(self, app: Any, predictor: Predictor) -> None:
         self.app = app
         self.predictor = predictor
         self._key = KEY_HEADER.lower().encode("latin-1")
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not self._is_predict(scope):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.takes(scope):
+            await self.answer(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    def takes(self, scope: Scope) -> bool:
+        """Whether ``scope`` is a ``POST /predict`` this path answers."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return path == self.PATH
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the request's body, answer it and send the answer."""
         chunks = []
         more = True
         while more:
@@ -388,19 +460,36 @@ class PredictFastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         key = next((v.decode("latin-1") for k, v in scope["headers"] if k == self._key), None)
-        try:
-            response: Response = await self.predictor.handle_raw(b"".join(chunks), key)
-        except HTTPException as err:
-            response = JSONResponse({"detail": err.detail}, status_code=err.status_code)
-        await response(scope, receive, send)
+        answer = await self.predict(chunks[0] if len(chunks) == 1 else b"".join(chunks), key)
+        await answer.send_asgi(send)
 
-    @staticmethod
-    def _is_predict(scope: Any) -> bool:
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        return path == "/predict"
+    async def predict(self, raw: bytes, key: str | None) -> Answer:
+        """Answer a raw body; an unexpected error becomes a logged 500."""
+        try:
+            return await self.predictor.handle_raw(raw, key)
+        except Exception as err:
+            logger.exception("POST %s failed", self.PATH)
+            return Answer.error(500, f"internal error: {type(err).__name__}: {err}")
+
+
+class ServingApp(FastAPI):
+    """hamnet's FastAPI app: ``POST /predict`` goes to its :class:`PredictFastPath` first.
+
+    Everything else (``/health``, ``/ready``, ``/metrics``, ``/model``, ``/reload``, the
+    OpenAPI document, the lifespan) is FastAPI as usual.
+
+    Attributes:
+        fast_path: Answers ``POST /predict`` (None: the ``/predict`` route does).
+    """
+
+    fast_path: PredictFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_path
+        if fast is not None and fast.takes(scope):
+            await fast.answer(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def predict_routes(
@@ -432,26 +521,29 @@ def predict_routes(
     }  # fmt: skip
 
     @router.post("/predict", openapi_extra=body_doc)
-    async def predict(request: Request) -> JSONResponse:
-        return await predictor.handle_raw(await request.body(), request.headers.get(KEY_HEADER))
+    async def predict(request: Request) -> Response:
+        raw = await request.body()
+        answer = await predictor.handle_raw(raw, request.headers.get(KEY_HEADER))
+        return answer.response()
 
     return router
 
 
-def create_app(state: ServingState) -> FastAPI:
+def create_app(state: ServingState) -> ServingApp:
     """The FastAPI app serving ``state``.
 
     Args:
         state: Loaded arms and settings (from :meth:`ServingState.build`).
 
     Returns:
-        An ASGI app; its lifespan starts the batchers and the registry poller.
+        An ASGI app (run it with :func:`hamnet.serving.servers.run_server`); its
+        lifespan starts the batchers and the registry poller.
     """
-    app = FastAPI(title="hamnet serve", version="1", lifespan=_lifespan(state))
+    app = ServingApp(title="hamnet serve", version="1", lifespan=_lifespan(state))
     app.state.serving = state
     app.add_exception_handler(RequestValidationError, _validation_handler(state.metrics))
     predictor = Predictor(state)
     status_routes(state, app.router)
     predict_routes(state, app.router, predictor)
-    app.add_middleware(PredictFastPath, predictor=predictor)
+    app.fast_path = PredictFastPath(None, predictor)
     return app

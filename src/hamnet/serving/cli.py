@@ -104,7 +104,14 @@ def serve(
         Path | None, typer.Option(help="JSON-lines file recording every request.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for requests without a key.")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    log_level: Annotated[str, typer.Option(help="The HTTP server's log level.")] = "warning",
+    server: Annotated[
+        str,
+        typer.Option(
+            help="HTTP server: auto (granian when installed, else uvicorn), uvicorn or "
+            "granian. With --ray-address, Ray Serve's proxy serves HTTP instead."
+        ),
+    ] = "auto",
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -130,6 +137,9 @@ def serve(
 
     apply_defaults()
     try:
+        from hamnet.serving.servers import check_address, resolve_server, run_server
+
+        http_server = resolve_server(server) if ray_address is None else server
         arms, split = parse_arms(model, ab, arm or [])
         if ab is not None and ab_log is None:
             ab_log = Path("ab-log.jsonl")
@@ -143,13 +153,12 @@ def serve(
         if ray_address is not None:
             _serve_on_ray(settings, ray_address, replicas, replica_cpus, host, port)
             return
+        check_address(host, port)
         state = ServingState.build(settings)
     except HamnetError as err:
         raise _fail(err) from None
-    import uvicorn
-
-    _announce(state, host, port)
-    uvicorn.run(create_app(state), host=host, port=port, log_level=log_level, access_log=False)
+    _announce(state, host, port, http_server)
+    run_server(create_app(state), server=http_server, host=host, port=port, log_level=log_level)
 
 
 def _serve_on_ray(
@@ -193,8 +202,10 @@ def _serve_on_ray(
         server.stop()
 
 
-def _announce(state: ServingState, host: str, port: int) -> None:
-    """Print what is served, where, and how (batching, alias polling, A/B log)."""
+def _announce(state: ServingState, host: str, port: int, server: str) -> None:
+    """Print what is served, where, and how (server, batching, alias polling, A/B log)."""
+    from hamnet.serving.servers import describe
+
     settings = state.settings
     for a in state.arms.values():
         info = a.slot.model.info
@@ -213,7 +224,7 @@ def _announce(state: ServingState, host: str, port: int) -> None:
         f"alias poll {settings.poll_seconds:g} s" if settings.poll_seconds > 0 else "alias poll off"
     )
     console.print(
-        f"on [link]http://{host}:{port}[/link] · {batching} · {polling}"
+        f"on [link]http://{host}:{port}[/link] · {describe(server)} · {batching} · {polling}"
         + (f" · A/B log {settings.ab_log}" if settings.ab_log else ""),
         highlight=False,
     )

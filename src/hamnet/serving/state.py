@@ -28,6 +28,41 @@ from hamnet.serving.models import ModelInfo, ModelRef, ModelSlot
 logger = logging.getLogger("hamnet.serving")
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A batch's logits with their softmax and argmax, computed once for the whole batch.
+
+    NumPy's per-call overhead, not arithmetic, is the cost on a few rows: scoring the
+    batch once and slicing each request's rows out is cheaper than scoring every
+    request's slice (profiled: per-request softmax was ~12% of the app's time at 50
+    clients). Slicing keeps the three arrays aligned, so the batchers split it like an
+    array.
+
+    Attributes:
+        logits: ``[rows, classes]`` float64 logits.
+        probabilities: Their softmax, row by row.
+        predictions: The argmax of each row.
+    """
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    predictions: np.ndarray
+
+    @classmethod
+    def of(cls, outputs: np.ndarray) -> Scores:
+        """Score a model's ``[rows, classes]`` outputs."""
+        logits = np.asarray(outputs, dtype=np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return cls(logits, exp / exp.sum(axis=1, keepdims=True), logits.argmax(axis=1))
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, rows: slice) -> Scores:
+        return Scores(self.logits[rows], self.probabilities[rows], self.predictions[rows])
+
+
 @dataclass
 class ServeSettings:
     """How to serve.
@@ -142,9 +177,9 @@ class ServingState:
 
     @staticmethod
     def _runner(arm: Arm) -> Any:
-        def run(x: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+        def run(x: np.ndarray) -> tuple[Scores, ModelInfo]:
             model = arm.slot.model  # one model for the whole batch, even during a reload
-            return model.run(x), model.info
+            return Scores.of(model.run(x)), model.info
 
         return run
 

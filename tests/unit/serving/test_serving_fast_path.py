@@ -169,3 +169,67 @@ def test_the_fast_path_answers_predict_and_leaves_the_rest_to_the_app(model: Pat
         assert client.get("/predict").status_code == 405  # only POST is taken early
         assert client.post("/predictions", json={}).status_code == 404
         assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_a_batch_is_scored_once_and_sliced_in_step() -> None:
+    from hamnet.serving.state import Scores
+
+    logits = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 5.0], [3.0, 1.0, 1.0]], dtype=np.float32)
+    part = Scores.of(logits)[1:3]
+    assert len(part) == 2 and part.predictions.tolist() == [2, 0]
+    np.testing.assert_allclose(part.logits, logits[1:3])
+    np.testing.assert_allclose(part.probabilities.sum(axis=1), 1.0)
+    assert part.probabilities[0].argmax() == 2
+
+
+class Broken:
+    """A predictor whose every call fails unexpectedly."""
+
+    async def handle_raw(self, raw: bytes, key: str | None) -> object:
+        raise RuntimeError(f"boom on {raw!r}")
+
+
+def test_an_unexpected_error_on_the_fast_path_is_a_logged_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import json
+
+    from hamnet.serving.app import PredictFastPath
+
+    fast = PredictFastPath(None, Broken())  # type: ignore[arg-type]
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    assert fast.takes(scope) and not fast.takes({**scope, "method": "GET"})
+    asyncio.run(fast(scope, receive, send))
+    assert sent[0]["status"] == 500
+    detail = json.loads(sent[1]["body"])["detail"]  # type: ignore[arg-type]
+    assert detail == "internal error: RuntimeError: boom on b'{}'"
+    assert "POST /predict failed" in caplog.text
+
+
+def test_a_lone_fast_request_runs_at_once_without_the_collector() -> None:
+    run = Timed()
+    batcher = DynamicBatcher(run, max_batch_size=8, window_ms=2.0, inline_below_ms=50.0)
+    one = np.ones((1, 3), dtype=np.float32)
+
+    async def go() -> tuple[int, int]:
+        await batcher.start()
+        try:
+            for _ in range(InferenceCaller.WARMUP_CALLS):
+                await batcher.submit(one)  # measured in a worker thread, through the queue
+            assert batcher._task is not None
+            batcher._task.cancel()  # no collector: only the direct path can answer now
+            result = await asyncio.wait_for(batcher.submit(one), timeout=5)
+            return result.batch_rows, threading.get_ident()
+        finally:
+            await batcher.stop()
+
+    rows, loop_thread = asyncio.run(go())
+    assert rows == 1 and run.threads[-1] == loop_thread
