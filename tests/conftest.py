@@ -227,6 +227,29 @@ def small_hamnet(dataset: Any, *, epochs: int = 2) -> Any:
     return model
 
 
+def module_onnx_outputs(model: Any, inputs: Any, path: Path) -> Any:
+    """Export ``model`` (TorchScript exporter) and run it once in ONNX Runtime (1 thread).
+
+    ``inputs`` is one tensor (input ``x``) or a ``name -> tensor`` mapping. With gradients
+    on, ``nn.TransformerEncoderLayer`` takes its traceable path (without, it runs the fused
+    ``aten::_transformer_encoder_layer_fwd``, which ONNX lacks).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    if isinstance(inputs, dict):
+        names, args = list(inputs), tuple(inputs.values())
+    else:
+        names, args = ["x"], (inputs,)
+    torch.onnx.export(model, args, str(path), input_names=names, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
+    return np.asarray(session.run(None, feed)[0])
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A throw-away project folder with the repo's configs, profiles and flow code."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import module_onnx_outputs
 from torch import nn
 
 from hamnet.compress.pruning.allocation import allocation_class
@@ -152,23 +153,6 @@ def _run(model: nn.Module, inputs: Any) -> torch.Tensor:
         return primary_output(call_module(model, inputs))
 
 
-def _onnx_outputs(model: nn.Module, inputs: Any, path: Path) -> np.ndarray:
-    import onnxruntime as ort
-
-    if isinstance(inputs, dict):
-        names, args = list(inputs), tuple(inputs.values())
-    else:
-        names, args = ["x"], (inputs,)
-    # With gradients on, nn.TransformerEncoderLayer takes its traceable path (without,
-    # it runs the fused aten::_transformer_encoder_layer_fwd, which ONNX lacks).
-    torch.onnx.export(model, args, str(path), input_names=names, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
-    return np.asarray(session.run(None, feed)[0])
-
-
 @pytest.mark.parametrize("allocation", ALLOCATIONS)
 @pytest.mark.parametrize("criterion", CRITERIA)
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -200,7 +184,7 @@ def test_prune_module_contract(
     assert len(result.layer_ratios) == len(result.groups) == len(result.plan.groups)
 
     if allocation == "uniform" or criterion == "l1":  # export once per plugin and family
-        onnx_out = _onnx_outputs(result.model, example, tmp_path / "pruned.onnx")
+        onnx_out = module_onnx_outputs(result.model, example, tmp_path / "pruned.onnx")
         np.testing.assert_allclose(onnx_out, got.numpy(), atol=1e-4, rtol=1e-4)
 
     plan = ModulePlan.load(result.plan.save(tmp_path / "plan.json"))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import module_onnx_outputs
 from torch import nn
 
 from hamnet.compress.distill.modules import distill_module
@@ -158,21 +159,6 @@ def _run(model: nn.Module, inputs: Any) -> torch.Tensor:
         return primary_output(call_module(model.eval(), inputs))
 
 
-def _onnx_outputs(model: nn.Module, inputs: Any, path: Path) -> np.ndarray:
-    import onnxruntime as ort
-
-    if isinstance(inputs, dict):
-        names, args = list(inputs), tuple(inputs.values())
-    else:
-        names, args = ["x"], (inputs,)
-    torch.onnx.export(model, args, str(path), input_names=names, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {n: a.numpy() for n, a in zip(names, args, strict=True)}
-    return np.asarray(session.run(None, feed)[0])
-
-
 @pytest.mark.parametrize(("width", "depth"), PAIRS)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_shrink_module_contract(
@@ -205,7 +191,7 @@ def test_shrink_module_contract(
     if width < 1:
         assert result.plan.history
 
-    onnx_out = _onnx_outputs(result.model, example, tmp_path / "student.onnx")
+    onnx_out = module_onnx_outputs(result.model, example, tmp_path / "student.onnx")
     np.testing.assert_allclose(onnx_out, got.numpy(), atol=1e-4, rtol=1e-4)
 
     plan = ModulePlan.load(result.plan.save(tmp_path / "plan.json"))
