@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/student_search.py [--budget-minutes 5] [--seeds 0]
-        [--out benchmarks/results/student_search] [--profile auto] [--config configs/peers.yaml]
+        [--out benchmarks/results/student_search] [--profile auto] [--threads N]
+        [--config configs/peers.yaml]
 
 For every seed it trains the digits FP32 baseline exactly as ``benchmarks/peers.py``
 does (``model`` + ``stages.train`` of ``configs/peers.yaml``), then runs the pipeline of
@@ -17,6 +18,10 @@ It reports, per seed and as mean ± t-interval over seeds:
 - its test accuracy drop (the test split is scored once, after selection),
 - the hypervolume of hamnet's (accuracy, latency, size) front, and the wall time.
 
+``--threads N`` measures everything (the search's trials, the pipeline's candidates,
+the FP32 reference) with N intra-op threads, as ``benchmarks/peers.py --threads`` does;
+by default the profile's (all cores when it names none).
+
 Writes ``student_search.csv`` and ``student_search.md`` to ``--out``.
 """
 
@@ -28,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from hamnet.core.env import apply_defaults
 
@@ -78,6 +85,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     from rich.console import Console
 
     from hamnet.core.config import load_config
+    from hamnet.core.hardware import resolved_threads
     from hamnet.models import HAMNet, HAMNetConfig, save_checkpoint
     from hamnet.pipeline.run import run_pipeline
     from hamnet.training.data import load_dataset
@@ -85,6 +93,13 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     profile = select_profile(args.profile)
+    profile_ref = profile.name
+    if args.threads is not None:  # the same thread count for every measurement
+        profile = profile.model_copy(update={"threads": args.threads})
+        profile_file = work / f"{profile.name}-{args.threads}t.yaml"
+        profile_file.parent.mkdir(parents=True, exist_ok=True)
+        profile_file.write_text(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False))
+        profile_ref = str(profile_file)
     torch.set_num_threads(profile.threads or torch.get_num_threads())
     base = load_config(args.config, {"seed": seed, "data": {"seed": seed}})
     data = load_dataset(base.data)
@@ -97,7 +112,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     overrides = {
         "seed": seed,
         "data": {"seed": seed},
-        "hardware_profile": profile.name,
+        "hardware_profile": profile_ref,
         "workdir": str(work / f"seed-{seed}" / "hamnet"),
         "model": {"source": "file", "path": str(checkpoint)},
         "stages": {"nas": {"timeout_seconds": args.budget_minutes * 60.0}},
@@ -118,6 +133,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     return {
         "seed": seed,
         "budget_min": args.budget_minutes,
+        "threads": resolved_threads(profile),
         "recommended": rec.name,
         "architecture": _architecture_of(rec, result.candidates),
         "size_ratio": ref_size / rec.metrics.size_mb,
@@ -171,11 +187,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--config", default="configs/peers.yaml")
     parser.add_argument("--profile", default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="intra-op threads for every measurement (default: the profile's)",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/student_search")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
     if not args.budget_minutes > 0:
         parser.error(f"--budget-minutes must be positive, but got {args.budget_minutes}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be positive, but got {args.threads}")
     apply_defaults()
     work = Path(args.work or tempfile.mkdtemp(prefix="hamnet-ss-")).resolve()
     rows = [run_seed(args, seed, work) for seed in args.seeds]
@@ -187,7 +209,7 @@ def main() -> None:
         writer.writerows(rows)
     lines = [
         f"# Student search on the digits HAMNet ({args.budget_minutes:g} min budget, "
-        f"{len(rows)} seed(s))",
+        f"{len(rows)} seed(s), {rows[0]['threads']} thread(s))",
         "",
         "| seed | recommended | student | size x | speed x | val drop | test drop | "
         "hypervolume | wall s |",
