@@ -32,6 +32,14 @@ tiny HAMNet, two peers and a quantize-only pipeline in well under a minute.
 Writes ``peers.csv``, ``peers.md``, ``peers.png`` and ``machine.json`` to ``--out`` and
 logs them to MLflow (experiment ``hamnet-benchmarks``). How to read them:
 docs/benchmark_peers.md.
+
+Dominance *by more than the measurement spread* (column ``clearly_dominated_by`` and a
+line of the targets table, :func:`add_clear_dominance`): a hamnet front point clearly
+dominates a peer point when it is at least as good on all three objectives (medians) and
+either faster by more than the sum of both points' per-round p50 spreads, or at least
+:data:`CLEAR_SIZE_FACTOR` times smaller (file sizes do not vary between rounds).
+``--rescore DIR`` recomputes the comparison of an earlier run from its ``peers.csv``
+(no model is re-run or re-timed) and rewrites its files with this column.
 """
 
 from __future__ import annotations
@@ -40,14 +48,195 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from hamnet.core.env import apply_defaults
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SMOKE_RECIPES = ["fp32-torch", "fp32-onnxruntime", "ort-dynamic-int8", "torch-dynamic-int8"]
+
+CLEAR_SIZE_FACTOR = 1.5
+"""A front point this many times smaller than a peer point (and no worse elsewhere)
+clearly dominates it: file sizes are exact, so the factor only rules out near-ties."""
+
+CLEAR_COLUMN = "clearly_dominated_by"
+"""Column of the hamnet front points that dominate a row by more than the spread."""
+
+CLEAR_TARGET = "hamnet's front dominates every peer point by more than the measurement spread"
+
+
+def clearly_dominating(
+    table: pd.DataFrame, *, size_factor: float = CLEAR_SIZE_FACTOR
+) -> dict[str, list[str]]:
+    """For every measured peer/baseline row, the hamnet front rows that clearly dominate it.
+
+    A front row ``f`` clearly dominates a row ``p`` when ``f`` is at least as good as
+    ``p`` on accuracy, p50 latency and size, and either ``p``'s latency exceeds ``f``'s
+    by more than ``f``'s plus ``p``'s per-round spread (``latency_p50_spread_ms``: their
+    round ranges cannot overlap), or ``p`` is at least ``size_factor`` times larger.
+
+    Args:
+        table: The comparison table (columns of ``peer_recipes.COLUMNS``).
+        size_factor: How many times smaller counts as clearly smaller.
+
+    Returns:
+        Row name -> names of the front rows that clearly dominate it (possibly empty).
+
+    Raises:
+        ConfigError: If ``size_factor`` is not above 1.
+    """
+    from hamnet.core.errors import ConfigError
+
+    if not size_factor > 1.0:
+        raise ConfigError(f"size_factor must be above 1, but got {size_factor}")
+    measured = table[table["status"] == "measured"]
+    front = measured[measured["on_hamnet_front"] == "yes"]
+    out: dict[str, list[str]] = {}
+    for _, p in measured[measured["side"] != "hamnet"].iterrows():
+        out[str(p["name"])] = [
+            str(f["name"]) for _, f in front.iterrows() if _clearly_better(f, p, size_factor)
+        ]
+    return out
+
+
+def _clearly_better(f: Any, p: Any, size_factor: float) -> bool:
+    if (
+        f["accuracy"] < p["accuracy"]
+        or f["latency_p50_ms"] > p["latency_p50_ms"]
+        or f["size_mb"] > p["size_mb"]
+    ):
+        return False
+    noise = float(f["latency_p50_spread_ms"]) + float(p["latency_p50_spread_ms"])
+    faster = float(p["latency_p50_ms"]) - float(f["latency_p50_ms"]) > noise
+    return faster or float(p["size_mb"]) >= size_factor * float(f["size_mb"])
+
+
+def add_clear_dominance(comparison: Any, *, size_factor: float = CLEAR_SIZE_FACTOR) -> Any:
+    """Add the ``clearly_dominated_by`` column and its line of the targets table.
+
+    The column follows ``dominated_by``: the clearly dominating front points of a
+    peer/baseline row (``-`` for none), ``(hamnet)`` on hamnet rows, empty on skipped
+    rows. The target line follows the plain dominance line.
+
+    Args:
+        comparison: ``peer_recipes.Comparison`` (changed in place).
+        size_factor: See :func:`clearly_dominating`.
+
+    Returns:
+        The same comparison.
+    """
+    table = comparison.table
+    clear = clearly_dominating(table, size_factor=size_factor)
+    values = [
+        "(hamnet)" if side == "hamnet" and status == "measured"
+        else ", ".join(clear[name]) or "-" if name in clear
+        else None
+        for name, side, status in zip(table["name"], table["side"], table["status"], strict=True)
+    ]  # fmt: skip
+    if CLEAR_COLUMN in table.columns:
+        table = table.drop(columns=[CLEAR_COLUMN])
+    table.insert(list(table.columns).index("dominated_by") + 1, CLEAR_COLUMN, values)
+    comparison.table = table
+    missed = [name for name, fronts in clear.items() if not fronts]
+    line = {
+        "target": CLEAR_TARGET,
+        "measured": (
+            f"all clearly dominated ({len(clear)} points)"
+            if not missed
+            else f"not clearly dominated: {', '.join(missed)}"
+        ),
+        "met": not missed,
+    }
+    targets = [t for t in comparison.targets if t["target"] != CLEAR_TARGET]
+    after = next(
+        (i + 1 for i, t in enumerate(targets) if t["target"].startswith("hamnet's front domin")),
+        len(targets),
+    )
+    comparison.targets = [*targets[:after], line, *targets[after:]]
+    return comparison
+
+
+def points_from_table(table: pd.DataFrame, info: dict[str, Any]) -> list[Any]:
+    """Rebuild measured points from a written ``peers.csv`` (for ``--rescore``).
+
+    Each measured row gets its metrics back with per-round p50s whose median and
+    max - min are the row's p50 and spread; its model is a placeholder that cannot be
+    opened (nothing is re-timed). Skipped rows keep their reason.
+
+    Args:
+        table: ``peers.csv`` read with ``keep_default_na=False``.
+        info: ``machine.json`` of the same run (batch sizes and threads).
+    """
+    from peer_recipes import BenchPoint, PeerModel
+
+    from hamnet.core.candidate import Metrics
+    from hamnet.core.errors import DataError
+
+    def not_reopened(profile: Any) -> Any:
+        raise DataError("a rescored point cannot be opened: its model was not kept, but got a call")
+
+    points = []
+    for _, row in table.iterrows():
+        recipe = "" if row["recipe"] == "-" else str(row["recipe"])
+        name, side, tool, wall_s = row["name"], row["side"], row["tool"], float(row["wall_s"])
+        if row["status"] != "measured":
+            skipped = str(row["status"]).removeprefix("skipped: ")
+            points.append(
+                BenchPoint(name, side, tool, None, wall_s, skipped=skipped, recipe=recipe)
+            )
+            continue
+        latency, spread = float(row["latency_p50_ms"]), float(row["latency_p50_spread_ms"])
+        model = PeerModel(str(row["runtime"]), str(row["precision"]), [], not_reopened)
+        point = BenchPoint(
+            name, side, tool, model, wall_s, recommended=row["recommended"] == "yes", recipe=recipe
+        )
+        point.metrics = Metrics(
+            accuracy=float(row["accuracy"]), latency_p50_ms=latency,
+            latency_p90_ms=float(row["latency_p90_ms"]),
+            latency_batch_size=int(info.get("latency_batch_size", 1)),
+            throughput_sps=float(row["throughput_sps"]),
+            throughput_batch_size=int(info.get("throughput_batch_size", 1)),
+            size_mb=float(row["size_mb"]), params=0, flops=0,
+            peak_memory_mb=float(row["peak_memory_mb"]), runtime=str(row["runtime"]),
+            threads=int(info.get("threads", 1)), eval_samples=0,
+        )  # fmt: skip
+        point.p50_rounds = [latency - spread / 2, latency, latency + spread / 2]
+        points.append(point)
+    return points
+
+
+def rescore(out: str | Path, *, rounds: int) -> dict[str, Path]:
+    """Recompute an earlier run's comparison from its ``peers.csv`` and rewrite its files.
+
+    Args:
+        out: The run's output folder (``peers.csv`` and ``machine.json``).
+        rounds: How many interleaved rounds that run measured (for the header), when its
+            ``machine.json`` does not say.
+
+    Returns:
+        The rewritten files by kind.
+    """
+    import json
+
+    import pandas as pd
+    from peer_recipes import compare, write_outputs
+
+    from hamnet.core.errors import DataError
+
+    folder = Path(out)
+    if not (folder / "peers.csv").is_file():
+        raise DataError(f"--rescore needs a folder with peers.csv, but got {folder}")
+    info = json.loads((folder / "machine.json").read_text())
+    table = pd.read_csv(folder / "peers.csv", keep_default_na=False)
+    comparison = add_clear_dominance(compare(points_from_table(table, info)))
+    info.setdefault("rounds", rounds)
+    title = f"hamnet vs single-tool recipes ({info.get('baseline', folder.name)})"
+    return write_outputs(comparison, folder, title=title, info=info, rounds=info["rounds"])
 
 
 def _large_data(work: Path, seed: int) -> Any:
@@ -105,12 +294,20 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny model, two peers")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--mlflow", default="sqlite:///mlflow.db", help="tracking URI")
+    parser.add_argument(
+        "--rescore", default=None, metavar="DIR",
+        help="recompute an earlier run's comparison from DIR/peers.csv (nothing re-timed)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be positive, but got {args.repeats}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be positive, but got {args.threads}")
     apply_defaults()
+    if args.rescore is not None:
+        files = rescore(args.rescore, rounds=args.repeats)
+        print(files["markdown"].read_text())
+        return
     started = time.perf_counter()
 
     import torch
@@ -205,8 +402,10 @@ def main() -> None:
         baseline, data, recipes, hamnet_side, profile, settings, rounds=args.repeats,
         log=lambda line: print(f"[peers] {line}", flush=True),
     )  # fmt: skip
+    comparison = add_clear_dominance(comparison)
     info = machine_info(profile)
     info["baseline"] = name
+    info["rounds"] = args.repeats
     info["wall_s"] = round(time.perf_counter() - started, 1)
     files = write_outputs(
         comparison, args.out, title=f"hamnet vs single-tool recipes ({name})", info=info,

@@ -33,7 +33,9 @@ def _metrics(accuracy: float, latency: float, size: float) -> Metrics:
     )  # fmt: skip
 
 
-def _point(name: str, side: str, m: Metrics, recommended: bool = False) -> object:
+def _point(
+    name: str, side: str, m: Metrics, recommended: bool = False, spread: float = 0.0
+) -> object:
     from peer_recipes import BenchPoint, PeerModel
 
     def never_opened(profile: object) -> tuple[object, None]:
@@ -42,7 +44,8 @@ def _point(name: str, side: str, m: Metrics, recommended: bool = False) -> objec
     model = PeerModel("onnxruntime", "int8", [], never_opened)  # type: ignore[arg-type]
     point = BenchPoint(name, side, side, model, 1.0, recommended=recommended)
     point.metrics = m
-    point.p50_rounds = [m.latency_p50_ms]
+    lat = m.latency_p50_ms
+    point.p50_rounds = [lat - spread / 2, lat, lat + spread / 2]
     return point
 
 
@@ -66,6 +69,67 @@ def test_compare_dominance_and_hypervolume() -> None:
     row = result.table.set_index("name").loc["hamnet:a"]
     assert row["size_ratio"] == pytest.approx(10.0)
     assert row["speedup"] == pytest.approx(5.0)
+
+
+def _spread_points() -> list[object]:
+    return [
+        _point("fp32", "baseline", _metrics(0.97, 0.100, 0.30), spread=0.004),
+        # 0.010 ms slower than hamnet:a, spreads 0.004 + 0.004: clearly slower.
+        _point("far", "peer", _metrics(0.96, 0.030, 0.031), spread=0.004),
+        # 0.004 ms slower than hamnet:a, spreads 0.004 + 0.004: within the noise, and
+        # only 1.03x larger: dominated, but not clearly.
+        _point("near", "peer", _metrics(0.96, 0.024, 0.031), spread=0.004),
+        # As slow as hamnet:a within the noise but 2x larger: clearly dominated by size.
+        _point("big", "peer", _metrics(0.96, 0.0241, 0.06), spread=0.004),
+        _point("hamnet:a", "hamnet", _metrics(0.965, 0.020, 0.03), True, spread=0.004),
+        _point("hamnet:b", "hamnet", _metrics(0.975, 0.090, 0.20), spread=0.004),
+    ]
+
+
+def test_clear_dominance_needs_more_than_the_spread_or_a_size_factor() -> None:
+    from peer_recipes import compare
+    from peers import CLEAR_COLUMN, CLEAR_TARGET, add_clear_dominance, clearly_dominating
+
+    result = compare(_spread_points())  # type: ignore[arg-type]
+    assert result.dominated["near"] == ["hamnet:a"]  # plain dominance ignores the noise
+    clear = clearly_dominating(result.table)
+    assert clear == {"fp32": ["hamnet:b"], "far": ["hamnet:a"], "near": [], "big": ["hamnet:a"]}
+    add_clear_dominance(result)
+    columns = list(result.table.columns)
+    assert columns.index(CLEAR_COLUMN) == columns.index("dominated_by") + 1
+    rows = result.table.set_index("name")[CLEAR_COLUMN]
+    assert rows["near"] == "-" and rows["far"] == "hamnet:a" and rows["hamnet:b"] == "(hamnet)"
+    targets = [t["target"] for t in result.targets]
+    assert (
+        targets.index(CLEAR_TARGET)
+        == targets.index("hamnet's front dominates every peer point") + 1
+    )
+    line = next(t for t in result.targets if t["target"] == CLEAR_TARGET)
+    assert line["met"] is False and line["measured"] == "not clearly dominated: near"
+    add_clear_dominance(result)  # idempotent: one column, one line
+    assert list(result.table.columns).count(CLEAR_COLUMN) == 1
+    assert [t["target"] for t in result.targets].count(CLEAR_TARGET) == 1
+    with pytest.raises(ConfigError, match=r"size_factor must be above 1, but got 1\.0"):
+        clearly_dominating(result.table, size_factor=1.0)
+
+
+def test_rescore_rebuilds_the_same_comparison_from_the_csv(tmp_path: Path) -> None:
+    from peer_recipes import compare, write_outputs
+    from peers import CLEAR_COLUMN, CLEAR_TARGET, rescore
+
+    result = compare(_spread_points())  # type: ignore[arg-type]
+    info = {"baseline": "toy", "threads": 1, "latency_batch_size": 1, "throughput_batch_size": 32}
+    write_outputs(result, tmp_path, title="toy", info=info, rounds=3)
+    files = rescore(tmp_path, rounds=3)
+    again = pd.read_csv(files["csv"], keep_default_na=False)
+    before = result.table.fillna("").astype(str)
+    after = again.drop(columns=[CLEAR_COLUMN]).astype(str)
+    for column in ("name", "side", "on_hamnet_front", "recommended", "dominated_by"):
+        assert list(after[column]) == list(before[column]), column
+    for column in ("accuracy", "latency_p50_ms", "latency_p50_spread_ms", "size_mb", "speedup"):
+        assert np.allclose(again[column], result.table[column].astype(float)), column
+    markdown = files["markdown"].read_text()
+    assert CLEAR_TARGET in markdown and "not clearly dominated: near" in markdown
 
 
 def test_bad_inputs_raise_project_errors() -> None:
@@ -131,8 +195,11 @@ def test_smoke_benchmark_writes_filled_table_and_plot(tmp_path: Path) -> None:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     table = pd.read_csv(out / "peers.csv", keep_default_na=False)
     from peer_recipes import COLUMNS
+    from peers import CLEAR_COLUMN
 
-    assert list(table.columns) == COLUMNS
+    expected = list(COLUMNS)
+    expected.insert(expected.index("dominated_by") + 1, CLEAR_COLUMN)
+    assert list(table.columns) == expected
     measured = table[table["status"] == "measured"]
     assert set(measured["side"]) == {"baseline", "peer", "hamnet"}
     assert {"ort-dynamic-int8", "torch-dynamic-int8"} <= set(measured["name"])
@@ -143,3 +210,4 @@ def test_smoke_benchmark_writes_filled_table_and_plot(tmp_path: Path) -> None:
     assert info["threads"] >= 1 and "onnxruntime" in info["versions"]
     markdown = (out / "peers.md").read_text()
     assert "## Targets" in markdown and "Hypervolume" in markdown
+    assert "by more than the measurement spread" in markdown
