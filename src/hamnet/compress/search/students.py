@@ -196,6 +196,27 @@ def check_student(
         raise InfeasibleParams(str(err)) from None
 
 
+def student_key(params: dict[str, Any], *, input_size: int) -> tuple[tuple[str, Any], ...]:
+    """What identifies the HAMNet student ``params`` build, for spotting repeats.
+
+    Over one token of every feature (``token_size`` ``"all"`` or the input size), the
+    attention softmax has a single key, so every head count builds the same function with
+    the same parameters: the key records such students with one head.
+
+    Example:
+        >>> a = {"hidden_size": 32, "num_heads": 4, "token_size": "all"}
+        >>> student_key(a, input_size=64) == student_key(
+        ...     {"hidden_size": 32, "num_heads": 1, "token_size": 64}, input_size=64)
+        True
+    """
+    key = dict(params)
+    if key.get("token_size") in ("all", input_size):
+        key["token_size"] = input_size
+        if "num_heads" in key:
+            key["num_heads"] = 1
+    return tuple(sorted(key.items()))
+
+
 def warm_start(choices: StudentChoices, input_size: int) -> list[dict[str, Any]]:
     """The first students a constrained search trains, before its sampler takes over.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -143,7 +143,7 @@ class SearchStage(Stage[SearchStageConfig]):
         if tracker is not None:
             for path in plots:
                 tracker.client.log_artifact(parent, str(path), f"{self.name}/{name}")
-        best = _best_trials(study, job.directions, cfg.top_k)
+        best = _best_trials(study, job.directions, cfg.top_k, job.key_of)
         if not best:
             ctx.notes.append(f"{self.name}: no trial completed, so no candidate was added")
         if job.teacher is not None:
@@ -277,6 +277,7 @@ class SearchStage(Stage[SearchStageConfig]):
             check_student,
             search_split,
             student_choices,
+            student_key,
             validation_accuracy,
             warm_start,
         )
@@ -305,7 +306,7 @@ class SearchStage(Stage[SearchStageConfig]):
             max_accuracy_drop=budget,
             **self._objective_kwargs(ctx, name),
         )
-        return self._job(
+        job = self._job(
             ctx, name, objective, choices.to_search_space(), teacher_candidate, inputs,
             warm=warm_start(choices, dataset.num_features),
             check=functools.partial(
@@ -313,6 +314,11 @@ class SearchStage(Stage[SearchStageConfig]):
                 input_size=dataset.num_features, num_classes=dataset.num_classes,
             ),
         )  # fmt: skip
+        # A student already trained (or stopped) is not trained again: samplers re-propose
+        # the shapes they like, and one-token students differ in heads only by name.
+        job.skip_repeats = True
+        job.student_key = functools.partial(student_key, input_size=dataset.num_features)
+        return job
 
     def _multiplier_job(
         self, inputs: list[Candidate], ctx: StageContext, teacher_candidate: Candidate,
@@ -592,7 +598,10 @@ class _SearchJob:
     check: Any = None
     """Called on the sampled parameters in the driver: raises ``InfeasibleParams``."""
     skip_repeats: bool = False
-    """Prune a trial whose parameters an earlier trial (not failed) already had."""
+    """Prune a trial whose student an earlier trial (not failed) already had."""
+    student_key: Callable[[dict[str, Any]], Any] | None = None
+    """The student a parameter dict builds (two dicts that build the same network share
+    a key); None: the parameters themselves."""
     max_trials: int | None = None
     """At most this many trials, whatever the config's ``n_trials``."""
 
@@ -606,13 +615,18 @@ class _SearchJob:
         if self.skip_repeats:
             from optuna.trial import TrialState
 
+            key = self.key_of(params)
             for other in trial.study.get_trials(deepcopy=False):
                 settled = other.number != trial.number and other.state != TrialState.FAIL
-                if settled and other.params == params:
+                if settled and self.key_of(other.params) == key:
                     raise InfeasibleParams(
                         f"the same student as trial {other.number} ({params}): not trained again"
                     )
         return params
+
+    def key_of(self, params: dict[str, Any]) -> Any:
+        """What identifies the student ``params`` build (see :attr:`student_key`)."""
+        return params if self.student_key is None else self.student_key(params)
 
     def trial_cap(self, n_trials: int | None) -> int | None:
         """The search's trial budget: ``n_trials`` bounded by :attr:`max_trials`."""
@@ -636,8 +650,11 @@ def _tracker(ctx: StageContext) -> Any:
     return Tracker(ctx.config.tracking, base_dir=ctx.base_dir)
 
 
-def _best_trials(study: Any, directions: Sequence[str], top_k: int) -> list[Any]:
-    """The ``top_k`` best completed trials: Pareto front first, then by the first objective."""
+def _best_trials(
+    study: Any, directions: Sequence[str], top_k: int, key: Callable[[dict[str, Any]], Any]
+) -> list[Any]:
+    """The ``top_k`` best completed trials: Pareto front first, then by the first
+    objective; of trials whose parameters build the same model (same ``key``), the best."""
     from optuna.trial import TrialState
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -647,8 +664,8 @@ def _best_trials(study: Any, directions: Sequence[str], top_k: int) -> list[Any]
     front = {t.number for t in study.best_trials}
     done.sort(key=lambda t: (t.number not in front, sign * t.values[0], t.number))
     kept: list[Any] = []
-    for trial in done:  # the same parameters twice are the same model: keep the first
-        if all(trial.params != other.params for other in kept):
+    for trial in done:  # the same model twice: keep the first
+        if all(key(trial.params) != key(other.params) for other in kept):
             kept.append(trial)
     return kept[:top_k]
 

@@ -231,3 +231,46 @@ def test_the_warm_start_is_one_token_one_block_at_middle_widths() -> None:
     assert [s["hidden_size"] for s in starts] == [32, 24]
     assert all(s["token_size"] == 64 and s["num_layers"] == 1 for s in starts)
     assert warm_start(student_choices(StudentSpaceSection(token_sizes=[8]), 64), 64) == []
+
+
+def test_one_token_students_that_differ_only_in_heads_are_one_student() -> None:
+    from hamnet.compress.search.students import student_key
+
+    one_token = {"num_layers": 1, "hidden_size": 32, "ffn_ratio": 2.0, "token_size": "all"}
+    keys = {student_key(one_token | {"num_heads": h}, input_size=64) for h in (1, 2, 4)} | {
+        student_key(one_token | {"num_heads": 2, "token_size": 64}, input_size=64)
+    }
+    assert len(keys) == 1
+    multi = one_token | {"token_size": 16}
+    assert student_key(multi | {"num_heads": 1}, input_size=64) != student_key(
+        multi | {"num_heads": 2}, input_size=64
+    )
+
+
+def test_a_repeated_student_is_pruned_in_the_driver_and_kept_once() -> None:
+    import functools
+
+    from hamnet.compress.search.space import InfeasibleParams
+    from hamnet.compress.search.students import StudentChoices, student_key
+    from hamnet.pipeline.stages._search import _best_trials, _SearchJob
+
+    choices = StudentChoices((32,), (1,), (1, 2), (2.0,), (64,))
+    job = _SearchJob(
+        name="s", space=choices.to_search_space(), objective=None,
+        objective_names=["latency_score"], directions=["minimize"], method="students-tpe",
+        skip_repeats=True, student_key=functools.partial(student_key, input_size=64),
+    )  # fmt: skip
+    study = optuna.create_study()
+    for heads in (1, 2):
+        study.enqueue_trial(
+            {"num_layers": 1, "hidden_size": 32, "num_heads": heads, "ffn_ratio": 2.0,
+             "token_size": 64}
+        )  # fmt: skip
+    first = study.ask()
+    job.suggest(first)
+    study.tell(first, 0.5)
+    second = study.ask()
+    with pytest.raises(InfeasibleParams, match="the same student as trial 0"):
+        job.suggest(second)
+    study.tell(second, 0.4)  # even were a repeat scored, the top-k keeps one copy
+    assert [t.number for t in _best_trials(study, ["minimize"], 3, job.key_of)] == [1]
