@@ -147,8 +147,12 @@ class ModuleBaseline(Baseline):
 
     @property
     def transformer_shape(self) -> tuple[int, int] | None:
-        """``(num_heads, hidden_size)`` of a Hugging Face encoder, None for other modules."""
-        config = getattr(self.model, "config", None)
+        """``(num_heads, hidden_size)`` of a Hugging Face encoder (bare, or wrapped as
+        ``.model`` like :class:`hamnet.models.hf_modules.MeanPoolingEncoder`), None for
+        other modules."""
+        config = getattr(self.model, "config", None) or getattr(
+            getattr(self.model, "model", None), "config", None
+        )
         heads = getattr(config, "num_attention_heads", None)
         hidden = getattr(config, "hidden_size", None)
         if isinstance(heads, int) and isinstance(hidden, int):
