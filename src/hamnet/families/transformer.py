@@ -51,10 +51,14 @@ class TransformerFamily(ModelFamily):
 
     @classmethod
     def detect(cls, source: ModelSource) -> bool:
-        """A module with ``config.num_attention_heads``, or a graph with MatMul and Softmax."""
-        config = getattr(source.module, "config", None)
-        if getattr(config, "num_attention_heads", None) is not None:
-            return True
+        """A module with ``config.num_attention_heads`` (itself, or a submodule: a user's
+        wrapper such as a mean-pooling sentence encoder), or a graph with MatMul and
+        Softmax."""
+        modules = getattr(source.module, "modules", None)
+        for module in modules() if callable(modules) else [source.module]:
+            config = getattr(module, "config", None)
+            if getattr(config, "num_attention_heads", None) is not None:
+                return True
         return source.onnx_op_types() >= ATTENTION_OPS
 
     @classmethod
