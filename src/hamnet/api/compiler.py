@@ -216,6 +216,13 @@ def quantize_precisions(profile: HardwareProfile) -> list[str]:
     return ["int8"]
 
 
+def family_prune_ratios(family: type[ModelFamily]) -> list[float]:
+    """The pruning ratios AUTO and PRUNE try on ``family``: its own ``prune_ratios``
+    when it declares them (transformers: low ratios, see
+    :class:`~hamnet.families.transformer.TransformerFamily`), else :data:`PRUNE_RATIOS`."""
+    return list(getattr(family, "prune_ratios", None) or PRUNE_RATIOS)
+
+
 def _size_rule(
     constraints: Constraints, size_mb: float | None, prec_text: str, family: type[ModelFamily],
     can_prune: bool, reasons: list[str],
@@ -378,7 +385,7 @@ def plan_for(
     return AutoPlan(
         goal_sequence=sequence,
         reasons=reasons,
-        prune_ratios=list(PRUNE_RATIOS) if prune else [],
+        prune_ratios=family_prune_ratios(adapter) if prune else [],
         precisions=precisions,
         methods=list(choice.methods),
         family=adapter.name,
@@ -557,7 +564,7 @@ def _goal_stages(
     if goal is Goal.PRUNE:
         # A user's module is pruned without fine-tuning; distillation recovers it.
         recover = {"recover_pruned": True} if facts.kind == "module" else None
-        return _Stages(prune={"ratios": list(PRUNE_RATIOS), "criteria": criteria,
+        return _Stages(prune={"ratios": family_prune_ratios(family), "criteria": criteria,
                               "allocations": ["uniform"]}, distill=recover)  # fmt: skip
     if goal is Goal.DISTILL:
         return _Stages(

@@ -49,6 +49,9 @@ OBJECTIVES: tuple[str, ...] = ("auto", "logits", "cosine", "mse")
 DEFAULT_LR = 1e-4
 DEFAULT_HIDDEN_WEIGHT = 0.1
 WEIGHT_DECAY = 0.01
+LENGTH_WINDOW = 50
+"""With a padding mask, training batches group samples of similar length within windows
+of this many batches (random windows, shuffled batch order)."""
 
 
 @dataclass
@@ -99,6 +102,7 @@ def distill_module(
     seed: int = 0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     max_seconds: float | None = None,
+    padding_mask: str | None = "auto",
 ) -> ModuleDistillResult:
     """Train ``student`` to reproduce ``teacher`` on the training inputs.
 
@@ -141,6 +145,14 @@ def distill_module(
         seed: Seed of the shuffling, the projections' initial weights and dropout.
         progress: Called after each epoch with its ``history`` record.
         max_seconds: Stop after the epoch during which this many seconds have passed.
+        padding_mask: A named 2-D ``[batch, tokens]`` input whose zeros mark padding
+            (``"auto"``: ``attention_mask`` when there is one; None: off). Each batch is
+            then cut after its last unpadded token, in every input of that
+            ``[batch, tokens]`` shape: the same result for models that ignore padding
+            (Hugging Face encoders), at the cost of the tokens present; batches then
+            group samples of similar length (within random windows of
+            :data:`LENGTH_WINDOW` batches). Checked on the most padded batch first: if
+            the teacher's outputs change by more than 1e-4, it stays off.
 
     Returns:
         The trained student, the objective and layer pairs used, the history, and the
@@ -195,6 +207,7 @@ def distill_module(
             hidden = HiddenLoss(pairs, probe["shapes"], strict=strict).to(device)
             matched = hidden if hidden.pairs else None
             run = _Run(teacher, student, output_loss, matched, hidden_weight)
+            run.padding_mask = _padding_mask(padding_mask, teacher, inputs, batch_size)
             loss_before = run.evaluate(val_inputs, val_labels, batch_size)
             history = run.train(
                 inputs, labels, epochs, lr, batch_size, seed,
@@ -233,6 +246,7 @@ class _Run:
         self.hidden = hidden
         self.hidden_weight = hidden_weight
         self.device = model_device(student)
+        self.padding_mask: str | None = None
 
     def _teacher_outputs(
         self, xb: Batch, with_hidden: bool
@@ -246,6 +260,7 @@ class _Run:
     def _loss(
         self, xb: Batch, yb: torch.Tensor | None, *, with_hidden: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        xb = _trim_padding(xb, self.padding_mask)
         t_out, t_feats = self._teacher_outputs(xb, with_hidden)
         names = list(self.hidden.pairs) if self.hidden and with_hidden else []
         with LayerCapture(self.student, names) as capture:
@@ -257,12 +272,21 @@ class _Run:
         total = out_loss + self.hidden_weight * self.hidden(capture.outputs, t_feats)
         return total, out_loss
 
+    def _batches(
+        self, inputs: ModuleInputs, batch_size: int, generator: torch.Generator | None
+    ) -> list[torch.Tensor]:
+        """Sample indices per batch; with a padding mask, of sentences of similar length."""
+        if self.padding_mask is None or inputs.named is None:
+            return _batches(len(inputs), batch_size, generator)
+        lengths = (inputs.named[self.padding_mask] != 0).sum(dim=1)
+        return _length_batches(lengths, batch_size, generator)
+
     def evaluate(self, inputs: ModuleInputs, labels: torch.Tensor | None, batch_size: int) -> float:
         """Mean output loss over ``inputs`` with the student in eval mode."""
         self.student.eval()
         total = 0.0
         with torch.no_grad():
-            for index in _batches(len(inputs), batch_size, None):
+            for index in self._batches(inputs, batch_size, None):
                 yb = None if labels is None else labels[index].to(self.device)
                 _, out_loss = self._loss(inputs.batch(index), yb, with_hidden=False)
                 total += float(out_loss) * len(index)
@@ -309,7 +333,7 @@ class _Run:
         for epoch in range(1, epochs + 1):
             self.student.train()
             total, seen = 0.0, 0
-            for index in _batches(len(inputs), batch_size, generator):
+            for index in self._batches(inputs, batch_size, generator):
                 yb = None if labels is None else labels[index].to(self.device)
                 loss, _ = self._loss(inputs.batch(index), yb, with_hidden=True)
                 if not torch.isfinite(loss):
@@ -346,12 +370,91 @@ class _Run:
         return history
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
+def _length_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator | None
+) -> list[torch.Tensor]:
+    """Batches of samples of similar length (so trimming padding cuts most).
+
+    Training (``generator`` given): a random order, sorted by length within windows of
+    :data:`LENGTH_WINDOW` batches, cut into batches, whose order is shuffled again.
+    Evaluation: all samples sorted by length.
+    """
+    if generator is None:
+        return _split(torch.argsort(lengths, stable=True), batch_size)
+    order = torch.randperm(len(lengths), generator=generator)
+    chunks: list[torch.Tensor] = []
+    for window in order.split(batch_size * LENGTH_WINDOW):
+        chunks += _split(window[torch.argsort(lengths[window], stable=True)], batch_size)
+    shuffle = torch.randperm(len(chunks), generator=generator)
+    return [chunks[int(i)] for i in shuffle]
+
+
+def _split(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``order`` in batches of ``batch_size``; a last batch of one sample joins the one before."""
     chunks = list(order.split(batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
+
+
+def _trim_padding(xb: Batch, mask_name: str | None) -> Batch:
+    """``xb`` cut after the last column where ``xb[mask_name]`` is non-zero in any row
+    (every input of the mask's ``[batch, tokens]`` shape); ``xb`` itself when off."""
+    if mask_name is None or not isinstance(xb, dict):
+        return xb
+    mask = xb[mask_name]
+    used = torch.nonzero(mask.any(dim=0))
+    length = int(used.max()) + 1 if len(used) else 1
+    if length >= mask.shape[1]:
+        return xb
+    shape = tuple(mask.shape)
+    return {k: v[:, :length] if tuple(v.shape[:2]) == shape else v for k, v in xb.items()}
+
+
+def _padding_mask(
+    setting: str | None, teacher: nn.Module, inputs: ModuleInputs, batch_size: int
+) -> str | None:
+    """The padding-mask input to trim batches by, or None (see ``padding_mask``)."""
+    names = inputs.names or ()
+    name = (
+        ("attention_mask" if "attention_mask" in names else None) if setting == "auto" else setting
+    )
+    if name is None:
+        return None
+    if name not in names:
+        raise ConfigError(
+            f"padding_mask must name one of the named inputs {list(names)}, but got {name!r}"
+        )
+    assert inputs.named is not None
+    mask = inputs.named[name]
+    if mask.dim() != 2:
+        raise ConfigError(
+            f"padding_mask {name!r} must be a [batch, tokens] input, but got shape "
+            f"{list(mask.shape)}"
+        )
+    # Checked on the most padded rows, where trimming cuts most.
+    rows = torch.argsort((mask != 0).sum(dim=1))[: min(batch_size, len(inputs))]
+    xb = inputs.batch(rows)
+    assert isinstance(xb, dict)
+    trimmed = _trim_padding(xb, name)
+    if trimmed is xb:
+        return name
+    try:
+        with torch.no_grad():
+            full = primary_output(call_module(teacher, xb), side="teacher")
+            cut = primary_output(call_module(teacher, trimmed), side="teacher")
+        same = full.shape == cut.shape and bool(torch.allclose(full, cut, atol=1e-4))
+    except Exception:  # a model that needs every column: trimming stays off
+        same = False
+    if not same:
+        logger.info("padding is not trimmed: the teacher's outputs depend on padded tokens")
+        return None
+    return name
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
+    return _split(order, batch_size)
 
 
 def _check_options(
