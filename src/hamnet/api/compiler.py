@@ -220,7 +220,7 @@ def family_prune_ratios(family: type[ModelFamily]) -> list[float]:
     """The pruning ratios AUTO and PRUNE try on ``family``: its own ``prune_ratios``
     when it declares them (transformers: low ratios, see
     :class:`~hamnet.families.transformer.TransformerFamily`), else :data:`PRUNE_RATIOS`."""
-    return list(getattr(family, "prune_ratios", None) or PRUNE_RATIOS)
+    return list(family.prune_ratios or PRUNE_RATIOS)
 
 
 def _size_rule(

@@ -245,6 +245,15 @@ def use_eager_attention(model: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == "eager"
 
 
+def hugging_face_part(model: nn.Module) -> nn.Module | None:
+    """The Hugging Face model inside ``model``: itself, else the first submodule with a
+    Hugging Face config (a user's wrapper, e.g. a mean-pooling sentence encoder), or None."""
+    for module in model.modules():
+        if getattr(getattr(module, "config", None), "_attn_implementation", None) is not None:
+            return module
+    return None
+
+
 def _transformer_shape(model: nn.Module) -> tuple[int, int] | None:
     """``(num_heads, hidden_size)`` from a Hugging Face config, or None."""
     config = getattr(model, "config", None)
@@ -327,7 +336,12 @@ def export_module(
     """
     onnx = require("onnx")
     names, tensors, keywords = _named_examples(example_inputs, input_names)
-    hf_shape = _transformer_shape(model) if use_eager_attention(model) else None
+    hf_model = hugging_face_part(model)
+    hf_shape = (
+        _transformer_shape(hf_model)
+        if hf_model is not None and use_eager_attention(hf_model)
+        else None
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _modes_restored(model):

@@ -146,6 +146,8 @@ class ModelFamily(Plugin):
         why_not_prunable: The plan's sentence when pruning would help but cannot run.
         detect_order: Detection tries families by increasing order (generic last).
         prune_criterion: The pruning criterion the API's goals use for this family.
+        prune_ratios: The pruning ratios AUTO and PRUNE try (None: the compiler's
+            defaults, ``hamnet.api.compiler.PRUNE_RATIOS``).
         recovery_training: Training settings (``stages.distill.train``) AUTO gives the
             distillation that recovers a pruned user's module of this family.
     """
@@ -169,6 +171,7 @@ class ModelFamily(Plugin):
     )
     detect_order: ClassVar[int] = 50
     prune_criterion: ClassVar[str] = "l1"
+    prune_ratios: ClassVar[tuple[float, ...] | None] = None
     recovery_training: ClassVar[Mapping[str, Any]] = {
         "epochs": 10, "learning_rate": 1e-3, "batch_size": 32, "warmup_epochs": 0,
     }  # fmt: skip

@@ -4,12 +4,12 @@
 already waiting (up to ``max_batch_size`` rows) and, when that is more than one request
 (so requests are queuing), gives the event loop one more turn at a time to add arrivals,
 for as long as each turn brings some and at most ``window_ms``. A lone request runs at
-once (when nothing is queued or collected and its call runs on the loop, straight from
-:meth:`DynamicBatcher.submit`, without the queue) and a batch stops growing as soon as
-arrivals stop, so batching adds no fixed wait (a fixed window waits its full length
-whenever batches stay under the cap). Every caller gets its own rows of the result; a
-batch that fails fails only its own requests. ``window_ms=0`` turns batching off: every
-request runs alone.
+once (through the queue: answering it straight from :meth:`DynamicBatcher.submit`
+would answer every request of a burst alone, each before the next is read) and a batch
+stops growing as soon as arrivals stop, so batching adds no fixed wait (a fixed window
+waits its full length whenever batches stay under the cap). Every caller gets its own
+rows of the result; a batch that fails fails only its own requests. ``window_ms=0``
+turns batching off: every request runs alone.
 
 Where a batch runs is decided by :class:`InferenceCaller` from measured times: a model
 whose calls take under ``inline_below_ms`` runs on the event loop itself (a hop to a
@@ -198,7 +198,6 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._collecting = False  # the collector holds requests (growing or running a batch)
 
     @property
     def enabled(self) -> bool:
@@ -232,11 +231,6 @@ class DynamicBatcher:
         """
         if self._queue is None or len(x) >= self.max_batch_size:
             return await run_alone(self.caller, x, self.on_batch)
-        if not self._collecting and self._queue.empty() and self.caller.inline(len(x)):
-            # Nothing to batch with, and the call runs on the loop without yielding: the
-            # collector would run it alone anyway, one queue hop and two task switches
-            # later (that hop is a few percent of an unloaded request).
-            return await run_alone(self.caller, x, self.on_batch)
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(x, future))
         return await future
@@ -246,9 +240,7 @@ class DynamicBatcher:
         queue = self._queue
         carry: _Pending | None = None
         while True:
-            self._collecting = carry is not None
             first = carry if carry is not None else await queue.get()
-            self._collecting = True
             carry = None
             batch = [first]
             rows = len(first.x)

@@ -116,7 +116,7 @@ def test_plan_reasons_come_from_the_family(cpu: HardwareProfile) -> None:
                          source_kind="module", train_path=Path("/m/train.npz"))  # fmt: skip
     pruned = compile_config(Goal.PRUNE, Constraints(), encoder, cpu)
     assert pruned.stages.prune is not None and pruned.stages.prune.criteria == ["taylor"]
-    assert pruned.stages.distill is not None and pruned.stages.distill.train.epochs == 3
+    assert pruned.stages.distill is not None and pruned.stages.distill.train.epochs == 2
     unconverted = plan_for(latency, "onnx", cpu, why_not_prunable="it uses Det")
     assert "no pruning: it uses Det" in unconverted.reasons
     big = plan_for(Constraints(target_size_mb=0.1), "onnx", cpu, model_size_mb=1.0)

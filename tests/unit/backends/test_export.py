@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -306,6 +307,39 @@ def test_export_module_hf_encoder_records_fusion_shape(tmp_path: Path) -> None:
     }
     path = export_module(model, examples, tmp_path / "bert.onnx")
     assert model.config._attn_implementation == "eager"
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props == {"hamnet.num_heads": "4", "hamnet.hidden_size": "32"}
+
+
+def test_export_module_records_the_fusion_shape_through_a_users_wrapper(tmp_path: Path) -> None:
+    """A mean-pooling sentence encoder holds the Hugging Face model as a submodule."""
+    transformers = pytest.importorskip("transformers")
+    import onnx
+
+    from hamnet.backends.export import export_module
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            cfg = transformers.BertConfig(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=64, vocab_size=50, max_position_embeddings=32,
+            )  # fmt: skip
+            self.model = transformers.BertModel(cfg)
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            mask = attention_mask.unsqueeze(-1).float()
+            return (hidden * mask).sum(1) / mask.sum(1)
+
+    torch.manual_seed(0)
+    wrapper = MeanPooled().eval()
+    examples = {
+        "input_ids": torch.randint(1, 50, (2, 8)),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+    }
+    path = export_module(wrapper, examples, tmp_path / "pooled.onnx")
+    assert wrapper.model.config._attn_implementation == "eager"
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props == {"hamnet.num_heads": "4", "hamnet.hidden_size": "32"}
 

@@ -214,22 +214,26 @@ def test_an_unexpected_error_on_the_fast_path_is_a_logged_500(
     assert "POST /predict failed" in caplog.text
 
 
-def test_a_lone_fast_request_runs_at_once_without_the_collector() -> None:
+def test_concurrent_fast_requests_share_batches() -> None:
+    """Requests that arrive together share a batch even when the model runs on the loop.
+
+    A shortcut that answered a lone request at once, without the queue, made every
+    request lone under load (each ran before the next was read): uvicorn fell from
+    15,400 to 9,600 req/s at 50 clients.
+    """
     run = Timed()
-    batcher = DynamicBatcher(run, max_batch_size=8, window_ms=2.0, inline_below_ms=50.0)
+    batcher = DynamicBatcher(run, max_batch_size=64, window_ms=2.0, inline_below_ms=50.0)
     one = np.ones((1, 3), dtype=np.float32)
 
-    async def go() -> tuple[int, int]:
+    async def go() -> list[int]:
         await batcher.start()
         try:
             for _ in range(InferenceCaller.WARMUP_CALLS):
-                await batcher.submit(one)  # measured in a worker thread, through the queue
-            assert batcher._task is not None
-            batcher._task.cancel()  # no collector: only the direct path can answer now
-            result = await asyncio.wait_for(batcher.submit(one), timeout=5)
-            return result.batch_rows, threading.get_ident()
+                await batcher.submit(one)
+            results = await asyncio.gather(*(batcher.submit(one) for _ in range(20)))
+            return [r.batch_rows for r in results]
         finally:
             await batcher.stop()
 
-    rows, loop_thread = asyncio.run(go())
-    assert rows == 1 and run.threads[-1] == loop_thread
+    rows = asyncio.run(go())
+    assert max(rows) > 1 and run.threads[-1] == threading.get_ident()
