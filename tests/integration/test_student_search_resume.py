@@ -47,8 +47,10 @@ def _config() -> dict[str, Any]:
             "train": {"epochs": 8, "patience": 8, "augment": "mixup", "mixup_alpha": 1.0,
                       "warmup_epochs": 0},
             "report_every": 2,
-            "space": {"hidden_sizes": [8, 16], "num_layers": [1], "num_heads": [1],
-                      "ffn_ratios": [1.0], "token_sizes": [16, "all"]},
+            # 16 distinct students: a repeat is pruned in the driver without training, so
+            # a space of few students would finish before it could be killed.
+            "space": {"hidden_sizes": [8, 12, 16, 24], "num_layers": [1], "num_heads": [1],
+                      "ffn_ratios": [1.0, 2.0], "token_sizes": [16, "all"]},
         },
     }  # fmt: skip
     return tiny_config(
