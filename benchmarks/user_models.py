@@ -179,15 +179,7 @@ def stdlib_sentences(limit: int, *, min_words: int = 6, max_words: int = 48) -> 
         for doc in docs:
             for sentence in _doc_sentences(doc, min_words, max_words):
                 seen.setdefault(sentence, None)
-    sentences = list(seen)
-    if len(sentences) < limit:
-        raise DataError(
-            f"the encoder needs {limit} distinct docstring sentences, but the standard "
-            f"library gave {len(sentences)}"
-        )
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(sentences))[:limit]
-    return [sentences[i] for i in order]
+    return _draw(seen, limit, 0, need="the encoder needs", source="the standard library")
 
 
 def _doc_sentences(doc: str, min_words: int, max_words: int) -> list[str]:
@@ -274,11 +266,22 @@ def library_sentences(
                         ):
                             if sentence not in skip:
                                 seen.setdefault(sentence, None)
+    return _draw(
+        seen, limit, seed, need="the unlabelled pool needs", source="the installed packages"
+    )
+
+
+def _draw(seen: dict[str, None], limit: int, seed: int, *, need: str, source: str) -> list[str]:
+    """``limit`` of the distinct sentences in ``seen``, drawn at random with ``seed``.
+
+    Raises:
+        DataError: If there are fewer than ``limit``; the message is ``need`` + the count
+            + ``source`` (e.g. "the encoder needs 2000 ... but the standard library gave 9").
+    """
     sentences = list(seen)
     if len(sentences) < limit:
         raise DataError(
-            f"the unlabelled pool needs {limit} distinct docstring sentences, but the "
-            f"installed packages gave {len(sentences)}"
+            f"{need} {limit} distinct docstring sentences, but {source} gave {len(sentences)}"
         )
     order = np.random.default_rng(seed).permutation(len(sentences))[:limit]
     return [sentences[i] for i in order]
