@@ -186,9 +186,9 @@ def fused_int8(module: Any, example: dict[str, Any], folder: Path, profile: Any)
     if shape is not None:
         # As the peer recipe does: ONNX Runtime's fusion gets the head count and width
         # (export_module records them for a bare Hugging Face model, not for a wrapper).
-        from hamnet.backends.export import _write_transformer_metadata
+        from hamnet.backends.export import TRANSFORMER_METADATA, _write_metadata
 
-        _write_transformer_metadata(source, *shape)
+        _write_metadata(source, dict(zip(TRANSFORMER_METADATA, shape, strict=True)))
     method = quantizer_class("ort_fused_dynamic_int8")()
     cfg = QuantizeStageConfig(methods=["ort_fused_dynamic_int8"])
     target = method.quantize(source, folder / "int8", calibration=None, cfg=cfg, profile=profile)

@@ -275,14 +275,14 @@ TRANSFORMER_METADATA = ("hamnet.num_heads", "hamnet.hidden_size")
 Hugging Face encoders; the transformer fusion reads them (0 = let ORT detect)."""
 
 
-def _write_transformer_metadata(path: Path, num_heads: int, hidden_size: int) -> None:
-    """Record the head count and hidden size for ONNX Runtime's transformer fusion."""
+def _write_metadata(path: Path, entries: Mapping[str, Any]) -> None:
+    """Set ``entries`` in an ONNX file's ``metadata_props`` (replacing the same keys)."""
     onnx = require("onnx")
     model = onnx.load(str(path))
-    keep = [p for p in model.metadata_props if p.key not in TRANSFORMER_METADATA]
+    keep = [p for p in model.metadata_props if p.key not in entries]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
-    for key, value in zip(TRANSFORMER_METADATA, (num_heads, hidden_size), strict=True):
+    for key, value in entries.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.save(model, str(path))
@@ -297,6 +297,7 @@ def export_module(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int = 17,
     parity_atol: float | None = 1e-4,
+    trim_padding: str | None = None,
 ) -> Path:
     """Export any traceable module to ONNX, with dynamic axes, and check it in ONNX Runtime.
 
@@ -324,16 +325,25 @@ def export_module(
         parity_atol: Largest absolute difference allowed between the module and ONNX
             Runtime on the example inputs repeated to twice their batch (which also
             checks the dynamic batch axis); None skips the check.
+        trim_padding: Skip padded tokens inside the graph (see
+            :mod:`hamnet.backends.padding`): ``"auto"`` trims by an ``attention_mask``
+            input when the module's output provably does not change, an input name
+            requires it, None (default, what ``torch.onnx.export`` writes) keeps every
+            position. The mask used is recorded in the metadata
+            (:data:`hamnet.backends.padding.METADATA_KEY`, see :func:`trimmed_by`).
 
     Returns:
         The path of the written file.
 
     Raises:
         ExportError: If the inputs are malformed, the exporter or the ONNX checker
-            fails, or ONNX Runtime's outputs differ by more than ``parity_atol``.
+            fails, ONNX Runtime's outputs differ by more than ``parity_atol``, or a
+            named ``trim_padding`` mask cannot be trimmed by.
         MissingDependencyError: If ``onnx`` (or ``onnxruntime`` for the check) is not
             installed.
     """
+    from hamnet.backends import padding
+
     onnx = require("onnx")
     names, tensors, keywords = _named_examples(example_inputs, input_names)
     hf_model = hugging_face_part(model)
@@ -346,11 +356,17 @@ def export_module(
     path.parent.mkdir(parents=True, exist_ok=True)
     with _modes_restored(model):
         wrapper = _first_output_module(model, names, keywords).eval()
+        wrapper, mask = padding.trim_padding(wrapper, names, tensors, trim_padding)
         try:
             _trace_to_onnx(wrapper, names, tensors, path, dynamic_axes=dynamic_axes, opset=opset)
             onnx.checker.check_model(str(path))
+            metadata: dict[str, Any] = {}
             if hf_shape is not None:
-                _write_transformer_metadata(path, *hf_shape)
+                metadata.update(zip(TRANSFORMER_METADATA, hf_shape, strict=True))
+            if mask is not None:
+                metadata[padding.METADATA_KEY] = mask
+            if metadata:
+                _write_metadata(path, metadata)
         except ExportError:
             raise
         except Exception as err:
@@ -361,6 +377,16 @@ def export_module(
     if parity_atol is not None:
         _check_export_parity(wrapper, names, tensors, path, parity_atol)
     return path
+
+
+def trimmed_by(path: str | Path) -> str | None:
+    """The mask input an exported graph skips padded tokens by (see ``trim_padding`` of
+    :func:`export_module`), or None."""
+    from hamnet.backends.padding import METADATA_KEY
+
+    onnx = require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
 
 
 @contextlib.contextmanager

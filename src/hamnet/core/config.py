@@ -647,6 +647,14 @@ class ExportStageConfig(_Section):
     opset: int = Field(17, ge=13, le=23)
     parity_atol: float = Field(1e-3, gt=0.0)
     parity_samples: int = Field(64, ge=1)
+    trim_padding: str | None = Field(
+        "auto",
+        description="Skip padded tokens inside the exported graph of a user's token model: "
+        "'auto' trims by an 'attention_mask' input when appending padding to the example "
+        "inputs provably leaves the outputs unchanged (a pooled or classified encoder; not "
+        "one with per-token outputs), an input name requires it, null keeps every position. "
+        "A 16-token sentence padded to 64 then costs 16 positions, not 64.",
+    )
     ort_fused_attention: bool = Field(
         True,
         description="Also export each HAMNet for ONNX Runtime with every attention as one "

@@ -5,7 +5,8 @@ profile's settings and returns :class:`~hamnet.core.candidate.Metrics`: top-1 ac
 or, without labels, fidelity to the original model's outputs (top-1 agreement for
 class scores, mean cosine similarity for embeddings and hidden states: see
 :mod:`hamnet.evaluate.fidelity`), latency p50/p90 at
-the profile's latency batch size, throughput at its throughput batch size, file size,
+the profile's latency batch size (calls cycle through the first
+:data:`LATENCY_BATCHES` batches of the split), throughput at its throughput batch size, file size,
 peak memory, and the thread count used. The building blocks (:func:`latency_ms`,
 :func:`throughput_sps`, :func:`accuracy`, :func:`agreement`, :func:`peak_memory_mb`)
 work on any :class:`~hamnet.backends.session.InferenceSession`, on inputs of any rank and on
@@ -82,17 +83,38 @@ def _rows(x: Inputs, n: int) -> np.ndarray:
     return np.ascontiguousarray(x[:n])
 
 
+LATENCY_BATCHES = 32
+"""Distinct batches :func:`measure_session` times in turn: a model whose cost depends on
+its input (a graph that skips padded tokens, see :mod:`hamnet.backends.padding`) is
+timed over a spread of real inputs, not on whichever row comes first."""
+
+
+def latency_rows(x: Inputs, batch_size: int, batches: int = LATENCY_BATCHES) -> np.ndarray:
+    """The rows :func:`latency_ms` cycles through: up to ``batches`` batches of
+    ``batch_size`` from the start of ``x`` (repeating rows when ``x`` has fewer), packed."""
+    n = max(1, min(batches, len(pack_inputs(x)) // max(1, batch_size)))
+    return _rows(x, n * batch_size)
+
+
 def latency_ms(
-    session: InferenceSession, x_one: Inputs, *, warmup: int, repeats: int
+    session: InferenceSession,
+    x_one: Inputs,
+    *,
+    warmup: int,
+    repeats: int,
+    batch_size: int | None = None,
 ) -> tuple[float, float]:
-    """Time single calls of ``session.run(x_one)``.
+    """Time single calls of ``session.run``.
 
     Args:
         session: The model.
         x_one: The batch run in every call (its size is the latency batch size): one
-            array of any rank or named inputs (a mapping or a packed structured array).
+            array of any rank or named inputs (a mapping or a packed structured array);
+            with ``batch_size``, several batches (see :func:`latency_rows`).
         warmup: Untimed calls first (caches, lazy allocations, JIT).
         repeats: Timed calls.
+        batch_size: Rows per call: the calls cycle through the consecutive batches of
+            ``x_one``; None runs all of ``x_one`` in every call.
 
     Returns:
         The median and 90th percentile latency in milliseconds.
@@ -102,13 +124,20 @@ def latency_ms(
     """
     if repeats < 1:
         raise DataError(f"repeats must be positive, but got {repeats}")
-    x_one = unpack_inputs(pack_inputs(x_one))  # type: ignore[assignment]
-    for _ in range(warmup):
-        session.run(x_one)
+    packed = pack_inputs(x_one)
+    step = len(packed) if batch_size is None else batch_size
+    if not 1 <= step <= len(packed):
+        raise DataError(
+            f"batch_size must be between 1 and the {len(packed)} rows given, but got {step}"
+        )
+    batches = [unpack_inputs(packed[i : i + step]) for i in range(0, len(packed) - step + 1, step)]
+    for i in range(warmup):
+        session.run(batches[i % len(batches)])  # type: ignore[arg-type]
     times = np.empty(repeats, dtype=np.float64)
     for i in range(repeats):
+        batch = batches[i % len(batches)]
         start = time.perf_counter_ns()
-        session.run(x_one)
+        session.run(batch)  # type: ignore[arg-type]
         times[i] = time.perf_counter_ns() - start
     p50, p90 = np.percentile(times, [50, 90]) / 1e6
     return float(p50), float(p90)
@@ -121,6 +150,7 @@ def paired_latency_ms(
     warmup: int,
     repeats: int,
     rounds: int,
+    batch_size: int | None = None,
 ) -> list[float]:
     """Time several models side by side: ``rounds`` interleaved rounds, one
     :func:`latency_ms` per model per round, so drifts of the machine hit all alike;
@@ -129,10 +159,11 @@ def paired_latency_ms(
 
     Args:
         sessions: The models, all fed ``x_one``.
-        x_one: The latency batch.
+        x_one: The latency batch (or batches, with ``batch_size``).
         warmup: Untimed calls before each timing.
         repeats: Timed calls per model per round.
         rounds: Interleaved rounds (at least 1).
+        batch_size: As for :func:`latency_ms`.
 
     Returns:
         Each model's median over the rounds of its p50 latency, in milliseconds.
@@ -146,7 +177,11 @@ def paired_latency_ms(
     order = list(range(len(sessions)))
     for round_index in range(rounds):
         for i in order if round_index % 2 == 0 else order[::-1]:
-            per_model[i].append(latency_ms(sessions[i], x_one, warmup=warmup, repeats=repeats)[0])
+            per_model[i].append(
+                latency_ms(
+                    sessions[i], x_one, warmup=warmup, repeats=repeats, batch_size=batch_size
+                )[0]
+            )
     return [float(np.median(t)) for t in per_model]
 
 
@@ -444,9 +479,10 @@ def measure_session(
     )
     p50, p90 = latency_ms(
         session,
-        _rows(x_eval, latency_batch_size),
+        latency_rows(x_eval, latency_batch_size),
         warmup=settings.warmup,
         repeats=settings.repeats,
+        batch_size=latency_batch_size,
     )
     sps = throughput_sps(
         throughput_session or session,

@@ -256,6 +256,7 @@ class ModelFamily(Plugin):
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         opset: int = 17,
         ort_fused_attention: bool = False,
+        trim_padding: str | None = None,
     ) -> Path:
         """Export a module of this family to ONNX, parity-checked in ONNX Runtime.
 
@@ -268,6 +269,8 @@ class ModelFamily(Plugin):
             opset: The ONNX opset.
             ort_fused_attention: Export attention as ONNX Runtime's fused contrib
                 operator; only where :meth:`fusable_attention` says so.
+            trim_padding: Skip padded tokens inside the graph (``"auto"``, a mask
+                input's name, or None); see :func:`hamnet.backends.export.export_module`.
 
         Returns:
             The written file.
@@ -290,6 +293,7 @@ class ModelFamily(Plugin):
             input_names=input_names,
             dynamic_axes=dynamic_axes,
             opset=opset,
+            trim_padding=trim_padding,
         )
 
     @classmethod

@@ -68,11 +68,13 @@ class HamnetFamily(ModelFamily):
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         opset: int = 17,
         ort_fused_attention: bool = False,
+        trim_padding: str | None = None,
     ) -> Path:
         """Export the HAMNet as the pipeline does (one ``input``, ``logits`` out).
 
         ``example_inputs``, ``input_names`` and ``dynamic_axes`` are fixed by the
-        HAMNet's config and ignored.
+        HAMNet's config and ignored; a HAMNet has no padding to trim (``trim_padding``
+        is ignored too).
         """
         from hamnet.backends.export import export_onnx
 

@@ -238,19 +238,19 @@ def _paired_latency(
     candidate: Candidate, parent: Candidate, ctx: StageContext
 ) -> tuple[float, float]:
     """p50 latency of ``candidate`` and ``parent``, timed in interleaved rounds."""
-    from hamnet.backends.session import load_session, pack_inputs
-    from hamnet.evaluate.measure import paired_latency_ms
+    from hamnet.backends.session import load_session
+    from hamnet.evaluate.measure import latency_rows, paired_latency_ms
 
     trust = ctx.config.model.trust_checkpoint
     sessions = [
         load_session(c.artifact, c.runtime, ctx.profile, trust_checkpoint=trust)
         for c in (candidate, parent)
     ]
-    x_one = pack_inputs(ctx.dataset.x_val)[: ctx.profile.latency_batch_size]
+    batch_size = ctx.profile.latency_batch_size
     settings = ctx.config.measure
     child_ms, parent_ms = paired_latency_ms(
-        sessions, x_one, warmup=settings.warmup, repeats=settings.repeats,
-        rounds=settings.paired_rounds,
+        sessions, latency_rows(ctx.dataset.x_val, batch_size), warmup=settings.warmup,
+        repeats=settings.repeats, rounds=settings.paired_rounds, batch_size=batch_size,
     )  # fmt: skip
     return child_ms, parent_ms
 

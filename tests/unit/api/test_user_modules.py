@@ -187,6 +187,9 @@ def test_auto_on_a_bert_encoder_scores_cosine(tmp_path: Path) -> None:
         _overrides=FAST,
     )
     assert "cosine" in result.report.accuracy_kind
+    # Mean pooling ignores padded tokens, so every export skips them inside the graph.
+    exports = [c for c in result.candidates if c.stage == "export"]
+    assert exports and all(c.params["trim_padding"] == "attention_mask" for c in exports)
     # The embeddings stay FP32 under dynamic INT8, so on this tiny encoder the INT8
     # export is not smaller than the pruned module itself; a random encoder barely
     # changes when pruned, so KD may keep its starting weights (then pruned == pruned+KD).

@@ -14,6 +14,11 @@ from hamnet.families.base import ModelFamily
 from hamnet.pipeline.stages._user_modules import MODULE_FORMAT, export_arguments, is_module
 from hamnet.pipeline.stages.base import Stage, StageContext, candidate_family, child_name
 
+TRIM_NOTE = (
+    "Padded tokens skipped inside the graph: the token inputs are cut after the last "
+    "position {mask!r} marks in the batch (checked exact on padded examples)."
+)
+
 FUSED_NOTE = (
     "Attention exported as ONNX Runtime's com.microsoft.Attention (one node per block instead "
     "of ~17): runs in ONNX Runtime only."
@@ -59,7 +64,7 @@ class ExportStage(Stage[ExportStageConfig]):
             model = family.load(Path(parent.artifact.path), trust_checkpoint=trust)
             reference = load_session(parent.artifact, "torch", ctx.profile, trust_checkpoint=trust)
             export = self._export_arguments(parent)
-            for runtime, ref, fused in self._targets(family, model, ctx, export):
+            for runtime, ref, fused, mask in self._targets(family, model, ctx, export):
                 session = load_session(ref, runtime, ctx.profile)
                 diff = check_parity(reference, session, x, atol=cfg.parity_atol)
                 out.append(
@@ -74,9 +79,11 @@ class ExportStage(Stage[ExportStageConfig]):
                             "opset": cfg.opset,
                             "parity_atol": cfg.parity_atol,
                             "ort_fused_attention": fused,
+                            "trim_padding": mask,
                         },
                         parity_max_abs_diff=diff,
-                        notes=[FUSED_NOTE] if fused else [],
+                        notes=([FUSED_NOTE] if fused else [])
+                        + ([TRIM_NOTE.format(mask=mask)] if mask else []),
                     )
                 )
         skipped = [f for f in cfg.formats if {"onnx": "onnxruntime"}.get(f, f) not in runtimes]
@@ -98,28 +105,34 @@ class ExportStage(Stage[ExportStageConfig]):
 
     def _targets(
         self, family: type[ModelFamily], model: Any, ctx: StageContext, export: dict[str, Any]
-    ) -> list[tuple[str, ArtifactRef, bool]]:
+    ) -> list[tuple[str, ArtifactRef, bool, str | None]]:
         """Export ``model`` of ``family`` to every configured format the profile runs.
 
         Returns:
-            ``(runtime, stored model, attention fused into ORT contrib ops)`` per export.
+            ``(runtime, stored model, attention fused into ORT contrib ops, the mask input
+            padding is trimmed by or None)`` per export.
         """
-        from hamnet.backends.export import convert_openvino
+        from hamnet.backends.export import convert_openvino, trimmed_by
 
         cfg = self.options(ctx.config)
         runtimes = ctx.profile.runtime_names
         staging = ctx.store.staging_dir()
         onnx_path = family.export_onnx(
-            model, path=staging / "model.onnx", opset=cfg.opset, **export
+            model,
+            path=staging / "model.onnx",
+            opset=cfg.opset,
+            trim_padding=cfg.trim_padding if export.get("example_inputs") is not None else None,
+            **export,
         )
         onnx_ref = ctx.store.put(onnx_path, "onnx")
-        targets: list[tuple[str, ArtifactRef, bool]] = []
+        mask = trimmed_by(onnx_ref.path)
+        targets: list[tuple[str, ArtifactRef, bool, str | None]] = []
         ort = "onnx" in cfg.formats and "onnxruntime" in runtimes
         if ort:
-            targets.append(("onnxruntime", onnx_ref, False))
+            targets.append(("onnxruntime", onnx_ref, False, mask))
         if "openvino" in cfg.formats and "openvino" in runtimes:
             xml = convert_openvino(onnx_ref.path, staging / "model.xml", compress_to_fp16=False)
-            targets.append(("openvino", ctx.store.put(xml, "openvino"), False))
+            targets.append(("openvino", ctx.store.put(xml, "openvino"), False, mask))
         if ort and cfg.ort_fused_attention and family.fusable_attention(model):
             fused_path = family.export_onnx(
                 model,
@@ -128,7 +141,7 @@ class ExportStage(Stage[ExportStageConfig]):
                 ort_fused_attention=True,
                 **export,
             )
-            targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True))
+            targets.append(("onnxruntime", ctx.store.put(fused_path, "onnx"), True, None))
         return targets
 
 
