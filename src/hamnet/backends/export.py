@@ -255,19 +255,28 @@ def hugging_face_part(model: nn.Module) -> nn.Module | None:
 
 
 def _transformer_shape(model: nn.Module) -> tuple[int, int] | None:
-    """``(num_heads, hidden_size)`` from a Hugging Face config, or None."""
+    """``(num_heads, attention width)`` for ONNX Runtime's fusion, or None.
+
+    From the Hugging Face config, or, when every layer kept the same number of heads
+    after pruning, that number and its width (``heads x head size``: what ORT's fusion
+    takes for a pruned model). Layers with different head counts record nothing (one
+    value would be wrong for some of them).
+    """
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
     hidden = getattr(config, "hidden_size", None)
-    if not (isinstance(heads, int) and isinstance(hidden, int)):
+    if not (isinstance(heads, int) and isinstance(hidden, int)) or heads < 1:
         return None
-    # Pruned attention (fewer heads than the config says): the config's shape would
-    # tell ONNX Runtime's fusion the wrong head count, so none is recorded.
-    for module in model.modules():
-        layer_heads = getattr(module, "num_attention_heads", heads)
-        if isinstance(layer_heads, int) and layer_heads != heads:
-            return None
-    return heads, hidden
+    counts = {
+        count
+        for module in model.modules()
+        if isinstance(count := getattr(module, "num_attention_heads", None), int)
+    }
+    if len(counts) > 1:
+        return None
+    head_size = hidden // heads
+    kept = counts.pop() if counts else heads
+    return kept, kept * head_size
 
 
 TRANSFORMER_METADATA = ("hamnet.num_heads", "hamnet.hidden_size")

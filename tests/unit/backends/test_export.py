@@ -406,3 +406,36 @@ def test_export_module_keeps_explicit_dynamic_axes_and_modes_after_failure(
     with pytest.raises(ExportError, match="ONNX export of Keywords"):
         export_module(failing, torch.randint(0, 10, (1, 3)), tmp_path / "k.onnx")
     assert failing.training and failing.dropout.training
+
+
+def test_export_module_records_a_uniformly_pruned_head_count_for_fusion(tmp_path: Path) -> None:
+    """Every layer kept 3 of 4 heads: ORT's fusion gets 3 heads of width 24, and fuses."""
+    transformers = pytest.importorskip("transformers")
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    from hamnet.backends.export import export_module
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.BertModel(cfg).eval()
+    examples = {
+        "input_ids": torch.randint(1, 50, (2, 8)),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+    }
+    from hamnet.compress.pruning.hf import prune_bert
+
+    model, _ = prune_bert(model, 0.25, example_inputs=examples)  # 1 of 4 heads per layer
+    path = export_module(model, examples, tmp_path / "pruned.onnx")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props == {"hamnet.num_heads": "3", "hamnet.hidden_size": "24"}
+    fused = optimizer.optimize_model(
+        str(path), model_type="bert", num_heads=3, hidden_size=24, use_gpu=False
+    )
+    assert fused.get_fused_operator_statistics()["Attention"] == 2
+    model.encoder.layer[0].attention.self.num_attention_heads = 2  # layers differ: no record
+    path = export_module(model, examples, tmp_path / "uneven.onnx")
+    assert not {p.key for p in onnx.load(str(path)).metadata_props} & {"hamnet.num_heads"}
