@@ -196,3 +196,19 @@ def test_smoke_peer_part_on_the_mlp(tmp_path: Path) -> None:
     assert model["targets"][0]["met"] is None  # hamnet skipped: not measurable
     markdown = (out / "any_model.md").read_text()
     assert "## mlp" in markdown and "| fp32-onnxruntime |" in markdown
+
+
+def test_dominance_treats_sizes_within_a_thousandth_as_equal() -> None:
+    from any_model import HAMNET_AUTO, aggregate, compare_rows
+
+    def dominance(hamnet_mb: float) -> dict[str, object]:
+        points = [
+            _point("fp32-torch", "baseline", 1.0, 30.0, 90.0),
+            _point("ort-dynamic-int8", "peer", 0.993, 10.0, 22.825),
+            _point(HAMNET_AUTO, "hamnet", 0.994, 5.0, hamnet_mb),
+        ]
+        _, _, targets = compare_rows(aggregate([points]), encoder=True)  # type: ignore[list-item]
+        return next(t for t in targets if t["target"].startswith("hamnet's Pareto front"))
+
+    assert dominance(22.832)["met"] is True  # 7 KB larger, faster and closer: dominates
+    assert dominance(22.9)["met"] is False  # 75 KB (0.3%) larger: not
