@@ -210,10 +210,17 @@ class AutoPlan:
 
 
 def quantize_precisions(profile: HardwareProfile) -> list[str]:
-    """INT8 on profiles with INT8, else FP16 (GPUs always get FP16), else none."""
+    """INT8 on profiles with INT8, plus FP16 where the profile lists it (GPUs always get
+    FP16, never INT8), else none.
+
+    On a CPU, FP16 keeps FP16 weights and computes in FP32: rarely the fastest, but a
+    near-lossless half-size point the Pareto front should offer beside INT8 (OpenVINO
+    FP16 is one of the plain recipes a user would try).
+    """
+    fp16 = ["fp16"] if "fp16" in profile.precisions else []
     if profile.device == "cuda" or "int8" not in profile.precisions:
-        return ["fp16"] if "fp16" in profile.precisions else []
-    return ["int8"]
+        return fp16
+    return ["int8", *fp16]
 
 
 def family_prune_ratios(family: type[ModelFamily]) -> list[float]:
@@ -268,7 +275,7 @@ def plan_for(
           first, plus structured pruning when the needed ratio exceeds 4x (about what
           INT8 gives) and the family can be pruned (HAMNet checkpoints);
         * latency-bound (``max_latency_ms`` set): pruning (prunable families only)
-          plus quantization, INT8 on profiles with INT8, FP16 on GPU profiles;
+          plus quantization: INT8 and FP16 where the profile lists them, FP16 only on GPUs;
         * no bound: quantization only;
         * the family's preferred quantizers
           (:meth:`~hamnet.families.base.ModelFamily.preferred_quantizers`):

@@ -254,7 +254,7 @@ def test_plan_for_rules() -> None:
     cpu = load_profile("x86-avx2", require_present=False)
     gpu = load_profile("nvidia-gpu", require_present=False)
     plan = plan_for(Constraints(), "onnx", cpu, model_size_mb=1.0)
-    assert plan.goal_sequence == [Goal.QUANTIZE] and plan.precisions == ["int8"]
+    assert plan.goal_sequence == [Goal.QUANTIZE] and plan.precisions == ["int8", "fp16"]
     size = plan_for(Constraints(target_size_mb=0.1), "hamnet", cpu, model_size_mb=1.0)
     assert size.goal_sequence == [Goal.PRUNE, Goal.QUANTIZE] and size.prune_ratios
     assert any("size-bound" in r for r in size.reasons)
