@@ -198,17 +198,22 @@ def test_smoke_peer_part_on_the_mlp(tmp_path: Path) -> None:
     assert "## mlp" in markdown and "| fp32-onnxruntime |" in markdown
 
 
-def test_dominance_treats_sizes_within_a_thousandth_as_equal() -> None:
+def test_dominance_exact_and_with_ties() -> None:
     from any_model import HAMNET_AUTO, aggregate, compare_rows
 
-    def dominance(hamnet_mb: float) -> dict[str, object]:
+    def dominance(hamnet_score: float, hamnet_mb: float) -> tuple[object, object]:
         points = [
             _point("fp32-torch", "baseline", 1.0, 30.0, 90.0),
             _point("ort-dynamic-int8", "peer", 0.993, 10.0, 22.825),
-            _point(HAMNET_AUTO, "hamnet", 0.994, 5.0, hamnet_mb),
+            _point(HAMNET_AUTO, "hamnet", hamnet_score, 5.0, hamnet_mb),
         ]
         _, _, targets = compare_rows(aggregate([points]), encoder=True)  # type: ignore[list-item]
-        return next(t for t in targets if t["target"].startswith("hamnet's Pareto front"))
+        exact, ties = targets[-2:]
+        assert exact["target"].startswith("hamnet's Pareto front") and "within" in ties["target"]
+        return exact["met"], ties["met"]
 
-    assert dominance(22.832)["met"] is True  # 7 KB larger, faster and closer: dominates
-    assert dominance(22.9)["met"] is False  # 75 KB (0.3%) larger: not
+    assert dominance(0.994, 22.825) == (True, True)
+    assert dominance(0.994, 22.832) == (False, True)  # 7 KB larger: a tie
+    assert dominance(0.9929, 22.825) == (False, True)  # 1e-4 lower: a tie
+    assert dominance(0.994, 22.9) == (False, False)  # 75 KB (0.3%) larger
+    assert dominance(0.9925, 22.825) == (False, False)  # 5e-4 lower
