@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hamnet.core.config import config_from_dict
-from hamnet.core.errors import ModelLoadError
+from hamnet.core.errors import ConfigError, ModelLoadError
 from hamnet.pipeline.run import run_pipeline
 
 SEQ = 12
@@ -26,7 +26,9 @@ FAST: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _config(model: dict[str, Any], data: Path, **stages: Any) -> Any:
+def _config(
+    model: dict[str, Any], data: Path, export: dict[str, Any] | None = None, **stages: Any
+) -> Any:
     return config_from_dict(
         {
             "name": "user-module",
@@ -37,7 +39,7 @@ def _config(model: dict[str, Any], data: Path, **stages: Any) -> Any:
                 "train": None,
                 "prune": {"ratios": [0.5], "finetune": None},
                 "distill": {"train": {"epochs": 1, "batch_size": 32}, **stages},
-                "export": {"formats": ["onnx"]},
+                "export": {"formats": ["onnx"], **(export or {})},
                 "quantize": {"methods": ["ort_dynamic_int8"], "calibration_samples": 16},
             },
             **FAST,
@@ -86,6 +88,20 @@ def test_a_hugging_face_directory_is_pruned_distilled_and_quantized(
     assert kd.parent_id == pruned.id and kd.params["unlabelled_samples"] == 40
     quantized = [c for c in result.candidates if c.stage == "quantize"]
     assert quantized and all(c.precision == "int8" for c in quantized)
+
+
+def test_a_padding_mask_the_data_lacks_fails_before_any_training(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    data = _tokens(tmp_path / "data.npz", 40)
+    config = _config({"path": str(hf_dir)}, data, export={"trim_padding": "mask"})
+    expected = (
+        r"stages.export.trim_padding: the padding mask must be one of the inputs "
+        r"\['input_ids', 'attention_mask'\], but got 'mask'"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        run_pipeline(config, base_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing was pruned or trained
 
 
 class Wide(nn.Module):

@@ -60,7 +60,9 @@ class LoadStage(Stage[NoOptions]):
         Raises:
             ModelLoadError: If the file is missing, unreadable or of an unknown format.
             DataError: If its inputs (names, ranks, sizes) differ from the data's.
+            ConfigError: If ``stages.export.trim_padding`` names a mask the data lacks.
         """
+        LoadStage.check_trim_padding(ctx)
         if is_module_source(ctx):
             from hamnet.pipeline.stages._user_modules import check_model_ref
 
@@ -70,6 +72,25 @@ class LoadStage(Stage[NoOptions]):
         if path.suffix.lower() == ".json":
             return path, "torch-module"
         return path, "torch" if family.loads_checkpoint else "onnx"
+
+    @staticmethod
+    def check_trim_padding(ctx: StageContext) -> None:
+        """A mask named by ``stages.export.trim_padding`` must be a ``[batch, tokens]``
+        input of the data (checked before any training, not at export)."""
+        from hamnet.backends.inputs import unpack_inputs
+        from hamnet.backends.padding import AUTO, resolve_mask
+        from hamnet.core.errors import ExportError
+
+        export = ctx.config.stages.export
+        setting = export.trim_padding if export is not None else None
+        if setting in (None, AUTO):
+            return
+        x = unpack_inputs(ctx.dataset.x_val[:1])
+        named = dict(x) if isinstance(x, dict) else {"input": x}
+        try:
+            resolve_mask(setting, list(named), [v.shape for v in named.values()])
+        except ExportError as err:
+            raise ConfigError(f"stages.export.trim_padding: {err}") from err
 
     @staticmethod
     def model_family(ctx: StageContext) -> tuple[Path, type[ModelFamily]]:
