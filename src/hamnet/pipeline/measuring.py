@@ -139,12 +139,13 @@ def size_over_speed(
     candidate: Candidate, size_mb: float, parent_size_mb: float, ctx: StageContext
 ) -> str | None:
     """Why a slower child is kept: a weight-only quantized model (its method's
-    ``weight_only`` capability) that is smaller than its parent, in a run with a size
-    bound (``constraints.target_size_mb``). Such methods trade latency for size; the
-    selection still holds them to ``max_latency_ms``. None (rejected as usual) otherwise.
+    ``weight_only`` capability: integer or FP16 weights, FP32 compute) that is smaller
+    than its parent. Such methods trade latency for size, so being slower is their
+    price, not a defect: the child stays a candidate (the front's smaller point) and the
+    selection, which prefers faster models, takes it only when a size bound needs it
+    (``max_latency_ms`` still holds). None (rejected as usual) otherwise.
     """
-    target = ctx.config.constraints.target_size_mb
-    if target is None or candidate.stage != "quantize" or size_mb >= parent_size_mb:
+    if candidate.stage != "quantize" or size_mb >= parent_size_mb:
         return None
     from hamnet.compress.quantize.base import quantizer_class
 
@@ -154,10 +155,15 @@ def size_over_speed(
         return None
     if not weight_only:
         return None
+    target = ctx.config.constraints.target_size_mb
+    why = (
+        f"this run has a size bound (target_size_mb {target})"
+        if target is not None
+        else "it stays on the front as the smaller model; the selection prefers faster ones"
+    )
     return (
         f"{candidate.method} is weight-only ({size_mb:.3f} MB vs parent {parent_size_mb:.3f} "
-        f"MB) and this run has a size bound (target_size_mb {target}), so it trades "
-        "latency for size"
+        f"MB) and trades latency for size: {why}"
     )
 
 

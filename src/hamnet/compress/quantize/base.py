@@ -140,7 +140,7 @@ class QuantizationMethod(Plugin, ABC):
     reads_ort_contrib_ops: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
     tunes_accuracy: ClassVar[bool] = False
-    weight_only: ClassVar[bool] = False  # integer weights, FP32 activations: size, not speed
+    weight_only: ClassVar[bool] = False  # low-precision weights, FP32 compute: size, not speed
     settings: ClassVar[tuple[str, ...]] = ()
     requires: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[list[str]] = []

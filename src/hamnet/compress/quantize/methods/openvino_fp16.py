@@ -16,6 +16,7 @@ class OpenVINOFp16(QuantizationMethod):
     runtime = "openvino"
     precision = "fp16"
     needs_calibration = False
+    weight_only = True  # FP16 weights, FP32 compute (hamnet pins OpenVINO's precision)
     requires = ("openvino",)
     notes: ClassVar[list[str]] = [
         "Only the weights are stored as FP16: the file halves, but hamnet runs OpenVINO "
