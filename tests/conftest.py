@@ -50,6 +50,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
+def tiny_bert(layers: int = 1, **overrides: Any) -> Any:
+    """A random BERT (hidden 32, 4 heads, FFN 64, 50 tokens, 32 positions), seeded, in
+    eval mode; ``overrides`` go to its ``BertConfig``, ``add_pooling_layer`` to the model.
+    Skips the test when transformers is not installed."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    pooling = bool(overrides.pop("add_pooling_layer", True))
+    settings: dict[str, Any] = {
+        "hidden_size": 32, "num_hidden_layers": layers, "num_attention_heads": 4,
+        "intermediate_size": 64, "vocab_size": 50, "max_position_embeddings": 32,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**{**settings, **overrides})
+    return transformers.BertModel(config, add_pooling_layer=pooling).eval()
+
+
 def tiny_config(**overrides: object) -> dict[str, object]:
     """A config small enough for a flow run in well under a minute on 2 cores."""
     from hamnet.core.config import deep_merge

@@ -290,17 +290,12 @@ def test_export_module_errors(tmp_path: Path) -> None:
 
 
 def test_export_module_hf_encoder_records_fusion_shape(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
     import onnx
+    from conftest import tiny_bert
 
     from hamnet.backends.export import export_module
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        vocab_size=50, max_position_embeddings=32,
-    )  # fmt: skip
-    model = transformers.BertModel(cfg).eval()
+    model = tiny_bert()
     examples = {
         "input_ids": torch.randint(1, 50, (2, 8)),
         "attention_mask": torch.ones(2, 8, dtype=torch.long),
@@ -410,18 +405,13 @@ def test_export_module_keeps_explicit_dynamic_axes_and_modes_after_failure(
 
 def test_export_module_records_a_uniformly_pruned_head_count_for_fusion(tmp_path: Path) -> None:
     """Every layer kept 3 of 4 heads: ORT's fusion gets 3 heads of width 24, and fuses."""
-    transformers = pytest.importorskip("transformers")
     import onnx
+    from conftest import tiny_bert
     from onnxruntime.transformers import optimizer
 
     from hamnet.backends.export import export_module
 
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        vocab_size=50, max_position_embeddings=32,
-    )  # fmt: skip
-    model = transformers.BertModel(cfg).eval()
+    model = tiny_bert(layers=2)
     examples = {
         "input_ids": torch.randint(1, 50, (2, 8)),
         "attention_mask": torch.ones(2, 8, dtype=torch.long),

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_bert
 from torch import nn
 
 from hamnet.backends.export import export_module, trimmed_by
@@ -18,22 +19,12 @@ from hamnet.evaluate.measure import latency_ms, latency_rows
 SEQ = 12
 
 
-def _bert() -> Any:
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        vocab_size=50, max_position_embeddings=32,
-    )  # fmt: skip
-    return transformers.BertModel(cfg, add_pooling_layer=False).eval()
-
-
 class MeanPooled(nn.Module):
     """A sentence embedding: mean of the unpadded tokens' hidden states."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = _bert()
+        self.model = tiny_bert(layers=2, add_pooling_layer=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
