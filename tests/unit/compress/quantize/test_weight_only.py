@@ -148,6 +148,7 @@ def test_weight_only_methods_are_selectable_but_not_int8_defaults() -> None:
     cfg = config_from_dict({"stages": {"quantize": {"methods": METHODS}}})
     assert cfg.stages.quantize is not None and cfg.stages.quantize.methods == METHODS
     assert quantizers_where(precision="mixed") == sorted(METHODS)
-    assert quantizers_where(weight_only=True) == sorted(METHODS)
+    # OpenVINO FP16 is weight-only too (FP16 weights, FP32 compute), but an FP16 default.
+    assert quantizers_where(weight_only=True) == sorted([*METHODS, "openvino_fp16"])
     int8 = quantizers_where(precision="int8")
     assert not set(METHODS) & set(int8)  # AUTO's INT8 defaults do not change by themselves
