@@ -80,34 +80,31 @@ def token_inputs(names: Sequence[str], shapes: Sequence[Any], mask: str) -> list
     return [i for i, shape in enumerate(shapes) if tuple(shape[:2]) == mask_shape]
 
 
-class PaddingTrimmed:
-    """Factory of the traceable wrapper (a class so ``torch`` is imported lazily)."""
+def trimming_wrapper(module: nn.Module, mask_index: int, tokens: Sequence[int]) -> nn.Module:
+    """``module`` (positional inputs) behind a cut of the inputs ``tokens`` after the
+    last position input ``mask_index`` uses over the batch (traceable: the cut is a
+    ``ReduceMax``, a ``Range`` and a ``Gather`` in ONNX)."""
+    import torch
+    from torch import nn
 
-    @staticmethod
-    def wrap(module: nn.Module, mask_index: int, tokens: Sequence[int]) -> nn.Module:
-        """``module`` (positional inputs) behind a cut of ``tokens`` after the last used
-        position of input ``mask_index`` over the batch."""
-        import torch
-        from torch import nn
+    cut = tuple(tokens)
 
-        cut = tuple(tokens)
+    class PaddingTrimmed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
 
-        class Trimmed(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = module
+        def forward(self, *args: Any) -> Any:
+            mask = args[mask_index]
+            used = (mask != 0).any(dim=0).to(torch.int64)
+            positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+            length = (used * positions).max().clamp(min=1)
+            keep = torch.arange(length, device=mask.device)
+            return self.inner(
+                *(a.index_select(1, keep) if i in cut else a for i, a in enumerate(args))
+            )
 
-            def forward(self, *args: Any) -> Any:
-                mask = args[mask_index]
-                used = (mask != 0).any(dim=0).to(torch.int64)
-                positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-                length = (used * positions).max().clamp(min=1)
-                keep = torch.arange(length, device=mask.device)
-                return self.inner(
-                    *(a.index_select(1, keep) if i in cut else a for i, a in enumerate(args))
-                )
-
-        return Trimmed()
+    return PaddingTrimmed()
 
 
 def trim_padding(
@@ -142,7 +139,7 @@ def trim_padding(
         return module, None
     mask_index = list(names).index(mask)
     tokens = token_inputs(names, shapes, mask)
-    trimmed = PaddingTrimmed.wrap(module, mask_index, tokens)
+    trimmed = trimming_wrapper(module, mask_index, tokens)
     reason = _check(module, trimmed, tensors, tokens, atol)
     if reason is None:
         return trimmed, mask
