@@ -336,9 +336,9 @@ def export_module(
             checks the dynamic batch axis); None skips the check.
         trim_padding: Skip padded tokens inside the graph (see
             :mod:`hamnet.backends.padding`): ``"auto"`` trims by an ``attention_mask``
-            input when the module's output provably does not change, an input name
-            requires it, None (default, what ``torch.onnx.export`` writes) keeps every
-            position. The mask used is recorded in the metadata
+            input when appending padding to the example leaves the output unchanged, an
+            input name requires it, None (default, what ``torch.onnx.export`` writes)
+            keeps every position. The mask used is recorded in the metadata
             (:data:`hamnet.backends.padding.METADATA_KEY`, see :func:`trimmed_by`).
 
     Returns:

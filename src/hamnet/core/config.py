@@ -651,7 +651,7 @@ class ExportStageConfig(_Section):
         "auto",
         description="Skip padded tokens inside the exported graph of a user's token model: "
         "'auto' trims by an 'attention_mask' input when appending padding to the example "
-        "inputs provably leaves the outputs unchanged (a pooled or classified encoder; not "
+        "inputs leaves the outputs unchanged (a pooled or classified encoder; not "
         "one with per-token outputs), an input name requires it, null keeps every position. "
         "A 16-token sentence padded to 64 then costs 16 positions, not 64.",
     )
