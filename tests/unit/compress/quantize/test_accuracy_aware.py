@@ -8,6 +8,7 @@ rounds every other weight of that layer to zero.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -440,11 +441,26 @@ SlowMethod().tune(
 
 
 def _finished(storage: Path) -> int:
-    """Assignments measured so far, read while another process writes the study."""
+    """Assignments measured so far, read while another process writes the study.
+
+    Read-only SQL on Optuna's tables: opening the file as an Optuna storage would create
+    its schema, racing the writer's own creation of it (a UNIQUE constraint failure on
+    ``alembic_version`` in the writer).
+    """
+    import sqlite3
+
     db = next(storage.glob("*.db"), None)
+    if db is None:
+        return 0
+    query = (
+        "SELECT COUNT(DISTINCT a.value_json) FROM trial_user_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id WHERE a.key = 'fallback' "
+        "AND t.state = 'COMPLETE'"
+    )
     try:
-        return 0 if db is None else len(_measured_assignments(db))
-    except Exception:  # the file is there before its study, or the writer holds the lock
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return int(conn.execute(query).fetchone()[0])
+    except sqlite3.Error:  # the file is there before its tables, or the writer holds the lock
         return 0
 
 
