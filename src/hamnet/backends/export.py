@@ -391,11 +391,10 @@ def export_module(
 def trimmed_by(path: str | Path) -> str | None:
     """The mask input an exported graph skips padded tokens by (see ``trim_padding`` of
     :func:`export_module`), or None."""
+    from hamnet.backends.onnx_graph import graph_facts
     from hamnet.backends.padding import METADATA_KEY
 
-    onnx = require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    return graph_facts(path).metadata.get(METADATA_KEY)
 
 
 @contextlib.contextmanager
